@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Runs every test of the project. Installs what the tests need when it is
+# missing: the Debian packages of the independent TPM stack (swtpm, tpm2-tools
+# and its swtpm TCTI), the MQTT command-line clients, and the Go modules.
+# Usage: scripts/test.sh [extra go test flags...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_pkgs=()
+command -v swtpm >/dev/null 2>&1 || need_pkgs+=(swtpm)
+command -v swtpm_setup >/dev/null 2>&1 || need_pkgs+=(swtpm-tools)
+command -v tpm2_createprimary >/dev/null 2>&1 || need_pkgs+=(tpm2-tools)
+ls /usr/lib/*/libtss2-tcti-swtpm.so* >/dev/null 2>&1 || need_pkgs+=(libtss2-tcti-swtpm0)
+command -v mosquitto_pub >/dev/null 2>&1 || need_pkgs+=(mosquitto-clients)
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+  echo "== installing Debian packages: ${need_pkgs[*]}"
+  sudo_cmd=()
+  [ "$(id -u)" -ne 0 ] && sudo_cmd=(sudo)
+  "${sudo_cmd[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}"
+fi
+
+echo "== downloading Go modules"
+go mod download
+
+echo "== go vet"
+go vet ./...
+
+echo "== go test"
+# The TPM simulator is cgo; its first build takes about a minute.
+go test -count=1 -timeout 30m "$@" ./...

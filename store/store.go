@@ -1,0 +1,258 @@
+// Package store keeps all provisioning state behind one interface: individual
+// enrollments, enrollment groups, registration records, used TPM challenge
+// references and polling operations.
+//
+// The interface speaks in the service's records and operations, never in
+// buckets or transactions, so that another backend (a distributed one) can sit
+// behind it unchanged. The default implementation is a bbolt file (OpenBolt).
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"time"
+)
+
+// Errors returned by every Store implementation. Callers test them with errors.Is.
+var (
+	// ErrNotFound: no record with that key.
+	ErrNotFound = errors.New("store: not found")
+	// ErrPreconditionFailed: the If-Match etag does not match the stored record
+	// (or the record does not exist when an etag was given).
+	ErrPreconditionFailed = errors.New("store: etag does not match")
+	// ErrChallengeUsed: the challenge reference has already authenticated once.
+	ErrChallengeUsed = errors.New("store: challenge reference already used")
+	// ErrClosed: the store has been closed.
+	ErrClosed = errors.New("store: closed")
+)
+
+// Attestation types, as in the DPS service API.
+const (
+	AttestationTPM          = "tpm"
+	AttestationSymmetricKey = "symmetricKey"
+	AttestationX509         = "x509"
+)
+
+// Provisioning statuses of enrollments and groups.
+const (
+	StatusEnabled  = "enabled"
+	StatusDisabled = "disabled"
+)
+
+// Registration statuses (registrationState.status).
+const (
+	RegistrationUnassigned = "unassigned"
+	RegistrationAssigning  = "assigning"
+	RegistrationAssigned   = "assigned"
+	RegistrationFailed     = "failed"
+	RegistrationDisabled   = "disabled"
+)
+
+// Enrollment is an individual enrollment, keyed by its lowercased registrationId.
+// JSON names follow the DPS service API.
+type Enrollment struct {
+	RegistrationID             string                      `json:"registrationId"`
+	DeviceID                   string                      `json:"deviceId,omitempty"`
+	Attestation                Attestation                 `json:"attestation"`
+	IoTHubHostName             string                      `json:"iotHubHostName,omitempty"`
+	IoTHubs                    []string                    `json:"iotHubs,omitempty"`
+	AllocationPolicy           string                      `json:"allocationPolicy,omitempty"`
+	ProvisioningStatus         string                      `json:"provisioningStatus,omitempty"`
+	InitialTwin                json.RawMessage             `json:"initialTwin,omitempty"`
+	Capabilities               *Capabilities               `json:"capabilities,omitempty"`
+	ReprovisionPolicy          *ReprovisionPolicy          `json:"reprovisionPolicy,omitempty"`
+	CustomAllocationDefinition *CustomAllocationDefinition `json:"customAllocationDefinition,omitempty"`
+	ETag                       string                      `json:"etag,omitempty"`
+	CreatedAt                  time.Time                   `json:"createdDateTimeUtc"`
+	UpdatedAt                  time.Time                   `json:"lastUpdatedDateTimeUtc"`
+}
+
+// Group is an enrollment group (symmetric key or X.509 CA), keyed by EnrollmentGroupID.
+type Group struct {
+	EnrollmentGroupID          string                      `json:"enrollmentGroupId"`
+	Attestation                Attestation                 `json:"attestation"`
+	IoTHubHostName             string                      `json:"iotHubHostName,omitempty"`
+	IoTHubs                    []string                    `json:"iotHubs,omitempty"`
+	AllocationPolicy           string                      `json:"allocationPolicy,omitempty"`
+	ProvisioningStatus         string                      `json:"provisioningStatus,omitempty"`
+	InitialTwin                json.RawMessage             `json:"initialTwin,omitempty"`
+	Capabilities               *Capabilities               `json:"capabilities,omitempty"`
+	ReprovisionPolicy          *ReprovisionPolicy          `json:"reprovisionPolicy,omitempty"`
+	CustomAllocationDefinition *CustomAllocationDefinition `json:"customAllocationDefinition,omitempty"`
+	ETag                       string                      `json:"etag,omitempty"`
+	CreatedAt                  time.Time                   `json:"createdDateTimeUtc"`
+	UpdatedAt                  time.Time                   `json:"lastUpdatedDateTimeUtc"`
+}
+
+// Attestation says how a device proves its identity. Exactly one of TPM,
+// SymmetricKey and X509 is set, matching Type.
+type Attestation struct {
+	Type         string                   `json:"type"`
+	TPM          *TPMAttestation          `json:"tpm,omitempty"`
+	SymmetricKey *SymmetricKeyAttestation `json:"symmetricKey,omitempty"`
+	X509         *X509Attestation         `json:"x509,omitempty"`
+}
+
+// TPMAttestation holds the enrolled endorsement key (base64 TPM2B_PUBLIC).
+type TPMAttestation struct {
+	EndorsementKey string `json:"endorsementKey"`
+	StorageRootKey string `json:"storageRootKey,omitempty"`
+}
+
+// SymmetricKeyAttestation holds base64 keys. They are secrets: encrypted at rest.
+type SymmetricKeyAttestation struct {
+	PrimaryKey   string `json:"primaryKey,omitempty"`
+	SecondaryKey string `json:"secondaryKey,omitempty"`
+}
+
+// X509Attestation pins client certificates (individual enrollments), or names
+// signing certificates or CA references (groups).
+type X509Attestation struct {
+	ClientCertificates  *X509Certificates `json:"clientCertificates,omitempty"`
+	SigningCertificates *X509Certificates `json:"signingCertificates,omitempty"`
+	CAReferences        *X509CAReferences `json:"caReferences,omitempty"`
+}
+
+// X509Certificates is a primary and optional secondary certificate.
+type X509Certificates struct {
+	Primary   *X509CertificateWithInfo `json:"primary,omitempty"`
+	Secondary *X509CertificateWithInfo `json:"secondary,omitempty"`
+}
+
+// X509CertificateWithInfo is a PEM or base64 DER certificate and what was read from it.
+type X509CertificateWithInfo struct {
+	Certificate string               `json:"certificate,omitempty"`
+	Info        *X509CertificateInfo `json:"info,omitempty"`
+}
+
+// X509CertificateInfo describes a certificate as the DPS API reports it.
+type X509CertificateInfo struct {
+	SubjectName      string    `json:"subjectName"`
+	SHA1Thumbprint   string    `json:"sha1Thumbprint"`
+	SHA256Thumbprint string    `json:"sha256Thumbprint"`
+	IssuerName       string    `json:"issuerName"`
+	NotBefore        time.Time `json:"notBeforeUtc"`
+	NotAfter         time.Time `json:"notAfterUtc"`
+	SerialNumber     string    `json:"serialNumber"`
+	Version          int       `json:"version"`
+}
+
+// X509CAReferences names CA certificates registered with the service.
+type X509CAReferences struct {
+	Primary   string `json:"primary,omitempty"`
+	Secondary string `json:"secondary,omitempty"`
+}
+
+// Capabilities of the device (DPS API).
+type Capabilities struct {
+	IoTEdge bool `json:"iotEdge"`
+}
+
+// ReprovisionPolicy says what happens when an assigned device registers again.
+type ReprovisionPolicy struct {
+	UpdateHubAssignment bool `json:"updateHubAssignment"`
+	MigrateDeviceData   bool `json:"migrateDeviceData"`
+}
+
+// CustomAllocationDefinition names a webhook for custom allocation.
+type CustomAllocationDefinition struct {
+	WebhookURL string `json:"webhookUrl"`
+	APIVersion string `json:"apiVersion"`
+}
+
+// Registration is the record of a device's registration, keyed by its
+// lowercased registrationId.
+type Registration struct {
+	RegistrationID    string          `json:"registrationId"`
+	Status            string          `json:"status"`
+	Substatus         string          `json:"substatus,omitempty"`
+	AssignedHub       string          `json:"assignedHub,omitempty"`
+	DeviceID          string          `json:"deviceId,omitempty"`
+	ErrorCode         int             `json:"errorCode,omitempty"`
+	ErrorMessage      string          `json:"errorMessage,omitempty"`
+	AttestationType   string          `json:"attestationType,omitempty"`
+	EnrollmentGroupID string          `json:"enrollmentGroupId,omitempty"`
+	Payload           json.RawMessage `json:"payload,omitempty"`
+	// HubKey is the device's long-term key for its hub. A secret: encrypted at
+	// rest and never serialised by the service API.
+	HubKey    []byte    `json:"-"`
+	ETag      string    `json:"etag,omitempty"`
+	CreatedAt time.Time `json:"createdDateTimeUtc"`
+	UpdatedAt time.Time `json:"lastUpdatedDateTimeUtc"`
+}
+
+// Operation is what a device polls for after a register request.
+type Operation struct {
+	ID             string `json:"operationId"`
+	RegistrationID string `json:"registrationId"`
+	// Status is assigning, assigned, failed or disabled.
+	Status       string `json:"status"`
+	ErrorCode    int    `json:"errorCode,omitempty"`
+	ErrorMessage string `json:"errorMessage,omitempty"`
+	// AuthenticationKey is the TPM activation blob of the final answer (it is
+	// encrypted to the device's TPM, so it reveals nothing at rest).
+	AuthenticationKey []byte    `json:"authenticationKey,omitempty"`
+	CreatedAt         time.Time `json:"createdAt"`
+	ExpiresAt         time.Time `json:"expiresAt"`
+}
+
+// Query asks for one page of a listing.
+type Query struct {
+	// MaxItems bounds the page; 0 means the implementation's default (100).
+	MaxItems int
+	// Continuation is the token of the previous page, "" for the first.
+	Continuation string
+}
+
+// Page is one page of a listing. Continuation is "" on the last page.
+type Page[T any] struct {
+	Items        []T
+	Continuation string
+}
+
+// Store is the provisioning service's state. Every method is safe for
+// concurrent use; every acknowledged write is durable. Keys (registration ids,
+// group ids) are compared case-insensitively: implementations lowercase them.
+// Put and Delete take an ifMatch etag: "" or "*" means unconditional; any other
+// value must equal the stored record's etag or ErrPreconditionFailed results.
+// Put returns the record as stored, with its new etag and times.
+type Store interface {
+	GetEnrollment(ctx context.Context, registrationID string) (*Enrollment, error)
+	PutEnrollment(ctx context.Context, e *Enrollment, ifMatch string) (*Enrollment, error)
+	DeleteEnrollment(ctx context.Context, registrationID, ifMatch string) error
+	ListEnrollments(ctx context.Context, q Query) (Page[*Enrollment], error)
+	CountEnrollments(ctx context.Context) (int, error)
+
+	GetGroup(ctx context.Context, groupID string) (*Group, error)
+	PutGroup(ctx context.Context, g *Group, ifMatch string) (*Group, error)
+	DeleteGroup(ctx context.Context, groupID, ifMatch string) error
+	ListGroups(ctx context.Context, q Query) (Page[*Group], error)
+	CountGroups(ctx context.Context) (int, error)
+
+	GetRegistration(ctx context.Context, registrationID string) (*Registration, error)
+	DeleteRegistration(ctx context.Context, registrationID, ifMatch string) error
+	ListGroupRegistrations(ctx context.Context, groupID string, q Query) (Page[*Registration], error)
+	CountGroupRegistrations(ctx context.Context, groupID string) (int, error)
+
+	// RecordRegistration writes a registration record and the operation that
+	// reports it in one durable step, and returns the record as stored.
+	RecordRegistration(ctx context.Context, r *Registration, op *Operation) (*Registration, error)
+	// PutOperation writes an operation (for example one still assigning).
+	PutOperation(ctx context.Context, op *Operation) error
+	// GetOperation returns an unexpired operation or ErrNotFound.
+	GetOperation(ctx context.Context, operationID string) (*Operation, error)
+
+	// UseChallenge marks a TPM challenge reference as used until expires. It
+	// returns ErrChallengeUsed if the reference was already used: a challenge
+	// authenticates once.
+	UseChallenge(ctx context.Context, ref string, expires time.Time) error
+
+	// Sweep deletes expired challenge references and operations, returning how many.
+	Sweep(ctx context.Context, now time.Time) (int, error)
+	// Backup writes a consistent copy of the whole store to w.
+	Backup(ctx context.Context, w io.Writer) (int64, error)
+	// Close releases the store; later calls return ErrClosed.
+	Close() error
+}
