@@ -1,0 +1,1055 @@
+package store
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// recordHead is the part of a stored record that writes need: the etag for
+// If-Match, the creation time to preserve, and (registrations) the group.
+type recordHead struct {
+	ETag              string    `json:"etag"`
+	CreatedAt         time.Time `json:"createdDateTimeUtc"`
+	EnrollmentGroupID string    `json:"enrollmentGroupId"`
+}
+
+// enrollmentRecord is the stored form of an Enrollment: the record with its
+// symmetric keys blanked, plus the sealed keys.
+type enrollmentRecord struct {
+	*Enrollment
+	Sealed []byte `json:"sealed,omitempty"`
+}
+
+// groupRecord is the stored form of a Group.
+type groupRecord struct {
+	*Group
+	Sealed []byte `json:"sealed,omitempty"`
+}
+
+// registrationRecord is the stored form of a Registration: HubKey sealed.
+type registrationRecord struct {
+	*Registration
+	Sealed []byte `json:"sealed,omitempty"`
+}
+
+// symmetricSecrets is the plaintext sealed for a symmetric-key attestation.
+type symmetricSecrets struct {
+	Primary   string `json:"p,omitempty"`
+	Secondary string `json:"s,omitempty"`
+}
+
+// lower is the key normalisation of registration and group ids.
+func lower(id string) string { return strings.ToLower(id) }
+
+// checkID validates an id used as a key.
+func checkID(what, id string) error {
+	switch {
+	case id == "":
+		return fmt.Errorf("%w: empty %s", ErrInvalidID, what)
+	case len(id) > MaxIDLength:
+		return fmt.Errorf("%w: %s is %d bytes, the limit is %d", ErrInvalidID, what, len(id), MaxIDLength)
+	case strings.IndexByte(id, 0) >= 0:
+		return fmt.Errorf("%w: %s contains a NUL byte", ErrInvalidID, what)
+	}
+	return nil
+}
+
+// normKey validates and lowercases a registration or group id.
+func normKey(what, id string) ([]byte, error) {
+	if err := checkID(what, id); err != nil {
+		return nil, err
+	}
+	return []byte(lower(id)), nil
+}
+
+// normETag accepts an HTTP-style quoted etag as well as the bare form.
+func normETag(ifMatch string) string {
+	ifMatch = strings.TrimSpace(ifMatch)
+	ifMatch = strings.TrimPrefix(ifMatch, "W/")
+	if len(ifMatch) >= 2 && ifMatch[0] == '"' && ifMatch[len(ifMatch)-1] == '"' {
+		ifMatch = ifMatch[1 : len(ifMatch)-1]
+	}
+	return ifMatch
+}
+
+// precondition applies ifMatch to the stored value old (nil if absent) and
+// returns its head.
+func precondition(bucket string, key, old []byte, ifMatch string) (recordHead, error) {
+	var h recordHead
+	if old != nil {
+		if err := json.Unmarshal(old, &h); err != nil {
+			return h, fmt.Errorf("%w: %s/%q: %w", ErrCorrupt, bucket, key, err)
+		}
+	}
+	m := normETag(ifMatch)
+	if m == "" || m == "*" {
+		return h, nil
+	}
+	if old == nil {
+		return h, fmt.Errorf("%w: %s %q does not exist", ErrPreconditionFailed, strings.TrimSuffix(bucket, "s"), key)
+	}
+	if h.ETag != m {
+		return h, fmt.Errorf("%w: %s %q has another etag", ErrPreconditionFailed, strings.TrimSuffix(bucket, "s"), key)
+	}
+	return h, nil
+}
+
+// isOutcome reports errors that are answers, not failures: a batch function
+// returns them only before writing anything, so the batch need not roll back.
+func isOutcome(err error) bool {
+	return errors.Is(err, ErrNotFound) || errors.Is(err, ErrPreconditionFailed) ||
+		errors.Is(err, ErrChallengeUsed)
+}
+
+// batch runs fn in a durable (fsynced) write transaction. A lone writer
+// commits at once with db.Update; when other writes are in flight, writers
+// are coalesced with db.Batch into one transaction and one fsync (waiting at
+// most MaxBatchDelay for company). fn may therefore run more than once
+// (bbolt retries a batch without a failing member), so it must depend only
+// on the transaction's state and on values computed before the call.
+// Outcome errors (not found, etag mismatch, challenge used) are returned
+// before fn writes anything; they reach the caller without failing the
+// shared transaction.
+func (s *Bolt) batch(fn func(tx *bolt.Tx) error) error {
+	var outcome error
+	wrapped := func(tx *bolt.Tx) error {
+		outcome = nil
+		err := fn(tx)
+		if err != nil && isOutcome(err) {
+			outcome = err
+			return nil
+		}
+		return err
+	}
+	var err error
+	if s.writers.Add(1) == 1 || s.noBatch {
+		err = s.db.Update(wrapped)
+	} else {
+		err = s.db.Batch(wrapped)
+	}
+	s.writers.Add(-1)
+	if err != nil {
+		return err
+	}
+	return outcome
+}
+
+// addCount adds delta to the counter at key in bucket b; zero counters are removed.
+func addCount(b *bolt.Bucket, key []byte, delta int64) error {
+	var n uint64
+	if v := b.Get(key); len(v) == 8 {
+		n = binary.BigEndian.Uint64(v)
+	}
+	n = uint64(int64(n) + delta)
+	if int64(n) <= 0 {
+		return b.Delete(key)
+	}
+	return b.Put(key, u64(n))
+}
+
+// readCount reads a counter.
+func readCount(b *bolt.Bucket, key []byte) int {
+	if v := b.Get(key); len(v) == 8 {
+		return int(binary.BigEndian.Uint64(v))
+	}
+	return 0
+}
+
+func hasSymmetricSecrets(a Attestation) bool {
+	return a.SymmetricKey != nil && (a.SymmetricKey.PrimaryKey != "" || a.SymmetricKey.SecondaryKey != "")
+}
+
+// sealAttestation seals the symmetric keys of a for the record (bucket, key)
+// and returns a copy of a whose keys are blank. No secrets: nil, a.
+func (s *Bolt) sealAttestation(bucket, key []byte, a Attestation) ([]byte, Attestation, error) {
+	if !hasSymmetricSecrets(a) {
+		return nil, a, nil
+	}
+	pt, err := json.Marshal(symmetricSecrets{Primary: a.SymmetricKey.PrimaryKey, Secondary: a.SymmetricKey.SecondaryKey})
+	if err != nil {
+		return nil, a, err
+	}
+	a.SymmetricKey = &SymmetricKeyAttestation{}
+	return s.seal(bucket, key, pt), a, nil
+}
+
+// openAttestation restores the symmetric keys sealed for (bucket, key) into a.
+func (s *Bolt) openAttestation(bucket, key, sealed []byte, a *Attestation) error {
+	if sealed == nil {
+		return nil
+	}
+	pt, err := s.open(bucket, key, sealed)
+	if err != nil {
+		return err
+	}
+	var sec symmetricSecrets
+	if err := json.Unmarshal(pt, &sec); err != nil {
+		return fmt.Errorf("%w: %s/%q: sealed keys: %w", ErrCorrupt, bucket, key, err)
+	}
+	a.SymmetricKey = &SymmetricKeyAttestation{PrimaryKey: sec.Primary, SecondaryKey: sec.Secondary}
+	return nil
+}
+
+// ---- enrollments ----
+
+func (s *Bolt) decodeEnrollment(key, v []byte) (*Enrollment, error) {
+	rec := enrollmentRecord{Enrollment: &Enrollment{}}
+	if err := json.Unmarshal(v, &rec); err != nil {
+		return nil, fmt.Errorf("%w: %s/%q: %w", ErrCorrupt, bktEnrollments, key, err)
+	}
+	if err := s.openAttestation([]byte(bktEnrollments), key, rec.Sealed, &rec.Enrollment.Attestation); err != nil {
+		return nil, err
+	}
+	return rec.Enrollment, nil
+}
+
+// cloneJSON deep-copies a record through its JSON form (the caller's record
+// is never retained or modified).
+func cloneJSON[T any](in *T) (*T, error) {
+	b, err := json.Marshal(in)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrInvalidRecord, err)
+	}
+	out := new(T)
+	if err := json.Unmarshal(b, out); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrInvalidRecord, err)
+	}
+	return out, nil
+}
+
+// GetEnrollment returns the enrollment or ErrNotFound.
+func (s *Bolt) GetEnrollment(ctx context.Context, registrationID string) (*Enrollment, error) {
+	done, err := s.enter(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("store: get enrollment: %w", err)
+	}
+	defer done()
+	key, err := normKey("registrationId", registrationID)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrNotFound, err)
+	}
+	var e *Enrollment
+	err = s.db.View(func(tx *bolt.Tx) error {
+		v := tx.Bucket([]byte(bktEnrollments)).Get(key)
+		if v == nil {
+			return fmt.Errorf("%w: enrollment %q", ErrNotFound, registrationID)
+		}
+		e, err = s.decodeEnrollment(key, v)
+		return err
+	})
+	return e, err
+}
+
+// prepareEnrollment validates e and builds what a write needs outside the
+// transaction: the key, a private copy to store (keys blanked), the sealed
+// keys and the copy to return.
+func (s *Bolt) prepareEnrollment(e *Enrollment) (key []byte, stored, out *Enrollment, sealed []byte, err error) {
+	if e == nil {
+		return nil, nil, nil, nil, fmt.Errorf("%w: nil enrollment", ErrInvalidRecord)
+	}
+	if key, err = normKey("registrationId", e.RegistrationID); err != nil {
+		return nil, nil, nil, nil, err
+	}
+	if out, err = cloneJSON(e); err != nil {
+		return nil, nil, nil, nil, fmt.Errorf("store: enrollment %q: %w", e.RegistrationID, err)
+	}
+	stored = new(Enrollment)
+	*stored = *out
+	sealed, stored.Attestation, err = s.sealAttestation([]byte(bktEnrollments), key, out.Attestation)
+	if err != nil {
+		return nil, nil, nil, nil, err
+	}
+	return key, stored, out, sealed, nil
+}
+
+// putEnrollmentTx writes one prepared enrollment inside tx.
+func putEnrollmentTx(tx *bolt.Tx, key []byte, stored, out *Enrollment, sealed []byte, ifMatch, etag string, now time.Time) error {
+	b := tx.Bucket([]byte(bktEnrollments))
+	old := b.Get(key)
+	h, err := precondition(bktEnrollments, key, old, ifMatch)
+	if err != nil {
+		return err
+	}
+	created := now
+	if old != nil && !h.CreatedAt.IsZero() {
+		created = h.CreatedAt
+	}
+	stored.ETag, stored.CreatedAt, stored.UpdatedAt = etag, created, now
+	out.ETag, out.CreatedAt, out.UpdatedAt = etag, created, now
+	data, err := json.Marshal(enrollmentRecord{Enrollment: stored, Sealed: sealed})
+	if err != nil {
+		return fmt.Errorf("%w: enrollment %q: %w", ErrInvalidRecord, key, err)
+	}
+	if err := b.Put(key, data); err != nil {
+		return err
+	}
+	if old == nil {
+		return addCount(tx.Bucket([]byte(bktCounts)), []byte(bktEnrollments), 1)
+	}
+	return nil
+}
+
+// PutEnrollment creates or replaces an enrollment (see Store for ifMatch).
+func (s *Bolt) PutEnrollment(ctx context.Context, e *Enrollment, ifMatch string) (*Enrollment, error) {
+	done, err := s.enter(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("store: put enrollment: %w", err)
+	}
+	defer done()
+	key, stored, out, sealed, err := s.prepareEnrollment(e)
+	if err != nil {
+		return nil, err
+	}
+	etag, now := newETag(), s.now().UTC()
+	err = s.batch(func(tx *bolt.Tx) error {
+		return putEnrollmentTx(tx, key, stored, out, sealed, ifMatch, etag, now)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("store: put enrollment: %w", err)
+	}
+	return out, nil
+}
+
+// bulkFillPercent is the leaf fill of bulk appends (bbolt's default is 0.5).
+const bulkFillPercent = 0.9
+
+// PutEnrollments writes many enrollments unconditionally in ONE transaction
+// (all or nothing) and returns them as stored. It is the bulk import path:
+// callers importing very large sets should pass chunks of about 10,000.
+func (s *Bolt) PutEnrollments(ctx context.Context, es []*Enrollment) ([]*Enrollment, error) {
+	done, err := s.enter(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("store: put enrollments: %w", err)
+	}
+	defer done()
+	type prepared struct {
+		key         []byte
+		stored, out *Enrollment
+		sealed      []byte
+		etag        string
+		index       int
+	}
+	ps := make([]prepared, len(es))
+	for i, e := range es {
+		key, stored, out, sealed, err := s.prepareEnrollment(e)
+		if err != nil {
+			return nil, fmt.Errorf("store: put enrollments: item %d: %w", i, err)
+		}
+		ps[i] = prepared{key, stored, out, sealed, newETag(), i}
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("store: put enrollments: %w", err)
+	}
+	// Sorted keys insert faster; a stable sort keeps the last of duplicates last.
+	slices.SortStableFunc(ps, func(a, b prepared) int { return bytes.Compare(a.key, b.key) })
+	now := s.now().UTC()
+	err = s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket([]byte(bktEnrollments))
+		if last, _ := b.Cursor().Last(); len(ps) > 0 && bytes.Compare(ps[0].key, last) > 0 {
+			// Appending past the last key (an import of sorted ids): pack
+			// leaf pages full instead of bbolt's default half-full splits.
+			b.FillPercent = bulkFillPercent
+		}
+		for _, p := range ps {
+			if err := putEnrollmentTx(tx, p.key, p.stored, p.out, p.sealed, "", p.etag, now); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("store: put enrollments: %w", err)
+	}
+	outs := make([]*Enrollment, len(ps))
+	for _, p := range ps {
+		outs[p.index] = p.out
+	}
+	return outs, nil
+}
+
+// deleteRecord deletes bucket/key under ifMatch, decrementing the bucket's
+// counter; extra runs inside the same transaction with the old head.
+func (s *Bolt) deleteRecord(bucket, what, id, ifMatch string, extra func(tx *bolt.Tx, key []byte, h recordHead) error) error {
+	key, err := normKey(what, id)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrNotFound, err)
+	}
+	return s.batch(func(tx *bolt.Tx) error {
+		b := tx.Bucket([]byte(bucket))
+		old := b.Get(key)
+		if old == nil {
+			return fmt.Errorf("%w: %s %q", ErrNotFound, strings.TrimSuffix(bucket, "s"), id)
+		}
+		h, err := precondition(bucket, key, old, ifMatch)
+		if err != nil {
+			return err
+		}
+		if err := b.Delete(key); err != nil {
+			return err
+		}
+		if err := addCount(tx.Bucket([]byte(bktCounts)), []byte(bucket), -1); err != nil {
+			return err
+		}
+		if extra != nil {
+			return extra(tx, key, h)
+		}
+		return nil
+	})
+}
+
+// DeleteEnrollment deletes an enrollment: ErrNotFound if absent,
+// ErrPreconditionFailed if ifMatch names another etag.
+func (s *Bolt) DeleteEnrollment(ctx context.Context, registrationID, ifMatch string) error {
+	done, err := s.enter(ctx)
+	if err != nil {
+		return fmt.Errorf("store: delete enrollment: %w", err)
+	}
+	defer done()
+	if err := s.deleteRecord(bktEnrollments, "registrationId", registrationID, ifMatch, nil); err != nil {
+		return fmt.Errorf("store: delete enrollment: %w", err)
+	}
+	return nil
+}
+
+// ListEnrollments returns one page of enrollments in key order.
+func (s *Bolt) ListEnrollments(ctx context.Context, q Query) (Page[*Enrollment], error) {
+	var page Page[*Enrollment]
+	done, err := s.enter(ctx)
+	if err != nil {
+		return page, fmt.Errorf("store: list enrollments: %w", err)
+	}
+	defer done()
+	err = s.db.View(func(tx *bolt.Tx) error {
+		var err error
+		page.Continuation, err = listBucket(tx.Bucket([]byte(bktEnrollments)), 'e', nil, q, func(k, v []byte) error {
+			e, err := s.decodeEnrollment(k, v)
+			page.Items = append(page.Items, e)
+			return err
+		})
+		return err
+	})
+	if err != nil {
+		return Page[*Enrollment]{}, fmt.Errorf("store: list enrollments: %w", err)
+	}
+	return page, nil
+}
+
+// CountEnrollments returns the number of enrollments (a stored counter: O(1)).
+func (s *Bolt) CountEnrollments(ctx context.Context) (int, error) {
+	return s.count(ctx, bktCounts, bktEnrollments)
+}
+
+func (s *Bolt) count(ctx context.Context, bucket, key string) (int, error) {
+	done, err := s.enter(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("store: count %s: %w", key, err)
+	}
+	defer done()
+	var n int
+	err = s.db.View(func(tx *bolt.Tx) error {
+		n = readCount(tx.Bucket([]byte(bucket)), []byte(key))
+		return nil
+	})
+	return n, err
+}
+
+// ---- listing ----
+
+// listBucket visits up to q.MaxItems entries of b whose keys start with
+// prefix, after the key named by q.Continuation, and returns the token of
+// the next page ("" when none is left). Tokens are base64url(kind || last
+// key): a token of another listing or another prefix is refused.
+func listBucket(b *bolt.Bucket, kind byte, prefix []byte, q Query, visit func(k, v []byte) error) (string, error) {
+	max := q.MaxItems
+	if max <= 0 {
+		max = DefaultMaxItems
+	}
+	if max > MaxMaxItems {
+		max = MaxMaxItems
+	}
+	c := b.Cursor()
+	var k, v []byte
+	if q.Continuation != "" {
+		raw, err := base64.RawURLEncoding.DecodeString(q.Continuation)
+		if err != nil || len(raw) < 2 || raw[0] != kind || !bytes.HasPrefix(raw[1:], prefix) || len(raw) == 1+len(prefix) {
+			return "", fmt.Errorf("%w: %.40q", ErrBadContinuation, q.Continuation)
+		}
+		last := raw[1:]
+		k, v = c.Seek(last)
+		if k != nil && bytes.Equal(k, last) {
+			k, v = c.Next()
+		}
+	} else if prefix != nil {
+		k, v = c.Seek(prefix)
+	} else {
+		k, v = c.First()
+	}
+	var last []byte
+	for n := 0; k != nil && bytes.HasPrefix(k, prefix); n++ {
+		if n == max {
+			tok := append([]byte{kind}, last...)
+			return base64.RawURLEncoding.EncodeToString(tok), nil
+		}
+		if err := visit(k, v); err != nil {
+			return "", err
+		}
+		last = k
+		k, v = c.Next()
+	}
+	return "", nil
+}
+
+// ---- groups ----
+
+func (s *Bolt) decodeGroup(key, v []byte) (*Group, error) {
+	rec := groupRecord{Group: &Group{}}
+	if err := json.Unmarshal(v, &rec); err != nil {
+		return nil, fmt.Errorf("%w: %s/%q: %w", ErrCorrupt, bktGroups, key, err)
+	}
+	if err := s.openAttestation([]byte(bktGroups), key, rec.Sealed, &rec.Group.Attestation); err != nil {
+		return nil, err
+	}
+	return rec.Group, nil
+}
+
+// GetGroup returns the enrollment group or ErrNotFound.
+func (s *Bolt) GetGroup(ctx context.Context, groupID string) (*Group, error) {
+	done, err := s.enter(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("store: get group: %w", err)
+	}
+	defer done()
+	key, err := normKey("enrollmentGroupId", groupID)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrNotFound, err)
+	}
+	var g *Group
+	err = s.db.View(func(tx *bolt.Tx) error {
+		v := tx.Bucket([]byte(bktGroups)).Get(key)
+		if v == nil {
+			return fmt.Errorf("%w: group %q", ErrNotFound, groupID)
+		}
+		g, err = s.decodeGroup(key, v)
+		return err
+	})
+	return g, err
+}
+
+// PutGroup creates or replaces an enrollment group (see Store for ifMatch).
+func (s *Bolt) PutGroup(ctx context.Context, g *Group, ifMatch string) (*Group, error) {
+	done, err := s.enter(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("store: put group: %w", err)
+	}
+	defer done()
+	if g == nil {
+		return nil, fmt.Errorf("store: put group: %w: nil group", ErrInvalidRecord)
+	}
+	key, err := normKey("enrollmentGroupId", g.EnrollmentGroupID)
+	if err != nil {
+		return nil, fmt.Errorf("store: put group: %w", err)
+	}
+	out, err := cloneJSON(g)
+	if err != nil {
+		return nil, fmt.Errorf("store: put group %q: %w", g.EnrollmentGroupID, err)
+	}
+	stored := new(Group)
+	*stored = *out
+	sealed, att, err := s.sealAttestation([]byte(bktGroups), key, out.Attestation)
+	if err != nil {
+		return nil, err
+	}
+	stored.Attestation = att
+	etag, now := newETag(), s.now().UTC()
+	err = s.batch(func(tx *bolt.Tx) error {
+		b := tx.Bucket([]byte(bktGroups))
+		old := b.Get(key)
+		h, err := precondition(bktGroups, key, old, ifMatch)
+		if err != nil {
+			return err
+		}
+		created := now
+		if old != nil && !h.CreatedAt.IsZero() {
+			created = h.CreatedAt
+		}
+		stored.ETag, stored.CreatedAt, stored.UpdatedAt = etag, created, now
+		out.ETag, out.CreatedAt, out.UpdatedAt = etag, created, now
+		data, err := json.Marshal(groupRecord{Group: stored, Sealed: sealed})
+		if err != nil {
+			return fmt.Errorf("%w: group %q: %w", ErrInvalidRecord, key, err)
+		}
+		if err := b.Put(key, data); err != nil {
+			return err
+		}
+		if old == nil {
+			return addCount(tx.Bucket([]byte(bktCounts)), []byte(bktGroups), 1)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("store: put group: %w", err)
+	}
+	return out, nil
+}
+
+// DeleteGroup deletes an enrollment group. Its registration records stay
+// (and stay listed under the group) until deleted themselves.
+func (s *Bolt) DeleteGroup(ctx context.Context, groupID, ifMatch string) error {
+	done, err := s.enter(ctx)
+	if err != nil {
+		return fmt.Errorf("store: delete group: %w", err)
+	}
+	defer done()
+	if err := s.deleteRecord(bktGroups, "enrollmentGroupId", groupID, ifMatch, nil); err != nil {
+		return fmt.Errorf("store: delete group: %w", err)
+	}
+	return nil
+}
+
+// ListGroups returns one page of enrollment groups in key order.
+func (s *Bolt) ListGroups(ctx context.Context, q Query) (Page[*Group], error) {
+	var page Page[*Group]
+	done, err := s.enter(ctx)
+	if err != nil {
+		return page, fmt.Errorf("store: list groups: %w", err)
+	}
+	defer done()
+	err = s.db.View(func(tx *bolt.Tx) error {
+		var err error
+		page.Continuation, err = listBucket(tx.Bucket([]byte(bktGroups)), 'g', nil, q, func(k, v []byte) error {
+			g, err := s.decodeGroup(k, v)
+			page.Items = append(page.Items, g)
+			return err
+		})
+		return err
+	})
+	if err != nil {
+		return Page[*Group]{}, fmt.Errorf("store: list groups: %w", err)
+	}
+	return page, nil
+}
+
+// CountGroups returns the number of enrollment groups.
+func (s *Bolt) CountGroups(ctx context.Context) (int, error) {
+	return s.count(ctx, bktCounts, bktGroups)
+}
+
+// ---- registrations ----
+
+func (s *Bolt) decodeRegistration(key, v []byte) (*Registration, error) {
+	rec := registrationRecord{Registration: &Registration{}}
+	if err := json.Unmarshal(v, &rec); err != nil {
+		return nil, fmt.Errorf("%w: %s/%q: %w", ErrCorrupt, bktRegistrations, key, err)
+	}
+	if rec.Sealed != nil {
+		hk, err := s.open([]byte(bktRegistrations), key, rec.Sealed)
+		if err != nil {
+			return nil, err
+		}
+		rec.Registration.HubKey = hk
+	}
+	return rec.Registration, nil
+}
+
+// GetRegistration returns the registration record (HubKey decrypted) or ErrNotFound.
+func (s *Bolt) GetRegistration(ctx context.Context, registrationID string) (*Registration, error) {
+	done, err := s.enter(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("store: get registration: %w", err)
+	}
+	defer done()
+	key, err := normKey("registrationId", registrationID)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrNotFound, err)
+	}
+	var r *Registration
+	err = s.db.View(func(tx *bolt.Tx) error {
+		v := tx.Bucket([]byte(bktRegistrations)).Get(key)
+		if v == nil {
+			return fmt.Errorf("%w: registration %q", ErrNotFound, registrationID)
+		}
+		r, err = s.decodeRegistration(key, v)
+		return err
+	})
+	return r, err
+}
+
+// unindexRegistration removes a registration from its group's index.
+func unindexRegistration(tx *bolt.Tx, key []byte, group string) error {
+	if group == "" {
+		return nil
+	}
+	g := []byte(lower(group))
+	if err := tx.Bucket([]byte(bktGroupRegs)).Delete(groupRegKey(g, key)); err != nil {
+		return err
+	}
+	return addCount(tx.Bucket([]byte(bktGroupCounts)), g, -1)
+}
+
+// DeleteRegistration deletes a registration record and its group index entry.
+func (s *Bolt) DeleteRegistration(ctx context.Context, registrationID, ifMatch string) error {
+	done, err := s.enter(ctx)
+	if err != nil {
+		return fmt.Errorf("store: delete registration: %w", err)
+	}
+	defer done()
+	err = s.deleteRecord(bktRegistrations, "registrationId", registrationID, ifMatch, func(tx *bolt.Tx, key []byte, h recordHead) error {
+		return unindexRegistration(tx, key, h.EnrollmentGroupID)
+	})
+	if err != nil {
+		return fmt.Errorf("store: delete registration: %w", err)
+	}
+	return nil
+}
+
+// ListGroupRegistrations returns one page of the registrations of a group,
+// in registration id order.
+func (s *Bolt) ListGroupRegistrations(ctx context.Context, groupID string, q Query) (Page[*Registration], error) {
+	var page Page[*Registration]
+	done, err := s.enter(ctx)
+	if err != nil {
+		return page, fmt.Errorf("store: list group registrations: %w", err)
+	}
+	defer done()
+	g, err := normKey("enrollmentGroupId", groupID)
+	if err != nil {
+		return page, fmt.Errorf("store: list group registrations: %w", err)
+	}
+	prefix := groupRegKey(g, nil)
+	err = s.db.View(func(tx *bolt.Tx) error {
+		regs := tx.Bucket([]byte(bktRegistrations))
+		var err error
+		page.Continuation, err = listBucket(tx.Bucket([]byte(bktGroupRegs)), 'r', prefix, q, func(k, _ []byte) error {
+			key := k[len(prefix):]
+			v := regs.Get(key)
+			if v == nil {
+				return fmt.Errorf("%w: %s/%q points at a missing registration", ErrCorrupt, bktGroupRegs, k)
+			}
+			r, err := s.decodeRegistration(key, v)
+			page.Items = append(page.Items, r)
+			return err
+		})
+		return err
+	})
+	if err != nil {
+		return Page[*Registration]{}, fmt.Errorf("store: list group registrations: %w", err)
+	}
+	return page, nil
+}
+
+// CountGroupRegistrations returns the number of registrations of a group.
+func (s *Bolt) CountGroupRegistrations(ctx context.Context, groupID string) (int, error) {
+	g, err := normKey("enrollmentGroupId", groupID)
+	if err != nil {
+		return 0, fmt.Errorf("store: count group registrations: %w", err)
+	}
+	return s.count(ctx, bktGroupCounts, string(g))
+}
+
+// RecordRegistration writes the registration (new etag and times, created
+// time preserved), keeps the group index right (also when the registration
+// moves to another group), and writes op (if not nil) in the same durable
+// transaction. It returns the registration as stored.
+func (s *Bolt) RecordRegistration(ctx context.Context, r *Registration, op *Operation) (*Registration, error) {
+	done, err := s.enter(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("store: record registration: %w", err)
+	}
+	defer done()
+	if r == nil {
+		return nil, fmt.Errorf("store: record registration: %w: nil registration", ErrInvalidRecord)
+	}
+	key, err := normKey("registrationId", r.RegistrationID)
+	if err != nil {
+		return nil, fmt.Errorf("store: record registration: %w", err)
+	}
+	out, err := cloneJSON(r)
+	if err != nil {
+		return nil, fmt.Errorf("store: record registration %q: %w", r.RegistrationID, err)
+	}
+	out.HubKey = bytes.Clone(r.HubKey)
+	stored := new(Registration)
+	*stored = *out
+	stored.HubKey = nil
+	var sealed []byte
+	if len(r.HubKey) > 0 {
+		sealed = s.seal([]byte(bktRegistrations), key, r.HubKey)
+	}
+	var opKey, opData []byte
+	var opExp time.Time
+	if op != nil {
+		if opKey, opData, opExp, err = encodeOperation(op); err != nil {
+			return nil, fmt.Errorf("store: record registration %q: %w", r.RegistrationID, err)
+		}
+	}
+	newGroup := lower(r.EnrollmentGroupID)
+	etag, now := newETag(), s.now().UTC()
+	err = s.batch(func(tx *bolt.Tx) error {
+		b := tx.Bucket([]byte(bktRegistrations))
+		old := b.Get(key)
+		h, err := precondition(bktRegistrations, key, old, "")
+		if err != nil {
+			return err
+		}
+		created := now
+		if old != nil && !h.CreatedAt.IsZero() {
+			created = h.CreatedAt
+		}
+		stored.ETag, stored.CreatedAt, stored.UpdatedAt = etag, created, now
+		out.ETag, out.CreatedAt, out.UpdatedAt = etag, created, now
+		data, err := json.Marshal(registrationRecord{Registration: stored, Sealed: sealed})
+		if err != nil {
+			return fmt.Errorf("%w: registration %q: %w", ErrInvalidRecord, key, err)
+		}
+		if old == nil {
+			if err := addCount(tx.Bucket([]byte(bktCounts)), []byte(bktRegistrations), 1); err != nil {
+				return err
+			}
+		}
+		if err := b.Put(key, data); err != nil {
+			return err
+		}
+		if oldGroup := lower(h.EnrollmentGroupID); old == nil || oldGroup != newGroup {
+			if old != nil {
+				if err := unindexRegistration(tx, key, oldGroup); err != nil {
+					return err
+				}
+			}
+			if newGroup != "" {
+				if err := tx.Bucket([]byte(bktGroupRegs)).Put(groupRegKey([]byte(newGroup), key), []byte{}); err != nil {
+					return err
+				}
+				if err := addCount(tx.Bucket([]byte(bktGroupCounts)), []byte(newGroup), 1); err != nil {
+					return err
+				}
+			}
+		}
+		if op != nil {
+			return putOperationTx(tx, opKey, opData, opExp)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("store: record registration: %w", err)
+	}
+	return out, nil
+}
+
+// ---- operations ----
+
+// encodeOperation validates op and returns its key, stored value and expiry.
+func encodeOperation(op *Operation) ([]byte, []byte, time.Time, error) {
+	if err := checkID("operationId", op.ID); err != nil {
+		return nil, nil, time.Time{}, err
+	}
+	if op.ExpiresAt.IsZero() {
+		return nil, nil, time.Time{}, fmt.Errorf("%w: operation %q has no expiry", ErrInvalidRecord, op.ID)
+	}
+	data, err := json.Marshal(op)
+	if err != nil {
+		return nil, nil, time.Time{}, fmt.Errorf("%w: operation %q: %w", ErrInvalidRecord, op.ID, err)
+	}
+	return []byte(op.ID), data, op.ExpiresAt, nil
+}
+
+// putOperationTx writes an operation and moves its expiry index entry.
+func putOperationTx(tx *bolt.Tx, key, data []byte, exp time.Time) error {
+	b := tx.Bucket([]byte(bktOperations))
+	idx := tx.Bucket([]byte(bktExpiry))
+	if old := b.Get(key); old != nil {
+		var h struct {
+			ExpiresAt time.Time `json:"expiresAt"`
+		}
+		if err := json.Unmarshal(old, &h); err != nil {
+			return fmt.Errorf("%w: %s/%q: %w", ErrCorrupt, bktOperations, key, err)
+		}
+		if err := idx.Delete(expiryKey(h.ExpiresAt, expiryOperation, key)); err != nil {
+			return err
+		}
+	}
+	if err := b.Put(key, data); err != nil {
+		return err
+	}
+	return idx.Put(expiryKey(exp, expiryOperation, key), []byte{})
+}
+
+// PutOperation writes (or replaces) an operation. ExpiresAt must be set: the
+// operation is invisible after it and removed by Sweep.
+func (s *Bolt) PutOperation(ctx context.Context, op *Operation) error {
+	done, err := s.enter(ctx)
+	if err != nil {
+		return fmt.Errorf("store: put operation: %w", err)
+	}
+	defer done()
+	if op == nil {
+		return fmt.Errorf("store: put operation: %w: nil operation", ErrInvalidRecord)
+	}
+	key, data, exp, err := encodeOperation(op)
+	if err != nil {
+		return fmt.Errorf("store: put operation: %w", err)
+	}
+	if err := s.batch(func(tx *bolt.Tx) error { return putOperationTx(tx, key, data, exp) }); err != nil {
+		return fmt.Errorf("store: put operation: %w", err)
+	}
+	return nil
+}
+
+// GetOperation returns the operation, or ErrNotFound if absent or expired
+// (now >= ExpiresAt).
+func (s *Bolt) GetOperation(ctx context.Context, operationID string) (*Operation, error) {
+	done, err := s.enter(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("store: get operation: %w", err)
+	}
+	defer done()
+	if err := checkID("operationId", operationID); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrNotFound, err)
+	}
+	now := s.now()
+	var op *Operation
+	err = s.db.View(func(tx *bolt.Tx) error {
+		v := tx.Bucket([]byte(bktOperations)).Get([]byte(operationID))
+		if v == nil {
+			return fmt.Errorf("%w: operation %q", ErrNotFound, operationID)
+		}
+		op = new(Operation)
+		if err := json.Unmarshal(v, op); err != nil {
+			return fmt.Errorf("%w: %s/%q: %w", ErrCorrupt, bktOperations, operationID, err)
+		}
+		if !now.Before(op.ExpiresAt) {
+			return fmt.Errorf("%w: operation %q expired", ErrNotFound, operationID)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return op, nil
+}
+
+// ---- challenges ----
+
+// UseChallenge records that the challenge reference ref has authenticated,
+// until expires. A reference already recorded and not yet expired gives
+// ErrChallengeUsed; an expired one may be used again (it is a new challenge).
+func (s *Bolt) UseChallenge(ctx context.Context, ref string, expires time.Time) error {
+	done, err := s.enter(ctx)
+	if err != nil {
+		return fmt.Errorf("store: use challenge: %w", err)
+	}
+	defer done()
+	if err := checkID("challenge reference", ref); err != nil {
+		return err
+	}
+	if expires.IsZero() {
+		return fmt.Errorf("store: use challenge: %w: no expiry", ErrInvalidRecord)
+	}
+	key := []byte(ref)
+	expKey := expiryKey(expires, expiryChallenge, key)
+	val := expKey[:8]
+	now := s.now()
+	var nowNanos uint64
+	if ns := now.UnixNano(); ns > 0 {
+		nowNanos = uint64(ns)
+	}
+	err = s.batch(func(tx *bolt.Tx) error {
+		b := tx.Bucket([]byte(bktChallenges))
+		idx := tx.Bucket([]byte(bktExpiry))
+		if old := b.Get(key); old != nil {
+			if len(old) != 8 {
+				return fmt.Errorf("%w: %s/%q", ErrCorrupt, bktChallenges, key)
+			}
+			oldExp := binary.BigEndian.Uint64(old)
+			if oldExp > nowNanos {
+				return ErrChallengeUsed
+			}
+			if err := idx.Delete(expiryKeyNanos(oldExp, expiryChallenge, key)); err != nil {
+				return err
+			}
+		}
+		if err := b.Put(key, val); err != nil {
+			return err
+		}
+		return idx.Put(expKey, []byte{})
+	})
+	if err != nil {
+		return fmt.Errorf("store: use challenge: %w", err)
+	}
+	return nil
+}
+
+// sweepChunk bounds the deletions of one Sweep transaction.
+const sweepChunk = 10000
+
+// Sweep deletes challenge references and operations whose expiry is at or
+// before now, walking the expiry index from its start, in transactions of at
+// most 10,000 deletions. It returns how many it deleted.
+func (s *Bolt) Sweep(ctx context.Context, now time.Time) (int, error) {
+	done, err := s.enter(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("store: sweep: %w", err)
+	}
+	defer done()
+	var limit uint64
+	if ns := now.UnixNano(); ns > 0 {
+		limit = uint64(ns)
+	}
+	total := 0
+	for {
+		if err := ctx.Err(); err != nil {
+			return total, fmt.Errorf("store: sweep: %w", err)
+		}
+		n := 0
+		err := s.db.Update(func(tx *bolt.Tx) error {
+			n = 0
+			idx := tx.Bucket([]byte(bktExpiry))
+			var keys [][]byte
+			c := idx.Cursor()
+			for k, _ := c.First(); k != nil && len(keys) < sweepChunk; k, _ = c.Next() {
+				if len(k) < 9 || binary.BigEndian.Uint64(k[:8]) > limit {
+					break
+				}
+				keys = append(keys, bytes.Clone(k))
+			}
+			for _, k := range keys {
+				var b *bolt.Bucket
+				switch k[8] {
+				case expiryChallenge:
+					b = tx.Bucket([]byte(bktChallenges))
+				case expiryOperation:
+					b = tx.Bucket([]byte(bktOperations))
+				default:
+					return fmt.Errorf("%w: %s/%x: unknown kind", ErrCorrupt, bktExpiry, k)
+				}
+				if err := b.Delete(k[9:]); err != nil {
+					return err
+				}
+				if err := idx.Delete(k); err != nil {
+					return err
+				}
+			}
+			n = len(keys)
+			return nil
+		})
+		if err != nil {
+			return total, fmt.Errorf("store: sweep: %w", err)
+		}
+		total += n
+		if n < sweepChunk {
+			if total > 0 {
+				s.log.Debug("store: swept expired entries", "count", total)
+			}
+			return total, nil
+		}
+	}
+}

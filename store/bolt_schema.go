@@ -1,0 +1,349 @@
+package store
+
+import (
+	"bytes"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// SchemaVersion is the layout version this build writes (meta/version).
+// Version 0 is a file without meta/version (the pre-release layout: record
+// buckets only, secrets in plaintext); OpenBolt upgrades it.
+const SchemaVersion = 1
+
+// Bucket names and fixed keys of the layout (see doc.go).
+const (
+	bktMeta          = "meta"
+	bktEnrollments   = "enrollments"
+	bktGroups        = "groups"
+	bktRegistrations = "registrations"
+	bktGroupRegs     = "groupregs"
+	bktGroupCounts   = "groupcounts"
+	bktOperations    = "operations"
+	bktChallenges    = "challenges"
+	bktExpiry        = "expiry"
+	bktCounts        = "counts"
+
+	metaVersion  = "version"
+	metaKeyCheck = "keycheck"
+
+	expiryChallenge = 'c'
+	expiryOperation = 'o'
+)
+
+// allBuckets lists every top-level bucket of schema version 1.
+func allBuckets() []string {
+	return []string{bktMeta, bktEnrollments, bktGroups, bktRegistrations, bktGroupRegs,
+		bktGroupCounts, bktOperations, bktChallenges, bktExpiry, bktCounts}
+}
+
+// migration upgrades the file from version from to from+1, inside the one
+// transaction that runs all pending migrations.
+type migration struct {
+	from int
+	name string
+	fn   func(s *Bolt, tx *bolt.Tx) error
+}
+
+// migrations is the upgrade table: entry i takes version i to i+1.
+func migrations() []migration {
+	return []migration{
+		{from: 0, name: "create buckets, seal plaintext secrets, build indexes and counters", fn: migrateV0},
+	}
+}
+
+// readMeta returns the schema version (0 when absent) and the key check value
+// (nil when absent).
+func (s *Bolt) readMeta() (int, []byte, error) {
+	var version int
+	var check []byte
+	err := s.db.View(func(tx *bolt.Tx) error {
+		m := tx.Bucket([]byte(bktMeta))
+		if m == nil {
+			return nil
+		}
+		if v := m.Get([]byte(metaVersion)); v != nil {
+			if len(v) != 8 {
+				return fmt.Errorf("%w: %s: meta/version is %d bytes, want 8", ErrCorrupt, s.path, len(v))
+			}
+			u := binary.BigEndian.Uint64(v)
+			if u > 1<<31 {
+				return fmt.Errorf("%w: %s has schema version %d, this build supports up to version %d", ErrSchema, s.path, u, SchemaVersion)
+			}
+			version = int(u)
+		}
+		if c := m.Get([]byte(metaKeyCheck)); c != nil {
+			check = bytes.Clone(c)
+		}
+		return nil
+	})
+	if err != nil {
+		if errors.Is(err, ErrSchema) || errors.Is(err, ErrCorrupt) {
+			return 0, nil, err
+		}
+		return 0, nil, fmt.Errorf("store: read meta of %s: %w", s.path, err)
+	}
+	return version, check, nil
+}
+
+// migrate runs every migration from version from to SchemaVersion, records
+// the new version and the key check, all in one transaction: a crash leaves
+// the old version intact.
+func (s *Bolt) migrate(from int, check []byte) error {
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		for _, m := range migrations() {
+			if m.from < from {
+				continue
+			}
+			s.log.Info("store: migrating", "path", s.path, "from", m.from, "to", m.from+1, "what", m.name)
+			if err := m.fn(s, tx); err != nil {
+				return fmt.Errorf("migration %d->%d (%s): %w", m.from, m.from+1, m.name, err)
+			}
+		}
+		meta, err := tx.CreateBucketIfNotExists([]byte(bktMeta))
+		if err != nil {
+			return err
+		}
+		if err := meta.Put([]byte(metaVersion), u64(SchemaVersion)); err != nil {
+			return err
+		}
+		return meta.Put([]byte(metaKeyCheck), check)
+	})
+	if err != nil {
+		return fmt.Errorf("store: upgrade %s from schema version %d to %d: %w", s.path, from, SchemaVersion, err)
+	}
+	return nil
+}
+
+// migrateV0 upgrades the pre-release layout: it creates the missing buckets,
+// encrypts plaintext symmetric keys found in enrollments and groups, and
+// rebuilds the derived buckets (group index, expiry index, counters).
+func migrateV0(s *Bolt, tx *bolt.Tx) error {
+	for _, name := range allBuckets() {
+		if _, err := tx.CreateBucketIfNotExists([]byte(name)); err != nil {
+			return fmt.Errorf("create bucket %s: %w", name, err)
+		}
+	}
+	for _, name := range []string{bktEnrollments, bktGroups} {
+		if err := sealPlaintextKeys(s, tx.Bucket([]byte(name)), []byte(name)); err != nil {
+			return err
+		}
+	}
+	return rebuildDerived(tx)
+}
+
+// sealPlaintextKeys rewrites records whose symmetric keys are stored in the
+// clear (version 0) into the sealed form.
+func sealPlaintextKeys(s *Bolt, b *bolt.Bucket, bucket []byte) error {
+	type rewrite struct{ k, v []byte }
+	var todo []rewrite
+	err := b.ForEach(func(k, v []byte) error {
+		var raw struct {
+			Attestation Attestation     `json:"attestation"`
+			Sealed      json.RawMessage `json:"sealed"`
+		}
+		if err := json.Unmarshal(v, &raw); err != nil {
+			return fmt.Errorf("%w: %s/%q: %w", ErrCorrupt, bucket, k, err)
+		}
+		if raw.Sealed != nil || !hasSymmetricSecrets(raw.Attestation) {
+			return nil
+		}
+		var generic map[string]json.RawMessage
+		if err := json.Unmarshal(v, &generic); err != nil {
+			return fmt.Errorf("%w: %s/%q: %w", ErrCorrupt, bucket, k, err)
+		}
+		sealed, stripped, err := s.sealAttestation(bucket, k, raw.Attestation)
+		if err != nil {
+			return err
+		}
+		att, err := json.Marshal(stripped)
+		if err != nil {
+			return err
+		}
+		sj, err := json.Marshal(sealed)
+		if err != nil {
+			return err
+		}
+		generic["attestation"] = att
+		generic["sealed"] = sj
+		nv, err := json.Marshal(generic)
+		if err != nil {
+			return err
+		}
+		todo = append(todo, rewrite{bytes.Clone(k), nv})
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for _, r := range todo {
+		if err := b.Put(r.k, r.v); err != nil {
+			return err
+		}
+	}
+	if len(todo) > 0 {
+		s.log.Warn("store: sealed plaintext secrets of a version 0 file; their old pages are free but not scrubbed until the file is compacted (bbolt compact)",
+			"path", s.path, "bucket", string(bucket), "records", len(todo))
+	}
+	return nil
+}
+
+// rebuildDerived recreates the buckets that are functions of the record
+// buckets: groupregs, groupcounts, expiry and counts.
+func rebuildDerived(tx *bolt.Tx) error {
+	for _, name := range []string{bktGroupRegs, bktGroupCounts, bktExpiry, bktCounts} {
+		if err := tx.DeleteBucket([]byte(name)); err != nil && tx.Bucket([]byte(name)) != nil {
+			return fmt.Errorf("reset bucket %s: %w", name, err)
+		}
+		if _, err := tx.CreateBucket([]byte(name)); err != nil {
+			return fmt.Errorf("create bucket %s: %w", name, err)
+		}
+	}
+	want, err := computeDerived(tx)
+	if err != nil {
+		return err
+	}
+	for name, kv := range want {
+		b := tx.Bucket([]byte(name))
+		for k, v := range kv {
+			if err := b.Put([]byte(k), v); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// computeDerived returns what the derived buckets must hold given the record
+// buckets: bucket name -> key -> value.
+func computeDerived(tx *bolt.Tx) (map[string]map[string][]byte, error) {
+	want := map[string]map[string][]byte{
+		bktGroupRegs: {}, bktGroupCounts: {}, bktExpiry: {}, bktCounts: {},
+	}
+	counts := map[string]uint64{}
+	for _, name := range []string{bktEnrollments, bktGroups, bktRegistrations} {
+		counts[name] = uint64(tx.Bucket([]byte(name)).Stats().KeyN)
+	}
+	groupCounts := map[string]uint64{}
+	err := tx.Bucket([]byte(bktRegistrations)).ForEach(func(k, v []byte) error {
+		var h recordHead
+		if err := json.Unmarshal(v, &h); err != nil {
+			return fmt.Errorf("%w: %s/%q: %w", ErrCorrupt, bktRegistrations, k, err)
+		}
+		if h.EnrollmentGroupID != "" {
+			g := lower(h.EnrollmentGroupID)
+			want[bktGroupRegs][string(groupRegKey([]byte(g), k))] = []byte{}
+			groupCounts[g]++
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	err = tx.Bucket([]byte(bktOperations)).ForEach(func(k, v []byte) error {
+		var h struct {
+			ExpiresAt time.Time `json:"expiresAt"`
+		}
+		if err := json.Unmarshal(v, &h); err != nil {
+			return fmt.Errorf("%w: %s/%q: %w", ErrCorrupt, bktOperations, k, err)
+		}
+		want[bktExpiry][string(expiryKey(h.ExpiresAt, expiryOperation, k))] = []byte{}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	err = tx.Bucket([]byte(bktChallenges)).ForEach(func(k, v []byte) error {
+		if len(v) != 8 {
+			return fmt.Errorf("%w: %s/%q: value is %d bytes, want 8", ErrCorrupt, bktChallenges, k, len(v))
+		}
+		want[bktExpiry][string(expiryKeyNanos(binary.BigEndian.Uint64(v), expiryChallenge, k))] = []byte{}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	for name, n := range counts {
+		if n > 0 { // addCount removes zero counters
+			want[bktCounts][name] = u64(n)
+		}
+	}
+	for g, n := range groupCounts {
+		want[bktGroupCounts][g] = u64(n)
+	}
+	return want, nil
+}
+
+// checkIndexes compares the derived buckets with what the record buckets
+// imply and reports every difference.
+func checkIndexes(tx *bolt.Tx) []error {
+	for _, name := range allBuckets() {
+		if tx.Bucket([]byte(name)) == nil {
+			return []error{fmt.Errorf("bucket %s is missing", name)}
+		}
+	}
+	want, err := computeDerived(tx)
+	if err != nil {
+		return []error{err}
+	}
+	var errs []error
+	for name, kv := range want {
+		b := tx.Bucket([]byte(name))
+		n := 0
+		_ = b.ForEach(func(k, v []byte) error {
+			n++
+			w, ok := kv[string(k)]
+			switch {
+			case !ok:
+				errs = append(errs, fmt.Errorf("%s/%q: stale entry", name, k))
+			case !bytes.Equal(w, v):
+				errs = append(errs, fmt.Errorf("%s/%q: is %x, want %x", name, k, v, w))
+			}
+			return nil
+		})
+		if n != len(kv) {
+			errs = append(errs, fmt.Errorf("%s: %d entries, want %d", name, n, len(kv)))
+		}
+		if len(errs) > 20 {
+			break
+		}
+	}
+	return errs
+}
+
+// u64 encodes n big-endian.
+func u64(n uint64) []byte {
+	b := make([]byte, 8)
+	binary.BigEndian.PutUint64(b, n)
+	return b
+}
+
+// expiryKey is the expiry index key: unix nanoseconds (big-endian, so keys
+// sort by time; times before 1970 clamp to 0), a kind byte, and the id.
+func expiryKey(t time.Time, kind byte, id []byte) []byte {
+	var n uint64
+	if ns := t.UnixNano(); ns > 0 {
+		n = uint64(ns)
+	}
+	return expiryKeyNanos(n, kind, id)
+}
+
+func expiryKeyNanos(n uint64, kind byte, id []byte) []byte {
+	k := make([]byte, 0, 9+len(id))
+	k = binary.BigEndian.AppendUint64(k, n)
+	k = append(k, kind)
+	return append(k, id...)
+}
+
+// groupRegKey is the group index key: group id, NUL, registration id (both lowercased).
+func groupRegKey(group, reg []byte) []byte {
+	k := make([]byte, 0, len(group)+1+len(reg))
+	k = append(k, group...)
+	k = append(k, 0)
+	return append(k, reg...)
+}
