@@ -1,0 +1,95 @@
+package provision
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+
+	"github.com/tpmdps/dpsd/attest"
+	"github.com/tpmdps/dpsd/store"
+)
+
+// assign allocates a hub (or records disabled/failed), records the
+// registration and its operation in one durable step and answers 202. TPM
+// devices (srk != nil) get their hub key in an activation blob for srk; the
+// key is generated once and reused on every re-registration.
+func (s *Service) assign(ctx context.Context, id Identity, src source, req RegisterRequest, ek, srk *attest.Public, trackingID string) Response {
+	now := s.cfg.Now().UTC()
+	prev, err := s.cfg.Store.GetRegistration(ctx, id.RegistrationID)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		prev = nil
+	case err != nil:
+		return s.internal(ctx, trackingID, id, fmt.Errorf("read registration: %w", err))
+	case !src.createdAt.IsZero() && src.createdAt.After(prev.CreatedAt):
+		// The enrollment was created after this record: the record belongs
+		// to an earlier device with the same id. Start afresh: delete it so
+		// the new record gets its own creation time, and never hand the
+		// earlier device's hub key to this one.
+		if err := s.cfg.Store.DeleteRegistration(ctx, id.RegistrationID, prev.ETag); err != nil && !errors.Is(err, store.ErrNotFound) {
+			return s.internal(ctx, trackingID, id, fmt.Errorf("delete stale registration: %w", err))
+		}
+		prev = nil
+	}
+	opID, err := newOperationID(s.cfg.Rand)
+	if err != nil {
+		return s.internal(ctx, trackingID, id, err)
+	}
+	rec := &store.Registration{
+		RegistrationID:    id.RegistrationID,
+		AttestationType:   src.attestationType,
+		EnrollmentGroupID: src.groupID,
+		Payload:           req.Payload,
+		CreatedAt:         now,
+		UpdatedAt:         now,
+	}
+	if prev != nil {
+		if !prev.CreatedAt.IsZero() {
+			rec.CreatedAt = prev.CreatedAt
+		}
+		rec.HubKey = prev.HubKey
+	}
+	if src.disabled {
+		rec.Status = store.RegistrationDisabled
+	} else if a := s.allocate(src.target, id.RegistrationID, prev); a.errorCode != 0 {
+		rec.Status, rec.ErrorCode, rec.ErrorMessage = store.RegistrationFailed, a.errorCode, a.errorMessage
+	} else {
+		rec.Status, rec.AssignedHub, rec.Substatus, rec.DeviceID = store.RegistrationAssigned, a.hub, a.substatus, src.deviceID
+	}
+	op := &store.Operation{
+		ID:             opID,
+		RegistrationID: id.RegistrationID,
+		Status:         rec.Status,
+		ErrorCode:      rec.ErrorCode,
+		ErrorMessage:   rec.ErrorMessage,
+		CreatedAt:      now,
+		ExpiresAt:      now.Add(s.cfg.OperationLifetime),
+	}
+	if rec.Status == store.RegistrationAssigned && srk != nil {
+		if len(rec.HubKey) != HubKeySize {
+			rec.HubKey = make([]byte, HubKeySize)
+			if _, err := io.ReadFull(s.cfg.Rand, rec.HubKey); err != nil {
+				return s.internal(ctx, trackingID, id, fmt.Errorf("hub key randomness: %w", err))
+			}
+		}
+		blob, err := attest.NewActivationBlob(s.cfg.Rand, ek, srk, rec.HubKey)
+		if err != nil {
+			return s.badRequest(ctx, trackingID, id, fmt.Sprintf("cannot build an activation blob for these keys: %v", err))
+		}
+		op.AuthenticationKey = blob
+	}
+	if _, err := s.cfg.Store.RecordRegistration(ctx, rec, op); err != nil {
+		return s.internal(ctx, trackingID, id, fmt.Errorf("record registration: %w", err))
+	}
+	s.log.LogAttrs(ctx, slog.LevelInfo, "registration recorded",
+		slog.String("trackingId", trackingID), slog.String("registrationId", id.RegistrationID),
+		slog.String("method", id.Method.String()), slog.String("groupId", src.groupID),
+		slog.String("status", rec.Status), slog.String("assignedHub", rec.AssignedHub),
+		slog.String("substatus", rec.Substatus), slog.Int("errorCode", rec.ErrorCode))
+	return Response{Status: 202, RetryAfter: s.retryAfter, Body: &OperationStatus{
+		OperationID: opID,
+		Status:      store.RegistrationAssigning,
+	}}
+}

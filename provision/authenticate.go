@@ -1,0 +1,263 @@
+package provision
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/tpmdps/dpsd/attest"
+	"github.com/tpmdps/dpsd/store"
+)
+
+// AuthMethod is how a connection authenticated.
+type AuthMethod int
+
+// Authentication methods, weakest first (a takeover needs at least as strong).
+const (
+	AuthRestricted   AuthMethod = iota // no credential: may only ask for a TPM challenge
+	AuthTPM                            // SAS signed with a TPM challenge key
+	AuthSymmetricKey                   // SAS signed with an enrollment or group-derived key
+	AuthX509                           // TLS client certificate
+)
+
+// String names the method for logs.
+func (m AuthMethod) String() string {
+	switch m {
+	case AuthRestricted:
+		return "restricted"
+	case AuthTPM:
+		return "tpm"
+	case AuthSymmetricKey:
+		return "symmetricKey"
+	case AuthX509:
+		return "x509"
+	}
+	return fmt.Sprintf("AuthMethod(%d)", int(m))
+}
+
+// Identity is the outcome of authenticating a connection, kept for its lifetime.
+type Identity struct {
+	RegistrationID string // lowercased
+	Method         AuthMethod
+	GroupID        string // enrollment group that matched, if any
+	ChallengeRef   string // TPM: the challenge reference that authenticated
+	Certificate    *x509.Certificate
+}
+
+// Connect describes a CONNECT for authentication.
+type Connect struct {
+	ClientID   string
+	Username   string
+	Password   []byte // SAS token; nil or empty when absent
+	PeerChain  []*x509.Certificate
+	RemoteAddr string
+	TrackingID string
+}
+
+// Authenticate decides what a CONNECT may do (protocol.md section 2). A nil
+// error with Method AuthRestricted means a restricted session (no
+// credential). Errors wrap ErrNotAuthorized, ErrUnsupported (X.509, not yet)
+// or ErrUnavailable (store failure); each means a CONNACK refusal, and the
+// reason they carry is for logs only.
+//
+// A TPM challenge authenticates once: the cheap checks (format, expiry,
+// signature) come first and the durable "used" mark last.
+func (s *Service) Authenticate(ctx context.Context, c Connect) (Identity, error) {
+	u, err := attest.ParseUsername(c.Username)
+	if err != nil {
+		return s.refuse(ctx, c, ErrNotAuthorized, "bad username: %w", err)
+	}
+	if err := attest.ValidateRegistrationID(u.RegistrationID); err != nil {
+		return s.refuse(ctx, c, ErrNotAuthorized, "bad registration id: %w", err)
+	}
+	if !strings.EqualFold(c.ClientID, u.RegistrationID) {
+		return s.refuse(ctx, c, ErrNotAuthorized, "client id does not match the username's registration id")
+	}
+	if !strings.EqualFold(u.IDScope, s.cfg.IDScope) {
+		return s.refuse(ctx, c, ErrNotAuthorized, "unknown id scope %q", u.IDScope)
+	}
+	regID := strings.ToLower(u.RegistrationID)
+	switch {
+	case len(c.Password) > 0:
+		return s.authSAS(ctx, c, u.RegistrationID)
+	case len(c.PeerChain) > 0:
+		return s.authX509(ctx, c, regID)
+	default:
+		s.log.LogAttrs(ctx, slog.LevelDebug, "restricted session",
+			slog.String("trackingId", c.TrackingID), slog.String("registrationId", regID))
+		return Identity{RegistrationID: regID, Method: AuthRestricted}, nil
+	}
+}
+
+// authX509 is the seam for X.509 attestation (protocol.md section 8), which
+// lands later: it must check the chain against the enrollment's pinned
+// certificate or the group's CA and the leaf CN against registrationID.
+func (s *Service) authX509(ctx context.Context, c Connect, regID string) (Identity, error) {
+	return s.refuse(ctx, c, ErrUnsupported, "X.509 attestation is not supported yet (registration %s)", regID)
+}
+
+// authSAS verifies a SAS token password, signed either with a TPM challenge
+// key (skn is a challenge reference) or with a symmetric key.
+// spelledID is the registration id exactly as the device wrote it.
+func (s *Service) authSAS(ctx context.Context, c Connect, spelledID string) (Identity, error) {
+	tok, err := attest.ParseSASToken(string(c.Password))
+	if err != nil {
+		return s.refuse(ctx, c, ErrNotAuthorized, "bad SAS token: %w", err)
+	}
+	resource := s.cfg.IDScope + "/registrations/" + spelledID
+	if isChallengeRef(tok.KeyName) {
+		return s.authTPM(ctx, c, tok, resource, strings.ToLower(spelledID))
+	}
+	return s.authSymmetric(ctx, c, tok, resource, spelledID)
+}
+
+// authTPM verifies a SAS signed with the key a TPM challenge delivered.
+func (s *Service) authTPM(ctx context.Context, c Connect, tok *attest.SASToken, resource, regID string) (Identity, error) {
+	ref := tok.KeyName
+	expires, err := parseChallengeRef(ref)
+	if err != nil {
+		return s.refuse(ctx, c, ErrNotAuthorized, "bad challenge reference: %w", err)
+	}
+	now := s.cfg.Now()
+	if !now.Before(expires) {
+		return s.refuse(ctx, c, ErrNotAuthorized, "challenge expired at %s", formatTime(expires))
+	}
+	key := challengeKey(s.cfg.ChallengeSecret, regID, ref)
+	if err := tok.Verify(key, resource, now, s.cfg.SAS); err != nil {
+		return s.refuse(ctx, c, ErrNotAuthorized, "TPM SAS does not verify: %w", err)
+	}
+	e, err := s.cfg.Store.GetEnrollment(ctx, regID)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return s.refuse(ctx, c, ErrNotAuthorized, "TPM enrollment no longer exists")
+	case err != nil:
+		return s.refuse(ctx, c, ErrUnavailable, "read enrollment: %w", err)
+	case e.Attestation.Type != store.AttestationTPM:
+		return s.refuse(ctx, c, ErrNotAuthorized, "enrollment is no longer of type tpm")
+	}
+	if err := s.cfg.Store.UseChallenge(ctx, ref, expires); err != nil {
+		if errors.Is(err, store.ErrChallengeUsed) {
+			return s.refuse(ctx, c, ErrNotAuthorized, "challenge already used")
+		}
+		return s.refuse(ctx, c, ErrUnavailable, "mark challenge used: %w", err)
+	}
+	s.log.LogAttrs(ctx, slog.LevelInfo, "authenticated",
+		slog.String("trackingId", c.TrackingID), slog.String("registrationId", regID),
+		slog.String("method", AuthTPM.String()))
+	return Identity{RegistrationID: regID, Method: AuthTPM, ChallengeRef: ref}, nil
+}
+
+// authSymmetric verifies a SAS signed with an individual enrollment's primary
+// or secondary key or, when the id has no individual enrollment, with a key
+// derived from a symmetric-key enrollment group's key. An individual
+// enrollment takes precedence: its existence rules the groups out.
+func (s *Service) authSymmetric(ctx context.Context, c Connect, tok *attest.SASToken, resource, spelledID string) (Identity, error) {
+	regID := strings.ToLower(spelledID)
+	now := s.cfg.Now()
+	e, err := s.cfg.Store.GetEnrollment(ctx, regID)
+	switch {
+	case err == nil:
+		if e.Attestation.Type != store.AttestationSymmetricKey || e.Attestation.SymmetricKey == nil {
+			return s.refuse(ctx, c, ErrNotAuthorized, "individual enrollment is of type %q, not symmetricKey", e.Attestation.Type)
+		}
+		// reason keeps the most telling failure: a key whose signature
+		// matched says why (expired, other resource) better than the other key.
+		var reason error = errors.New("enrollment has no keys")
+		first := true
+		for _, k := range []string{e.Attestation.SymmetricKey.PrimaryKey, e.Attestation.SymmetricKey.SecondaryKey} {
+			if k == "" {
+				continue
+			}
+			key, err := attest.DecodeSymmetricKey(k)
+			if err != nil {
+				err = fmt.Errorf("enrollment key: %w", err)
+			} else if err = tok.Verify(key, resource, now, s.cfg.SAS); err == nil {
+				return s.authenticated(ctx, c, Identity{RegistrationID: regID, Method: AuthSymmetricKey}), nil
+			}
+			if first || errors.Is(reason, attest.ErrSASSignature) {
+				reason, first = err, false
+			}
+		}
+		return s.refuse(ctx, c, ErrNotAuthorized, "SAS does not verify with the enrollment's keys: %w", reason)
+	case !errors.Is(err, store.ErrNotFound):
+		return s.refuse(ctx, c, ErrUnavailable, "read enrollment: %w", err)
+	}
+	groupID, err := s.matchGroup(ctx, tok, resource, spelledID)
+	switch {
+	case err != nil:
+		return s.refuse(ctx, c, ErrUnavailable, "list enrollment groups: %w", err)
+	case groupID == "":
+		return s.refuse(ctx, c, ErrNotAuthorized, "no enrollment and no enrollment group key verifies")
+	}
+	return s.authenticated(ctx, c, Identity{RegistrationID: regID, Method: AuthSymmetricKey, GroupID: groupID}), nil
+}
+
+// matchGroup returns the id of the first symmetric-key enrollment group
+// whose derived device key verifies tok, or "" when none does.
+func (s *Service) matchGroup(ctx context.Context, tok *attest.SASToken, resource, spelledID string) (string, error) {
+	now := s.cfg.Now()
+	q := store.Query{}
+	for {
+		page, err := s.cfg.Store.ListGroups(ctx, q)
+		if err != nil {
+			return "", err
+		}
+		for _, g := range page.Items {
+			if id := groupMatches(g, tok, resource, spelledID, now, s.cfg.SAS); id != "" {
+				return id, nil
+			}
+		}
+		if page.Continuation == "" {
+			return "", nil
+		}
+		q.Continuation = page.Continuation
+	}
+}
+
+// groupMatches returns g's id when a key derived from g's primary or
+// secondary key verifies tok, else "".
+func groupMatches(g *store.Group, tok *attest.SASToken, resource, spelledID string, now time.Time, policy attest.SASPolicy) string {
+	if g.Attestation.Type != store.AttestationSymmetricKey || g.Attestation.SymmetricKey == nil {
+		return ""
+	}
+	for _, k := range []string{g.Attestation.SymmetricKey.PrimaryKey, g.Attestation.SymmetricKey.SecondaryKey} {
+		if k == "" {
+			continue
+		}
+		groupKey, err := attest.DecodeSymmetricKey(k)
+		if err != nil {
+			continue
+		}
+		if tok.Verify(attest.DeriveDeviceKey(groupKey, spelledID), resource, now, policy) == nil {
+			return g.EnrollmentGroupID
+		}
+	}
+	return ""
+}
+
+// authenticated logs a successful authentication and returns id.
+func (s *Service) authenticated(ctx context.Context, c Connect, id Identity) Identity {
+	s.log.LogAttrs(ctx, slog.LevelInfo, "authenticated",
+		slog.String("trackingId", c.TrackingID), slog.String("registrationId", id.RegistrationID),
+		slog.String("method", id.Method.String()), slog.String("groupId", id.GroupID))
+	return id
+}
+
+// refuse logs why a CONNECT is refused and returns the typed error. The
+// reason never contains tokens or keys.
+func (s *Service) refuse(ctx context.Context, c Connect, kind error, format string, args ...any) (Identity, error) {
+	err := fmt.Errorf("%w: "+format, append([]any{kind}, args...)...)
+	reason := strings.TrimPrefix(err.Error(), kind.Error()+": ")
+	level := slog.LevelInfo
+	if errors.Is(kind, ErrUnavailable) {
+		level = slog.LevelError
+	}
+	s.log.LogAttrs(ctx, level, "connect refused",
+		slog.String("trackingId", c.TrackingID), slog.String("clientId", c.ClientID),
+		slog.String("remoteAddr", c.RemoteAddr), slog.String("reason", reason))
+	return Identity{}, err
+}

@@ -1,0 +1,133 @@
+package provision
+
+// The TPM challenge reference and key (protocol.md section 5). Nothing is
+// stored per challenge: the reference carries its expiry and fresh randomness,
+// and the key is derived from the service secret, so no later challenge can
+// cancel an earlier one and every broker sharing the secret agrees.
+
+import (
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math"
+	"strings"
+	"time"
+
+	"github.com/tpmdps/dpsd/attest"
+)
+
+const (
+	// challengeRefPrefix marks a SAS skn as a TPM challenge reference (version 1).
+	challengeRefPrefix = "t1."
+	// challengeNonceSize is the fresh randomness in a reference.
+	challengeNonceSize = 16
+	// challengeRefDataSize is expiry (8 bytes, big-endian Unix seconds) plus nonce.
+	challengeRefDataSize = 8 + challengeNonceSize
+	// challengeKeyLabel domain-separates challenge keys from any other use of the secret.
+	challengeKeyLabel = "dpsd tpm challenge key v1"
+)
+
+// errNotChallengeRef: the skn is not a TPM challenge reference (a symmetric-key token).
+var errNotChallengeRef = errors.New("not a challenge reference")
+
+// isChallengeRef reports whether a SAS skn claims to be a TPM challenge
+// reference. A claim that does not parse is refused, never tried as a
+// symmetric key.
+func isChallengeRef(skn string) bool { return strings.HasPrefix(skn, challengeRefPrefix) }
+
+// newChallengeRef returns a fresh reference expiring at expires:
+// "t1." + base64url-nopad(expiry || 16 random bytes), 35 characters of
+// [A-Za-z0-9._-].
+func newChallengeRef(rand io.Reader, expires time.Time) (string, error) {
+	var b [challengeRefDataSize]byte
+	binary.BigEndian.PutUint64(b[:8], uint64(expires.Unix()))
+	if _, err := io.ReadFull(rand, b[8:]); err != nil {
+		return "", fmt.Errorf("challenge reference randomness: %w", err)
+	}
+	return challengeRefPrefix + base64.RawURLEncoding.EncodeToString(b[:]), nil
+}
+
+// parseChallengeRef returns the expiry a reference carries. It accepts only
+// the exact canonical form newChallengeRef writes.
+func parseChallengeRef(ref string) (time.Time, error) {
+	if !isChallengeRef(ref) {
+		return time.Time{}, errNotChallengeRef
+	}
+	enc := ref[len(challengeRefPrefix):]
+	// The decoder skips CR and LF: check the exact form first so that one
+	// challenge has exactly one spelling.
+	if len(enc) != base64.RawURLEncoding.EncodedLen(challengeRefDataSize) {
+		return time.Time{}, fmt.Errorf("challenge reference: %d characters, want %d",
+			len(enc), base64.RawURLEncoding.EncodedLen(challengeRefDataSize))
+	}
+	for i := 0; i < len(enc); i++ {
+		if c := enc[i]; !('A' <= c && c <= 'Z' || 'a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-' || c == '_') {
+			return time.Time{}, fmt.Errorf("challenge reference: byte 0x%02x at offset %d", c, len(challengeRefPrefix)+i)
+		}
+	}
+	data, err := base64.RawURLEncoding.Strict().DecodeString(enc)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("challenge reference: %w", err)
+	}
+	if len(data) != challengeRefDataSize {
+		return time.Time{}, fmt.Errorf("challenge reference: %d bytes, want %d", len(data), challengeRefDataSize)
+	}
+	secs := binary.BigEndian.Uint64(data[:8])
+	if secs > math.MaxInt64/2 {
+		return time.Time{}, errors.New("challenge reference: expiry out of range")
+	}
+	return time.Unix(int64(secs), 0).UTC(), nil
+}
+
+// challengeKey derives the 32-byte HMAC key a challenge delivers:
+// HMAC-SHA256(secret, label || 0 || lowercase(registrationID) || 0 || ref).
+// Registration ids and references contain no NUL, so the encoding is unambiguous.
+func challengeKey(secret []byte, registrationID, ref string) []byte {
+	m := hmac.New(sha256.New, secret)
+	m.Write([]byte(challengeKeyLabel))
+	m.Write([]byte{0})
+	m.Write([]byte(strings.ToLower(registrationID)))
+	m.Write([]byte{0})
+	m.Write([]byte(ref))
+	return m.Sum(nil)
+}
+
+// challenge answers a restricted session's TPM register with a challenge: a
+// 401 whose blob carries a key derived for a fresh reference. Unknown ids and
+// EK mismatches get the same 401 as any other refusal.
+func (s *Service) challenge(ctx context.Context, id Identity, req RegisterRequest, trackingID string) Response {
+	if req.TPM == nil {
+		return s.unauthorized(ctx, trackingID, id, "restricted session sent a register without tpm")
+	}
+	ek, srk, err := parseTPMKeys(req.TPM)
+	if err != nil {
+		return s.badRequest(ctx, trackingID, id, err.Error())
+	}
+	if _, resp, ok := s.tpmEnrollment(ctx, id, ek, trackingID); !ok {
+		return resp
+	}
+	expires := s.cfg.Now().Add(s.cfg.ChallengeLifetime)
+	ref, err := newChallengeRef(s.cfg.Rand, expires)
+	if err != nil {
+		return s.internal(ctx, trackingID, id, err)
+	}
+	key := challengeKey(s.cfg.ChallengeSecret, id.RegistrationID, ref)
+	blob, err := attest.NewActivationBlob(s.cfg.Rand, ek, srk, key)
+	if err != nil {
+		return s.badRequest(ctx, trackingID, id, fmt.Sprintf("cannot build an activation blob for these keys: %v", err))
+	}
+	s.log.LogAttrs(ctx, slog.LevelInfo, "tpm challenge issued",
+		slog.String("trackingId", trackingID), slog.String("registrationId", id.RegistrationID),
+		slog.Time("expires", expires))
+	return Response{Status: 401, RetryAfter: -1, Body: &TPMChallenge{
+		AuthenticationKey: base64.StdEncoding.EncodeToString(blob),
+		KeyName:           ref,
+		Message:           challengeMessage,
+	}}
+}

@@ -1,0 +1,92 @@
+package provision
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/tpmdps/dpsd/store"
+)
+
+// Poll answers an operation status request (protocol.md section 4). Unknown
+// operations and other devices' operations get the same 404, so a device
+// learns nothing about others. A restricted session may not poll (401).
+func (s *Service) Poll(ctx context.Context, id Identity, operationID, trackingID string) Response {
+	if trackingID == "" {
+		trackingID = newTrackingID(s.cfg.Rand)
+	}
+	if id.Method == AuthRestricted {
+		return s.unauthorized(ctx, trackingID, id, "restricted session may not poll")
+	}
+	if !isOperationID(operationID) {
+		return s.notFound(ctx, trackingID, id, "malformed operation id")
+	}
+	op, err := s.cfg.Store.GetOperation(ctx, operationID)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return s.notFound(ctx, trackingID, id, "no such operation")
+	case err != nil:
+		return s.internal(ctx, trackingID, id, fmt.Errorf("read operation: %w", err))
+	case !strings.EqualFold(op.RegistrationID, id.RegistrationID):
+		return s.notFound(ctx, trackingID, id, "operation of another registration")
+	}
+	if op.Status == store.RegistrationAssigning || op.Status == "" {
+		return Response{Status: 202, RetryAfter: s.retryAfter, Body: &OperationStatus{
+			OperationID: op.ID,
+			Status:      store.RegistrationAssigning,
+			RegistrationState: &RegistrationState{
+				RegistrationID: id.RegistrationID,
+				Status:         store.RegistrationAssigning,
+			},
+		}}
+	}
+	rec, err := s.cfg.Store.GetRegistration(ctx, id.RegistrationID)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		rec = nil // deleted since: answer from the operation alone
+	case err != nil:
+		return s.internal(ctx, trackingID, id, fmt.Errorf("read registration: %w", err))
+	}
+	return Response{Status: 200, RetryAfter: -1, Body: &OperationStatus{
+		OperationID:       op.ID,
+		Status:            op.Status,
+		RegistrationState: registrationState(id.RegistrationID, op, rec),
+	}}
+}
+
+// registrationState builds the final registrationState from the operation
+// (its status, error and blob are the ones this operation reported) and the
+// registration record (hub, device id, times, etag, payload) when it exists.
+// Without custom allocation there is no allocation payload, so the payload
+// answered is the device's own, as recorded.
+func registrationState(regID string, op *store.Operation, rec *store.Registration) *RegistrationState {
+	st := &RegistrationState{
+		RegistrationID: regID,
+		Status:         op.Status,
+		ErrorCode:      op.ErrorCode,
+		ErrorMessage:   op.ErrorMessage,
+	}
+	if rec != nil {
+		st.CreatedDateTimeUTC = formatTime(rec.CreatedAt)
+		st.LastUpdatedDateTimeUTC = formatTime(rec.UpdatedAt)
+		st.ETag = rec.ETag
+		st.Payload = rec.Payload
+		if rec.Status == op.Status && op.Status == store.RegistrationAssigned {
+			st.AssignedHub = rec.AssignedHub
+			st.DeviceID = rec.DeviceID
+			st.Substatus = rec.Substatus
+		}
+		if rec.EnrollmentGroupID != "" && rec.AttestationType == store.AttestationSymmetricKey {
+			st.SymmetricKey = &SymmetricKeyRegistration{EnrollmentGroupID: rec.EnrollmentGroupID}
+		}
+	} else {
+		st.CreatedDateTimeUTC = formatTime(op.CreatedAt)
+		st.LastUpdatedDateTimeUTC = formatTime(op.CreatedAt)
+	}
+	if len(op.AuthenticationKey) > 0 {
+		st.TPM = &TPMRegistrationResult{AuthenticationKey: base64.StdEncoding.EncodeToString(op.AuthenticationKey)}
+	}
+	return st
+}

@@ -1,0 +1,98 @@
+package provision
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+)
+
+// Request limits (protocol.md section 9).
+const (
+	// MaxRequestSize is the largest register body accepted (96 KiB, the MQTT message limit).
+	MaxRequestSize = 96 << 10
+	// MaxRequestDepth is the deepest JSON nesting accepted in a register body.
+	MaxRequestDepth = 32
+)
+
+// TPMKeys are the base64 TPM2B_PUBLIC keys a TPM device sends.
+type TPMKeys struct {
+	EndorsementKey string `json:"endorsementKey"`
+	StorageRootKey string `json:"storageRootKey"`
+}
+
+// RegisterRequest is a register request's body: every field may be missing.
+// The registrationId that counts is the connection's; a body one must match it.
+type RegisterRequest struct {
+	RegistrationID string          `json:"registrationId"`
+	TPM            *TPMKeys        `json:"tpm,omitempty"`
+	Payload        json.RawMessage `json:"payload,omitempty"`
+}
+
+// ParseRegisterRequest parses a register body from a device. An empty body,
+// "{}", "null", a null payload and missing fields are all fine; unknown fields are
+// ignored. Bodies over MaxRequestSize, nested deeper than MaxRequestDepth, or
+// not a JSON object give an error wrapping ErrBadRequest (answer 400).
+func ParseRegisterRequest(body []byte) (RegisterRequest, error) {
+	var req RegisterRequest
+	if len(body) > MaxRequestSize {
+		return req, fmt.Errorf("%w: body of %d bytes exceeds %d", ErrBadRequest, len(body), MaxRequestSize)
+	}
+	trimmed := bytes.TrimSpace(body)
+	if len(trimmed) == 0 || string(trimmed) == "null" {
+		return req, nil
+	}
+	if err := checkJSONDepth(trimmed, MaxRequestDepth); err != nil {
+		return req, fmt.Errorf("%w: %w", ErrBadRequest, err)
+	}
+	if trimmed[0] != '{' {
+		return req, fmt.Errorf("%w: body is not a JSON object", ErrBadRequest)
+	}
+	if err := json.Unmarshal(trimmed, &req); err != nil {
+		return RegisterRequest{}, fmt.Errorf("%w: malformed JSON: %w", ErrBadRequest, err)
+	}
+	if isJSONNull(req.Payload) {
+		req.Payload = nil
+	}
+	return req, nil
+}
+
+// isJSONNull reports whether raw is the JSON literal null.
+func isJSONNull(raw json.RawMessage) bool {
+	return bytes.Equal(bytes.TrimSpace(raw), []byte("null"))
+}
+
+// errTooDeep: JSON nesting exceeds the limit.
+var errTooDeep = errors.New("JSON nested too deeply")
+
+// checkJSONDepth scans JSON text (valid or not) and fails when arrays and
+// objects nest deeper than max, before the decoder recurses into them.
+func checkJSONDepth(data []byte, max int) error {
+	depth := 0
+	inString, escaped := false, false
+	for _, c := range data {
+		if inString {
+			switch {
+			case escaped:
+				escaped = false
+			case c == '\\':
+				escaped = true
+			case c == '"':
+				inString = false
+			}
+			continue
+		}
+		switch c {
+		case '"':
+			inString = true
+		case '{', '[':
+			depth++
+			if depth > max {
+				return fmt.Errorf("%w (more than %d levels)", errTooDeep, max)
+			}
+		case '}', ']':
+			depth--
+		}
+	}
+	return nil
+}

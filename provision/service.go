@@ -1,0 +1,127 @@
+// Package provision is the provisioning service with no transport in it: it
+// authenticates devices, runs the TPM challenge, allocates hubs, records
+// registrations and answers polls. It takes request structs and returns
+// response structs, so it is tested without a broker and could sit behind
+// another transport (HTTP) unchanged. The MQTT hooks only translate.
+package provision
+
+import (
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/tpmdps/dpsd/attest"
+	"github.com/tpmdps/dpsd/store"
+)
+
+// Defaults applied by New to zero Config fields.
+const (
+	// DefaultChallengeLifetime is how long a TPM challenge can be answered.
+	DefaultChallengeLifetime = 10 * time.Minute
+	// DefaultOperationLifetime is how long a finished operation can be polled.
+	DefaultOperationLifetime = time.Hour
+	// DefaultRetryAfter is the retry-after of a 202 when Config.RetryAfter is 0.
+	DefaultRetryAfter = time.Second
+	// MinChallengeSecretSize is the smallest accepted Config.ChallengeSecret.
+	MinChallengeSecretSize = 32
+)
+
+// Config configures a Service. Zero fields take the defaults listed with them.
+type Config struct {
+	// IDScope is the broker's DPS ID scope; devices must name it. Required.
+	IDScope string
+	// Store holds enrollments, registrations, operations and used challenges. Required.
+	Store store.Store
+	// ChallengeSecret derives TPM challenge keys: 32+ random bytes, generated
+	// once and persisted by the caller so outstanding challenges survive a
+	// restart and every broker sharing the state derives the same keys. Required.
+	ChallengeSecret []byte
+	// ChallengeLifetime bounds how long a TPM challenge can be answered (default 10 min).
+	ChallengeLifetime time.Duration
+	// OperationLifetime is how long a finished operation can be polled (default 1 h).
+	OperationLifetime time.Duration
+	// SAS bounds token lifetimes; zero fields take attest's defaults
+	// (attest.DefaultSASClockSkew, attest.DefaultSASMaxLifetime).
+	SAS attest.SASPolicy
+	// Hubs are the hubs for the hashed allocation when an enrollment names none.
+	Hubs []string
+	// RetryAfter is the retry-after of a register 202 and a poll 202: 0 means
+	// DefaultRetryAfter (1 s), a negative value means 0 s ("ask again now";
+	// assignment is synchronous here, so the first poll already finds the result).
+	RetryAfter time.Duration
+	// Rand is the randomness source (default crypto/rand.Reader).
+	Rand io.Reader
+	// Now is the clock (default time.Now).
+	Now func() time.Time
+	// Logger receives decisions and their reasons, never keys or tokens (default slog.Default()).
+	Logger *slog.Logger
+}
+
+// Service is the provisioning service. Safe for concurrent use: it holds only
+// its configuration; all state is in the store.
+type Service struct {
+	cfg        Config
+	log        *slog.Logger
+	retryAfter time.Duration
+}
+
+// ErrInvalidConfig is returned by New for an unusable Config.
+var ErrInvalidConfig = errors.New("provision: invalid config")
+
+// New validates cfg, applies defaults and returns a Service.
+func New(cfg Config) (*Service, error) {
+	if strings.TrimSpace(cfg.IDScope) == "" {
+		return nil, fmt.Errorf("%w: IDScope is empty", ErrInvalidConfig)
+	}
+	if cfg.Store == nil {
+		return nil, fmt.Errorf("%w: Store is nil", ErrInvalidConfig)
+	}
+	if len(cfg.ChallengeSecret) < MinChallengeSecretSize {
+		return nil, fmt.Errorf("%w: ChallengeSecret has %d bytes, want at least %d",
+			ErrInvalidConfig, len(cfg.ChallengeSecret), MinChallengeSecretSize)
+	}
+	if cfg.ChallengeLifetime < 0 || cfg.OperationLifetime < 0 {
+		return nil, fmt.Errorf("%w: negative lifetime", ErrInvalidConfig)
+	}
+	hubs := make([]string, 0, len(cfg.Hubs))
+	for _, h := range cfg.Hubs {
+		h = strings.TrimSpace(h)
+		if h == "" {
+			return nil, fmt.Errorf("%w: empty hub name in Hubs", ErrInvalidConfig)
+		}
+		hubs = append(hubs, h)
+	}
+	cfg.Hubs = hubs
+	// Copy the secret so a caller reusing its slice cannot change our keys.
+	cfg.ChallengeSecret = append([]byte(nil), cfg.ChallengeSecret...)
+	if cfg.ChallengeLifetime == 0 {
+		cfg.ChallengeLifetime = DefaultChallengeLifetime
+	}
+	if cfg.OperationLifetime == 0 {
+		cfg.OperationLifetime = DefaultOperationLifetime
+	}
+	if cfg.Rand == nil {
+		cfg.Rand = rand.Reader
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	ra := cfg.RetryAfter
+	switch {
+	case ra == 0:
+		ra = DefaultRetryAfter
+	case ra < 0:
+		ra = 0
+	}
+	return &Service{cfg: cfg, log: cfg.Logger.With(slog.String("component", "provision")), retryAfter: ra}, nil
+}
+
+// IDScope returns the ID scope the service answers for.
+func (s *Service) IDScope() string { return s.cfg.IDScope }
