@@ -1,0 +1,255 @@
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"strings"
+
+	"github.com/tpmdps/dpsd/store"
+)
+
+// enrollmentIn is the request form of an enrollment. The server-managed fields
+// a client may send back after a GET (times, registrationState) shadow those
+// of store.Enrollment and are ignored.
+type enrollmentIn struct {
+	store.Enrollment
+	CreatedAt         json.RawMessage `json:"createdDateTimeUtc"`
+	UpdatedAt         json.RawMessage `json:"lastUpdatedDateTimeUtc"`
+	RegistrationState json.RawMessage `json:"registrationState"`
+}
+
+// enrollmentOut is the response form of a single enrollment: the record and,
+// as DPS does, the device's registration state when there is one.
+type enrollmentOut struct {
+	*store.Enrollment
+	RegistrationState *store.Registration `json:"registrationState,omitempty"`
+}
+
+// DecodeEnrollment decodes an individual enrollment request body (untrusted
+// bytes): size of nesting is bounded and server-managed fields are dropped.
+// It does not validate; see ValidateEnrollment.
+func DecodeEnrollment(data []byte) (*store.Enrollment, error) {
+	if err := checkJSONDepth(data, MaxJSONDepth); err != nil {
+		return nil, &apiError{code: codeMalformedJSON, msg: err.Error()}
+	}
+	var in enrollmentIn
+	if err := json.Unmarshal(data, &in); err != nil {
+		return nil, &apiError{code: codeMalformedJSON, msg: "malformed enrollment JSON: " + err.Error(), err: err}
+	}
+	e := in.Enrollment
+	e.CreatedAt, e.UpdatedAt = e.CreatedAt.UTC(), e.UpdatedAt.UTC()
+	return &e, nil
+}
+
+// ValidateEnrollment checks e, normalises it (lowercased registrationId,
+// default status, certificate info) and generates missing symmetric keys,
+// keeping those of prev (the stored record being replaced, or nil). pathID,
+// when not empty, is the id in the URL, which the body must agree with. rnd
+// is the key source (nil means crypto/rand).
+func ValidateEnrollment(e *store.Enrollment, pathID string, prev *store.Enrollment, rnd io.Reader) error {
+	if e.RegistrationID == "" {
+		e.RegistrationID = pathID
+	}
+	if pathID != "" && !strings.EqualFold(e.RegistrationID, pathID) {
+		return invalid("registrationId in the body differs from the one in the path")
+	}
+	if err := ValidateID(e.RegistrationID); err != nil {
+		return invalid("registrationId: %v", err)
+	}
+	e.RegistrationID = strings.ToLower(e.RegistrationID)
+	if err := validateDeviceID(e.DeviceID); err != nil {
+		return invalid("%v", err)
+	}
+	a := &e.Attestation
+	switch a.Type {
+	case store.AttestationTPM:
+		if a.SymmetricKey != nil || a.X509 != nil {
+			return invalid("attestation type tpm carries only attestation.tpm")
+		}
+		if err := validateTPM(a.TPM); err != nil {
+			return err
+		}
+	case store.AttestationSymmetricKey:
+		if a.TPM != nil || a.X509 != nil {
+			return invalid("attestation type symmetricKey carries only attestation.symmetricKey")
+		}
+		var prevKeys *store.SymmetricKeyAttestation
+		if prev != nil && prev.Attestation.Type == store.AttestationSymmetricKey {
+			prevKeys = prev.Attestation.SymmetricKey
+		}
+		if err := validateSymmetricKey(&a.SymmetricKey, prevKeys, rnd); err != nil {
+			return err
+		}
+	case store.AttestationX509:
+		if a.TPM != nil || a.SymmetricKey != nil {
+			return invalid("attestation type x509 carries only attestation.x509")
+		}
+		if a.X509 == nil || a.X509.SigningCertificates != nil || a.X509.CAReferences != nil {
+			return invalid("an individual x509 enrollment needs attestation.x509.clientCertificates (and nothing else)")
+		}
+		if err := validateCertificates("attestation.x509.clientCertificates", a.X509.ClientCertificates); err != nil {
+			return err
+		}
+	case "":
+		return invalid("attestation.type is required (tpm, symmetricKey or x509)")
+	default:
+		return invalid("attestation.type must be tpm, symmetricKey or x509")
+	}
+	return validateCommon(&e.ProvisioningStatus, e.IoTHubHostName, e.IoTHubs, e.AllocationPolicy,
+		&e.InitialTwin, e.CustomAllocationDefinition)
+}
+
+// checkPathID validates an id taken from the URL.
+func checkPathID(id string) error {
+	if err := ValidateID(id); err != nil {
+		return invalid("id in path: %v", err)
+	}
+	return nil
+}
+
+func (h *handler) getEnrollment(w http.ResponseWriter, r *http.Request, rq *request, id string) {
+	if err := checkPathID(id); err != nil {
+		h.writeError(w, rq, err)
+		return
+	}
+	e, err := h.store.GetEnrollment(r.Context(), id)
+	if err != nil {
+		h.writeError(w, rq, storeError(err, codeEnrollmentNotFound, "enrollment"))
+		return
+	}
+	out := enrollmentOut{Enrollment: e}
+	if reg, err := h.store.GetRegistration(r.Context(), id); err == nil {
+		out.RegistrationState = reg
+	} else if !errors.Is(err, store.ErrNotFound) {
+		h.writeError(w, rq, storeError(err, codeRegistrationMissing, "registration"))
+		return
+	}
+	setETag(w, e.ETag)
+	h.writeJSON(w, http.StatusOK, out)
+}
+
+func (h *handler) putEnrollment(w http.ResponseWriter, r *http.Request, rq *request, id string) {
+	if err := checkPathID(id); err != nil {
+		h.writeError(w, rq, err)
+		return
+	}
+	body, err := readBody(w, r, h.cfg.MaxBodyBytes)
+	if err != nil {
+		h.writeError(w, rq, err)
+		return
+	}
+	e, err := DecodeEnrollment(body)
+	if err != nil {
+		h.writeError(w, rq, err)
+		return
+	}
+	stored, aerr := h.writeEnrollment(r, rq, e, id, ifMatch(r), false)
+	if aerr != nil {
+		h.writeError(w, rq, aerr)
+		return
+	}
+	setETag(w, stored.ETag)
+	h.writeJSON(w, http.StatusOK, stored)
+}
+
+// prepareEnrollment validates e against the stored record (keeping its keys
+// when e has none) and reports whether one exists. With mustCreate, an
+// existing record is a conflict.
+func (h *handler) prepareEnrollment(ctx context.Context, e *store.Enrollment, pathID string, mustCreate bool) (bool, *apiError) {
+	lookup := pathID
+	if lookup == "" {
+		lookup = e.RegistrationID
+	}
+	var prev *store.Enrollment
+	if ValidateID(lookup) == nil {
+		p, err := h.store.GetEnrollment(ctx, lookup)
+		switch {
+		case err == nil:
+			prev = p
+		case !errors.Is(err, store.ErrNotFound):
+			return false, storeError(err, codeEnrollmentNotFound, "enrollment")
+		}
+	}
+	if mustCreate && prev != nil {
+		return true, errorf(codeConflict, "enrollment %s already exists", prev.RegistrationID)
+	}
+	if err := ValidateEnrollment(e, pathID, prev, nil); err != nil {
+		return prev != nil, asAPIError(err)
+	}
+	e.ETag = ""
+	return prev != nil, nil
+}
+
+// writeEnrollment validates e and writes it under the etag condition.
+func (h *handler) writeEnrollment(r *http.Request, rq *request, e *store.Enrollment, pathID, etag string, mustCreate bool) (*store.Enrollment, *apiError) {
+	existed, aerr := h.prepareEnrollment(r.Context(), e, pathID, mustCreate)
+	if aerr != nil {
+		return nil, aerr
+	}
+	stored, err := h.store.PutEnrollment(r.Context(), e, etag)
+	if err != nil {
+		return nil, storeError(err, codeEnrollmentNotFound, "enrollment")
+	}
+	h.audit(rq, changeAction(existed), "enrollment", stored.RegistrationID, stored.ETag)
+	return stored, nil
+}
+
+// changeAction names a write in the audit log.
+func changeAction(existed bool) string {
+	if existed {
+		return "update"
+	}
+	return "create"
+}
+
+func (h *handler) deleteEnrollment(w http.ResponseWriter, r *http.Request, rq *request, id string) {
+	if err := checkPathID(id); err != nil {
+		h.writeError(w, rq, err)
+		return
+	}
+	if err := h.store.DeleteEnrollment(r.Context(), id, ifMatch(r)); err != nil {
+		h.writeError(w, rq, storeError(err, codeEnrollmentNotFound, "enrollment"))
+		return
+	}
+	h.audit(rq, "delete", "enrollment", strings.ToLower(id), "")
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (h *handler) queryEnrollments(w http.ResponseWriter, r *http.Request, rq *request) {
+	body, err := readBody(w, r, h.cfg.MaxBodyBytes)
+	if err == nil {
+		err = checkQuerySpec(body)
+	}
+	if err != nil {
+		h.writeError(w, rq, err)
+		return
+	}
+	q, err := pageQuery(r)
+	if err != nil {
+		h.writeError(w, rq, err)
+		return
+	}
+	p, err := h.store.ListEnrollments(r.Context(), q)
+	if err != nil {
+		h.writeError(w, rq, listError(err))
+		return
+	}
+	writePage(h, w, "Enrollment", p)
+}
+
+// asAPIError keeps an apiError or wraps any other error as a 400.
+func asAPIError(err error) *apiError {
+	var ae *apiError
+	if errors.As(err, &ae) {
+		return ae
+	}
+	return &apiError{code: codeInvalidArgument, msg: err.Error(), err: err}
+}
+
+// listError maps a listing failure (a bad continuation token is a 400).
+func listError(err error) *apiError {
+	return storeError(err, codeNoRoute, "listing")
+}

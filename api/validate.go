@@ -1,0 +1,262 @@
+package api
+
+import (
+	"bytes"
+	"crypto/rand"
+	"crypto/sha1" //nolint:gosec // the DPS API reports SHA-1 thumbprints; nothing is verified with them
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"encoding/pem"
+	"fmt"
+	"io"
+	"net/url"
+	"strings"
+
+	"github.com/tpmdps/dpsd/attest"
+	"github.com/tpmdps/dpsd/store"
+)
+
+// Symmetric key size bounds (decoded bytes) and the size of a generated key.
+const (
+	minSymmetricKey      = 16
+	maxSymmetricKey      = 64
+	generatedKeyBytes    = 32
+	maxIDLength          = attest.MaxRegistrationIDLen
+	maxHostNameLength    = 253
+	maxCertificateLength = 64 << 10
+)
+
+// ValidateID checks the DPS rules for a registration id or enrollment group id
+// (protocol.md section 2, attest.ValidateRegistrationID). Ids are
+// case-insensitive; the service stores them lowercased.
+func ValidateID(id string) error {
+	if err := attest.ValidateRegistrationID(id); err != nil {
+		return fmt.Errorf("invalid id: %w", err)
+	}
+	return nil
+}
+
+// validateDeviceID checks the IoT Hub device id rules: up to 128 ASCII
+// characters, letters, digits and - . + % _ # * ? ! ( ) , : = @ $ '.
+func validateDeviceID(id string) error {
+	if len(id) > maxIDLength {
+		return fmt.Errorf("deviceId longer than %d characters", maxIDLength)
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		if c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' {
+			continue
+		}
+		if !strings.ContainsRune("-.+%_#*?!(),:=@$'", rune(c)) {
+			return fmt.Errorf("deviceId has a character not allowed by IoT Hub")
+		}
+	}
+	return nil
+}
+
+// validateHostName loosely checks an IoT hub host name (optionally with :port).
+func validateHostName(field, h string) error {
+	if len(h) > maxHostNameLength {
+		return fmt.Errorf("%s too long", field)
+	}
+	for i := 0; i < len(h); i++ {
+		c := h[i]
+		if c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '-' || c == ':' {
+			continue
+		}
+		return fmt.Errorf("%s %q is not a host name", field, h)
+	}
+	return nil
+}
+
+// validateCommon checks the fields that enrollments and groups share, and
+// applies the defaults (provisioningStatus enabled, initialTwin null removed).
+func validateCommon(status *string, hub string, hubs []string, alloc string,
+	twin *json.RawMessage, custom *store.CustomAllocationDefinition) error {
+	switch *status {
+	case "":
+		*status = store.StatusEnabled
+	case store.StatusEnabled, store.StatusDisabled:
+	default:
+		return invalid("provisioningStatus must be %q or %q", store.StatusEnabled, store.StatusDisabled)
+	}
+	if hub != "" {
+		if err := validateHostName("iotHubHostName", hub); err != nil {
+			return invalid("%v", err)
+		}
+	}
+	for _, h := range hubs {
+		if err := validateHostName("iotHubs entry", h); err != nil {
+			return invalid("%v", err)
+		}
+	}
+	switch alloc {
+	case "", "hashed", "geoLatency", "static", "custom":
+	default:
+		return invalid("allocationPolicy must be hashed, geoLatency, static or custom")
+	}
+	if alloc == "custom" && (custom == nil || custom.WebhookURL == "") {
+		return invalid("allocationPolicy custom needs customAllocationDefinition.webhookUrl")
+	}
+	if custom != nil && custom.WebhookURL != "" {
+		u, err := url.Parse(custom.WebhookURL)
+		if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+			return invalid("customAllocationDefinition.webhookUrl is not an http(s) URL")
+		}
+	}
+	t := bytes.TrimSpace(*twin)
+	switch {
+	case len(t) == 0 || string(t) == "null":
+		*twin = nil
+	case t[0] != '{':
+		return invalid("initialTwin must be a JSON object")
+	}
+	return nil
+}
+
+// validateTPM checks that the EK (and the SRK, if given) are base64 TPM2B_PUBLIC
+// keys that parse strictly.
+func validateTPM(t *store.TPMAttestation) error {
+	if t == nil || t.EndorsementKey == "" {
+		return invalid("attestation.tpm.endorsementKey is required")
+	}
+	for _, k := range []struct{ name, v string }{
+		{"endorsementKey", t.EndorsementKey}, {"storageRootKey", t.StorageRootKey},
+	} {
+		if k.v == "" {
+			continue
+		}
+		raw, err := base64.StdEncoding.DecodeString(k.v)
+		if err != nil {
+			return &apiError{code: codeInvalidArgument, msg: "attestation.tpm." + k.name + " is not base64", err: err}
+		}
+		if _, err := attest.ParsePublic(raw); err != nil {
+			return &apiError{code: codeInvalidArgument, msg: "attestation.tpm." + k.name + " is not a valid TPM2B_PUBLIC: " + err.Error(), err: err}
+		}
+	}
+	return nil
+}
+
+// validateSymmetricKey checks base64 keys of 16-64 bytes and generates the
+// missing ones (keeping those of prev, the record being replaced, if any).
+func validateSymmetricKey(s **store.SymmetricKeyAttestation, prev *store.SymmetricKeyAttestation, rnd io.Reader) error {
+	if *s == nil {
+		*s = &store.SymmetricKeyAttestation{}
+	}
+	k := *s
+	if k.PrimaryKey == "" && k.SecondaryKey == "" && prev != nil {
+		k.PrimaryKey, k.SecondaryKey = prev.PrimaryKey, prev.SecondaryKey
+	}
+	for _, f := range []struct {
+		name string
+		v    *string
+	}{{"primaryKey", &k.PrimaryKey}, {"secondaryKey", &k.SecondaryKey}} {
+		if *f.v == "" {
+			key, err := generateKey(rnd)
+			if err != nil {
+				return &apiError{code: codeInternal, msg: "generating a key", err: err}
+			}
+			*f.v = key
+			continue
+		}
+		raw, err := base64.StdEncoding.DecodeString(*f.v)
+		if err != nil {
+			return invalid("attestation.symmetricKey.%s is not base64", f.name)
+		}
+		if len(raw) < minSymmetricKey || len(raw) > maxSymmetricKey {
+			return invalid("attestation.symmetricKey.%s must be %d-%d bytes", f.name, minSymmetricKey, maxSymmetricKey)
+		}
+	}
+	return nil
+}
+
+// generateKey returns base64 of 32 random bytes.
+func generateKey(rnd io.Reader) (string, error) {
+	if rnd == nil {
+		rnd = rand.Reader
+	}
+	b := make([]byte, generatedKeyBytes)
+	if _, err := io.ReadFull(rnd, b); err != nil {
+		return "", fmt.Errorf("reading random bytes: %w", err)
+	}
+	return base64.StdEncoding.EncodeToString(b), nil
+}
+
+// validateCertificates parses a primary (required) and secondary certificate
+// and fills in their info as DPS reports it.
+func validateCertificates(field string, c *store.X509Certificates) error {
+	if c == nil || c.Primary == nil || c.Primary.Certificate == "" {
+		return invalid("%s.primary.certificate is required", field)
+	}
+	for _, x := range []struct {
+		name string
+		v    *store.X509CertificateWithInfo
+	}{{"primary", c.Primary}, {"secondary", c.Secondary}} {
+		if x.v == nil {
+			continue
+		}
+		if x.v.Certificate == "" {
+			if x.name == "secondary" && x.v.Info == nil {
+				c.Secondary = nil
+				continue
+			}
+			return invalid("%s.%s.certificate is empty", field, x.name)
+		}
+		cert, err := ParseCertificate(x.v.Certificate)
+		if err != nil {
+			return &apiError{code: codeInvalidArgument, msg: fmt.Sprintf("%s.%s.certificate: %v", field, x.name, err), err: err}
+		}
+		x.v.Info = CertificateInfo(cert)
+	}
+	return nil
+}
+
+// ParseCertificate reads a certificate given as PEM or as base64 DER, the two
+// forms the DPS API accepts.
+func ParseCertificate(s string) (*x509.Certificate, error) {
+	s = strings.TrimSpace(s)
+	if len(s) > maxCertificateLength {
+		return nil, fmt.Errorf("certificate larger than %d bytes", maxCertificateLength)
+	}
+	var der []byte
+	if strings.HasPrefix(s, "-----BEGIN") {
+		blk, rest := pem.Decode([]byte(s))
+		if blk == nil || blk.Type != "CERTIFICATE" {
+			return nil, fmt.Errorf("no PEM CERTIFICATE block")
+		}
+		if len(bytes.TrimSpace(rest)) != 0 {
+			return nil, fmt.Errorf("more than one PEM block")
+		}
+		der = blk.Bytes
+	} else {
+		b, err := base64.StdEncoding.DecodeString(s)
+		if err != nil {
+			return nil, fmt.Errorf("neither PEM nor base64 DER: %w", err)
+		}
+		der = b
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, fmt.Errorf("parsing certificate: %w", err)
+	}
+	return cert, nil
+}
+
+// CertificateInfo describes cert the way the DPS API does (thumbprints in upper-case hex).
+func CertificateInfo(cert *x509.Certificate) *store.X509CertificateInfo {
+	s1 := sha1.Sum(cert.Raw) //nolint:gosec // reported, not trusted
+	s256 := sha256.Sum256(cert.Raw)
+	return &store.X509CertificateInfo{
+		SubjectName:      cert.Subject.String(),
+		SHA1Thumbprint:   strings.ToUpper(hex.EncodeToString(s1[:])),
+		SHA256Thumbprint: strings.ToUpper(hex.EncodeToString(s256[:])),
+		IssuerName:       cert.Issuer.String(),
+		NotBefore:        cert.NotBefore.UTC(),
+		NotAfter:         cert.NotAfter.UTC(),
+		SerialNumber:     strings.ToUpper(cert.SerialNumber.Text(16)),
+		Version:          cert.Version,
+	}
+}
