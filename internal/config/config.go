@@ -1,0 +1,316 @@
+// Package config holds the server's settings and loads them from, in order
+// of precedence, command-line flags, DPSD_* environment variables, a JSON
+// config file and the embedded defaults. Every setting is declared once in a
+// table that drives the flags, the environment names, the file keys and the
+// help text, so the three can never disagree.
+package config
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// ErrInvalid: a setting has a value that cannot be used.
+var ErrInvalid = errors.New("config: invalid setting")
+
+// EnvPrefix starts every environment variable name.
+const EnvPrefix = "DPSD_"
+
+// Config is the server's configuration. Each field is one setting of the
+// table in settings(), which documents it (and `dpsd serve --help` prints).
+type Config struct {
+	DataDir           string
+	IDScope           string // "" = generated and kept in the data directory
+	MQTTAddr          string // plain MQTT, "" = off
+	MQTTSAddr         string // MQTT over TLS, "" = off
+	WSSAddr           string // MQTT over secure WebSocket, "" = off
+	APIAddr           string // service API over HTTPS, "" = off
+	APIHostName       string // sr of service SAS tokens, HostName of the connection string
+	TLSCert, TLSKey   string // "" = the development CA's server certificate
+	TLSNames          []string
+	ChallengeLifetime time.Duration
+	Hubs              []string
+	RetryAfter        time.Duration
+	SASMaxLifetime    time.Duration
+	ConnectTimeout    time.Duration
+	ShutdownTimeout   time.Duration
+
+	ConnsPerAddress         int
+	ConnRatePerAddress      int
+	RestrictedSessions      int
+	ChallengesPerConnection int
+	ChallengeRatePerAddress int
+	ChallengeRateTotal      int
+	RestrictedIdleTimeout   time.Duration
+	RequestRatePerConn      int
+
+	LogFormat string // text | json
+	LogLevel  slog.Level
+
+	// ConfigFile is the JSON file the settings were read from, if any.
+	ConfigFile string
+}
+
+// Default returns the embedded defaults.
+func Default() Config {
+	c := Config{}
+	for _, s := range settings() {
+		if err := s.set(&c, s.def); err != nil {
+			panic(fmt.Sprintf("config: bad default for %s: %v", s.name, err))
+		}
+	}
+	return c
+}
+
+// setting is one configurable value.
+type setting struct {
+	name string // flag name and file key; env is DPSD_ + upper snake case
+	def  string
+	help string
+	set  func(c *Config, v string) error
+}
+
+// envName returns the environment variable name of a setting.
+func envName(name string) string {
+	return EnvPrefix + strings.ToUpper(strings.ReplaceAll(name, "-", "_"))
+}
+
+func str(p func(*Config) *string) func(*Config, string) error {
+	return func(c *Config, v string) error { *p(c) = strings.TrimSpace(v); return nil }
+}
+
+func list(p func(*Config) *[]string) func(*Config, string) error {
+	return func(c *Config, v string) error {
+		var out []string
+		for _, s := range strings.Split(v, ",") {
+			if s = strings.TrimSpace(s); s != "" {
+				out = append(out, s)
+			}
+		}
+		*p(c) = out
+		return nil
+	}
+}
+
+func dur(p func(*Config) *time.Duration) func(*Config, string) error {
+	return func(c *Config, v string) error {
+		d, err := time.ParseDuration(strings.TrimSpace(v))
+		if err != nil || d < 0 {
+			return fmt.Errorf("%w: %q is not a non-negative duration (e.g. 10m, 30s)", ErrInvalid, v)
+		}
+		*p(c) = d
+		return nil
+	}
+}
+
+func num(p func(*Config) *int) func(*Config, string) error {
+	return func(c *Config, v string) error {
+		n, err := strconv.Atoi(strings.TrimSpace(v))
+		if err != nil {
+			return fmt.Errorf("%w: %q is not an integer", ErrInvalid, v)
+		}
+		*p(c) = n
+		return nil
+	}
+}
+
+// settings returns the table of every setting, in help order.
+func settings() []setting {
+	return []setting{
+		{"data-dir", "data", "data directory: bbolt file, generated secrets, development CA", str(func(c *Config) *string { return &c.DataDir })},
+		{"id-scope", "", "ID scope devices must use (default: generated on first start and kept in the data directory)", str(func(c *Config) *string { return &c.IDScope })},
+		{"mqtt-addr", "127.0.0.1:1883", "plain MQTT listen address (empty: off)", str(func(c *Config) *string { return &c.MQTTAddr })},
+		{"mqtts-addr", ":8883", "MQTT over TLS listen address (empty: off)", str(func(c *Config) *string { return &c.MQTTSAddr })},
+		{"wss-addr", "", "MQTT over secure WebSocket listen address, any path (empty: off)", str(func(c *Config) *string { return &c.WSSAddr })},
+		{"api-addr", "127.0.0.1:8443", "service API (enrollments, groups, registrations) HTTPS listen address (empty: off)", str(func(c *Config) *string { return &c.APIAddr })},
+		{"api-host-name", "localhost", "host name of the service API: the sr of service SAS tokens and the HostName of the connection string written to the data directory", str(func(c *Config) *string { return &c.APIHostName })},
+		{"tls-cert", "", "server certificate PEM file (default: issued by the development CA in the data directory)", str(func(c *Config) *string { return &c.TLSCert })},
+		{"tls-key", "", "server private key PEM file (with tls-cert)", str(func(c *Config) *string { return &c.TLSKey })},
+		{"tls-names", "localhost,127.0.0.1", "comma-separated DNS names and IPs of the development server certificate", list(func(c *Config) *[]string { return &c.TLSNames })},
+		{"hubs", "hub.localdomain", "comma-separated IoT hub host names for hashed allocation of enrollments that name none (the default is a placeholder: set your hubs)", list(func(c *Config) *[]string { return &c.Hubs })},
+		{"challenge-lifetime", "10m", "how long a TPM challenge can be answered", dur(func(c *Config) *time.Duration { return &c.ChallengeLifetime })},
+		{"retry-after", "1s", "retry-after of 202 answers (0s: ask again now)", dur(func(c *Config) *time.Duration { return &c.RetryAfter })},
+		{"sas-max-lifetime", "0s", "longest SAS token lifetime accepted (0s: the service default)", dur(func(c *Config) *time.Duration { return &c.SASMaxLifetime })},
+		{"connect-timeout", "10s", "time a new connection has to send CONNECT (TLS handshake included)", dur(func(c *Config) *time.Duration { return &c.ConnectTimeout })},
+		{"shutdown-timeout", "30s", "on SIGTERM/SIGINT, how long to wait for requests in flight", dur(func(c *Config) *time.Duration { return &c.ShutdownTimeout })},
+		{"conns-per-address", "1000", "concurrent connections per client IP (-1: unlimited)", num(func(c *Config) *int { return &c.ConnsPerAddress })},
+		{"conn-rate-per-address", "1200", "new connections per minute per client IP (-1: unlimited)", num(func(c *Config) *int { return &c.ConnRatePerAddress })},
+		{"restricted-sessions", "1000", "concurrent restricted (TPM challenge) sessions in total (-1: unlimited)", num(func(c *Config) *int { return &c.RestrictedSessions })},
+		{"challenges-per-connection", "3", "TPM challenge requests per restricted connection before it is closed (-1: unlimited)", num(func(c *Config) *int { return &c.ChallengesPerConnection })},
+		{"challenge-rate-per-address", "60", "TPM challenge requests per minute per client IP, then 429 (-1: unlimited)", num(func(c *Config) *int { return &c.ChallengeRatePerAddress })},
+		{"challenge-rate-total", "6000", "TPM challenge requests per minute in total, then 429 (-1: unlimited)", num(func(c *Config) *int { return &c.ChallengeRateTotal })},
+		{"restricted-idle-timeout", "30s", "closes a restricted session that has made no request for this long", dur(func(c *Config) *time.Duration { return &c.RestrictedIdleTimeout })},
+		{"request-rate-per-connection", "120", "register and poll requests per minute per connection (burst 10), then 429 (-1: unlimited)", num(func(c *Config) *int { return &c.RequestRatePerConn })},
+		{"log-format", "text", "log format: text or json", func(c *Config, v string) error {
+			v = strings.ToLower(strings.TrimSpace(v))
+			if v != "text" && v != "json" {
+				return fmt.Errorf("%w: log format %q (want text or json)", ErrInvalid, v)
+			}
+			c.LogFormat = v
+			return nil
+		}},
+		{"log-level", "info", "log level: debug, info, warn or error", func(c *Config, v string) error {
+			if err := c.LogLevel.UnmarshalText([]byte(strings.TrimSpace(v))); err != nil {
+				return fmt.Errorf("%w: log level %q (want debug, info, warn or error)", ErrInvalid, v)
+			}
+			return nil
+		}},
+	}
+}
+
+// configFlag names the config file flag (and DPSD_CONFIG).
+const configFlag = "config"
+
+// Load parses args and builds the configuration: defaults, then the JSON
+// config file (--config or DPSD_CONFIG), then DPSD_* environment variables,
+// then flags. lookupEnv is os.LookupEnv in production (a variable set to ""
+// counts: DPSD_MQTT_ADDR= turns the plain listener off). usageHead is printed before
+// the settings by --help; flag.ErrHelp is returned for --help.
+func Load(name, usageHead string, args []string, lookupEnv func(string) (string, bool), out io.Writer) (Config, error) {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(out)
+	set := make(map[string]string)
+	var cfgFile string
+	fs.StringVar(&cfgFile, configFlag, "", "JSON config file whose keys are the setting names below (env "+envName(configFlag)+")")
+	table := settings()
+	for _, s := range table {
+		fs.Func(s.name, fmt.Sprintf("%s (env %s, default %q)", s.help, envName(s.name), s.def), func(v string) error {
+			var probe Config
+			if err := s.set(&probe, v); err != nil {
+				return err
+			}
+			set[s.name] = v
+			return nil
+		})
+	}
+	fs.Usage = func() {
+		fmt.Fprint(out, usageHead)
+		fmt.Fprintf(out, "\nSettings (precedence: flags > environment > config file > defaults):\n")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return Config{}, err
+	}
+	if fs.NArg() > 0 {
+		return Config{}, fmt.Errorf("%w: unexpected arguments %q", ErrInvalid, fs.Args())
+	}
+	c := Default()
+	if cfgFile == "" {
+		cfgFile, _ = lookupEnv(envName(configFlag))
+	}
+	if cfgFile != "" {
+		if err := c.loadFile(cfgFile); err != nil {
+			return Config{}, err
+		}
+		c.ConfigFile = cfgFile
+	}
+	for _, s := range table {
+		if v, ok := lookupEnv(envName(s.name)); ok {
+			if err := s.set(&c, v); err != nil {
+				return Config{}, fmt.Errorf("%s: %w", envName(s.name), err)
+			}
+		}
+	}
+	for _, s := range table {
+		if v, ok := set[s.name]; ok {
+			if err := s.set(&c, v); err != nil {
+				return Config{}, fmt.Errorf("-%s: %w", s.name, err)
+			}
+		}
+	}
+	return c, c.Validate()
+}
+
+// loadFile applies a JSON object whose keys are setting names; values may be
+// strings, numbers, or (for list settings) arrays of strings.
+func (c *Config) loadFile(path string) error {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	var raw map[string]json.RawMessage
+	dec := json.NewDecoder(bytes.NewReader(data))
+	if err := dec.Decode(&raw); err != nil {
+		return fmt.Errorf("%w: %s: %w", ErrInvalid, path, err)
+	}
+	byName := make(map[string]setting)
+	for _, s := range settings() {
+		byName[s.name] = s
+	}
+	for k, v := range raw {
+		s, ok := byName[k]
+		if !ok {
+			return fmt.Errorf("%w: %s: unknown key %q", ErrInvalid, path, k)
+		}
+		val, err := jsonValue(v)
+		if err != nil {
+			return fmt.Errorf("%w: %s: key %q: %w", ErrInvalid, path, k, err)
+		}
+		if err := s.set(c, val); err != nil {
+			return fmt.Errorf("%s: key %q: %w", path, k, err)
+		}
+	}
+	return nil
+}
+
+// jsonValue turns a JSON string, number, bool or array of strings into the
+// text a setting parses.
+func jsonValue(v json.RawMessage) (string, error) {
+	var s string
+	if err := json.Unmarshal(v, &s); err == nil {
+		return s, nil
+	}
+	var n json.Number
+	if err := json.Unmarshal(v, &n); err == nil {
+		return n.String(), nil
+	}
+	var l []string
+	if err := json.Unmarshal(v, &l); err == nil {
+		return strings.Join(l, ","), nil
+	}
+	return "", errors.New("want a string, a number or an array of strings")
+}
+
+// Validate checks the combination of settings.
+func (c Config) Validate() error {
+	if c.DataDir == "" {
+		return fmt.Errorf("%w: data-dir is empty", ErrInvalid)
+	}
+	if c.MQTTAddr == "" && c.MQTTSAddr == "" && c.WSSAddr == "" {
+		return fmt.Errorf("%w: every MQTT listener is off", ErrInvalid)
+	}
+	if c.APIAddr != "" && c.APIHostName == "" {
+		return fmt.Errorf("%w: api-host-name is empty", ErrInvalid)
+	}
+	if (c.TLSCert == "") != (c.TLSKey == "") {
+		return fmt.Errorf("%w: tls-cert and tls-key go together", ErrInvalid)
+	}
+	if c.TLSCert == "" && len(c.TLSNames) == 0 && c.NeedsTLS() {
+		return fmt.Errorf("%w: tls-names is empty", ErrInvalid)
+	}
+	if c.ChallengeLifetime == 0 {
+		return fmt.Errorf("%w: challenge-lifetime is 0", ErrInvalid)
+	}
+	return nil
+}
+
+// Logger builds the slog logger the configuration asks for, writing to w.
+func (c Config) Logger(w io.Writer) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: c.LogLevel}
+	if c.LogFormat == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// NeedsTLS reports whether a TLS listener (MQTT, WebSocket or API) is on.
+func (c Config) NeedsTLS() bool { return c.MQTTSAddr != "" || c.WSSAddr != "" || c.APIAddr != "" }

@@ -1,0 +1,112 @@
+package config
+
+import (
+	"bytes"
+	"errors"
+	"flag"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func env(m map[string]string) func(string) (string, bool) {
+	return func(k string) (string, bool) { v, ok := m[k]; return v, ok }
+}
+
+func TestDefaults(t *testing.T) {
+	c, err := Load("serve", "", nil, env(nil), &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.DataDir != "data" || c.MQTTAddr != "127.0.0.1:1883" || c.MQTTSAddr != ":8883" || c.WSSAddr != "" {
+		t.Fatalf("defaults %+v", c)
+	}
+	if c.ChallengeLifetime != 10*time.Minute || c.LogLevel != slog.LevelInfo || c.LogFormat != "text" {
+		t.Fatalf("defaults %+v", c)
+	}
+	if strings.Join(c.TLSNames, ",") != "localhost,127.0.0.1" || len(c.Hubs) != 1 {
+		t.Fatalf("defaults %+v", c)
+	}
+}
+
+func TestPrecedence(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "dpsd.json")
+	os.WriteFile(file, []byte(`{"data-dir": "/from/file", "id-scope": "0neFILE", "hubs": ["a.example", "b.example"],
+		"challenge-lifetime": "5m", "conns-per-address": 7, "log-level": "debug", "mqtt-addr": "127.0.0.1:11883"}`), 0o600)
+	e := map[string]string{
+		"DPSD_CONFIG":             file,
+		"DPSD_ID_SCOPE":           "0neENV",
+		"DPSD_CHALLENGE_LIFETIME": "6m",
+		"DPSD_MQTT_ADDR":          "", // set but empty: listener off
+	}
+	c, err := Load("serve", "", []string{"-challenge-lifetime", "7m", "--log-format=json"}, env(e), &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.DataDir != "/from/file" {
+		t.Errorf("file must beat defaults: %q", c.DataDir)
+	}
+	if c.IDScope != "0neENV" {
+		t.Errorf("env must beat file: %q", c.IDScope)
+	}
+	if c.ChallengeLifetime != 7*time.Minute {
+		t.Errorf("flag must beat env: %v", c.ChallengeLifetime)
+	}
+	if c.MQTTAddr != "" {
+		t.Errorf("empty env value must apply: %q", c.MQTTAddr)
+	}
+	if strings.Join(c.Hubs, ",") != "a.example,b.example" || c.ConnsPerAddress != 7 || c.LogLevel != slog.LevelDebug || c.LogFormat != "json" {
+		t.Errorf("file values %+v", c)
+	}
+	if c.ConfigFile != file {
+		t.Errorf("config file %q", c.ConfigFile)
+	}
+}
+
+func TestErrors(t *testing.T) {
+	dir := t.TempDir()
+	bad := filepath.Join(dir, "bad.json")
+	os.WriteFile(bad, []byte(`{"no-such-key": 1}`), 0o600)
+	cases := []struct {
+		args []string
+		env  map[string]string
+	}{
+		{[]string{"-challenge-lifetime", "soon"}, nil},
+		{[]string{"-log-format", "xml"}, nil},
+		{[]string{"-conns-per-address", "many"}, nil},
+		{nil, map[string]string{"DPSD_LOG_LEVEL": "loud"}},
+		{[]string{"-config", bad}, nil},
+		{[]string{"-tls-cert", "x.pem"}, nil},
+		{[]string{"-mqtt-addr=", "-mqtts-addr="}, nil},
+		{[]string{"stray"}, nil},
+	}
+	for _, tc := range cases {
+		if _, err := Load("serve", "", tc.args, env(tc.env), &bytes.Buffer{}); err == nil {
+			t.Errorf("%v %v: no error", tc.args, tc.env)
+		}
+	}
+	if _, err := Load("serve", "", []string{"-config", filepath.Join(dir, "missing.json")}, env(nil), &bytes.Buffer{}); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("missing file: %v", err)
+	}
+}
+
+func TestHelpListsEverySetting(t *testing.T) {
+	var out bytes.Buffer
+	_, err := Load("serve", "Usage: dpsd serve [flags]\n", []string{"--help"}, env(nil), &out)
+	if !errors.Is(err, flag.ErrHelp) {
+		t.Fatalf("err %v", err)
+	}
+	help := out.String()
+	if !strings.HasPrefix(help, "Usage: dpsd serve") {
+		t.Fatalf("help head %q", help)
+	}
+	for _, s := range settings() {
+		if !strings.Contains(help, "-"+s.name) || !strings.Contains(help, envName(s.name)) {
+			t.Errorf("help lacks %s / %s", s.name, envName(s.name))
+		}
+	}
+}
