@@ -1,0 +1,345 @@
+// Package broker builds and runs the MQTT server of the provisioning
+// service: an embedded mochi-mqtt server with the DPS hook (package hooks),
+// TCP, TLS and WebSocket listeners behind per-address limits and a CONNECT
+// deadline, and a lifecycle that stops accepting, finishes the requests in
+// flight and then closes every connection without sending 3.1.1 clients the
+// DISCONNECT packet a server must never send.
+package broker
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/listeners"
+
+	"github.com/tpmdps/dpsd/hooks"
+	"github.com/tpmdps/dpsd/internal/ratelimit"
+	"github.com/tpmdps/dpsd/provision"
+)
+
+// Listener names, for Addr.
+const (
+	ListenerTCP = "tcp"
+	ListenerTLS = "tls"
+	ListenerWS  = "ws"
+)
+
+// Defaults of Config and Limits.
+const (
+	DefaultConnectTimeout                       = 10 * time.Second
+	DefaultWriteTimeout                         = 10 * time.Second
+	DefaultMaxPacketSize                        = 96 << 10
+	DefaultConnectionsPerAddress                = 1000
+	DefaultConnectionsPerAddressPerMinute       = 1200
+	DefaultConnectionBurstPerAddress            = 200
+	defaultSysTopicInterval               int64 = 3600
+)
+
+// Limits bound what clients may do. For counts a zero value takes the default
+// and a negative value disables the limit. The embedded hooks.Limits bound
+// restricted (TPM challenge) sessions. On a shared NAT address many devices
+// come from one IP: size the per-address limits for it.
+type Limits struct {
+	// ConnectionsPerAddress caps concurrent connections from one IP address,
+	// enforced before the TLS handshake.
+	ConnectionsPerAddress int
+	// ConnectionsPerAddressPerMinute and ConnectionBurstPerAddress rate-limit
+	// new connections per IP address, before the TLS handshake.
+	ConnectionsPerAddressPerMinute int
+	ConnectionBurstPerAddress      int
+	// MaxPacketSize bounds an MQTT packet (default 96 KiB).
+	MaxPacketSize int
+	// WriteTimeout bounds one write to a client (default 10 s).
+	WriteTimeout time.Duration
+	hooks.Limits
+}
+
+// Config configures a Broker. Empty addresses disable their listener.
+type Config struct {
+	// TCPAddr is the plain MQTT address, e.g. "127.0.0.1:1883".
+	TCPAddr string
+	// TLSAddr is the MQTT over TLS address, e.g. ":8883". Needs TLSConfig.
+	TLSAddr string
+	// WSAddr is the MQTT over WebSocket address (secure when TLSConfig is
+	// set), any request path, sub-protocol mqtt.
+	WSAddr string
+	// TLSConfig holds the server certificate. Client certificates are
+	// requested (not verified here: the service checks them against the
+	// enrollments) unless ClientAuth is set; TLS 1.2 is the minimum.
+	TLSConfig *tls.Config
+	// ConnectTimeout is how long a new connection may take to send CONNECT
+	// (TLS handshake included); default 10 s.
+	ConnectTimeout time.Duration
+	// Limits bound connections and restricted sessions.
+	Limits Limits
+	// Logger receives broker and request logs (default: discard).
+	Logger *slog.Logger
+}
+
+// Broker is the MQTT side of the service.
+type Broker struct {
+	cfg  Config
+	log  *slog.Logger
+	srv  *mqtt.Server
+	hook *hooks.Hook
+
+	perAddr *ratelimit.Counter
+	rate    *ratelimit.Limiter
+
+	mu       sync.Mutex
+	started  bool
+	shutdown bool
+	guards   map[string]*guardListener
+}
+
+// New validates cfg and builds the server; nothing is bound until Start.
+func New(cfg Config, svc *provision.Service) (*Broker, error) {
+	if svc == nil {
+		return nil, errors.New("broker: nil provisioning service")
+	}
+	if cfg.TCPAddr == "" && cfg.TLSAddr == "" && cfg.WSAddr == "" {
+		return nil, errors.New("broker: no listener configured")
+	}
+	if cfg.TLSAddr != "" && cfg.TLSConfig == nil {
+		return nil, errors.New("broker: TLSAddr needs TLSConfig")
+	}
+	if cfg.ConnectTimeout <= 0 {
+		cfg.ConnectTimeout = DefaultConnectTimeout
+	}
+	lim := &cfg.Limits
+	if lim.MaxPacketSize <= 0 {
+		lim.MaxPacketSize = DefaultMaxPacketSize
+	}
+	if lim.WriteTimeout <= 0 {
+		lim.WriteTimeout = DefaultWriteTimeout
+	}
+	if lim.ConnectionsPerAddress == 0 {
+		lim.ConnectionsPerAddress = DefaultConnectionsPerAddress
+	}
+	if lim.ConnectionsPerAddressPerMinute == 0 {
+		lim.ConnectionsPerAddressPerMinute = DefaultConnectionsPerAddressPerMinute
+	}
+	if lim.ConnectionBurstPerAddress == 0 {
+		lim.ConnectionBurstPerAddress = DefaultConnectionBurstPerAddress
+	}
+	if cfg.TLSConfig != nil {
+		tc := cfg.TLSConfig.Clone()
+		if tc.MinVersion < tls.VersionTLS12 {
+			tc.MinVersion = tls.VersionTLS12
+		}
+		if tc.ClientAuth == tls.NoClientCert {
+			tc.ClientAuth = tls.RequestClientCert
+		}
+		cfg.TLSConfig = tc
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+
+	caps := mqtt.NewDefaultServerCapabilities()
+	caps.MaximumPacketSize = uint32(lim.MaxPacketSize)
+	caps.MaximumQos = 1
+	caps.RetainAvailable = 0
+	caps.MaximumSessionExpiryInterval = 0 // no session state is kept
+	caps.MaximumClientWritesPending = 16
+	caps.ReceiveMaximum = 32
+	caps.MaximumInflight = 64
+	caps.TopicAliasMaximum = 0
+	caps.SharedSubAvailable = 0
+	caps.SubIDAvailable = 0
+	caps.MaximumMessageExpiryInterval = 300
+
+	srv := mqtt.New(&mqtt.Options{
+		Capabilities:             caps,
+		ClientNetWriteBufferSize: 2048,
+		ClientNetReadBufferSize:  2048,
+		SysTopicResendInterval:   defaultSysTopicInterval,
+		InlineClient:             false,
+		// mochi warns about every keep-alive 0 client (the C SDK's) and every
+		// refused connection; the hook logs what matters with a trackingId.
+		Logger: slog.New(minLevel{log.Handler(), slog.LevelError}).With("component", "mqtt"),
+	})
+	h, err := hooks.New(hooks.Config{Service: svc, Server: srv, Limits: lim.Limits, Logger: log})
+	if err != nil {
+		return nil, fmt.Errorf("broker: %w", err)
+	}
+	if err := srv.AddHook(h, nil); err != nil {
+		return nil, fmt.Errorf("broker: adding hook: %w", err)
+	}
+	var rate *ratelimit.Limiter
+	if lim.ConnectionsPerAddressPerMinute > 0 {
+		rate = ratelimit.New(ratelimit.PerMinute(lim.ConnectionsPerAddressPerMinute), lim.ConnectionBurstPerAddress, nil)
+	}
+	return &Broker{
+		cfg:     cfg,
+		log:     log,
+		srv:     srv,
+		hook:    h,
+		perAddr: ratelimit.NewCounter(lim.ConnectionsPerAddress),
+		rate:    rate,
+		guards:  make(map[string]*guardListener),
+	}, nil
+}
+
+// Start binds every configured listener and starts serving. When it returns
+// nil, Addr reports the bound addresses.
+func (b *Broker) Start(ctx context.Context) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.started {
+		return errors.New("broker: already started")
+	}
+	b.started = true
+	var lc net.ListenConfig
+	bind := func(name, addr string) (*guardListener, error) {
+		ln, err := lc.Listen(ctx, "tcp", addr)
+		if err != nil {
+			return nil, fmt.Errorf("broker: listen %s on %q: %w", name, addr, err)
+		}
+		g := &guardListener{
+			Listener:       ln,
+			name:           name,
+			connectTimeout: b.cfg.ConnectTimeout,
+			writeTimeout:   b.cfg.Limits.WriteTimeout,
+			perAddr:        b.perAddr,
+			rate:           b.rate,
+			log:            b.log,
+			conns:          make(map[*guardConn]struct{}),
+		}
+		b.guards[name] = g
+		return g, nil
+	}
+	fail := func(err error) error {
+		for name, g := range b.guards {
+			_ = g.Close()
+			delete(b.guards, name)
+		}
+		return err
+	}
+	var ls []listeners.Listener
+	if b.cfg.TCPAddr != "" {
+		g, err := bind(ListenerTCP, b.cfg.TCPAddr)
+		if err != nil {
+			return fail(err)
+		}
+		ls = append(ls, listeners.NewNet(ListenerTCP, g))
+	}
+	if b.cfg.TLSAddr != "" {
+		g, err := bind(ListenerTLS, b.cfg.TLSAddr)
+		if err != nil {
+			return fail(err)
+		}
+		ls = append(ls, listeners.NewNet(ListenerTLS, tls.NewListener(g, b.cfg.TLSConfig)))
+	}
+	if b.cfg.WSAddr != "" {
+		g, err := bind(ListenerWS, b.cfg.WSAddr)
+		if err != nil {
+			return fail(err)
+		}
+		var ln net.Listener = g
+		if b.cfg.TLSConfig != nil {
+			ln = tls.NewListener(g, b.cfg.TLSConfig)
+		}
+		ls = append(ls, newWSListener(ListenerWS, ln, b.cfg.TLSConfig != nil, b.cfg.ConnectTimeout, int64(b.cfg.Limits.MaxPacketSize)+16))
+	}
+	for _, l := range ls {
+		if err := b.srv.AddListener(l); err != nil {
+			return fail(fmt.Errorf("broker: adding listener %s: %w", l.ID(), err))
+		}
+	}
+	if err := b.srv.Serve(); err != nil {
+		return fail(fmt.Errorf("broker: serve: %w", err))
+	}
+	for name, g := range b.guards {
+		b.log.Info("listening", "listener", name, "address", g.Addr().String())
+	}
+	return nil
+}
+
+// Addr returns the bound address of the listener "tcp", "tls" or "ws", or
+// nil when it is not running.
+func (b *Broker) Addr(name string) net.Addr {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if g, ok := b.guards[name]; ok {
+		return g.Addr()
+	}
+	return nil
+}
+
+// Sessions reports live MQTT sessions and how many are restricted.
+func (b *Broker) Sessions() (total, restricted int) { return b.hook.Sessions() }
+
+// Shutdown stops accepting connections, waits (until ctx ends) for the
+// requests in flight to be answered, then closes every connection and the
+// server. It returns ctx's error if the wait was cut short; the server is
+// closed either way.
+func (b *Broker) Shutdown(ctx context.Context) error {
+	b.mu.Lock()
+	if b.shutdown {
+		b.mu.Unlock()
+		return nil
+	}
+	b.shutdown = true
+	started := b.started
+	guards := make([]*guardListener, 0, len(b.guards))
+	for _, g := range b.guards {
+		guards = append(guards, g)
+	}
+	b.mu.Unlock()
+
+	for _, g := range guards {
+		_ = g.Close()
+	}
+	drainErr := b.hook.Drain(ctx)
+	b.hook.CloseAll()
+	for _, g := range guards {
+		g.closeAll()
+	}
+	if !started {
+		return drainErr
+	}
+	done := make(chan struct{})
+	go func() {
+		_ = b.srv.Close()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		if drainErr == nil {
+			drainErr = fmt.Errorf("broker: closing server: %w", ctx.Err())
+		}
+	}
+	b.log.Info("broker stopped")
+	return drainErr
+}
+
+// minLevel drops records below a level (mochi is chatty at Info).
+type minLevel struct {
+	slog.Handler
+	min slog.Level
+}
+
+// Enabled applies the floor before the wrapped handler's own level.
+func (m minLevel) Enabled(ctx context.Context, l slog.Level) bool {
+	return l >= m.min && m.Handler.Enabled(ctx, l)
+}
+
+// WithAttrs keeps the floor.
+func (m minLevel) WithAttrs(a []slog.Attr) slog.Handler {
+	return minLevel{m.Handler.WithAttrs(a), m.min}
+}
+
+// WithGroup keeps the floor.
+func (m minLevel) WithGroup(name string) slog.Handler {
+	return minLevel{m.Handler.WithGroup(name), m.min}
+}

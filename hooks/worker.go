@@ -1,0 +1,107 @@
+package hooks
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/tpmdps/dpsd/provision"
+)
+
+// work answers a connection's requests one at a time, in arrival order, and
+// exits when OnDisconnect closes the queue.
+func (h *Hook) work(s *session) {
+	for req := range s.queue {
+		if !s.cl.Closed() {
+			h.answer(s, req)
+		}
+		h.done()
+	}
+}
+
+// answer computes one response and writes it to the requesting client only.
+func (h *Hook) answer(s *session, req request) {
+	log := h.log.With("trackingId", req.trackingID, "registrationId", s.id.RegistrationID,
+		"request", req.topic.Kind.String(), "connTrackingId", s.trackingID)
+	start := h.now()
+	var resp provision.Response
+	switch {
+	case req.throttle > 0:
+		resp = h.errorResponse(429, provision.ErrorCodeThrottled, "Too many requests; retry later", req.trackingID)
+		resp.RetryAfter = max(req.throttle, time.Second)
+		log.Warn("request throttled", "retryAfter", resp.RetryAfter)
+	case req.topic.Kind == KindRegister:
+		rr, err := provision.ParseRegisterRequest(req.body)
+		if err != nil {
+			log.Info("bad register body", "error", err)
+			resp = h.errorResponse(400, provision.ErrorCodeBadRequest, "Invalid request body", req.trackingID)
+			break
+		}
+		ctx, cancel := context.WithTimeout(h.ctx, h.limits.RequestTimeout)
+		resp = h.svc.Register(ctx, s.id, rr, req.trackingID)
+		cancel()
+	default:
+		ctx, cancel := context.WithTimeout(h.ctx, h.limits.RequestTimeout)
+		resp = h.svc.Poll(ctx, s.id, req.topic.OperationID, req.trackingID)
+		cancel()
+	}
+	if resp.Status < 200 || resp.Status > 599 || resp.Body == nil {
+		log.Error("service returned an invalid response", "status", resp.Status)
+		resp = h.errorResponse(500, provision.ErrorCodeInternal, "Internal error; try again later", req.trackingID)
+	}
+	body, err := provision.EncodeBody(resp.Body)
+	if err != nil {
+		log.Error("encoding response", "error", err)
+		resp = h.errorResponse(500, provision.ErrorCodeInternal, "Internal error; try again later", req.trackingID)
+		if body, err = provision.EncodeBody(resp.Body); err != nil {
+			return
+		}
+	}
+	if err := h.write(s, ResponseTopic(resp.Status, req.topic.RID, resp.RetryAfter), body); err != nil {
+		log.Info("response not delivered", "status", resp.Status, "error", err)
+		return
+	}
+	log.Info("answered", "status", resp.Status, "elapsed", h.now().Sub(start))
+}
+
+// errorResponse builds a DPS error answer with no retry-after (callers add one).
+func (h *Hook) errorResponse(status, code int, msg, trackingID string) provision.Response {
+	return provision.Response{
+		Status:     status,
+		RetryAfter: -1,
+		Body: &provision.ErrorBody{
+			ErrorCode:    code,
+			TrackingID:   trackingID,
+			Message:      msg,
+			TimestampUTC: h.now().UTC().Format(time.RFC3339),
+		},
+	}
+}
+
+// errPacketID: the client has 65535 unacknowledged packets.
+var errPacketID = errors.New("hooks: no packet id available")
+
+// write publishes a response to the session's client alone (never through
+// fan-out): QoS 1 when the client subscribed to ResponseFilter at QoS 1 or
+// more, else QoS 0.
+func (h *Hook) write(s *session, topic string, body []byte) error {
+	var qos byte
+	if sub, ok := s.cl.State.Subscriptions.Get(ResponseFilter); ok && sub.Qos > 0 {
+		qos = 1
+	}
+	pk := packets.Packet{
+		FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: qos},
+		TopicName:   topic,
+		Payload:     body,
+	}
+	if qos > 0 {
+		id, err := s.cl.NextPacketID()
+		if err != nil {
+			return errors.Join(errPacketID, err)
+		}
+		pk.PacketID = uint16(id)
+	}
+	return s.cl.WritePacket(pk)
+}
