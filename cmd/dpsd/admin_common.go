@@ -1,0 +1,211 @@
+package main
+
+// Shared plumbing of the admin commands (enrollment, group, registration):
+// flags, the API client, and output as a table or JSON.
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/tpmdps/dpsd/apiclient"
+)
+
+// adminConnEnv is the environment variable holding the service connection string.
+const adminConnEnv = "DPSD_CONNECTION_STRING"
+
+// Exit codes of the admin commands.
+const (
+	adminExitOK    = 0
+	adminExitFail  = 1
+	adminExitUsage = 2
+)
+
+// errAdminUsage marks a usage error (exit code 2); the message was already printed.
+var errAdminUsage = errors.New("usage error")
+
+// adminOpts are the flags every admin command takes.
+type adminOpts struct {
+	connString string
+	endpoint   string
+	caFile     string
+	timeout    time.Duration
+	json       bool
+}
+
+// register adds the common flags to fs.
+func (o *adminOpts) register(fs *flag.FlagSet) {
+	fs.StringVar(&o.connString, "connection-string", "", "service connection string (default $"+adminConnEnv+")")
+	fs.StringVar(&o.endpoint, "endpoint", "", "service URL overriding https://{HostName}, e.g. https://127.0.0.1:8443")
+	fs.StringVar(&o.caFile, "ca-file", "", "PEM file of CA certificates to trust for the service's TLS certificate")
+	fs.DurationVar(&o.timeout, "timeout", 5*time.Minute, "timeout of each request")
+	fs.BoolVar(&o.json, "json", false, "print JSON instead of a table")
+}
+
+// client builds the API client from the flags and the environment.
+func (o *adminOpts) client() (*apiclient.Client, error) {
+	cs := o.connString
+	if cs == "" {
+		cs = os.Getenv(adminConnEnv)
+	}
+	if cs == "" {
+		return nil, fmt.Errorf("no connection string: pass --connection-string or set $%s", adminConnEnv)
+	}
+	hc := &http.Client{Timeout: o.timeout}
+	if o.caFile != "" {
+		pemBytes, err := os.ReadFile(o.caFile)
+		if err != nil {
+			return nil, fmt.Errorf("reading --ca-file: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pemBytes) {
+			return nil, fmt.Errorf("--ca-file %s holds no PEM certificate", o.caFile)
+		}
+		tr := http.DefaultTransport.(*http.Transport).Clone()
+		tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+		hc.Transport = tr
+	}
+	c, err := apiclient.New(cs, apiclient.Options{BaseURL: o.endpoint, HTTPClient: hc})
+	if err != nil {
+		return nil, fmt.Errorf("connecting to the service: %w", err)
+	}
+	return c, nil
+}
+
+// adminCmd is one parsed invocation of an admin subcommand.
+type adminCmd struct {
+	name   string
+	fs     *flag.FlagSet
+	opts   adminOpts
+	stdout io.Writer
+	stderr io.Writer
+}
+
+// newAdminCmd creates the flag set of a subcommand with the common flags.
+func newAdminCmd(name string, stdout, stderr io.Writer) *adminCmd {
+	c := &adminCmd{name: name, stdout: stdout, stderr: stderr}
+	c.fs = flag.NewFlagSet(name, flag.ContinueOnError)
+	c.fs.SetOutput(stderr)
+	c.opts.register(c.fs)
+	return c
+}
+
+// parse parses args, allowing flags after positional arguments, and checks
+// the number of positional arguments is between min and max.
+func (c *adminCmd) parse(args []string, usage string, min, max int) ([]string, error) {
+	c.fs.Usage = func() {
+		fmt.Fprintf(c.stderr, "usage: dpsd %s %s\n", c.name, usage)
+		c.fs.PrintDefaults()
+	}
+	var pos []string
+	rest := args
+	for {
+		if err := c.fs.Parse(rest); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				return nil, flag.ErrHelp
+			}
+			return nil, errAdminUsage
+		}
+		rest = c.fs.Args()
+		if len(rest) == 0 {
+			break
+		}
+		pos = append(pos, rest[0])
+		rest = rest[1:]
+	}
+	if len(pos) < min || len(pos) > max {
+		c.fs.Usage()
+		return nil, errAdminUsage
+	}
+	return pos, nil
+}
+
+// exit turns an error into an exit code, printing it.
+func (c *adminCmd) exit(err error) int {
+	switch {
+	case err == nil, errors.Is(err, flag.ErrHelp):
+		return adminExitOK
+	case errors.Is(err, errAdminUsage):
+		return adminExitUsage
+	}
+	fmt.Fprintf(c.stderr, "dpsd %s: %v\n", c.name, err)
+	return adminExitFail
+}
+
+// adminPrintJSON writes v as indented JSON.
+func adminPrintJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	if err := enc.Encode(v); err != nil {
+		return fmt.Errorf("writing JSON: %w", err)
+	}
+	return nil
+}
+
+// adminTable writes aligned columns.
+type adminTable struct{ tw *tabwriter.Writer }
+
+// newAdminTable starts a table with a header row.
+func newAdminTable(w io.Writer, header ...string) *adminTable {
+	t := &adminTable{tw: tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)}
+	if len(header) > 0 {
+		t.row(header...)
+	}
+	return t
+}
+
+// row writes one row; empty cells are shown as "-".
+func (t *adminTable) row(cells ...string) {
+	for i, c := range cells {
+		if c == "" {
+			cells[i] = "-"
+		}
+		cells[i] = strings.NewReplacer("\t", " ", "\n", " ").Replace(cells[i])
+	}
+	fmt.Fprintln(t.tw, strings.Join(cells, "\t"))
+}
+
+// flush writes the table out.
+func (t *adminTable) flush() error { return t.tw.Flush() }
+
+// adminFmtTime renders a time for tables ("" when zero).
+func adminFmtTime(t time.Time) string {
+	if t.IsZero() {
+		return ""
+	}
+	return t.UTC().Format(time.RFC3339)
+}
+
+// adminDispatch runs the subcommand named by args[0] from cmds.
+func adminDispatch(ctx context.Context, group string, args []string, stdout, stderr io.Writer,
+	cmds map[string]func(ctx context.Context, c *adminCmd, args []string) error, order []string) int {
+	usage := func() {
+		fmt.Fprintf(stderr, "usage: dpsd %s <%s> [flags] ...\n", group, strings.Join(order, "|"))
+	}
+	if len(args) == 0 {
+		usage()
+		return adminExitUsage
+	}
+	if args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		usage()
+		return adminExitOK
+	}
+	fn, ok := cmds[args[0]]
+	if !ok {
+		fmt.Fprintf(stderr, "dpsd %s: unknown command %q\n", group, args[0])
+		usage()
+		return adminExitUsage
+	}
+	c := newAdminCmd(group+" "+args[0], stdout, stderr)
+	return c.exit(fn(ctx, c, args[1:]))
+}

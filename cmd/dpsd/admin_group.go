@@ -1,0 +1,191 @@
+package main
+
+// dpsd group add|show|list|delete
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"strings"
+
+	"github.com/tpmdps/dpsd/store"
+)
+
+// runGroupCmd runs "dpsd group ..." (enrollment groups) and returns the
+// process exit code: 0 success, 1 failure, 2 usage.
+func runGroupCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	cmds := map[string]func(context.Context, *adminCmd, []string) error{
+		"add":    adminGroupAdd,
+		"show":   adminGroupShow,
+		"list":   adminGroupList,
+		"delete": adminGroupDelete,
+	}
+	return adminDispatch(ctx, "group", args, stdout, stderr, cmds, []string{"add", "show", "list", "delete"})
+}
+
+func adminGroupAdd(ctx context.Context, c *adminCmd, args []string) error {
+	var symKey, secKey, cert, caRef, hub, alloc string
+	var disabled, edge, replace bool
+	fs := c.fs
+	fs.StringVar(&symKey, "symmetric-key", "", "base64 group key (generated when no attestation is given)")
+	fs.StringVar(&secKey, "secondary-key", "", "base64 secondary group key")
+	fs.StringVar(&cert, "cert", "", "signing CA certificate file, PEM or DER (X.509 attestation)")
+	fs.StringVar(&caRef, "ca-ref", "", "name of a CA certificate registered with the service (X.509 attestation)")
+	fs.StringVar(&hub, "iothub", "", "IoT hub host name to assign devices to")
+	fs.StringVar(&alloc, "allocation-policy", "", "hashed, geoLatency, static or custom")
+	fs.BoolVar(&disabled, "disabled", false, "create the group disabled")
+	fs.BoolVar(&edge, "edge", false, "the devices are IoT Edge devices")
+	fs.BoolVar(&replace, "replace", false, "replace an existing group instead of failing")
+	pos, err := c.parse(args, "add GROUP_ID [--symmetric-key K | --cert F | --ca-ref NAME] [flags]", 1, 1)
+	if err != nil {
+		return err
+	}
+	g := &store.Group{EnrollmentGroupID: pos[0], IoTHubHostName: hub, AllocationPolicy: alloc}
+	switch {
+	case cert != "" && caRef != "", (cert != "" || caRef != "") && (symKey != "" || secKey != ""):
+		return fmt.Errorf("give one attestation: --symmetric-key, --cert or --ca-ref")
+	case cert != "":
+		pemText, err := adminReadCert(cert)
+		if err != nil {
+			return err
+		}
+		g.Attestation = store.Attestation{Type: store.AttestationX509, X509: &store.X509Attestation{
+			SigningCertificates: &store.X509Certificates{Primary: &store.X509CertificateWithInfo{Certificate: pemText}},
+		}}
+	case caRef != "":
+		g.Attestation = store.Attestation{Type: store.AttestationX509, X509: &store.X509Attestation{
+			CAReferences: &store.X509CAReferences{Primary: caRef},
+		}}
+	default:
+		g.Attestation = store.Attestation{Type: store.AttestationSymmetricKey, SymmetricKey: &store.SymmetricKeyAttestation{
+			PrimaryKey: symKey, SecondaryKey: secKey,
+		}}
+	}
+	if disabled {
+		g.ProvisioningStatus = store.StatusDisabled
+	}
+	if edge {
+		g.Capabilities = &store.Capabilities{IoTEdge: true}
+	}
+	cl, err := c.opts.client()
+	if err != nil {
+		return err
+	}
+	if !replace {
+		res, err := cl.BulkGroups(ctx, "create", []*store.Group{g})
+		if err != nil {
+			return err
+		}
+		if len(res.Errors) > 0 {
+			if res.Errors[0].ErrorCode/1000 == 409 {
+				return fmt.Errorf("enrollment group %s already exists (use --replace to overwrite it)", g.EnrollmentGroupID)
+			}
+			return fmt.Errorf("creating enrollment group %s: %d: %s", g.EnrollmentGroupID, res.Errors[0].ErrorCode, res.Errors[0].ErrorStatus)
+		}
+		out, err := cl.GetGroup(ctx, g.EnrollmentGroupID)
+		if err != nil {
+			return err
+		}
+		return adminPrintGroup(c, out)
+	}
+	out, err := cl.PutGroup(ctx, g, "")
+	if err != nil {
+		return err
+	}
+	return adminPrintGroup(c, out)
+}
+
+// adminPrintGroup shows one enrollment group as JSON or as a field list.
+func adminPrintGroup(c *adminCmd, g *store.Group) error {
+	if c.opts.json {
+		return adminPrintJSON(c.stdout, g)
+	}
+	t := newAdminTable(c.stdout)
+	t.row("enrollmentGroupId:", g.EnrollmentGroupID)
+	t.row("attestation:", g.Attestation.Type)
+	a := g.Attestation
+	switch {
+	case a.SymmetricKey != nil:
+		t.row("primaryKey:", a.SymmetricKey.PrimaryKey)
+		t.row("secondaryKey:", a.SymmetricKey.SecondaryKey)
+	case a.X509 != nil && a.X509.CAReferences != nil:
+		t.row("caReference:", a.X509.CAReferences.Primary)
+	case a.X509 != nil && a.X509.SigningCertificates != nil && a.X509.SigningCertificates.Primary != nil:
+		if info := a.X509.SigningCertificates.Primary.Info; info != nil {
+			t.row("signingCertificate:", info.SubjectName)
+			t.row("sha256Thumbprint:", info.SHA256Thumbprint)
+			t.row("notAfter:", adminFmtTime(info.NotAfter))
+		}
+	}
+	t.row("provisioningStatus:", g.ProvisioningStatus)
+	t.row("iotHubHostName:", g.IoTHubHostName)
+	if len(g.IoTHubs) > 0 {
+		t.row("iotHubs:", strings.Join(g.IoTHubs, ","))
+	}
+	if g.AllocationPolicy != "" {
+		t.row("allocationPolicy:", g.AllocationPolicy)
+	}
+	t.row("etag:", g.ETag)
+	t.row("created:", adminFmtTime(g.CreatedAt))
+	t.row("lastUpdated:", adminFmtTime(g.UpdatedAt))
+	return t.flush()
+}
+
+func adminGroupShow(ctx context.Context, c *adminCmd, args []string) error {
+	pos, err := c.parse(args, "show GROUP_ID [--json]", 1, 1)
+	if err != nil {
+		return err
+	}
+	cl, err := c.opts.client()
+	if err != nil {
+		return err
+	}
+	g, err := cl.GetGroup(ctx, pos[0])
+	if err != nil {
+		return err
+	}
+	return adminPrintGroup(c, g)
+}
+
+func adminGroupList(ctx context.Context, c *adminCmd, args []string) error {
+	pageSize := c.fs.Int("page-size", 1000, "groups fetched per request")
+	if _, err := c.parse(args, "list [--json] [--page-size N]", 0, 0); err != nil {
+		return err
+	}
+	cl, err := c.opts.client()
+	if err != nil {
+		return err
+	}
+	all := []*store.Group{}
+	if err := cl.EachGroup(ctx, *pageSize, func(g *store.Group) error {
+		all = append(all, g)
+		return nil
+	}); err != nil {
+		return err
+	}
+	if c.opts.json {
+		return adminPrintJSON(c.stdout, all)
+	}
+	t := newAdminTable(c.stdout, "GROUP ID", "ATTESTATION", "STATUS", "IOT HUB", "LAST UPDATED")
+	for _, g := range all {
+		t.row(g.EnrollmentGroupID, g.Attestation.Type, g.ProvisioningStatus, g.IoTHubHostName, adminFmtTime(g.UpdatedAt))
+	}
+	return t.flush()
+}
+
+func adminGroupDelete(ctx context.Context, c *adminCmd, args []string) error {
+	etag := c.fs.String("etag", "", "delete only if the group still has this etag")
+	pos, err := c.parse(args, "delete GROUP_ID [--etag E]", 1, 1)
+	if err != nil {
+		return err
+	}
+	cl, err := c.opts.client()
+	if err != nil {
+		return err
+	}
+	if err := cl.DeleteGroup(ctx, pos[0], *etag); err != nil {
+		return err
+	}
+	fmt.Fprintf(c.stdout, "deleted enrollment group %s\n", pos[0])
+	return nil
+}

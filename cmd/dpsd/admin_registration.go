@@ -1,0 +1,102 @@
+package main
+
+// dpsd registration show|list|delete
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"strconv"
+
+	"github.com/tpmdps/dpsd/store"
+)
+
+// runRegistrationCmd runs "dpsd registration ..." (device registration
+// states) and returns the process exit code: 0 success, 1 failure, 2 usage.
+func runRegistrationCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	cmds := map[string]func(context.Context, *adminCmd, []string) error{
+		"show":   adminRegistrationShow,
+		"list":   adminRegistrationList,
+		"delete": adminRegistrationDelete,
+	}
+	return adminDispatch(ctx, "registration", args, stdout, stderr, cmds, []string{"show", "list", "delete"})
+}
+
+func adminRegistrationShow(ctx context.Context, c *adminCmd, args []string) error {
+	pos, err := c.parse(args, "show REGISTRATION_ID [--json]", 1, 1)
+	if err != nil {
+		return err
+	}
+	cl, err := c.opts.client()
+	if err != nil {
+		return err
+	}
+	r, err := cl.GetRegistration(ctx, pos[0])
+	if err != nil {
+		return err
+	}
+	if c.opts.json {
+		return adminPrintJSON(c.stdout, r)
+	}
+	t := newAdminTable(c.stdout)
+	t.row("registrationId:", r.RegistrationID)
+	t.row("status:", r.Status)
+	t.row("substatus:", r.Substatus)
+	t.row("assignedHub:", r.AssignedHub)
+	t.row("deviceId:", r.DeviceID)
+	t.row("attestation:", r.AttestationType)
+	if r.EnrollmentGroupID != "" {
+		t.row("enrollmentGroupId:", r.EnrollmentGroupID)
+	}
+	if r.ErrorCode != 0 {
+		t.row("error:", strconv.Itoa(r.ErrorCode)+" "+r.ErrorMessage)
+	}
+	t.row("etag:", r.ETag)
+	t.row("created:", adminFmtTime(r.CreatedAt))
+	t.row("lastUpdated:", adminFmtTime(r.UpdatedAt))
+	return t.flush()
+}
+
+func adminRegistrationList(ctx context.Context, c *adminCmd, args []string) error {
+	pageSize := c.fs.Int("page-size", 1000, "registrations fetched per request")
+	pos, err := c.parse(args, "list GROUP_ID [--json] [--page-size N]", 1, 1)
+	if err != nil {
+		return err
+	}
+	cl, err := c.opts.client()
+	if err != nil {
+		return err
+	}
+	all := []*store.Registration{}
+	if err := cl.EachRegistration(ctx, pos[0], *pageSize, func(r *store.Registration) error {
+		all = append(all, r)
+		return nil
+	}); err != nil {
+		return err
+	}
+	if c.opts.json {
+		return adminPrintJSON(c.stdout, all)
+	}
+	t := newAdminTable(c.stdout, "REGISTRATION ID", "STATUS", "ASSIGNED HUB", "DEVICE ID", "LAST UPDATED")
+	for _, r := range all {
+		t.row(r.RegistrationID, r.Status, r.AssignedHub, r.DeviceID, adminFmtTime(r.UpdatedAt))
+	}
+	return t.flush()
+}
+
+func adminRegistrationDelete(ctx context.Context, c *adminCmd, args []string) error {
+	etag := c.fs.String("etag", "", "delete only if the registration still has this etag")
+	pos, err := c.parse(args, "delete REGISTRATION_ID [--etag E]", 1, 1)
+	if err != nil {
+		return err
+	}
+	cl, err := c.opts.client()
+	if err != nil {
+		return err
+	}
+	if err := cl.DeleteRegistration(ctx, pos[0], *etag); err != nil {
+		return err
+	}
+	fmt.Fprintf(c.stdout, "deleted registration %s\n", pos[0])
+	return nil
+}

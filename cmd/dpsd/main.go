@@ -1,0 +1,101 @@
+// Command dpsd is the self-hosted device provisioning service: `dpsd serve`
+// runs the MQTT broker that devices provision through (Azure DPS dialect,
+// with TPM attestation); the other subcommands administer it.
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"runtime/debug"
+	"syscall"
+)
+
+// command is one subcommand. To add one, add a line to commands.
+type command struct {
+	name    string
+	summary string
+	run     func(ctx context.Context, args []string, stdout, stderr io.Writer) int
+}
+
+// commands is the dispatch table, in help order.
+func commands() []command {
+	return []command{
+		{"serve", "run the provisioning broker (MQTT, TLS, WebSocket)", runServe},
+		{"enrollment", "manage individual enrollments through the service API", runEnrollmentCmd},
+		{"group", "manage enrollment groups through the service API", runGroupCmd},
+		{"registration", "show or delete device registrations through the service API", runRegistrationCmd},
+		{"version", "print the version", runVersion},
+		{"help", "print this help", nil}, // handled by run
+	}
+}
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+// run dispatches args[0] to its subcommand and returns the exit code.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		usage(stderr)
+		return 2
+	}
+	name := args[0]
+	switch name {
+	case "help", "-h", "-help", "--help":
+		usage(stdout)
+		return 0
+	}
+	for _, c := range commands() {
+		if c.name == name && c.run != nil {
+			return c.run(ctx, args[1:], stdout, stderr)
+		}
+	}
+	fmt.Fprintf(stderr, "dpsd: unknown command %q\n\n", name)
+	usage(stderr)
+	return 2
+}
+
+// usage prints the command list.
+func usage(w io.Writer) {
+	fmt.Fprintf(w, "Usage: dpsd <command> [flags]\n\nCommands:\n")
+	for _, c := range commands() {
+		fmt.Fprintf(w, "  %-13s %s\n", c.name, c.summary)
+	}
+	fmt.Fprintf(w, "\nRun 'dpsd <command> --help' for a command's flags.\n")
+}
+
+// runVersion prints the module version and VCS revision of the binary.
+func runVersion(_ context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 {
+		fmt.Fprintln(stderr, "usage: dpsd version")
+		return 2
+	}
+	fmt.Fprintln(stdout, versionString())
+	return 0
+}
+
+// versionString describes the build.
+func versionString() string {
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "dpsd (unknown version)"
+	}
+	v := "dpsd " + bi.Main.Version
+	for _, s := range bi.Settings {
+		switch s.Key {
+		case "vcs.revision":
+			v += " " + s.Value
+		case "vcs.modified":
+			if s.Value == "true" {
+				v += " (modified)"
+			}
+		}
+	}
+	return v + " " + bi.GoVersion
+}

@@ -1,0 +1,239 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"time"
+
+	"github.com/tpmdps/dpsd/attest"
+	"github.com/tpmdps/dpsd/broker"
+	"github.com/tpmdps/dpsd/hooks"
+	"github.com/tpmdps/dpsd/internal/config"
+	"github.com/tpmdps/dpsd/internal/datadir"
+	"github.com/tpmdps/dpsd/internal/devca"
+	"github.com/tpmdps/dpsd/provision"
+	"github.com/tpmdps/dpsd/store"
+)
+
+// sweepInterval is how often expired challenge references and operations are deleted.
+const sweepInterval = time.Minute
+
+const serveUsage = `Usage: dpsd serve [flags]
+
+Runs the provisioning broker: devices connect over MQTT (plain, TLS or secure
+WebSocket), authenticate with a SAS token, an X.509 certificate or the TPM
+challenge, and are told which IoT hub to use.
+
+With no flags it keeps its state in ./data (created 0700): the bbolt file
+` + datadir.DBFile + `, ` + datadir.SecretsFile + ` (generated ID scope, TPM challenge secret and
+service policy key) and a development CA (` + datadir.CACertFile + `) with a server certificate
+for the tls-names, all reused on the next start. Devices using TLS must trust
+` + datadir.CACertFile + ` unless tls-cert/tls-key name a certificate of your own.
+
+The service API (enrollments, groups, registrations; the DPS service REST
+shape) is served over HTTPS on api-addr. Its owner connection string is
+written to ` + datadir.ConnectionStringFile + ` in the data directory; the admin
+commands read it from $DPSD_CONNECTION_STRING (use --endpoint when api-addr
+is not https://{api-host-name}:443).
+
+SIGTERM or SIGINT stops accepting connections, waits up to shutdown-timeout
+for requests in flight, then closes the connections and the store.
+`
+
+// runServe is `dpsd serve`. It returns when ctx ends (a signal) or on error.
+func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	var out bytes.Buffer
+	cfg, err := config.Load("dpsd serve", serveUsage, args, os.LookupEnv, &out)
+	if errors.Is(err, flag.ErrHelp) {
+		_, _ = stdout.Write(out.Bytes())
+		return 0
+	}
+	if err != nil {
+		_, _ = stderr.Write(out.Bytes())
+		fmt.Fprintf(stderr, "dpsd serve: %v\n", err)
+		return 2
+	}
+	log := cfg.Logger(stderr)
+	if err := serve(ctx, cfg, log); err != nil {
+		log.Error("dpsd serve failed", "error", err)
+		return 1
+	}
+	return 0
+}
+
+// serve runs the server with cfg until ctx ends.
+func serve(ctx context.Context, cfg config.Config, log *slog.Logger) error {
+	dir, err := datadir.Open(cfg.DataDir)
+	if err != nil {
+		return err
+	}
+	scope := cfg.IDScope
+	if scope == "" {
+		scope = dir.Secrets.IDScope
+	}
+	st, err := store.OpenBolt(dir.StorePath(), store.BoltOptions{Timeout: 5 * time.Second, Logger: log})
+	if err != nil {
+		return fmt.Errorf("opening store: %w", err)
+	}
+	defer func() {
+		if err := st.Close(); err != nil {
+			log.Error("closing store", "error", err)
+		}
+	}()
+	retryAfter := cfg.RetryAfter
+	if retryAfter == 0 {
+		retryAfter = -1 // provision: negative means "0 s"
+	}
+	svc, err := provision.New(provision.Config{
+		IDScope:           scope,
+		Store:             st,
+		ChallengeSecret:   dir.Secrets.ChallengeSecret,
+		ChallengeLifetime: cfg.ChallengeLifetime,
+		SAS:               attest.SASPolicy{MaxLifetime: cfg.SASMaxLifetime},
+		Hubs:              cfg.Hubs,
+		RetryAfter:        retryAfter,
+		Logger:            log,
+	})
+	if err != nil {
+		return fmt.Errorf("starting the provisioning service: %w", err)
+	}
+	var tlsCfg *tls.Config
+	caFile := ""
+	if cfg.NeedsTLS() {
+		if tlsCfg, caFile, err = serverTLS(cfg, dir, log); err != nil {
+			return err
+		}
+	}
+	b, err := broker.New(broker.Config{
+		TCPAddr:        cfg.MQTTAddr,
+		TLSAddr:        cfg.MQTTSAddr,
+		WSAddr:         cfg.WSSAddr,
+		TLSConfig:      tlsCfg,
+		ConnectTimeout: cfg.ConnectTimeout,
+		Limits: broker.Limits{
+			ConnectionsPerAddress:          cfg.ConnsPerAddress,
+			ConnectionsPerAddressPerMinute: cfg.ConnRatePerAddress,
+			Limits: hooks.Limits{
+				RestrictedSessions:             cfg.RestrictedSessions,
+				ChallengesPerConnection:        cfg.ChallengesPerConnection,
+				ChallengesPerAddressPerMinute:  cfg.ChallengeRatePerAddress,
+				ChallengesPerMinute:            cfg.ChallengeRateTotal,
+				RestrictedIdleTimeout:          cfg.RestrictedIdleTimeout,
+				RequestsPerConnectionPerMinute: cfg.RequestRatePerConn,
+			},
+		},
+		Logger: log,
+	}, svc)
+	if err != nil {
+		return err
+	}
+	if err := b.Start(ctx); err != nil {
+		return err
+	}
+	apiAddr, csFile := "off", ""
+	var apiSrv *apiServer
+	if cfg.APIAddr != "" {
+		if apiSrv, csFile, err = startAPI(ctx, cfg, dir, st, tlsCfg, log); err != nil {
+			sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+			_ = b.Shutdown(sctx)
+			cancel()
+			return err
+		}
+		apiAddr = apiSrv.addr.String()
+	}
+	addr := func(name string) string {
+		if a := b.Addr(name); a != nil {
+			return a.String()
+		}
+		return "off"
+	}
+	log.Info("dpsd started",
+		"idScope", scope,
+		"dataDir", dir.Path,
+		"store", dir.StorePath(),
+		"secrets", dir.File(datadir.SecretsFile),
+		"caCert", caFile,
+		"mqtt", addr(broker.ListenerTCP),
+		"mqtts", addr(broker.ListenerTLS),
+		"wss", addr(broker.ListenerWS),
+		"api", apiAddr,
+		"connectionStringFile", csFile,
+		"hubs", cfg.Hubs,
+		"configFile", cfg.ConfigFile,
+		"version", versionString())
+	if dir.Created {
+		log.Info("generated a new ID scope and secrets", "idScope", dir.Secrets.IDScope, "secrets", dir.File(datadir.SecretsFile))
+	}
+
+	ticker := time.NewTicker(sweepInterval)
+	defer ticker.Stop()
+	for done := false; !done; {
+		select {
+		case <-ctx.Done():
+			done = true
+		case now := <-ticker.C:
+			sctx, cancel := context.WithTimeout(ctx, sweepInterval)
+			n, err := st.Sweep(sctx, now)
+			cancel()
+			if err != nil {
+				log.Warn("store sweep failed", "error", err)
+			} else if n > 0 {
+				log.Debug("store sweep", "deleted", n)
+			}
+		}
+	}
+
+	log.Info("shutting down", "timeout", cfg.ShutdownTimeout)
+	sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+	defer cancel()
+	if apiSrv != nil {
+		if err := apiSrv.shutdown(sctx); err != nil {
+			log.Warn("service API shutdown cut short", "error", err)
+		}
+	}
+	if err := b.Shutdown(sctx); err != nil {
+		log.Warn("shutdown cut short", "error", err)
+	}
+	log.Info("dpsd stopped")
+	return nil
+}
+
+// serverTLS loads the configured certificate, or the development CA's
+// server certificate (issued or renewed as needed). It returns the path of
+// the CA certificate devices should trust ("" for a configured certificate).
+func serverTLS(cfg config.Config, dir *datadir.Dir, log *slog.Logger) (*tls.Config, string, error) {
+	if cfg.TLSCert != "" {
+		certPEM, err := os.ReadFile(cfg.TLSCert)
+		if err != nil {
+			return nil, "", fmt.Errorf("reading tls-cert: %w", err)
+		}
+		keyPEM, err := os.ReadFile(cfg.TLSKey)
+		if err != nil {
+			return nil, "", fmt.Errorf("reading tls-key: %w", err)
+		}
+		tc, err := devca.TLSConfig(certPEM, keyPEM)
+		if err != nil {
+			return nil, "", fmt.Errorf("tls-cert/tls-key: %w", err)
+		}
+		return tc, "", nil
+	}
+	dev, err := dir.DevTLS(cfg.TLSNames, time.Now())
+	if err != nil {
+		return nil, "", fmt.Errorf("development TLS: %w", err)
+	}
+	if dev.Renewed {
+		log.Info("issued a development server certificate", "names", cfg.TLSNames, "cert", dir.File(datadir.ServerCertFile))
+	}
+	tc, err := devca.TLSConfig(dev.CertPEM, dev.KeyPEM)
+	if err != nil {
+		return nil, "", fmt.Errorf("development TLS: %w", err)
+	}
+	return tc, dir.File(datadir.CACertFile), nil
+}
