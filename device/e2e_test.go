@@ -13,8 +13,8 @@ import (
 
 	"github.com/tpmdps/dpsd/device/devtpm"
 	"github.com/tpmdps/dpsd/device/tpmtransport"
-	"github.com/tpmdps/dpsd/device/tpmtransport/swtpmtest"
 	"github.com/tpmdps/dpsd/internal/dpsdtest"
+	"github.com/tpmdps/dpsd/internal/swtpmtest"
 )
 
 // TestE2ESimulatorTLS provisions a TPM device on the reference simulator
@@ -203,7 +203,7 @@ func TestE2EConcurrentDevices(t *testing.T) {
 	ctx := context.Background()
 	atts := make([]*TPM, n)
 	var wg sync.WaitGroup
-	sws := make([]*swtpmtest.Instance, n)
+	sws := make([]*swtpmtest.TPM, n)
 	for i := range n {
 		sws[i] = swtpmtest.Start(t)
 	}

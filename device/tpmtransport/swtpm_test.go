@@ -17,7 +17,7 @@ import (
 	"github.com/google/go-tpm/tpm2/transport"
 	"github.com/google/go-tpm/tpm2/transport/linuxtpm"
 
-	"github.com/tpmdps/dpsd/device/tpmtransport/swtpmtest"
+	"github.com/tpmdps/dpsd/internal/swtpmtest"
 )
 
 func ctxT(t *testing.T) context.Context {
@@ -58,7 +58,7 @@ func TestSWTPMGetRandom(t *testing.T) {
 // answering TPM_RC_RETRY in front of a real swtpm.
 func TestSWTPMFreshCreatePrimary(t *testing.T) {
 	sw := swtpmtest.Start(t)
-	tpm, err := DialSWTPM(ctxT(t), sw.Addr, SWTPMOptions{})
+	tpm, err := DialSWTPM(ctxT(t), sw.Addr(), SWTPMOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -175,7 +175,7 @@ func (p *retryProxy) counts() (injected, relayed int) {
 func TestSWTPMRetriesRetryResponses(t *testing.T) {
 	sw := swtpmtest.Start(t)
 	for _, rc := range []uint32{rcRetry, rcYielded, rcTesting} {
-		proxy := startRetryProxy(t, sw.Addr, 3, rc)
+		proxy := startRetryProxy(t, sw.Addr(), 3, rc)
 		tpm, err := DialSWTPM(ctxT(t), proxy.addr, SWTPMOptions{MaxAttempts: 5})
 		if err != nil {
 			t.Fatal(err)
@@ -193,7 +193,7 @@ func TestSWTPMRetriesRetryResponses(t *testing.T) {
 
 func TestSWTPMRetryIsBounded(t *testing.T) {
 	sw := swtpmtest.Start(t)
-	proxy := startRetryProxy(t, sw.Addr, 1000, rcRetry)
+	proxy := startRetryProxy(t, sw.Addr(), 1000, rcRetry)
 	tpm, err := DialSWTPM(ctxT(t), proxy.addr, SWTPMOptions{MaxAttempts: 4})
 	if err != nil {
 		t.Fatal(err)

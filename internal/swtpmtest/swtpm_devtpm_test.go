@@ -2,12 +2,14 @@ package swtpmtest_test
 
 import (
 	"bytes"
+	"context"
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
 	"testing"
 
 	"github.com/tpmdps/dpsd/device/devtpm"
+	"github.com/tpmdps/dpsd/device/tpmtransport"
 	"github.com/tpmdps/dpsd/internal/swtpmtest"
 )
 
@@ -21,7 +23,11 @@ func TestDevTPMOnSwtpmMatchesTPM2Tools(t *testing.T) {
 	toolsZero := sw.CreateSRK(t, swtpmtest.SRKRSAZeroUnique)
 	toolsECCEK := sw.CreateEK(t, swtpmtest.EKECC)
 
-	tpm := sw.Open(t)
+	tpm, err := tpmtransport.DialSWTPM(context.Background(), sw.Addr(), tpmtransport.SWTPMOptions{})
+	if err != nil {
+		t.Fatalf("connect go-tpm to swtpm: %v", err)
+	}
+	t.Cleanup(func() { _ = tpm.Close() })
 	check := func(what string, want []byte, create func() (*devtpm.Key, error)) *devtpm.Key {
 		t.Helper()
 		k, err := create()

@@ -27,6 +27,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -63,8 +64,10 @@ const (
 
 // TPM is one running swtpm with the EK and SRK the test created on it.
 type TPM struct {
-	dir  string
-	port int
+	dir   string
+	state string
+	port  int
+	stop  func()
 	// ekCtx and srkCtx are tpm2-tools context files, set by CreateEK and
 	// CreateSRK.
 	ekCtx, srkCtx string
@@ -104,14 +107,23 @@ func CheckTools(t testing.TB) {
 	}
 }
 
-// Start starts a swtpm on free ports, waits until it accepts connections,
-// and registers its shutdown (and the removal of its state) with t.Cleanup.
+// Start starts a swtpm with a fresh state on free ports, waits until it
+// accepts connections, and registers its shutdown (and the removal of its
+// state) with t.Cleanup.
 func Start(t testing.TB) *TPM {
+	t.Helper()
+	return StartDir(t, "")
+}
+
+// StartDir is Start on the TPM state in stateDir, so that a test can stop a
+// swtpm and start it again with the same EK, SRK and persistent objects.
+// An empty stateDir means a fresh one.
+func StartDir(t testing.TB, stateDir string) *TPM {
 	t.Helper()
 	CheckTools(t)
 	var lastErr error
 	for attempt := 0; attempt < 5; attempt++ {
-		p, err := startOnce(t)
+		p, err := startOnce(t, stateDir)
 		if err == nil {
 			return p
 		}
@@ -122,15 +134,17 @@ func Start(t testing.TB) *TPM {
 }
 
 // startOnce starts swtpm on one pair of free ports.
-func startOnce(t testing.TB) (*TPM, error) {
+func startOnce(t testing.TB, state string) (*TPM, error) {
 	port, err := freePortPair()
 	if err != nil {
 		return nil, err
 	}
 	dir := t.TempDir()
-	state := filepath.Join(dir, "state")
-	if err := os.Mkdir(state, 0o700); err != nil {
-		return nil, err
+	if state == "" {
+		state = filepath.Join(dir, "state")
+		if err := os.Mkdir(state, 0o700); err != nil {
+			return nil, err
+		}
 	}
 	var stderr bytes.Buffer
 	cmd := exec.Command("swtpm", "socket", "--tpm2",
@@ -146,9 +160,12 @@ func startOnce(t testing.TB) (*TPM, error) {
 	}
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
+	var stopped sync.Once
 	stop := func() {
-		_ = cmd.Process.Kill()
-		<-exited
+		stopped.Do(func() {
+			_ = cmd.Process.Kill()
+			<-exited
+		})
 	}
 	deadline := time.Now().Add(toolTimeout)
 	for {
@@ -168,7 +185,7 @@ func startOnce(t testing.TB) (*TPM, error) {
 		}
 	}
 	t.Cleanup(stop)
-	return &TPM{dir: dir, port: port}, nil
+	return &TPM{dir: dir, state: state, port: port, stop: stop}, nil
 }
 
 // freePortPair finds a port P with P and P+1 free on 127.0.0.1.
@@ -193,6 +210,18 @@ func freePortPair() (int, error) {
 // Port returns swtpm's TPM command port on 127.0.0.1 (the control port is
 // Port()+1). go-tpm needs a swtpm-protocol transport to use it.
 func (p *TPM) Port() int { return p.port }
+
+// Addr returns swtpm's TPM command socket, "127.0.0.1:port".
+func (p *TPM) Addr() string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(p.port)) }
+
+// Selector returns the device/tpmtransport selector of this swtpm.
+func (p *TPM) Selector() string { return "swtpm:" + p.Addr() }
+
+// StateDir returns the directory holding the TPM state; it outlives Stop.
+func (p *TPM) StateDir() string { return p.state }
+
+// Stop kills the swtpm process and waits for it to exit. Safe to call twice.
+func (p *TPM) Stop() { p.stop() }
 
 // TCTI returns the TPM2TOOLS_TCTI value for this swtpm.
 func (p *TPM) TCTI() string { return "swtpm:host=127.0.0.1,port=" + strconv.Itoa(p.port) }
