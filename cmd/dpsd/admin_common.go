@@ -21,8 +21,16 @@ import (
 	"github.com/tpmdps/dpsd/apiclient"
 )
 
-// adminConnEnv is the environment variable holding the service connection string.
-const adminConnEnv = "DPSD_CONNECTION_STRING"
+// Environment variables read by the admin commands when the flag is not given.
+const (
+	// adminConnEnv holds the service connection string.
+	adminConnEnv = "DPSD_CONNECTION_STRING"
+	// adminEndpointEnv holds the service URL (a connection string names a
+	// host, never a port).
+	adminEndpointEnv = "DPSD_ENDPOINT"
+	// adminCAFileEnv holds a PEM file of CAs to trust for the service.
+	adminCAFileEnv = "DPSD_CA_FILE"
+)
 
 // Exit codes of the admin commands.
 const (
@@ -46,8 +54,8 @@ type adminOpts struct {
 // register adds the common flags to fs.
 func (o *adminOpts) register(fs *flag.FlagSet) {
 	fs.StringVar(&o.connString, "connection-string", "", "service connection string (default $"+adminConnEnv+")")
-	fs.StringVar(&o.endpoint, "endpoint", "", "service URL overriding https://{HostName}, e.g. https://127.0.0.1:8443")
-	fs.StringVar(&o.caFile, "ca-file", "", "PEM file of CA certificates to trust for the service's TLS certificate")
+	fs.StringVar(&o.endpoint, "endpoint", os.Getenv(adminEndpointEnv), "service URL overriding https://{HostName}, e.g. https://127.0.0.1:8443 (default $"+adminEndpointEnv+")")
+	fs.StringVar(&o.caFile, "ca-file", os.Getenv(adminCAFileEnv), "PEM file of CA certificates to trust for the service's TLS certificate (default $"+adminCAFileEnv+")")
 	fs.DurationVar(&o.timeout, "timeout", 5*time.Minute, "timeout of each request")
 	fs.BoolVar(&o.json, "json", false, "print JSON instead of a table")
 }
@@ -104,7 +112,9 @@ func newAdminCmd(name string, stdout, stderr io.Writer) *adminCmd {
 // the number of positional arguments is between min and max.
 func (c *adminCmd) parse(args []string, usage string, min, max int) ([]string, error) {
 	c.fs.Usage = func() {
-		fmt.Fprintf(c.stderr, "usage: dpsd %s %s\n", c.name, usage)
+		// usage starts with the subcommand; c.name is "group subcommand".
+		group, _, _ := strings.Cut(c.name, " ")
+		fmt.Fprintf(c.stderr, "usage: dpsd %s %s\n", group, usage)
 		c.fs.PrintDefaults()
 	}
 	var pos []string
