@@ -3,6 +3,7 @@ package device
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 
 	"github.com/tpmdps/dpsd/attest"
@@ -30,4 +31,34 @@ func (k *SymmetricKey) Credentials(_ context.Context, s Session) (Credentials, e
 		life = time.Hour
 	}
 	return Credentials{Password: attest.SignSAS(k.Key, s.Resource, s.Now.Add(life), "registration")}, nil
+}
+
+// Symmetric key sizes the service accepts (protocol.md section 7).
+const (
+	MinSymmetricKeySize = 16
+	MaxSymmetricKeySize = 64
+)
+
+// NewSymmetricKey is symmetric-key attestation with an individual
+// enrollment's primary or secondary key (decoded). Errors wrap ErrInvalidConfig.
+func NewSymmetricKey(key []byte) (*SymmetricKey, error) {
+	if len(key) < MinSymmetricKeySize || len(key) > MaxSymmetricKeySize {
+		return nil, fmt.Errorf("%w: symmetric key of %d bytes, want %d-%d", ErrInvalidConfig, len(key), MinSymmetricKeySize, MaxSymmetricKeySize)
+	}
+	return &SymmetricKey{Key: append([]byte(nil), key...)}, nil
+}
+
+// NewGroupSymmetricKey is symmetric-key attestation through an enrollment
+// group: the device key is attest.DeriveDeviceKey(groupKey, registrationID),
+// derived over the registration id exactly as given (the same spelling as
+// Config.RegistrationID: the service derives over the id the device sends).
+// The group key itself is not kept. Errors wrap ErrInvalidConfig.
+func NewGroupSymmetricKey(groupKey []byte, registrationID string) (*SymmetricKey, error) {
+	if len(groupKey) < MinSymmetricKeySize || len(groupKey) > MaxSymmetricKeySize {
+		return nil, fmt.Errorf("%w: group key of %d bytes, want %d-%d", ErrInvalidConfig, len(groupKey), MinSymmetricKeySize, MaxSymmetricKeySize)
+	}
+	if err := attest.ValidateRegistrationID(registrationID); err != nil {
+		return nil, fmt.Errorf("%w: group key derivation: %w", ErrInvalidConfig, err)
+	}
+	return &SymmetricKey{Key: attest.DeriveDeviceKey(groupKey, registrationID)}, nil
 }

@@ -88,6 +88,11 @@ func (s *Service) assign(ctx context.Context, id Identity, src source, req Regis
 		slog.String("method", id.Method.String()), slog.String("groupId", src.groupID),
 		slog.String("status", rec.Status), slog.String("assignedHub", rec.AssignedHub),
 		slog.String("substatus", rec.Substatus), slog.Int("errorCode", rec.ErrorCode))
+	s.recorded(ctx, RegistrationEvent{
+		RegistrationID: id.RegistrationID, AttestationType: src.attestationType, Method: id.Method.String(),
+		GroupID: src.groupID, Status: rec.Status, AssignedHub: rec.AssignedHub, DeviceID: rec.DeviceID,
+		ErrorCode: rec.ErrorCode, TrackingID: trackingID,
+	})
 	return Response{Status: 202, RetryAfter: s.retryAfter, Body: &OperationStatus{
 		OperationID: opID,
 		Status:      store.RegistrationAssigning,

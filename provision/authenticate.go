@@ -43,9 +43,12 @@ func (m AuthMethod) String() string {
 type Identity struct {
 	RegistrationID string // lowercased
 	Method         AuthMethod
-	GroupID        string // enrollment group that matched, if any
-	ChallengeRef   string // TPM: the challenge reference that authenticated
-	Certificate    *x509.Certificate
+	GroupID        string            // enrollment group that matched, if any
+	ChallengeRef   string            // TPM: the challenge reference that authenticated
+	Certificate    *x509.Certificate // X.509: the device (leaf) certificate
+	// SigningCertificate is, for X.509 through an enrollment group, the
+	// group's signing (CA) certificate the chain verified to.
+	SigningCertificate *x509.Certificate
 }
 
 // Connect describes a CONNECT for authentication.
@@ -60,9 +63,10 @@ type Connect struct {
 
 // Authenticate decides what a CONNECT may do (protocol.md section 2). A nil
 // error with Method AuthRestricted means a restricted session (no
-// credential). Errors wrap ErrNotAuthorized, ErrUnsupported (X.509, not yet)
-// or ErrUnavailable (store failure); each means a CONNACK refusal, and the
-// reason they carry is for logs only.
+// credential). Errors wrap ErrNotAuthorized or ErrUnavailable (store
+// failure); each means a CONNACK refusal, and the reason they carry is for
+// logs only. A password is always a SAS token, even on a connection that
+// also presents a client certificate; X.509 (x509.go) needs no password.
 //
 // A TPM challenge authenticates once: the cheap checks (format, expiry,
 // signature) come first and the durable "used" mark last.
@@ -93,12 +97,10 @@ func (s *Service) Authenticate(ctx context.Context, c Connect) (Identity, error)
 	}
 }
 
-// authX509 is the seam for X.509 attestation (protocol.md section 8), which
-// lands later: it must check the chain against the enrollment's pinned
-// certificate or the group's CA and the leaf CN against registrationID.
-func (s *Service) authX509(ctx context.Context, c Connect, regID string) (Identity, error) {
-	return s.refuse(ctx, c, ErrUnsupported, "X.509 attestation is not supported yet (registration %s)", regID)
-}
+// SymmetricKeyName is the only skn a symmetric-key SAS token may carry (the
+// Azure SDKs send it; the Node SDK sends none). Any other skn must be a TPM
+// challenge reference.
+const SymmetricKeyName = "registration"
 
 // authSAS verifies a SAS token password, signed either with a TPM challenge
 // key (skn is a challenge reference) or with a symmetric key.
@@ -109,8 +111,12 @@ func (s *Service) authSAS(ctx context.Context, c Connect, spelledID string) (Ide
 		return s.refuse(ctx, c, ErrNotAuthorized, "bad SAS token: %w", err)
 	}
 	resource := s.cfg.IDScope + "/registrations/" + spelledID
-	if isChallengeRef(tok.KeyName) {
+	switch {
+	case isChallengeRef(tok.KeyName):
 		return s.authTPM(ctx, c, tok, resource, strings.ToLower(spelledID))
+	case tok.KeyName != "" && tok.KeyName != SymmetricKeyName:
+		// protocol.md section 6: skn is absent or "registration" for symmetric keys.
+		return s.refuse(ctx, c, ErrNotAuthorized, "bad SAS token: skn is neither %q nor a TPM challenge reference", SymmetricKeyName)
 	}
 	return s.authSymmetric(ctx, c, tok, resource, spelledID)
 }
@@ -250,6 +256,7 @@ func (s *Service) authenticated(ctx context.Context, c Connect, id Identity) Ide
 // refuse logs why a CONNECT is refused and returns the typed error. The
 // reason never contains tokens or keys.
 func (s *Service) refuse(ctx context.Context, c Connect, kind error, format string, args ...any) (Identity, error) {
+	s.observeRefusal(ctx, kind, format)
 	err := fmt.Errorf("%w: "+format, append([]any{kind}, args...)...)
 	reason := strings.TrimPrefix(err.Error(), kind.Error()+": ")
 	level := slog.LevelInfo

@@ -105,7 +105,7 @@ func (s *Service) challenge(ctx context.Context, id Identity, req RegisterReques
 	if req.TPM == nil {
 		return s.unauthorized(ctx, trackingID, id, "restricted session sent a register without tpm")
 	}
-	ek, srk, err := parseTPMKeys(req.TPM)
+	ek, srk, err := s.tpmKeys.parse(id.RegistrationID, req.TPM)
 	if err != nil {
 		return s.badRequest(ctx, trackingID, id, err.Error())
 	}
@@ -125,6 +125,7 @@ func (s *Service) challenge(ctx context.Context, id Identity, req RegisterReques
 	s.log.LogAttrs(ctx, slog.LevelInfo, "tpm challenge issued",
 		slog.String("trackingId", trackingID), slog.String("registrationId", id.RegistrationID),
 		slog.Time("expires", expires))
+	s.observeChallenge(ctx, id.RegistrationID)
 	return Response{Status: 401, RetryAfter: -1, Body: &TPMChallenge{
 		AuthenticationKey: base64.StdEncoding.EncodeToString(blob),
 		KeyName:           ref,

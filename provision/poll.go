@@ -49,10 +49,14 @@ func (s *Service) Poll(ctx context.Context, id Identity, operationID, trackingID
 	case err != nil:
 		return s.internal(ctx, trackingID, id, fmt.Errorf("read registration: %w", err))
 	}
+	st := registrationState(id.RegistrationID, op, rec)
+	if id.Method == AuthX509 && id.Certificate != nil {
+		st.X509 = x509Result(id)
+	}
 	return Response{Status: 200, RetryAfter: -1, Body: &OperationStatus{
 		OperationID:       op.ID,
 		Status:            op.Status,
-		RegistrationState: registrationState(id.RegistrationID, op, rec),
+		RegistrationState: st,
 	}}
 }
 

@@ -63,8 +63,13 @@ func (s *Service) Register(ctx context.Context, id Identity, req RegisterRequest
 			return resp
 		}
 		return s.assign(ctx, id, src, req, nil, nil, trackingID)
+	case AuthX509:
+		src, resp, ok := s.x509Source(ctx, id, trackingID)
+		if !ok {
+			return resp
+		}
+		return s.assign(ctx, id, src, req, nil, nil, trackingID)
 	default:
-		// X.509 lands later (see authX509).
 		return s.unauthorized(ctx, trackingID, id, "unsupported attestation method "+id.Method.String())
 	}
 }
@@ -76,7 +81,7 @@ func (s *Service) registerTPM(ctx context.Context, id Identity, req RegisterRequ
 	if req.TPM == nil {
 		return s.badRequest(ctx, trackingID, id, "a TPM register must carry tpm.endorsementKey and tpm.storageRootKey")
 	}
-	ek, srk, err := parseTPMKeys(req.TPM)
+	ek, srk, err := s.tpmKeys.parse(id.RegistrationID, req.TPM)
 	if err != nil {
 		return s.badRequest(ctx, trackingID, id, err.Error())
 	}

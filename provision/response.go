@@ -10,6 +10,8 @@ import (
 	"time"
 	"unicode/utf16"
 	"unicode/utf8"
+
+	"github.com/tpmdps/dpsd/store"
 )
 
 // Response is a DPS answer: an HTTP status, an optional retry-after, and a
@@ -39,6 +41,7 @@ type RegistrationState struct {
 	ETag                   string                    `json:"etag,omitempty"`
 	TPM                    *TPMRegistrationResult    `json:"tpm,omitempty"`
 	SymmetricKey           *SymmetricKeyRegistration `json:"symmetricKey,omitempty"`
+	X509                   *X509RegistrationResult   `json:"x509,omitempty"`
 	Payload                json.RawMessage           `json:"payload,omitempty"`
 	ErrorCode              int                       `json:"errorCode,omitempty"`
 	ErrorMessage           string                    `json:"errorMessage,omitempty"`
@@ -52,6 +55,15 @@ type TPMRegistrationResult struct {
 // SymmetricKeyRegistration names the enrollment group whose derived key matched.
 type SymmetricKeyRegistration struct {
 	EnrollmentGroupID string `json:"enrollmentGroupId,omitempty"`
+}
+
+// X509RegistrationResult is registrationState.x509 (the DPS
+// X509RegistrationResult): the device certificate and, for a registration
+// through an enrollment group, the group and its signing certificate.
+type X509RegistrationResult struct {
+	CertificateInfo        *store.X509CertificateInfo `json:"certificateInfo,omitempty"`
+	EnrollmentGroupID      string                     `json:"enrollmentGroupId,omitempty"`
+	SigningCertificateInfo *store.X509CertificateInfo `json:"signingCertificateInfo,omitempty"`
 }
 
 // TPMChallenge is the body of the 401 that carries a TPM challenge.

@@ -59,6 +59,9 @@ type Config struct {
 	Now func() time.Time
 	// Logger receives decisions and their reasons, never keys or tokens (default slog.Default()).
 	Logger *slog.Logger
+	// Observer, if set, receives registration outcomes, issued challenges and
+	// refused CONNECTs (for metrics); nil means off.
+	Observer Observer
 }
 
 // Service is the provisioning service. Safe for concurrent use: it holds only
@@ -67,6 +70,7 @@ type Service struct {
 	cfg        Config
 	log        *slog.Logger
 	retryAfter time.Duration
+	tpmKeys    *tpmKeyCache
 }
 
 // ErrInvalidConfig is returned by New for an unusable Config.
@@ -120,7 +124,7 @@ func New(cfg Config) (*Service, error) {
 	case ra < 0:
 		ra = 0
 	}
-	return &Service{cfg: cfg, log: cfg.Logger.With(slog.String("component", "provision")), retryAfter: ra}, nil
+	return &Service{cfg: cfg, log: cfg.Logger.With(slog.String("component", "provision")), retryAfter: ra, tpmKeys: newTPMKeyCache()}, nil
 }
 
 // IDScope returns the ID scope the service answers for.

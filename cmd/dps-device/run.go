@@ -79,11 +79,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 }
 
 func topUsage(w io.Writer) {
-	fmt.Fprintf(w, `dps-device: device side of dpsd (DPS over MQTT with TPM attestation)
+	fmt.Fprintf(w, `dps-device: device side of dpsd (DPS over MQTT with TPM, symmetric-key or X.509 attestation)
 
 Commands:
   ek         print the TPM's endorsement key and default registration id (for enrollment)
-  provision  provision the device and print the result as JSON
+  provision  provision the device (TPM by default; --symmetric-key, --group-key or
+             --cert/--key instead) and print the result as JSON
   hub-sas    sign an IoT hub SAS token with the hub key kept in the TPM
 
 Run "dps-device COMMAND --help" for its flags.
@@ -209,11 +210,11 @@ func (f handleFlag) Set(s string) error {
 
 // cmdProvision provisions the device and prints the Result.
 func cmdProvision(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("provision", "--host H [--port P] --id-scope S [flags]", stderr)
+	fs := newFlagSet("provision", "--host H [--port P] --id-scope S [--symmetric-key K | --group-key K | --cert F --key F | TPM flags] [flags]", stderr)
 	host := fs.String("host", "", "broker host name (required; also the TLS server name)")
 	port := fs.Int("port", 0, "broker port (default 8883 TLS, 1883 with --plain, 443 with --websocket)")
 	scope := fs.String("id-scope", "", "ID scope of the provisioning service (required)")
-	regID := fs.String("registration-id", "", "registration id (default: derived from the EK)")
+	regID := fs.String("registration-id", "", "registration id (default: derived from the TPM's EK, or the --cert subject CN; required with --symmetric-key and --group-key)")
 	sel := fs.String("tpm", tpmtransport.DefaultSelector, "TPM selector")
 	ecc := fs.Bool("ecc", false, "create ECC P-256 EK and SRK if none are persisted (default RSA-2048)")
 	caFile := fs.String("ca-file", "", "PEM CA certificates to verify the broker (default: system roots)")
@@ -227,6 +228,10 @@ func cmdProvision(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	hubHandle := device.DefaultHubKeyHandle
 	fs.Var(handleFlag{&idHandle}, "identity-handle", "persist the challenge identity key at this handle, e.g. 0x81000100 (default: not persisted)")
 	fs.Var(handleFlag{&hubHandle}, "hub-handle", "persist the hub key at this handle")
+	symKey := fs.String("symmetric-key", "", "symmetric-key attestation with this individual enrollment key (base64; needs --registration-id)")
+	groupKey := fs.String("group-key", "", "symmetric-key attestation with a key derived from this enrollment group key (base64; needs --registration-id)")
+	certFile := fs.String("cert", "", "X.509 attestation: PEM device certificate, optionally followed by its intermediates (with --key; registration id defaults to its subject CN)")
+	keyFile := fs.String("key", "", "X.509 attestation: PEM private key of --cert")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -239,6 +244,10 @@ func cmdProvision(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	}
 	if hubHandle == 0 {
 		return fmt.Errorf("%w: --hub-handle must be a persistent handle", errUsage)
+	}
+	att, err := keyAttestation(fs, *symKey, *groupKey, *certFile, *keyFile, *regID, *plain)
+	if err != nil {
+		return err
 	}
 	cfg := device.Config{
 		Host: *host, Port: *port, IDScope: *scope, RegistrationID: *regID,
@@ -259,12 +268,16 @@ func cmdProvision(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if *verbose {
 		cfg.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
-	tpm, err := openTPM(ctx, *sel)
-	if err != nil {
-		return err
+	if att != nil {
+		cfg.Attestation = att
+	} else {
+		tpm, err := openTPM(ctx, *sel)
+		if err != nil {
+			return err
+		}
+		defer tpm.Close()
+		cfg.Attestation = &device.TPM{Device: tpm, KeyAlg: keyAlg(*ecc), IdentityKeyHandle: idHandle, HubKeyHandle: hubHandle}
 	}
-	defer tpm.Close()
-	cfg.Attestation = &device.TPM{Device: tpm, KeyAlg: keyAlg(*ecc), IdentityKeyHandle: idHandle, HubKeyHandle: hubHandle}
 	res, err := device.Provision(ctx, cfg)
 	if res != nil {
 		if werr := writeJSON(stdout, res); werr != nil && err == nil {

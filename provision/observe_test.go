@@ -1,0 +1,172 @@
+package provision
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/tpmdps/dpsd/device/devtpm"
+	"github.com/tpmdps/dpsd/store"
+)
+
+// recordingObserver keeps every event it is told about.
+type recordingObserver struct {
+	mu         sync.Mutex
+	registered []RegistrationEvent
+	challenges []string
+	failures   []string
+}
+
+func (o *recordingObserver) Registered(_ context.Context, ev RegistrationEvent) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.registered = append(o.registered, ev)
+}
+
+func (o *recordingObserver) ChallengeIssued(_ context.Context, id string) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.challenges = append(o.challenges, id)
+}
+
+func (o *recordingObserver) AuthFailed(_ context.Context, reason string) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.failures = append(o.failures, reason)
+}
+
+// lockedBuffer is a log sink safe for concurrent writes.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+func TestObserverAndAudit(t *testing.T) {
+	obs := &recordingObserver{}
+	var logs lockedBuffer
+	e := newEnv(t, func(c *Config) {
+		c.Observer = obs
+		c.Logger = slog.New(slog.NewJSONHandler(&logs, nil))
+	})
+	e.putEnrollment(symmetricEnrollment("obs-1", symKey(1), symKey(2)))
+	dis := symmetricEnrollment("obs-2", symKey(1), symKey(2))
+	dis.ProvisioningStatus = store.StatusDisabled
+	e.putEnrollment(dis)
+
+	id := e.mustConnect("obs-1", e.sas("obs-1", symKey(1), "registration"))
+	if st := e.pollFinal(id, e.register(id, RegisterRequest{})); st.Status != store.RegistrationAssigned {
+		t.Fatalf("status %q", st.Status)
+	}
+	id2 := e.mustConnect("obs-2", e.sas("obs-2", symKey(1), "registration"))
+	if st := e.pollFinal(id2, e.register(id2, RegisterRequest{})); st.Status != store.RegistrationDisabled {
+		t.Fatalf("status %q", st.Status)
+	}
+	// Refusals with their labels.
+	if _, err := e.connect("obs-1", e.sas("obs-1", symKey(9), "registration")); err == nil {
+		t.Fatal("wrong key accepted")
+	}
+	if _, err := e.connect("nobody", e.sas("nobody", symKey(1), "registration")); err == nil {
+		t.Fatal("unknown id accepted")
+	}
+	if _, err := e.svc.Authenticate(e.ctx, Connect{ClientID: "x", Username: "garbage", Password: []byte("p")}); err == nil {
+		t.Fatal("bad username accepted")
+	}
+
+	obs.mu.Lock()
+	defer obs.mu.Unlock()
+	if len(obs.registered) != 2 {
+		t.Fatalf("registered events %+v", obs.registered)
+	}
+	ev := obs.registered[0]
+	if ev.RegistrationID != "obs-1" || ev.Status != store.RegistrationAssigned || ev.AttestationType != store.AttestationSymmetricKey ||
+		ev.AssignedHub == "" || ev.Method != AuthSymmetricKey.String() || ev.TrackingID == "" {
+		t.Fatalf("event %+v", ev)
+	}
+	if obs.registered[1].Status != store.RegistrationDisabled {
+		t.Fatalf("second event %+v", obs.registered[1])
+	}
+	want := []string{AuthFailureSignature, AuthFailureUnknownEnrollment, AuthFailureBadUsername}
+	if strings.Join(obs.failures, ",") != strings.Join(want, ",") {
+		t.Fatalf("failure reasons %v, want %v", obs.failures, want)
+	}
+
+	// One audit line per outcome: who, what, when, and no key material.
+	var audits int
+	for _, line := range strings.Split(strings.TrimSpace(logs.String()), "\n") {
+		var rec struct {
+			Msg   string         `json:"msg"`
+			Audit map[string]any `json:"audit"`
+		}
+		if err := json.Unmarshal([]byte(line), &rec); err != nil {
+			t.Fatalf("log line %q: %v", line, err)
+		}
+		if rec.Msg != "registration" {
+			continue
+		}
+		audits++
+		for _, k := range []string{"who", "action", "at", "attestation"} {
+			if rec.Audit[k] == nil || rec.Audit[k] == "" {
+				t.Errorf("audit line lacks %s: %s", k, line)
+			}
+		}
+	}
+	if audits != 2 {
+		t.Fatalf("%d audit lines, want 2", audits)
+	}
+	if strings.Contains(logs.String(), b64(symKey(1))) || strings.Contains(logs.String(), "sig=") {
+		t.Fatal("a key or token reached the log")
+	}
+}
+
+func TestRefuseReasonFallbacks(t *testing.T) {
+	for _, tc := range []struct {
+		kind   error
+		format string
+		want   string
+	}{
+		{ErrUnavailable, "read enrollment: %w", AuthFailureUnavailable},
+		{ErrUnsupported, "something new %s", AuthFailureUnsupported},
+		{ErrNotAuthorized, "a reason nobody classified", AuthFailureNotAuthorized},
+		{ErrNotAuthorized, "challenge expired at %s", AuthFailureChallengeExpired},
+	} {
+		if got := refuseReason(tc.kind, tc.format); got != tc.want {
+			t.Errorf("refuseReason(%v, %q) = %q, want %q", tc.kind, tc.format, got, tc.want)
+		}
+	}
+}
+
+func TestObserverTPMChallenge(t *testing.T) {
+	obs := &recordingObserver{}
+	e := newEnv(t, func(c *Config) { c.Observer = obs })
+	d := newTPMDevice(t, devtpm.RSA2048, devtpm.SRKRSAEmptyUnique)
+	regID := d.registrationID()
+	e.putEnrollment(tpmEnrollment(regID, d.ekPublic()))
+	id := e.tpmLogin(d, regID)
+	if st := e.pollFinal(id, e.register(id, RegisterRequest{TPM: d.keys()})); st.Status != store.RegistrationAssigned {
+		t.Fatalf("status %q", st.Status)
+	}
+	obs.mu.Lock()
+	defer obs.mu.Unlock()
+	if len(obs.challenges) != 1 || obs.challenges[0] != strings.ToLower(regID) {
+		t.Fatalf("challenges %v", obs.challenges)
+	}
+	if len(obs.registered) != 1 || obs.registered[0].AttestationType != store.AttestationTPM || obs.registered[0].Method != AuthTPM.String() {
+		t.Fatalf("registered %+v", obs.registered)
+	}
+}

@@ -1,0 +1,332 @@
+package provision
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha1" //nolint:gosec // SHA-1 thumbprints are what older DPS records hold; compared, never trusted alone
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/tpmdps/dpsd/store"
+)
+
+// X.509 attestation (protocol.md section 8). The TLS listeners request a
+// client certificate without verifying it, so the decision is made here, per
+// enrollment, with the chain the device presented:
+//
+//   - the leaf's subject CN must equal the registration id (case-insensitively)
+//     and the leaf must be within its validity period;
+//   - an individual enrollment of type x509 pins the device certificate
+//     (clientCertificates primary or secondary: the leaf must be that
+//     certificate, or have its SHA-256 or, failing that, SHA-1 thumbprint);
+//   - without an individual enrollment, an enrollment group of type x509
+//     whose signingCertificates primary or secondary is a CA the chain
+//     verifies to (the rest of the chain serving as intermediates).
+//
+// caReferences (names of CA certificates registered with the service) are
+// not supported: this service has no CA certificate registry, so such
+// groups never match, and a warning says so.
+//
+// The TLS handshake has already proved that the device holds the leaf's
+// private key (CertificateVerify), so a chain that checks out authenticates.
+
+// MaxPeerChain bounds the certificates of a presented chain that are considered.
+const MaxPeerChain = 8
+
+// authX509 authenticates a CONNECT with no password by its TLS client
+// certificate chain (leaf first).
+func (s *Service) authX509(ctx context.Context, c Connect, regID string) (Identity, error) {
+	if len(c.PeerChain) > MaxPeerChain {
+		return s.refuse(ctx, c, ErrNotAuthorized, "certificate chain of %d certificates, at most %d", len(c.PeerChain), MaxPeerChain)
+	}
+	leaf := c.PeerChain[0]
+	if !strings.EqualFold(leaf.Subject.CommonName, regID) {
+		return s.refuse(ctx, c, ErrNotAuthorized, "certificate subject CN %q does not match the registration id", leaf.Subject.CommonName)
+	}
+	now := s.cfg.Now()
+	if err := checkValidity(leaf, now); err != nil {
+		return s.refuse(ctx, c, ErrNotAuthorized, "certificate %w", err)
+	}
+	e, err := s.cfg.Store.GetEnrollment(ctx, regID)
+	switch {
+	case err == nil:
+		if !isX509Enrollment(e) {
+			return s.refuse(ctx, c, ErrNotAuthorized, "individual enrollment is of type %q, not x509 with client certificates", e.Attestation.Type)
+		}
+		if !pins(e.Attestation.X509.ClientCertificates, leaf) {
+			return s.refuse(ctx, c, ErrNotAuthorized, "certificate is not the one the individual enrollment pins (sha256 %s)", thumbprint256(leaf))
+		}
+		return s.authenticated(ctx, c, Identity{RegistrationID: regID, Method: AuthX509, Certificate: leaf}), nil
+	case !errors.Is(err, store.ErrNotFound):
+		return s.refuse(ctx, c, ErrUnavailable, "read enrollment: %w", err)
+	}
+	g, ca, err := s.matchX509Group(ctx, c.PeerChain, now)
+	switch {
+	case err != nil:
+		return s.refuse(ctx, c, ErrUnavailable, "list enrollment groups: %w", err)
+	case g == nil:
+		return s.refuse(ctx, c, ErrNotAuthorized, "no enrollment and no enrollment group CA verifies the certificate chain (issuer %q)", leaf.Issuer.String())
+	}
+	return s.authenticated(ctx, c, Identity{RegistrationID: regID, Method: AuthX509, Certificate: leaf,
+		GroupID: g.EnrollmentGroupID, SigningCertificate: ca}), nil
+}
+
+// checkValidity reports whether now is within cert's validity period.
+func checkValidity(cert *x509.Certificate, now time.Time) error {
+	switch {
+	case now.Before(cert.NotBefore):
+		return fmt.Errorf("not valid before %s", formatTime(cert.NotBefore))
+	case now.After(cert.NotAfter):
+		return fmt.Errorf("expired at %s", formatTime(cert.NotAfter))
+	}
+	return nil
+}
+
+// isX509Enrollment reports whether e is an x509 enrollment pinning client certificates.
+func isX509Enrollment(e *store.Enrollment) bool {
+	return e.Attestation.Type == store.AttestationX509 && e.Attestation.X509 != nil &&
+		e.Attestation.X509.ClientCertificates != nil
+}
+
+// pins reports whether the primary or secondary certificate of certs is
+// leaf: the same DER when the record holds the certificate, else the same
+// thumbprint as recorded in its info (SHA-256, or SHA-1 when that is all
+// the record has).
+func pins(certs *store.X509Certificates, leaf *x509.Certificate) bool {
+	for _, p := range []*store.X509CertificateWithInfo{certs.Primary, certs.Secondary} {
+		if p == nil {
+			continue
+		}
+		if p.Certificate != "" {
+			if pinned, err := parseCertificate(p.Certificate); err == nil {
+				if bytes.Equal(pinned.Raw, leaf.Raw) {
+					return true
+				}
+				continue
+			}
+		}
+		if p.Info == nil {
+			continue
+		}
+		if t := normThumbprint(p.Info.SHA256Thumbprint); t != "" {
+			if t == thumbprint256(leaf) {
+				return true
+			}
+			continue
+		}
+		if t := normThumbprint(p.Info.SHA1Thumbprint); t != "" && t == thumbprint1(leaf) {
+			return true
+		}
+	}
+	return false
+}
+
+// matchX509Group returns the first x509 enrollment group one of whose
+// signing certificates the chain verifies to, and that certificate; nil
+// when none does.
+func (s *Service) matchX509Group(ctx context.Context, chain []*x509.Certificate, now time.Time) (*store.Group, *x509.Certificate, error) {
+	intermediates := x509.NewCertPool()
+	for _, c := range chain[1:] {
+		intermediates.AddCert(c)
+	}
+	q := store.Query{}
+	for {
+		page, err := s.cfg.Store.ListGroups(ctx, q)
+		if err != nil {
+			return nil, nil, err
+		}
+		for _, g := range page.Items {
+			if ca := s.groupVerifies(ctx, g, chain[0], intermediates, now); ca != nil {
+				return g, ca, nil
+			}
+		}
+		if page.Continuation == "" {
+			return nil, nil, nil
+		}
+		q.Continuation = page.Continuation
+	}
+}
+
+// groupVerifies returns the signing certificate of x509 group g that leaf
+// verifies to through intermediates at now, or nil.
+func (s *Service) groupVerifies(ctx context.Context, g *store.Group, leaf *x509.Certificate, intermediates *x509.CertPool, now time.Time) *x509.Certificate {
+	if g.Attestation.Type != store.AttestationX509 || g.Attestation.X509 == nil {
+		return nil
+	}
+	x := g.Attestation.X509
+	if x.SigningCertificates == nil {
+		if x.CAReferences != nil {
+			s.log.LogAttrs(ctx, slog.LevelWarn, "enrollment group names caReferences, which are not supported (no CA certificate registry); give signingCertificates instead",
+				slog.String("groupId", g.EnrollmentGroupID))
+		}
+		return nil
+	}
+	for _, sc := range groupSigningCerts(g) {
+		roots := x509.NewCertPool()
+		roots.AddCert(sc)
+		_, err := leaf.Verify(x509.VerifyOptions{
+			Roots:         roots,
+			Intermediates: intermediates,
+			CurrentTime:   now,
+			KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageAny},
+		})
+		if err == nil {
+			return sc
+		}
+	}
+	return nil
+}
+
+// groupSigningCerts parses the primary and secondary signing certificates
+// of an x509 group; unusable ones are skipped.
+func groupSigningCerts(g *store.Group) []*x509.Certificate {
+	x := g.Attestation.X509
+	if x == nil || x.SigningCertificates == nil {
+		return nil
+	}
+	var out []*x509.Certificate
+	for _, p := range []*store.X509CertificateWithInfo{x.SigningCertificates.Primary, x.SigningCertificates.Secondary} {
+		if p == nil || p.Certificate == "" {
+			continue
+		}
+		if c, err := parseCertificate(p.Certificate); err == nil {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// x509Source re-reads what authenticated an X.509 connection: the individual
+// enrollment, still pinning the certificate, or the group, still naming the
+// CA the chain verified to, when no individual enrollment has appeared
+// since. The certificate must still be valid.
+func (s *Service) x509Source(ctx context.Context, id Identity, trackingID string) (source, Response, bool) {
+	if id.Certificate == nil {
+		return source{}, s.unauthorized(ctx, trackingID, id, "x509 identity without a certificate"), false
+	}
+	if err := checkValidity(id.Certificate, s.cfg.Now()); err != nil {
+		return source{}, s.unauthorized(ctx, trackingID, id, "certificate "+err.Error()), false
+	}
+	e, err := s.cfg.Store.GetEnrollment(ctx, id.RegistrationID)
+	switch {
+	case err == nil:
+		if id.GroupID != "" || !isX509Enrollment(e) || !pins(e.Attestation.X509.ClientCertificates, id.Certificate) {
+			return source{}, s.unauthorized(ctx, trackingID, id, "individual enrollment changed since authentication"), false
+		}
+		return enrollmentSource(e), Response{}, true
+	case !errors.Is(err, store.ErrNotFound):
+		return source{}, s.internal(ctx, trackingID, id, fmt.Errorf("read enrollment: %w", err)), false
+	case id.GroupID == "":
+		return source{}, s.unauthorized(ctx, trackingID, id, "enrollment deleted since authentication"), false
+	}
+	g, err := s.cfg.Store.GetGroup(ctx, id.GroupID)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return source{}, s.unauthorized(ctx, trackingID, id, "enrollment group deleted since authentication"), false
+	case err != nil:
+		return source{}, s.internal(ctx, trackingID, id, fmt.Errorf("read enrollment group: %w", err)), false
+	case g.Attestation.Type != store.AttestationX509 || !namesCA(g, id.SigningCertificate):
+		return source{}, s.unauthorized(ctx, trackingID, id, "enrollment group no longer names the CA the certificate verified to"), false
+	}
+	return source{
+		attestationType: store.AttestationX509,
+		groupID:         g.EnrollmentGroupID,
+		deviceID:        id.RegistrationID,
+		disabled:        strings.EqualFold(g.ProvisioningStatus, store.StatusDisabled),
+		createdAt:       g.CreatedAt,
+		target: allocationTarget{
+			policy: g.AllocationPolicy, hubHostName: g.IoTHubHostName,
+			hubs: g.IoTHubs, reprovision: g.ReprovisionPolicy,
+		},
+	}, Response{}, true
+}
+
+// namesCA reports whether ca is one of g's signing certificates.
+func namesCA(g *store.Group, ca *x509.Certificate) bool {
+	if ca == nil {
+		return false
+	}
+	for _, c := range groupSigningCerts(g) {
+		if bytes.Equal(c.Raw, ca.Raw) {
+			return true
+		}
+	}
+	return false
+}
+
+// x509Result is registrationState.x509 for an X.509 identity: the device
+// certificate and, through a group, the group and its signing certificate.
+func x509Result(id Identity) *X509RegistrationResult {
+	r := &X509RegistrationResult{CertificateInfo: certificateInfo(id.Certificate), EnrollmentGroupID: id.GroupID}
+	if id.SigningCertificate != nil {
+		r.SigningCertificateInfo = certificateInfo(id.SigningCertificate)
+	}
+	return r
+}
+
+// certificateInfo describes cert as the DPS API does (upper-case hex
+// thumbprints and serial number, RFC 4514 names).
+func certificateInfo(cert *x509.Certificate) *store.X509CertificateInfo {
+	return &store.X509CertificateInfo{
+		SubjectName:      cert.Subject.String(),
+		SHA1Thumbprint:   thumbprint1(cert),
+		SHA256Thumbprint: thumbprint256(cert),
+		IssuerName:       cert.Issuer.String(),
+		NotBefore:        cert.NotBefore.UTC(),
+		NotAfter:         cert.NotAfter.UTC(),
+		SerialNumber:     strings.ToUpper(cert.SerialNumber.Text(16)),
+		Version:          cert.Version,
+	}
+}
+
+// thumbprint256 is the upper-case hex SHA-256 of the certificate's DER.
+func thumbprint256(cert *x509.Certificate) string {
+	sum := sha256.Sum256(cert.Raw)
+	return strings.ToUpper(hex.EncodeToString(sum[:]))
+}
+
+// thumbprint1 is the upper-case hex SHA-1 of the certificate's DER.
+func thumbprint1(cert *x509.Certificate) string {
+	sum := sha1.Sum(cert.Raw) //nolint:gosec // see import
+	return strings.ToUpper(hex.EncodeToString(sum[:]))
+}
+
+// normThumbprint upper-cases a recorded thumbprint and drops the
+// separators tools put in it (colons, spaces).
+func normThumbprint(t string) string {
+	t = strings.NewReplacer(":", "", " ", "", "-", "").Replace(strings.TrimSpace(t))
+	return strings.ToUpper(t)
+}
+
+// parseCertificate reads a certificate recorded as PEM or as base64 DER,
+// the two forms the DPS service API accepts.
+func parseCertificate(s string) (*x509.Certificate, error) {
+	s = strings.TrimSpace(s)
+	var der []byte
+	if strings.HasPrefix(s, "-----BEGIN") {
+		blk, _ := pem.Decode([]byte(s))
+		if blk == nil || blk.Type != "CERTIFICATE" {
+			return nil, errors.New("no PEM CERTIFICATE block")
+		}
+		der = blk.Bytes
+	} else {
+		b, err := base64.StdEncoding.DecodeString(s)
+		if err != nil {
+			return nil, fmt.Errorf("neither PEM nor base64 DER: %w", err)
+		}
+		der = b
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, fmt.Errorf("parsing certificate: %w", err)
+	}
+	return cert, nil
+}
