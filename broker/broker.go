@@ -81,6 +81,9 @@ type Config struct {
 	Limits Limits
 	// Logger receives broker and request logs (default: discard).
 	Logger *slog.Logger
+	// Metrics, if set, receives request latencies and refusals (see
+	// hooks.Metrics); nil means off.
+	Metrics hooks.Metrics
 }
 
 // Broker is the MQTT side of the service.
@@ -167,7 +170,7 @@ func New(cfg Config, svc *provision.Service) (*Broker, error) {
 		// refused connection; the hook logs what matters with a trackingId.
 		Logger: slog.New(minLevel{log.Handler(), slog.LevelError}).With("component", "mqtt"),
 	})
-	h, err := hooks.New(hooks.Config{Service: svc, Server: srv, Limits: lim.Limits, Logger: log})
+	h, err := hooks.New(hooks.Config{Service: svc, Server: srv, Limits: lim.Limits, Logger: log, Metrics: cfg.Metrics})
 	if err != nil {
 		return nil, fmt.Errorf("broker: %w", err)
 	}

@@ -43,6 +43,15 @@ const (
 	DefaultRequestsPerConnectionPerMinute = 120
 	DefaultRequestBurstPerConnection      = 10
 	DefaultRequestTimeout                 = 30 * time.Second
+	// DefaultPollsPerDevice per DefaultPollWindow is the cloud's published
+	// limit (protocol.md section 9: 5 polls per 10 s per device).
+	DefaultPollsPerDevice = 5
+	DefaultPollWindow     = 10 * time.Second
+	// DefaultRegistersPerDevice per DefaultRegisterWindow bounds the register
+	// requests of one authenticated device: a real device registers once per
+	// provisioning (a few times when it retries).
+	DefaultRegistersPerDevice = 10
+	DefaultRegisterWindow     = time.Minute
 	// establishTimeout bounds the gap between an accepted CONNECT and the
 	// established session; a session that never gets there is released.
 	establishTimeout = 30 * time.Second
@@ -66,10 +75,11 @@ var (
 	ErrQoS2 = errors.New("hooks: QoS 2 publish refused")
 )
 
-// Limits bound what restricted (TPM challenge) sessions may do. For every
-// count a zero value takes the default and a negative value disables the limit.
-// Nothing is ever limited per registrationId (an outsider could otherwise
-// lock a device out).
+// Limits bound what restricted (TPM challenge) sessions, and the requests of
+// authenticated devices, may do. For every count a zero value takes the
+// default and a negative value disables the limit.
+// Nothing unauthenticated is ever limited per registrationId (an outsider
+// could otherwise lock a device out).
 type Limits struct {
 	// RestrictedSessions caps concurrent restricted sessions in total; beyond
 	// it CONNACK says "server unavailable".
@@ -95,6 +105,15 @@ type Limits struct {
 	// section 9: polling too fast gets 429 with retry-after).
 	RequestsPerConnectionPerMinute int
 	RequestBurstPerConnection      int
+	// PollsPerDevice per PollWindow rate-limit the poll requests of each
+	// authenticated registrationId across all its connections (429 with
+	// retry-after). Restricted sessions are never counted per registrationId.
+	PollsPerDevice int
+	PollWindow     time.Duration
+	// RegistersPerDevice per RegisterWindow rate-limit the register requests
+	// of each authenticated registrationId the same way.
+	RegistersPerDevice int
+	RegisterWindow     time.Duration
 	// RequestTimeout bounds one service call.
 	RequestTimeout time.Duration
 }
@@ -115,6 +134,14 @@ func (l Limits) withDefaults() Limits {
 	def(&l.QueueLength, DefaultQueueLength)
 	def(&l.RequestsPerConnectionPerMinute, DefaultRequestsPerConnectionPerMinute)
 	def(&l.RequestBurstPerConnection, DefaultRequestBurstPerConnection)
+	def(&l.PollsPerDevice, DefaultPollsPerDevice)
+	def(&l.RegistersPerDevice, DefaultRegistersPerDevice)
+	if l.PollWindow <= 0 {
+		l.PollWindow = DefaultPollWindow
+	}
+	if l.RegisterWindow <= 0 {
+		l.RegisterWindow = DefaultRegisterWindow
+	}
 	if l.QueueLength < 1 {
 		l.QueueLength = 1
 	}
@@ -143,6 +170,9 @@ type Config struct {
 	Logger *slog.Logger
 	// Now is the clock (default time.Now).
 	Now func() time.Time
+	// Metrics, if set, receives request latencies and the hook's own
+	// CONNECT refusals; nil means off.
+	Metrics Metrics
 }
 
 // Hook is the DPS mochi hook. Create it with New and add it with
@@ -156,8 +186,12 @@ type Hook struct {
 	log    *slog.Logger
 	now    func() time.Time
 
+	metrics Metrics // nil: off
+
 	addrChallenges  *ratelimit.Limiter
 	totalChallenges *ratelimit.Limiter
+	devicePolls     *ratelimit.Limiter // keyed by authenticated registrationId
+	deviceRegisters *ratelimit.Limiter // keyed by authenticated registrationId
 
 	ctx    context.Context // cancelled by Stop: service calls give up
 	cancel context.CancelFunc
@@ -183,6 +217,7 @@ func New(cfg Config) (*Hook, error) {
 		limits:   lim,
 		log:      cfg.Logger,
 		now:      cfg.Now,
+		metrics:  cfg.Metrics,
 		sessions: make(map[*mqtt.Client]*session),
 		byID:     make(map[string]*session),
 		drained:  make(chan struct{}),
@@ -198,6 +233,12 @@ func New(cfg Config) (*Hook, error) {
 	}
 	if lim.ChallengesPerMinute > 0 {
 		h.totalChallenges = ratelimit.New(ratelimit.PerMinute(lim.ChallengesPerMinute), lim.ChallengeBurst, h.now)
+	}
+	if lim.PollsPerDevice > 0 {
+		h.devicePolls = ratelimit.New(float64(lim.PollsPerDevice)/lim.PollWindow.Seconds(), lim.PollsPerDevice, h.now)
+	}
+	if lim.RegistersPerDevice > 0 {
+		h.deviceRegisters = ratelimit.New(float64(lim.RegistersPerDevice)/lim.RegisterWindow.Seconds(), lim.RegistersPerDevice, h.now)
 	}
 	h.ctx, h.cancel = context.WithCancel(context.Background())
 	return h, nil
@@ -303,8 +344,10 @@ func (h *Hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 	log := h.log.With("trackingId", c.TrackingID, "clientId", c.ClientID, "remote", cl.Net.Remote, "listener", cl.Net.Listener)
 
 	ctx, cancel := context.WithTimeout(h.ctx, h.limits.RequestTimeout)
+	start := h.now()
 	id, err := h.svc.Authenticate(ctx, c)
 	cancel()
+	h.observeConnect(err, start)
 	if err != nil {
 		log.Info("connect refused", "error", err)
 		if errors.Is(err, provision.ErrUnavailable) {
@@ -319,6 +362,13 @@ func (h *Hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 		addr:       remoteIP(cl.Net.Remote),
 		queue:      make(chan request, h.limits.QueueLength),
 	}
+	// Give mochi a client id of its own for this connection: mochi's
+	// takeover (inheritClientSession) looks the id up in its client list
+	// after OnSessionEstablish, so with shared ids a concurrent CONNECT under
+	// the same id (anyone may open a restricted session under any id) could
+	// be found there and stopped by mochi. Takeover is this hook's alone.
+	// The client is not yet in mochi's list, so nothing else reads cl.ID.
+	cl.ID = c.ClientID + "#" + c.TrackingID
 	if h.limits.RequestsPerConnectionPerMinute > 0 {
 		s.requests = ratelimit.NewBucket(ratelimit.PerMinute(h.limits.RequestsPerConnectionPerMinute), h.limits.RequestBurstPerConnection, h.now())
 	}
@@ -329,11 +379,13 @@ func (h *Hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 	case h.draining:
 		h.mu.Unlock()
 		log.Info("connect refused", "error", ErrShuttingDown)
+		h.refused(RefusedShuttingDown)
 		return h.refuse(cl, packets.ErrServerUnavailable)
 	case s.restricted():
 		if h.limits.RestrictedSessions > 0 && h.restricted >= h.limits.RestrictedSessions {
 			h.mu.Unlock()
 			log.Warn("connect refused: restricted session cap reached", "cap", h.limits.RestrictedSessions)
+			h.refused(RefusedRestrictedCap)
 			return h.refuse(cl, packets.ErrServerUnavailable)
 		}
 		h.restricted++
@@ -343,6 +395,7 @@ func (h *Hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 				h.mu.Unlock()
 				log.Info("connect refused: a more strongly authenticated session holds this id",
 					"registrationId", id.RegistrationID)
+				h.refused(RefusedWeakerTakeover)
 				return false
 			}
 			victim = old
@@ -588,6 +641,9 @@ func (h *Hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 			req.throttle = wait
 		}
 	}
+	if req.throttle == 0 && !s.restricted() {
+		req.throttle = h.deviceThrottle(s.id.RegistrationID, rt.Kind)
+	}
 	s.pendingReq = &req
 	return pk, packets.CodeSuccessIgnore
 }
@@ -674,4 +730,19 @@ func (h *Hook) Sessions() (total, restricted int) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	return len(h.sessions), h.restricted
+}
+
+// deviceThrottle spends one token of an authenticated device's register or
+// poll budget and returns how long it must wait when none is left (0: go
+// ahead). Only authenticated sessions come here: a registrationId is never
+// throttled for challenges, so an outsider who knows it cannot lock it out.
+func (h *Hook) deviceThrottle(registrationID string, kind RequestKind) time.Duration {
+	l := h.devicePolls
+	if kind == KindRegister {
+		l = h.deviceRegisters
+	}
+	if ok, wait := l.Allow(registrationID); !ok {
+		return wait
+	}
+	return 0
 }

@@ -426,7 +426,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 // TestShutdownFinishesRequestsInFlight: requests already taken in are all
 // answered before Shutdown closes the connection (without DISCONNECT).
 func TestShutdownFinishesRequestsInFlight(t *testing.T) {
-	s := dpsdtest.Start(t, dpsdtest.Options{Limits: broker.Limits{Limits: hooks.Limits{RequestsPerConnectionPerMinute: -1}}})
+	s := dpsdtest.Start(t, dpsdtest.Options{Limits: broker.Limits{Limits: hooks.Limits{RequestsPerConnectionPerMinute: -1, RegistersPerDevice: -1}}})
 	d := enrollSymmetric(t, s, "sym-drain")
 	c := connectSym(t, s, d, true)
 	c.subscribe(1, hooks.ResponseFilter)

@@ -59,6 +59,14 @@ func (h *Hook) answer(s *session, req request) {
 			return
 		}
 	}
+	phase := PhasePoll
+	if req.topic.Kind == KindRegister {
+		phase = PhaseRegister
+		if s.restricted() {
+			phase = PhaseChallenge
+		}
+	}
+	h.observe(phase, resp.Status, start)
 	if err := h.write(s, ResponseTopic(resp.Status, req.topic.RID, resp.RetryAfter), body); err != nil {
 		log.Info("response not delivered", "status", resp.Status, "error", err)
 		return

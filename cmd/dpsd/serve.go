@@ -18,6 +18,7 @@ import (
 	"github.com/tpmdps/dpsd/internal/config"
 	"github.com/tpmdps/dpsd/internal/datadir"
 	"github.com/tpmdps/dpsd/internal/devca"
+	"github.com/tpmdps/dpsd/internal/metrics"
 	"github.com/tpmdps/dpsd/provision"
 	"github.com/tpmdps/dpsd/store"
 )
@@ -41,7 +42,11 @@ The service API (enrollments, groups, registrations; the DPS service REST
 shape) is served over HTTPS on api-addr. Its owner connection string is
 written to ` + datadir.ConnectionStringFile + ` in the data directory; the admin
 commands read it from $DPSD_CONNECTION_STRING (use --endpoint when api-addr
-is not https://{api-host-name}:443).
+is not https://{api-host-name}:443). The same HTTPS listener (default :8443,
+unprivileged; forward 443 to it) carries MQTT over WebSocket for any request
+that asks to upgrade (/$iothub/websocket, / or any path), GET /backup (dpsd
+backup), and the unauthenticated /metrics (Prometheus), /healthz and /readyz.
+See docs/operations.md.
 
 SIGTERM or SIGINT stops accepting connections, waits up to shutdown-timeout
 for requests in flight, then closes the connections and the store.
@@ -87,13 +92,16 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 			log.Error("closing store", "error", err)
 		}
 	}()
+	mx := metrics.New()
+	sst := mx.Store(st) // every store operation timed
 	retryAfter := cfg.RetryAfter
 	if retryAfter == 0 {
 		retryAfter = -1 // provision: negative means "0 s"
 	}
 	svc, err := provision.New(provision.Config{
 		IDScope:           scope,
-		Store:             st,
+		Store:             sst,
+		Observer:          mx,
 		ChallengeSecret:   dir.Secrets.ChallengeSecret,
 		ChallengeLifetime: cfg.ChallengeLifetime,
 		SAS:               attest.SASPolicy{MaxLifetime: cfg.SASMaxLifetime},
@@ -127,20 +135,27 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 				ChallengesPerMinute:            cfg.ChallengeRateTotal,
 				RestrictedIdleTimeout:          cfg.RestrictedIdleTimeout,
 				RequestsPerConnectionPerMinute: cfg.RequestRatePerConn,
+				PollsPerDevice:                 cfg.PollsPerDevice,
+				PollWindow:                     cfg.PollWindow,
+				RegistersPerDevice:             cfg.RegistersPerDevice,
+				RegisterWindow:                 cfg.RegisterWindow,
 			},
 		},
-		Logger: log,
+		Logger:  log,
+		Metrics: mx,
 	}, svc)
 	if err != nil {
 		return err
 	}
+	mx.SetSources(b.Sessions, b.Connections)
 	if err := b.Start(ctx); err != nil {
 		return err
 	}
 	apiAddr, csFile := "off", ""
 	var apiSrv *apiServer
 	if cfg.APIAddr != "" {
-		if apiSrv, csFile, err = startAPI(ctx, cfg, dir, st, tlsCfg, log); err != nil {
+		parts := apiParts{store: sst, broker: b, metrics: mx, tls: tlsCfg, running: func() bool { return ctx.Err() == nil }}
+		if apiSrv, csFile, err = startAPI(ctx, cfg, dir, parts, log); err != nil {
 			sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
 			_ = b.Shutdown(sctx)
 			cancel()
@@ -222,6 +237,10 @@ func serverTLS(cfg config.Config, dir *datadir.Dir, log *slog.Logger) (*tls.Conf
 		if err != nil {
 			return nil, "", fmt.Errorf("tls-cert/tls-key: %w", err)
 		}
+		// Ask for a client certificate but verify none in TLS: X.509
+		// attestation decides per enrollment (provision). startAPI decides
+		// for the HTTPS listener on its own copy.
+		tc.ClientAuth = tls.RequestClientCert
 		return tc, "", nil
 	}
 	dev, err := dir.DevTLS(cfg.TLSNames, time.Now())
@@ -235,5 +254,6 @@ func serverTLS(cfg config.Config, dir *datadir.Dir, log *slog.Logger) (*tls.Conf
 	if err != nil {
 		return nil, "", fmt.Errorf("development TLS: %w", err)
 	}
+	tc.ClientAuth = tls.RequestClientCert // X.509 attestation, as above
 	return tc, dir.File(datadir.CACertFile), nil
 }

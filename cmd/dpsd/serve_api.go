@@ -10,33 +10,69 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/gorilla/websocket"
+
 	"github.com/tpmdps/dpsd/api"
+	"github.com/tpmdps/dpsd/broker"
 	"github.com/tpmdps/dpsd/internal/config"
 	"github.com/tpmdps/dpsd/internal/datadir"
+	"github.com/tpmdps/dpsd/internal/metrics"
 	"github.com/tpmdps/dpsd/store"
 )
 
-// apiServer is the running service API.
+// Paths served on the API listener besides the DPS service API.
+const (
+	metricsPath = "/metrics"
+	// readyTimeout bounds the readiness checks of one /readyz request.
+	readyTimeout = 5 * time.Second
+)
+
+// apiParts is what the API listener serves besides the configuration.
+type apiParts struct {
+	store   store.Store      // the (instrumented) store
+	broker  *broker.Broker   // MQTT over WebSocket is handed to it; nil: no WebSocket
+	metrics *metrics.Metrics // nil: no /metrics
+	tls     *tls.Config      // the server certificate
+	// running reports whether serve is still running (false once shutting down).
+	running func() bool
+}
+
+// apiServer is the running HTTPS listener.
 type apiServer struct {
 	srv  *http.Server
 	addr net.Addr
 	done chan struct{}
 }
 
-// startAPI serves the service API over HTTPS on cfg.APIAddr with the owner
-// policy (provisioningserviceowner) keyed by the data directory's service
-// policy key, and writes the matching connection string to the data
-// directory (0600).
-func startAPI(ctx context.Context, cfg config.Config, dir *datadir.Dir, st store.Store, tlsCfg *tls.Config, log *slog.Logger) (*apiServer, string, error) {
-	h, err := api.New(api.Config{
-		Store:    st,
+// startAPI serves on cfg.APIAddr over HTTPS, as the cloud service does on
+// 443: the service API with the owner policy (provisioningserviceowner)
+// keyed by the data directory's service policy key, GET /backup, the
+// unauthenticated /metrics, /healthz and /readyz, and MQTT over WebSocket
+// for any request that asks to upgrade (at /$iothub/websocket, /, or any
+// path). It writes the owner connection string to the data directory (0600).
+func startAPI(ctx context.Context, cfg config.Config, dir *datadir.Dir, parts apiParts, log *slog.Logger) (*apiServer, string, error) {
+	apiCfg := api.Config{
+		Store:    parts.store,
 		HostName: cfg.APIHostName,
 		Policies: []api.Policy{{Name: api.DefaultPolicyName, Key: dir.Secrets.ServicePolicyKey, Rights: api.RightAll}},
 		Logger:   log,
-	})
+	}
+	dps, err := api.New(apiCfg)
 	if err != nil {
 		return nil, "", fmt.Errorf("service API: %w", err)
 	}
+	backup, err := api.NewBackup(apiCfg)
+	if err != nil {
+		return nil, "", fmt.Errorf("service API: %w", err)
+	}
+	var ws http.Handler
+	if parts.broker != nil {
+		if ws, err = parts.broker.WebSocketHandler(); err != nil {
+			return nil, "", err
+		}
+	}
+	h := apiHandler(dps, backup, ws, readyChecks(cfg, parts), parts.metrics, log)
+
 	csPath, err := dir.WriteConnectionString(cfg.APIHostName, api.DefaultPolicyName)
 	if err != nil {
 		return nil, "", err
@@ -46,8 +82,17 @@ func startAPI(ctx context.Context, cfg config.Config, dir *datadir.Dir, st store
 	if err != nil {
 		return nil, "", fmt.Errorf("service API: listen on %q: %w", cfg.APIAddr, err)
 	}
-	tc := tlsCfg.Clone()
-	tc.ClientAuth = tls.NoClientCert
+	tc := parts.tls.Clone()
+	if ws == nil {
+		tc.ClientAuth = tls.NoClientCert
+	} else if tc.ClientAuth == tls.NoClientCert {
+		// Devices attesting with X.509 over WebSocket present a certificate;
+		// the service, not the handshake, checks it against the enrollments.
+		tc.ClientAuth = tls.RequestClientCert
+	}
+	if tc.MinVersion < tls.VersionTLS12 {
+		tc.MinVersion = tls.VersionTLS12
+	}
 	tc.NextProtos = []string{"h2", "http/1.1"}
 	a := &apiServer{
 		srv: &http.Server{
@@ -67,6 +112,58 @@ func startAPI(ctx context.Context, cfg config.Config, dir *datadir.Dir, st store
 		}
 	}()
 	return a, csPath, nil
+}
+
+// apiHandler routes the API listener's requests: WebSocket upgrades (any
+// path) to MQTT, the operational endpoints by exact path, and everything
+// else, untouched (no path cleaning), to the service API.
+func apiHandler(dps, backup, ws http.Handler, ready []api.Check, mx *metrics.Metrics, log *slog.Logger) http.Handler {
+	health, readyz := api.Healthz(), api.Readyz(readyTimeout, ready...)
+	var metricsH http.Handler
+	if mx != nil {
+		metricsH = mx.Handler(log)
+		backup, dps = mx.Middleware(backup), mx.Middleware(dps)
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch {
+		case ws != nil && websocket.IsWebSocketUpgrade(r):
+			ws.ServeHTTP(w, r)
+		case r.URL.Path == api.HealthPath:
+			health.ServeHTTP(w, r)
+		case r.URL.Path == api.ReadyPath:
+			readyz.ServeHTTP(w, r)
+		case r.URL.Path == metricsPath && metricsH != nil:
+			metricsH.ServeHTTP(w, r)
+		case r.URL.Path == api.BackupPath:
+			backup.ServeHTTP(w, r)
+		default:
+			dps.ServeHTTP(w, r)
+		}
+	})
+}
+
+// readyChecks are the conditions of /readyz: the store answers, every
+// configured MQTT listener is bound, and serve is not shutting down.
+func readyChecks(cfg config.Config, parts apiParts) []api.Check {
+	want := map[string]string{
+		broker.ListenerTCP: cfg.MQTTAddr,
+		broker.ListenerTLS: cfg.MQTTSAddr,
+		broker.ListenerWS:  cfg.WSSAddr,
+	}
+	return []api.Check{api.StoreCheck(parts.store), {Name: "listeners", Fn: func(context.Context) error {
+		if parts.running != nil && !parts.running() {
+			return errors.New("shutting down")
+		}
+		if parts.broker == nil {
+			return errors.New("the MQTT broker is not running")
+		}
+		for name, addr := range want {
+			if addr != "" && parts.broker.Addr(name) == nil {
+				return fmt.Errorf("MQTT listener %s (%s) is not running", name, addr)
+			}
+		}
+		return nil
+	}}}
 }
 
 // shutdown stops the API, waiting for requests in flight until ctx ends.

@@ -260,7 +260,7 @@ func TestServeInProcess(t *testing.T) {
 	pr, pw := io.Pipe()
 	done := make(chan int, 1)
 	go func() {
-		done <- run(ctx, []string{"serve", "-data-dir", t.TempDir(), "-mqtt-addr", "127.0.0.1:0", "-mqtts-addr", "", "-log-format", "json"}, io.Discard, pw)
+		done <- run(ctx, []string{"serve", "-data-dir", t.TempDir(), "-mqtt-addr", "127.0.0.1:0", "-mqtts-addr", "", "-api-addr", "127.0.0.1:0", "-log-format", "json"}, io.Discard, pw)
 		pw.Close()
 	}()
 	sc := bufio.NewScanner(pr)

@@ -52,6 +52,10 @@ type Config struct {
 	ChallengeRateTotal      int
 	RestrictedIdleTimeout   time.Duration
 	RequestRatePerConn      int
+	PollsPerDevice          int
+	PollWindow              time.Duration
+	RegistersPerDevice      int
+	RegisterWindow          time.Duration
 
 	LogFormat string // text | json
 	LogLevel  slog.Level
@@ -130,8 +134,8 @@ func settings() []setting {
 		{"id-scope", "", "ID scope devices must use (default: generated on first start and kept in the data directory)", str(func(c *Config) *string { return &c.IDScope })},
 		{"mqtt-addr", "127.0.0.1:1883", "plain MQTT listen address (empty: off)", str(func(c *Config) *string { return &c.MQTTAddr })},
 		{"mqtts-addr", ":8883", "MQTT over TLS listen address (empty: off)", str(func(c *Config) *string { return &c.MQTTSAddr })},
-		{"wss-addr", "", "MQTT over secure WebSocket listen address, any path (empty: off)", str(func(c *Config) *string { return &c.WSSAddr })},
-		{"api-addr", "127.0.0.1:8443", "service API (enrollments, groups, registrations) HTTPS listen address (empty: off)", str(func(c *Config) *string { return &c.APIAddr })},
+		{"wss-addr", "", "a separate MQTT over secure WebSocket listen address, any path (empty: off; api-addr carries WebSocket too)", str(func(c *Config) *string { return &c.WSSAddr })},
+		{"api-addr", ":8443", "HTTPS listen address of the service API (enrollments, groups, registrations, /backup), /metrics, /healthz, /readyz and MQTT over WebSocket on any path, as the cloud's port 443 (empty: off)", str(func(c *Config) *string { return &c.APIAddr })},
 		{"api-host-name", "localhost", "host name of the service API: the sr of service SAS tokens and the HostName of the connection string written to the data directory", str(func(c *Config) *string { return &c.APIHostName })},
 		{"tls-cert", "", "server certificate PEM file (default: issued by the development CA in the data directory)", str(func(c *Config) *string { return &c.TLSCert })},
 		{"tls-key", "", "server private key PEM file (with tls-cert)", str(func(c *Config) *string { return &c.TLSKey })},
@@ -150,6 +154,10 @@ func settings() []setting {
 		{"challenge-rate-total", "6000", "TPM challenge requests per minute in total, then 429 (-1: unlimited)", num(func(c *Config) *int { return &c.ChallengeRateTotal })},
 		{"restricted-idle-timeout", "30s", "closes a restricted session that has made no request for this long", dur(func(c *Config) *time.Duration { return &c.RestrictedIdleTimeout })},
 		{"request-rate-per-connection", "120", "register and poll requests per minute per connection (burst 10), then 429 (-1: unlimited)", num(func(c *Config) *int { return &c.RequestRatePerConn })},
+		{"polls-per-device", "5", "poll requests per poll-window per authenticated device, then 429 (-1: unlimited; the cloud allows 5 per 10 s)", num(func(c *Config) *int { return &c.PollsPerDevice })},
+		{"poll-window", "10s", "window of polls-per-device", dur(func(c *Config) *time.Duration { return &c.PollWindow })},
+		{"registers-per-device", "10", "register requests per register-window per authenticated device, then 429 (-1: unlimited; never applied to TPM challenge requests)", num(func(c *Config) *int { return &c.RegistersPerDevice })},
+		{"register-window", "1m", "window of registers-per-device", dur(func(c *Config) *time.Duration { return &c.RegisterWindow })},
 		{"log-format", "text", "log format: text or json", func(c *Config, v string) error {
 			v = strings.ToLower(strings.TrimSpace(v))
 			if v != "text" && v != "json" {

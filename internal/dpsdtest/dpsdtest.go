@@ -9,12 +9,19 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/base64"
+	"errors"
 	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
 
+	"github.com/gorilla/websocket"
+
+	"github.com/tpmdps/dpsd/api"
 	"github.com/tpmdps/dpsd/broker"
 	"github.com/tpmdps/dpsd/internal/devca"
 	"github.com/tpmdps/dpsd/provision"
@@ -43,6 +50,21 @@ type Options struct {
 	RetryAfter time.Duration
 	// WebSocket also starts MQTT over secure WebSocket.
 	WebSocket bool
+	// TLSAddr is the MQTT over TLS address (default "127.0.0.1:0"). Tests of
+	// clients with fixed ports set e.g. "127.0.0.1:8883".
+	TLSAddr string
+	// WSAddr is the secure WebSocket address (default "127.0.0.1:0"); setting
+	// it implies WebSocket.
+	WSAddr string
+	// APIAddr, when set, also serves the service API (package api) over HTTPS
+	// there, with the server certificate, API host name "localhost" and the
+	// owner policy whose connection string is Server.ServiceConnectionString.
+	APIAddr string
+	// APIWebSocket makes the service API listener also carry MQTT over
+	// WebSocket (broker.WebSocketHandler; WebSocket upgrade requests on any
+	// path), as dpsd can on port 443. The listener then requests client
+	// certificates, for X.509 over WebSocket.
+	APIWebSocket bool
 	// Logger receives server logs. Default: discarded, unless the environment
 	// variable DPSD_TEST_LOG is set, then text on stderr at debug level.
 	Logger *slog.Logger
@@ -59,6 +81,11 @@ type Server struct {
 	RootCAs   *x509.CertPool
 	// IDScope is the scope devices must use.
 	IDScope string
+	// APIAddr is host:port of the service API ("" unless Options.APIAddr).
+	APIAddr string
+	// ServiceConnectionString authorizes the owner policy on the service API
+	// (HostName=localhost; "" unless Options.APIAddr). It holds a secret.
+	ServiceConnectionString string
 	// ChallengeSecret is the service's TPM challenge secret.
 	ChallengeSecret []byte
 	// Store is the service's store: add enrollments to it directly.
@@ -127,16 +154,27 @@ func Start(t testing.TB, opts Options) *Server {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Request a client certificate without verifying it: X.509 attestation
+	// is decided by the service per enrollment, as in dpsd serve.
+	tlsCfg.ClientAuth = tls.RequestClientCert
+	if opts.TLSAddr == "" {
+		opts.TLSAddr = "127.0.0.1:0"
+	}
+	if opts.WSAddr != "" {
+		opts.WebSocket = true
+	} else {
+		opts.WSAddr = "127.0.0.1:0"
+	}
 	cfg := broker.Config{
 		TCPAddr:        "127.0.0.1:0",
-		TLSAddr:        "127.0.0.1:0",
+		TLSAddr:        opts.TLSAddr,
 		TLSConfig:      tlsCfg,
 		ConnectTimeout: opts.ConnectTimeout,
 		Limits:         opts.Limits,
 		Logger:         log,
 	}
 	if opts.WebSocket {
-		cfg.WSAddr = "127.0.0.1:0"
+		cfg.WSAddr = opts.WSAddr
 	}
 	b, err := broker.New(cfg, svc)
 	if err != nil {
@@ -173,5 +211,69 @@ func Start(t testing.TB, opts Options) *Server {
 			t.Errorf("dpsdtest: store close: %v", err)
 		}
 	})
+	if opts.APIAddr != "" {
+		startAPI(t, s, opts, tlsCfg, log)
+	}
 	return s
+}
+
+// startAPI serves the service API on opts.APIAddr for s (with MQTT over
+// WebSocket when opts.APIWebSocket), closed by t.Cleanup.
+func startAPI(t testing.TB, s *Server, opts Options, tlsCfg *tls.Config, log *slog.Logger) {
+	t.Helper()
+	key := make([]byte, 32)
+	if _, err := rand.Read(key); err != nil {
+		t.Fatal(err)
+	}
+	h, err := api.New(api.Config{
+		Store:    s.Store,
+		HostName: "localhost",
+		Policies: []api.Policy{{Name: api.DefaultPolicyName, Key: key, Rights: api.RightAll}},
+		Logger:   log,
+	})
+	if err != nil {
+		t.Fatalf("dpsdtest: api.New: %v", err)
+	}
+	tc := tlsCfg.Clone()
+	tc.ClientAuth = tls.NoClientCert
+	if opts.APIWebSocket {
+		ws, err := s.Broker.WebSocketHandler()
+		if err != nil {
+			t.Fatalf("dpsdtest: %v", err)
+		}
+		apiHandler := h
+		h = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if websocket.IsWebSocketUpgrade(r) {
+				ws.ServeHTTP(w, r)
+				return
+			}
+			apiHandler.ServeHTTP(w, r)
+		})
+		tc.ClientAuth = tls.RequestClientCert
+	}
+	ln, err := net.Listen("tcp", opts.APIAddr)
+	if err != nil {
+		t.Fatalf("dpsdtest: service API: listen on %s: %v", opts.APIAddr, err)
+	}
+	tc.NextProtos = []string{"h2", "http/1.1"}
+	srv := &http.Server{Handler: h, TLSConfig: tc, ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := srv.ServeTLS(ln, "", ""); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("dpsdtest: service API stopped", "error", err)
+		}
+	}()
+	s.APIAddr = ln.Addr().String()
+	s.ServiceConnectionString = "HostName=localhost;SharedAccessKeyName=" + api.DefaultPolicyName +
+		";SharedAccessKey=" + base64.StdEncoding.EncodeToString(key)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := srv.Shutdown(ctx); err != nil {
+			t.Errorf("dpsdtest: service API shutdown: %v", err)
+		}
+		<-done
+	})
 }

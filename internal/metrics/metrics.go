@@ -1,0 +1,204 @@
+// Package metrics holds the server's Prometheus metrics: one Metrics value
+// with its own registry (never prometheus.DefaultRegisterer), handed to the
+// parts it observes through their optional hooks: provision.Config.Observer,
+// broker.Config.Metrics (hooks.Metrics), a store.Store wrapper and an HTTP
+// middleware. It serves the text exposition format at /metrics.
+package metrics
+
+import (
+	"context"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/tpmdps/dpsd/hooks"
+	"github.com/tpmdps/dpsd/provision"
+)
+
+// Namespace prefixes every metric name.
+const Namespace = "dpsd"
+
+// PhaseAPI is the phase label of service API (HTTPS) requests.
+const PhaseAPI = "api"
+
+// Metrics is the set of the server's metrics. It implements
+// provision.Observer and hooks.Metrics. Safe for concurrent use.
+type Metrics struct {
+	reg *prometheus.Registry
+
+	registrations *prometheus.CounterVec   // outcome, attestation
+	challenges    prometheus.Counter       //
+	authFailures  *prometheus.CounterVec   // reason
+	requestTime   *prometheus.HistogramVec // phase
+	responses     *prometheus.CounterVec   // phase, code
+	storeTime     *prometheus.HistogramVec // op
+	storeErrors   *prometheus.CounterVec   // op
+
+	sessionsDesc *prometheus.Desc
+	connsDesc    *prometheus.Desc
+
+	mu       sync.Mutex
+	sessions func() (total, restricted int)
+	conns    func() map[string]int
+}
+
+var (
+	_ provision.Observer = (*Metrics)(nil)
+	_ hooks.Metrics      = (*Metrics)(nil)
+)
+
+// New creates the metrics in a new registry, with the Go runtime and
+// process collectors.
+func New() *Metrics {
+	m := &Metrics{
+		reg: prometheus.NewRegistry(),
+		registrations: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: Namespace, Name: "registrations_total",
+			Help: "Registration outcomes recorded, by outcome (assigned, failed, disabled) and attestation type (tpm, symmetricKey, x509).",
+		}, []string{"outcome", "attestation"}),
+		challenges: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: Namespace, Name: "tpm_challenges_issued_total",
+			Help: "TPM challenges (401 answers with an activation blob) issued.",
+		}),
+		authFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: Namespace, Name: "auth_failures_total",
+			Help: "Refused device CONNECTs, by reason.",
+		}, []string{"reason"}),
+		requestTime: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: Namespace, Name: "request_duration_seconds",
+			Help:    "Time to answer a request, by phase: connect (authentication), challenge, register, poll (MQTT) and api (HTTPS service API).",
+			Buckets: prometheus.DefBuckets,
+		}, []string{"phase"}),
+		responses: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: Namespace, Name: "responses_total",
+			Help: "Answers by phase and status code (0: an accepted CONNECT).",
+		}, []string{"phase", "code"}),
+		storeTime: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: Namespace, Name: "store_operation_duration_seconds",
+			Help:    "Time of one store operation, by operation.",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 2.5, 12),
+		}, []string{"op"}),
+		storeErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: Namespace, Name: "store_errors_total",
+			Help: "Store operations that failed (not counting not-found and etag mismatches), by operation.",
+		}, []string{"op"}),
+		sessionsDesc: prometheus.NewDesc(Namespace+"_mqtt_sessions",
+			"Live MQTT sessions by kind: authenticated, or restricted (TPM challenge).", []string{"kind"}, nil),
+		connsDesc: prometheus.NewDesc(Namespace+"_connections",
+			"Open device connections by listener (CONNECT sent or not).", []string{"listener"}, nil),
+	}
+	m.reg.MustRegister(m.registrations, m.challenges, m.authFailures, m.requestTime, m.responses,
+		m.storeTime, m.storeErrors, gauges{m},
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+// Registry returns the registry holding the metrics (to gather or add to).
+func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
+
+// Handler serves the metrics in the Prometheus exposition formats.
+func (m *Metrics) Handler(log *slog.Logger) http.Handler {
+	opts := promhttp.HandlerOpts{Registry: m.reg, MaxRequestsInFlight: 4, Timeout: 10 * time.Second}
+	if log != nil {
+		opts.ErrorLog = slog.NewLogLogger(log.Handler(), slog.LevelWarn)
+	}
+	return promhttp.HandlerFor(m.reg, opts)
+}
+
+// SetSources names the functions that report live sessions and open
+// connections (broker.Broker's Sessions and Connections); they are called
+// at each scrape. Either may be nil.
+func (m *Metrics) SetSources(sessions func() (total, restricted int), conns func() map[string]int) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.sessions, m.conns = sessions, conns
+}
+
+// Registered counts a registration outcome (provision.Observer).
+func (m *Metrics) Registered(_ context.Context, ev provision.RegistrationEvent) {
+	m.registrations.WithLabelValues(ev.Status, ev.AttestationType).Inc()
+}
+
+// ChallengeIssued counts a TPM challenge (provision.Observer).
+func (m *Metrics) ChallengeIssued(context.Context, string) { m.challenges.Inc() }
+
+// AuthFailed counts a refusal by the service (provision.Observer).
+func (m *Metrics) AuthFailed(_ context.Context, reason string) {
+	m.authFailures.WithLabelValues(reason).Inc()
+}
+
+// ConnectRefused counts a refusal by the broker hook (hooks.Metrics).
+func (m *Metrics) ConnectRefused(reason string) { m.authFailures.WithLabelValues(reason).Inc() }
+
+// Observe records one request's time and status (hooks.Metrics).
+func (m *Metrics) Observe(phase string, status int, elapsed time.Duration) {
+	m.requestTime.WithLabelValues(phase).Observe(elapsed.Seconds())
+	m.responses.WithLabelValues(phase, strconv.Itoa(status)).Inc()
+}
+
+// Middleware times every request of next as phase PhaseAPI.
+func (m *Metrics) Middleware(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
+		next.ServeHTTP(sw, r)
+		m.Observe(PhaseAPI, sw.status, time.Since(start))
+	})
+}
+
+// statusWriter remembers the status code written.
+type statusWriter struct {
+	http.ResponseWriter
+	status      int
+	wroteHeader bool
+}
+
+// WriteHeader records the status.
+func (w *statusWriter) WriteHeader(code int) {
+	if !w.wroteHeader {
+		w.status, w.wroteHeader = code, true
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+// Flush passes flushes on (streamed answers such as a backup).
+func (w *statusWriter) Flush() {
+	if f, ok := w.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+// Unwrap lets http.ResponseController reach the underlying writer.
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// gauges collects the values read at scrape time from the sources.
+type gauges struct{ m *Metrics }
+
+// Describe sends the gauge descriptors.
+func (g gauges) Describe(ch chan<- *prometheus.Desc) {
+	ch <- g.m.sessionsDesc
+	ch <- g.m.connsDesc
+}
+
+// Collect reads the sources.
+func (g gauges) Collect(ch chan<- prometheus.Metric) {
+	g.m.mu.Lock()
+	sessions, conns := g.m.sessions, g.m.conns
+	g.m.mu.Unlock()
+	if sessions != nil {
+		total, restricted := sessions()
+		ch <- prometheus.MustNewConstMetric(g.m.sessionsDesc, prometheus.GaugeValue, float64(total-restricted), "authenticated")
+		ch <- prometheus.MustNewConstMetric(g.m.sessionsDesc, prometheus.GaugeValue, float64(restricted), "restricted")
+	}
+	if conns != nil {
+		for name, n := range conns() {
+			ch <- prometheus.MustNewConstMetric(g.m.connsDesc, prometheus.GaugeValue, float64(n), name)
+		}
+	}
+}

@@ -1,0 +1,113 @@
+package metrics
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tpmdps/dpsd/hooks"
+	"github.com/tpmdps/dpsd/provision"
+	"github.com/tpmdps/dpsd/store"
+)
+
+func scrape(t *testing.T, m *Metrics) string {
+	t.Helper()
+	srv := httptest.NewServer(m.Handler(nil))
+	defer srv.Close()
+	res, err := http.Get(srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	b, err := io.ReadAll(res.Body)
+	if err != nil || res.StatusCode != 200 {
+		t.Fatalf("scrape: %d %v", res.StatusCode, err)
+	}
+	return string(b)
+}
+
+func TestCountersAndGauges(t *testing.T) {
+	m := New()
+	ctx := context.Background()
+	m.Registered(ctx, provision.RegistrationEvent{Status: store.RegistrationAssigned, AttestationType: store.AttestationTPM})
+	m.Registered(ctx, provision.RegistrationEvent{Status: store.RegistrationAssigned, AttestationType: store.AttestationTPM})
+	m.Registered(ctx, provision.RegistrationEvent{Status: store.RegistrationDisabled, AttestationType: store.AttestationSymmetricKey})
+	m.ChallengeIssued(ctx, "dev")
+	m.AuthFailed(ctx, provision.AuthFailureSignature)
+	m.ConnectRefused(hooks.RefusedRestrictedCap)
+	m.Observe(hooks.PhaseRegister, 202, 3*time.Millisecond)
+	m.SetSources(func() (int, int) { return 5, 2 }, func() map[string]int { return map[string]int{"tls": 4, "ws-http": 1} })
+
+	text := scrape(t, m)
+	for _, want := range []string{
+		`dpsd_registrations_total{attestation="tpm",outcome="assigned"} 2`,
+		`dpsd_registrations_total{attestation="symmetricKey",outcome="disabled"} 1`,
+		`dpsd_tpm_challenges_issued_total 1`,
+		`dpsd_auth_failures_total{reason="signature_mismatch"} 1`,
+		`dpsd_auth_failures_total{reason="restricted_session_cap"} 1`,
+		`dpsd_request_duration_seconds_count{phase="register"} 1`,
+		`dpsd_responses_total{code="202",phase="register"} 1`,
+		`dpsd_mqtt_sessions{kind="authenticated"} 3`,
+		`dpsd_mqtt_sessions{kind="restricted"} 2`,
+		`dpsd_connections{listener="tls"} 4`,
+		`go_goroutines`,
+	} {
+		if !strings.Contains(text, want) {
+			t.Errorf("scrape lacks %q", want)
+		}
+	}
+}
+
+func TestMiddleware(t *testing.T) {
+	m := New()
+	h := m.Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, "nope", http.StatusTeapot)
+	}))
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest("GET", "/x", nil))
+	if rec.Code != http.StatusTeapot {
+		t.Fatalf("status %d", rec.Code)
+	}
+	if text := scrape(t, m); !strings.Contains(text, `dpsd_responses_total{code="418",phase="api"} 1`) {
+		t.Fatalf("no api 418 in\n%s", text)
+	}
+}
+
+func TestTimedStore(t *testing.T) {
+	m := New()
+	bolt, err := store.OpenBolt(filepath.Join(t.TempDir(), "s.db"), store.BoltOptions{Timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := m.Store(bolt)
+	ctx := context.Background()
+	if _, err := st.PutEnrollment(ctx, &store.Enrollment{RegistrationID: "d1",
+		Attestation: store.Attestation{Type: store.AttestationSymmetricKey, SymmetricKey: &store.SymmetricKeyAttestation{PrimaryKey: "AAAAAAAAAAAAAAAAAAAAAA=="}}}, ""); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.GetEnrollment(ctx, "missing"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("missing: %v", err)
+	}
+	if err := st.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.GetEnrollment(ctx, "d1"); err == nil {
+		t.Fatal("closed store answered")
+	}
+	text := scrape(t, m)
+	for _, want := range []string{
+		`dpsd_store_operation_duration_seconds_count{op="PutEnrollment"} 1`,
+		`dpsd_store_operation_duration_seconds_count{op="GetEnrollment"} 2`,
+		`dpsd_store_errors_total{op="GetEnrollment"} 1`, // the closed store, not the not-found
+	} {
+		if !strings.Contains(text, want) {
+			t.Errorf("scrape lacks %q", want)
+		}
+	}
+}
