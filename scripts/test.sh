@@ -2,6 +2,10 @@
 # Runs every test of the project. Installs what the tests need when it is
 # missing: the Debian packages of the independent TPM stack (swtpm, tpm2-tools
 # and its swtpm TCTI), the MQTT command-line clients, and the Go modules.
+# Then runs go vet, every fuzz target for 10,000 inputs beyond its corpus (FUZZTIME)
+# and go test ./... (which also runs the Azure Node SDK interoperability tests;
+# they need Node.js and npm, and bind 127.0.0.1:443 and :8883, so run as root
+# or with CAP_NET_BIND_SERVICE).
 # Usage: scripts/test.sh [extra go test flags...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +16,7 @@ command -v swtpm_setup >/dev/null 2>&1 || need_pkgs+=(swtpm-tools)
 command -v tpm2_createprimary >/dev/null 2>&1 || need_pkgs+=(tpm2-tools)
 ls /usr/lib/*/libtss2-tcti-swtpm.so* >/dev/null 2>&1 || need_pkgs+=(libtss2-tcti-swtpm0)
 command -v mosquitto_pub >/dev/null 2>&1 || need_pkgs+=(mosquitto-clients)
+command -v npm >/dev/null 2>&1 || need_pkgs+=(nodejs npm)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   echo "== installing Debian packages: ${need_pkgs[*]}"
   sudo_cmd=()
@@ -25,6 +30,9 @@ go mod download
 
 echo "== go vet"
 go vet ./...
+
+echo "== fuzz: every target briefly beyond its seed corpus"
+scripts/fuzz.sh "${FUZZTIME:-10000x}"
 
 echo "== go test"
 # The TPM simulator is cgo; its first build takes about a minute.
