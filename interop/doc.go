@@ -1,0 +1,24 @@
+// Package interop tests dpsd against the official Azure IoT Node.js SDKs:
+// azure-iot-provisioning-device with its MQTT transports (TLS and secure
+// WebSocket) and the symmetric-key and X.509 security clients, and
+// azure-iot-provisioning-service against the service API.
+//
+// The package holds only tests. They start the server in process
+// (internal/dpsdtest) on the fixed ports the SDKs use, because the SDKs take a
+// host name and no port: MQTT over TLS on 127.0.0.1:8883, and on
+// 127.0.0.1:443 either the broker's own WebSocket listener, the service API,
+// or both on one listener (broker.WebSocketHandler). Binding port 443 needs
+// root or CAP_NET_BIND_SERVICE; the tests fail, they are not skipped, when a
+// port cannot be bound or when node or npm is missing.
+//
+// The JavaScript side lives in interop/node: package.json pins exact SDK
+// versions and package-lock.json is committed. The tests run
+// `npm ci --no-audit --no-fund` there when node_modules is missing or was
+// installed from another lockfile (a stamp file records the lockfile's
+// SHA-256), then run one node script per scenario with NODE_EXTRA_CA_CERTS
+// naming the test server's CA and a bounded timeout. Each script prints one
+// JSON line that the Go side checks.
+//
+// Set DPSD_INTEROP_DEBUG=1 to pass DEBUG=azure-iot* to node (SDK wire logs
+// on stderr, shown when a test fails) and DPSD_TEST_LOG=1 for server logs.
+package interop
