@@ -46,10 +46,9 @@ var (
 const (
 	// DefaultLockTimeout is how long OpenBolt waits for the file lock.
 	DefaultLockTimeout = 5 * time.Second
-	// DefaultMaxBatchDelay is how long db.Batch waits to coalesce concurrent
-	// writers into one fsync. bbolt's own default is 10 ms, which costs a lone
-	// writer 10 ms per write; 2 ms keeps most of the coalescing at 16+
-	// writers (see BenchmarkRecordRegistration and doc.go).
+	// DefaultMaxBatchDelay is bbolt's db.Batch delay as set on the file.
+	// The store's own writes no longer use db.Batch: concurrent writes are
+	// coalesced by group commit (bolt_group.go), which waits for no timer.
 	DefaultMaxBatchDelay = 2 * time.Millisecond
 	// DefaultMaxItems is the page size of a listing when Query.MaxItems is 0.
 	DefaultMaxItems = 100
@@ -71,12 +70,13 @@ type BoltOptions struct {
 	Logger *slog.Logger
 	// Now is the clock for record times and expiry checks (default time.Now).
 	Now func() time.Time
-	// MaxBatchDelay overrides DefaultMaxBatchDelay (for benchmarks and tuning).
+	// MaxBatchDelay overrides DefaultMaxBatchDelay (bbolt's db.Batch delay;
+	// the store's writes use group commit and do not wait for it).
 	MaxBatchDelay time.Duration
 }
 
 // Bolt is the default Store: one bbolt file plus a data key file. It is safe
-// for concurrent use; writes are coalesced with db.Batch and every
+// for concurrent use; concurrent writes are coalesced by group commit and every
 // acknowledged write has been fsynced.
 type Bolt struct {
 	db      *bolt.DB
@@ -88,6 +88,7 @@ type Bolt struct {
 
 	writers  atomic.Int32 // write calls in flight: 1 commits alone, more batch
 	noBatch  bool         // benchmarks only: never coalesce (what Batch buys)
+	group    groupCommit  // coalesces concurrent writes (bolt_group.go)
 	mu       sync.RWMutex // guards closed against inflight.Add
 	closed   bool
 	inflight sync.WaitGroup

@@ -113,9 +113,10 @@ func isOutcome(err error) bool {
 
 // batch runs fn in a durable (fsynced) write transaction. A lone writer
 // commits at once with db.Update; when other writes are in flight, writers
-// are coalesced with db.Batch into one transaction and one fsync (waiting at
-// most MaxBatchDelay for company). fn may therefore run more than once
-// (bbolt retries a batch without a failing member), so it must depend only
+// are coalesced into one transaction and one fsync by group commit (see
+// groupCommit: a batch takes every write queued while the previous one
+// committed). fn may therefore run more than once (a batch is retried
+// without a failing member), so it must depend only
 // on the transaction's state and on values computed before the call.
 // Outcome errors (not found, etag mismatch, challenge used) are returned
 // before fn writes anything; they reach the caller without failing the
@@ -135,7 +136,7 @@ func (s *Bolt) batch(fn func(tx *bolt.Tx) error) error {
 	if s.writers.Add(1) == 1 || s.noBatch {
 		err = s.db.Update(wrapped)
 	} else {
-		err = s.db.Batch(wrapped)
+		err = s.group.do(s.db, wrapped)
 	}
 	s.writers.Add(-1)
 	if err != nil {

@@ -1,0 +1,88 @@
+package store
+
+import (
+	"errors"
+	"fmt"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// TestGroupCommit runs many concurrent writes through one groupCommit, some
+// failing and one panicking: every write gets its own outcome, the failing
+// ones leave nothing behind and the others are all committed.
+func TestGroupCommit(t *testing.T) {
+	db, err := bolt.Open(filepath.Join(t.TempDir(), "g.db"), 0o600, &bolt.Options{Timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if err := db.Update(func(tx *bolt.Tx) error { _, err := tx.CreateBucket([]byte("b")); return err }); err != nil {
+		t.Fatal(err)
+	}
+	var g groupCommit
+	errBad := errors.New("bad write")
+	const n = 200
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = g.do(db, func(tx *bolt.Tx) error {
+				if err := tx.Bucket([]byte("b")).Put([]byte(fmt.Sprint(i)), []byte("v")); err != nil {
+					return err
+				}
+				switch {
+				case i%17 == 3:
+					return errBad // after writing: the batch must roll it back
+				case i == 101:
+					panic("boom")
+				}
+				return nil
+			})
+		}()
+	}
+	wg.Wait()
+	err = db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket([]byte("b"))
+		for i := range n {
+			got := b.Get([]byte(fmt.Sprint(i))) != nil
+			switch {
+			case i%17 == 3:
+				if !errors.Is(errs[i], errBad) || got {
+					t.Errorf("write %d: err %v, stored %v; want errBad and nothing stored", i, errs[i], got)
+				}
+			case i == 101:
+				if errs[i] == nil || got {
+					t.Errorf("panicking write: err %v, stored %v", errs[i], got)
+				}
+			default:
+				if errs[i] != nil || !got {
+					t.Errorf("write %d: err %v, stored %v; want committed", i, errs[i], got)
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The leader goroutine exits once it finds the queue empty.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		g.mu.Lock()
+		leading, queued := g.leading, len(g.queue)
+		g.mu.Unlock()
+		if !leading && queued == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("group commit left a leader (%v) or %d queued writes", leading, queued)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
