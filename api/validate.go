@@ -30,7 +30,7 @@ const (
 )
 
 // ValidateID checks the DPS rules for a registration id or enrollment group id
-// (protocol.md section 2, attest.ValidateRegistrationID). Ids are
+// (docs/protocol.md section 2, attest.ValidateRegistrationID). Ids are
 // case-insensitive; the service stores them lowercased.
 func ValidateID(id string) error {
 	if err := attest.ValidateRegistrationID(id); err != nil {

@@ -1,6 +1,6 @@
 package attest
 
-// The TPM activation blob (docs: tpm-activation.md): an HMAC key duplicated
+// The TPM activation blob (docs/protocol.md section 5): an HMAC key duplicated
 // to the device's SRK with an inner wrapper whose AES key is sealed to the
 // EK by MakeCredential, bound to the SRK's Name. References are to the TPM
 // 2.0 Library specification, Part 1 "Architecture", Part 2 "Structures" and
@@ -28,7 +28,7 @@ var ErrMalformedBlob = errors.New("attest: malformed activation blob")
 // would not import as an HMAC key.
 var ErrBadHMACKey = errors.New("attest: bad HMAC key length")
 
-// Sizes of the identity key material (tpm-activation.md, server recipe).
+// Sizes of the identity key material (docs/protocol.md section 5, "The activation blob").
 const (
 	// MinHMACKeySize and MaxHMACKeySize bound the HMAC key that
 	// NewActivationBlob carries; 32 bytes is the usual size. The upper bound
@@ -45,7 +45,7 @@ const (
 )
 
 // ActivationBlob is the six parts of an activation blob, each without its
-// 2-byte size prefix, in wire order (tpm-activation.md "Wire layout"). It is
+// 2-byte size prefix, in wire order (docs/protocol.md section 5, "The activation blob"). It is
 // what a device hands to its TPM.
 type ActivationBlob struct {
 	// CredentialBlob is the TPM2B_ID_OBJECT contents (Part 2, 12.4.3): the
@@ -119,8 +119,7 @@ func (a *ActivationBlob) Marshal() []byte {
 }
 
 // NewActivationBlob builds the six-part activation blob that delivers hmacKey
-// to the TPM holding ek and srk, and only to it (tpm-activation.md, "Server
-// recipe"):
+// to the TPM holding ek and srk, and only to it (docs/protocol.md section 5, "The activation blob"):
 //
 //  1. the identity key: a KEYEDHASH HMAC-SHA256 object whose sensitive part
 //     is hmacKey;

@@ -1,6 +1,6 @@
 package attest
 
-// Registration ids (protocol.md section 2).
+// Registration ids (docs/protocol.md section 2).
 
 import (
 	"errors"

@@ -1,6 +1,6 @@
 package attest
 
-// SAS tokens (protocol.md section 6).
+// SAS tokens (docs/protocol.md section 6).
 //
 // A device proves that it holds a key by sending, as its MQTT password,
 //

@@ -1,6 +1,6 @@
 package attest
 
-// Symmetric key attestation (protocol.md section 7).
+// Symmetric key attestation (docs/protocol.md section 7).
 
 import (
 	"crypto/hmac"

@@ -1,6 +1,6 @@
 package attest
 
-// The DPS MQTT CONNECT username (protocol.md section 2):
+// The DPS MQTT CONNECT username (docs/protocol.md section 2):
 //
 //	{idScope}/registrations/{registrationId}/api-version={v}[&ClientVersion={agent}][&k=v...]
 //
@@ -231,7 +231,7 @@ func ValidateAPIVersion(v string) error {
 }
 
 // IsKnownAPIVersion reports whether v is one of the DPS api-versions that
-// the stock clients are known to send (protocol.md section 2).
+// the stock clients are known to send (docs/protocol.md section 2).
 func IsKnownAPIVersion(v string) bool {
 	switch v {
 	case "2017-11-15", "2018-09-01-preview", "2019-03-31", "2021-06-01",

@@ -21,7 +21,7 @@ import (
 // wsListener serves MQTT over (secure) WebSocket on any request path. mochi's
 // own listeners.Websocket binds its address itself (so it cannot run behind
 // guardListener, report a port-0 address or expose the TLS state for X.509)
-// and matches the sub-protocol `mqtt` case-sensitively; protocol.md asks for
+// and matches the sub-protocol `mqtt` case-sensitively; docs/protocol.md asks for
 // a case-insensitive match.
 type wsListener struct {
 	id             string

@@ -36,7 +36,7 @@ type RegisterFielder interface {
 }
 
 // Challenger is an Attestation that answers a 401 register answer carrying
-// an authenticationKey (the TPM challenge, protocol.md section 5). It opens
+// an authenticationKey (the TPM challenge, docs/protocol.md section 5). It opens
 // the challenge and returns the credentials for the reconnect.
 type Challenger interface {
 	Challenge(ctx context.Context, s Session, c Challenge) (Credentials, error)

@@ -4,7 +4,7 @@
 //
 // # Flow
 //
-// Provision speaks the Azure DPS MQTT dialect (protocol.md): MQTT 3.1.1 over
+// Provision speaks the Azure DPS MQTT dialect (docs/protocol.md): MQTT 3.1.1 over
 // TLS, plain TCP or secure WebSocket, ClientId = registrationId, username
 // "{idScope}/registrations/{regId}/api-version={v}&ClientVersion=...",
 // register on $dps/registrations/PUT/iotdps-register/?$rid=N and poll on

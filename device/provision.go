@@ -20,7 +20,7 @@ const maxChallenges = 2
 // where it is assigned. It is safe to call concurrently with distinct
 // Configs; it keeps no state between calls.
 //
-// The flow (protocol.md sections 2-5): connect with the Attestation's
+// The flow (docs/protocol.md sections 2-5): connect with the Attestation's
 // credentials, subscribe, register; a TPM device gets a 401 challenge,
 // disconnects, opens it in the TPM and reconnects with a TPM-signed SAS
 // token, then registers again; then the operation is polled (honouring

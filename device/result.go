@@ -41,7 +41,7 @@ type Result struct {
 }
 
 // RegistrationState is the parsed registrationState of an operation
-// (protocol.md section 4); field names and meanings are the DPS ones. Times
+// (docs/protocol.md section 4); field names and meanings are the DPS ones. Times
 // are kept as the RFC 3339 text received.
 type RegistrationState struct {
 	RegistrationID         string              `json:"registrationId,omitempty"`

@@ -9,7 +9,7 @@ import (
 	"github.com/tpmdps/dpsd/attest"
 )
 
-// SymmetricKey is symmetric-key attestation (protocol.md section 7): the
+// SymmetricKey is symmetric-key attestation (docs/protocol.md section 7): the
 // CONNECT password is a SAS token signed with the device key. For an
 // enrollment group, Key is attest.DeriveDeviceKey(groupKey, registrationID).
 // It is the whole of what a non-TPM attestation needs to implement.
@@ -33,7 +33,7 @@ func (k *SymmetricKey) Credentials(_ context.Context, s Session) (Credentials, e
 	return Credentials{Password: attest.SignSAS(k.Key, s.Resource, s.Now.Add(life), "registration")}, nil
 }
 
-// Symmetric key sizes the service accepts (protocol.md section 7).
+// Symmetric key sizes the service accepts (docs/protocol.md section 7).
 const (
 	MinSymmetricKeySize = 16
 	MaxSymmetricKeySize = 64

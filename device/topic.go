@@ -8,7 +8,7 @@ import (
 	"time"
 )
 
-// DPS MQTT topics (protocol.md section 3).
+// DPS MQTT topics (docs/protocol.md section 3).
 const (
 	// ResponseFilter is the only subscription a device makes.
 	ResponseFilter = "$dps/registrations/res/#"

@@ -29,7 +29,7 @@ const (
 // own (shorter) expiry too.
 const DefaultChallengeSASLifetime = time.Hour
 
-// TPM is TPM 2.0 attestation (protocol.md section 5) on a go-tpm transport
+// TPM is TPM 2.0 attestation (docs/protocol.md section 5) on a go-tpm transport
 // (see device/tpmtransport to open one). It reads the EK at
 // devtpm.EKHandle and the SRK at devtpm.SRKHandle, creating and persisting
 // them when absent; sends both in the register body; opens the challenge

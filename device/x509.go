@@ -9,7 +9,7 @@ import (
 	"os"
 )
 
-// X509 is X.509 attestation (protocol.md section 8): the device presents its
+// X509 is X.509 attestation (docs/protocol.md section 8): the device presents its
 // certificate, and the chain up to (not necessarily including) the CA its
 // enrollment group names, in the TLS handshake and sends no password. The
 // leaf's subject CN is the registration id. It needs TLS or WebSocket: over

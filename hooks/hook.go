@@ -1,7 +1,7 @@
 // Package hooks is the MQTT face of the provisioning service: one mochi-mqtt
 // hook that authenticates CONNECTs with the service, enforces the DPS topic
 // rules, intercepts register and poll requests and writes each answer to the
-// one connection that asked (protocol.md sections 2, 3 and 5).
+// one connection that asked (docs/protocol.md sections 2, 3 and 5).
 //
 // Nothing a device publishes is ever fanned out: every request is swallowed
 // with packets.CodeSuccessIgnore (so mochi still sends the PUBACK) and its
@@ -44,7 +44,7 @@ const (
 	DefaultRequestBurstPerConnection      = 10
 	DefaultRequestTimeout                 = 30 * time.Second
 	// DefaultPollsPerDevice per DefaultPollWindow is the cloud's published
-	// limit (protocol.md section 9: 5 polls per 10 s per device).
+	// limit (docs/protocol.md section 9: 5 polls per 10 s per device).
 	DefaultPollsPerDevice = 5
 	DefaultPollWindow     = 10 * time.Second
 	// DefaultRegistersPerDevice per DefaultRegisterWindow bounds the register
@@ -101,7 +101,7 @@ type Limits struct {
 	// exceeds it is disconnected.
 	QueueLength int
 	// RequestsPerConnectionPerMinute and RequestBurstPerConnection rate-limit
-	// the register and poll requests of every connection (protocol.md
+	// the register and poll requests of every connection (docs/protocol.md
 	// section 9: polling too fast gets 429 with retry-after).
 	RequestsPerConnectionPerMinute int
 	RequestBurstPerConnection      int

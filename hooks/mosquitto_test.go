@@ -24,7 +24,7 @@ import (
 // installed by scripts/test.sh) against the in-process server over TLS: a
 // third-party MQTT 3.1.1 stack with OpenSSL on the other end.
 //
-// Answers go only to the connection that asked (protocol.md section 3), and
+// Answers go only to the connection that asked (docs/protocol.md section 3), and
 // two connections with the same client id take each other over, so a
 // mosquitto_sub in the background cannot see the answer to a mosquitto_pub.
 // mosquitto_rr, which would do both on one connection, refuses a wildcard
@@ -74,7 +74,7 @@ func newMosq(t *testing.T) *mosq {
 
 // args are the connection arguments for regID: TLS to "localhost" (a name
 // in the server certificate) trusting the test CA, MQTT 3.1.1, client id
-// and username per protocol.md section 2, then auth.
+// and username per docs/protocol.md section 2, then auth.
 func (m *mosq) args(regID string, auth ...string) []string {
 	a := []string{"-h", "localhost", "-p", m.port, "--cafile", m.caFile, "-V", "mqttv311",
 		"-i", regID, "-u", username(m.srv, regID), "-q", "1"}

@@ -8,7 +8,7 @@ import (
 	"time"
 )
 
-// DPS topics (protocol.md section 3).
+// DPS topics (docs/protocol.md section 3).
 const (
 	// ResponseFilter is the only filter a device may subscribe to.
 	ResponseFilter = "$dps/registrations/res/#"

@@ -98,7 +98,7 @@ func TestSymmetricKeyIndividual(t *testing.T) {
 	putEnrollment(t, s, symmetricEnrollment(regID, key))
 
 	// The payload comes back in registrationState: its non-ASCII text must
-	// survive the SDK's ASCII decoding of the answer (protocol.md section 4).
+	// survive the SDK's ASCII decoding of the answer (docs/protocol.md section 4).
 	const note = "caf\u00e9 \u2713 \U0001F600"
 	res := node.register(t, deviceSpec{IDScope: s.IDScope, RegistrationID: regID, SymmetricKey: key,
 		Payload: map[string]any{"note": note}})

@@ -61,7 +61,7 @@ type Connect struct {
 	TrackingID string
 }
 
-// Authenticate decides what a CONNECT may do (protocol.md section 2). A nil
+// Authenticate decides what a CONNECT may do (docs/protocol.md section 2). A nil
 // error with Method AuthRestricted means a restricted session (no
 // credential). Errors wrap ErrNotAuthorized or ErrUnavailable (store
 // failure); each means a CONNACK refusal, and the reason they carry is for
@@ -115,7 +115,7 @@ func (s *Service) authSAS(ctx context.Context, c Connect, spelledID string) (Ide
 	case isChallengeRef(tok.KeyName):
 		return s.authTPM(ctx, c, tok, resource, strings.ToLower(spelledID))
 	case tok.KeyName != "" && tok.KeyName != SymmetricKeyName:
-		// protocol.md section 6: skn is absent or "registration" for symmetric keys.
+		// docs/protocol.md section 6: skn is absent or "registration" for symmetric keys.
 		return s.refuse(ctx, c, ErrNotAuthorized, "bad SAS token: skn is neither %q nor a TPM challenge reference", SymmetricKeyName)
 	}
 	return s.authSymmetric(ctx, c, tok, resource, spelledID)

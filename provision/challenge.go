@@ -1,6 +1,6 @@
 package provision
 
-// The TPM challenge reference and key (protocol.md section 5). Nothing is
+// The TPM challenge reference and key (docs/protocol.md section 5). Nothing is
 // stored per challenge: the reference carries its expiry and fresh randomness,
 // and the key is derived from the service secret, so no later challenge can
 // cancel an earlier one and every broker sharing the secret agrees.

@@ -10,7 +10,7 @@ import (
 	"github.com/tpmdps/dpsd/store"
 )
 
-// Poll answers an operation status request (protocol.md section 4). Unknown
+// Poll answers an operation status request (docs/protocol.md section 4). Unknown
 // operations and other devices' operations get the same 404, so a device
 // learns nothing about others. A restricted session may not poll (401).
 func (s *Service) Poll(ctx context.Context, id Identity, operationID, trackingID string) Response {

@@ -32,7 +32,7 @@ type source struct {
 }
 
 // Register handles a register request from an identified connection
-// (protocol.md sections 4 and 5). On a restricted connection it runs the TPM
+// (docs/protocol.md sections 4 and 5). On a restricted connection it runs the TPM
 // challenge (answer 401 with an activation blob); on an authenticated one it
 // allocates a hub, records the registration and its operation durably and
 // answers 202 with the operation id to poll.

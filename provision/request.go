@@ -7,7 +7,7 @@ import (
 	"fmt"
 )
 
-// Request limits (protocol.md section 9).
+// Request limits (docs/protocol.md section 9).
 const (
 	// MaxRequestSize is the largest register body accepted (96 KiB, the MQTT message limit).
 	MaxRequestSize = 96 << 10

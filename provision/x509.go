@@ -18,7 +18,7 @@ import (
 	"github.com/tpmdps/dpsd/store"
 )
 
-// X.509 attestation (protocol.md section 8). The TLS listeners request a
+// X.509 attestation (docs/protocol.md section 8). The TLS listeners request a
 // client certificate without verifying it, so the decision is made here, per
 // enrollment, with the chain the device presented:
 //

@@ -382,7 +382,7 @@ func TestX509PasswordIsSAS(t *testing.T) {
 }
 
 // TestSymmetricKeyName: a symmetric-key SAS carries skn "registration" or
-// none (protocol.md section 6); any other skn must be a TPM challenge
+// none (docs/protocol.md section 6); any other skn must be a TPM challenge
 // reference and is refused before a key is tried.
 func TestSymmetricKeyName(t *testing.T) {
 	e := newEnv(t)

@@ -33,7 +33,7 @@ type IdentityKey struct {
 // needs. It is empty for a key opened with OpenIdentityKey.
 func (k *IdentityKey) Private() []byte { return k.private }
 
-// Activate opens a DPS activation blob (tpm-activation.md, "Device steps")
+// Activate opens a DPS activation blob (docs/protocol.md section 5, "What the TPM does with it")
 // with the EK and SRK it was made for and loads the HMAC key it carries:
 //
 //  1. a policy session (SHA-256) satisfied by TPM2_PolicySecret with the
@@ -200,7 +200,7 @@ func (k *IdentityKey) HMAC(data []byte) ([]byte, error) {
 }
 
 // SASToken signs a DPS SAS token with the identity key in the TPM
-// (protocol.md section 6):
+// (docs/protocol.md section 6):
 //
 //	SharedAccessSignature sr={url-encoded resource}&sig={url-encoded base64 HMAC}&se={expiry}&skn={keyName}
 //

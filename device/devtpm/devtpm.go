@@ -28,8 +28,8 @@ import (
 	"github.com/google/go-tpm/tpm2/transport"
 )
 
-// Persistent handles used by the Azure device SDKs (tpm-activation.md,
-// "Device steps").
+// Persistent handles used by the Azure device SDKs (docs/protocol.md
+// section 5, "What the TPM does with it").
 const (
 	// EKHandle is where the endorsement key is persisted (TCG EK credential
 	// profile, the first RSA EK handle).

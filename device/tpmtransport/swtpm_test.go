@@ -52,7 +52,7 @@ func TestSWTPMGetRandom(t *testing.T) {
 }
 
 // TestSWTPMFreshCreatePrimary runs the first key creation on a fresh swtpm
-// and checks that it succeeds. tpm-activation.md saw a fresh swtpm answer
+// and checks that it succeeds. A fresh swtpm has been seen to answer
 // TPM_RC_RETRY once; swtpm 0.7.1 here answers directly, so the retry path
 // itself is driven by TestSWTPMRetriesRetryResponses, which puts a proxy
 // answering TPM_RC_RETRY in front of a real swtpm.

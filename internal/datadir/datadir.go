@@ -53,7 +53,7 @@ var ErrBadSecrets = errors.New("datadir: bad secrets file")
 type Secrets struct {
 	// IDScope is the generated ID scope ("0ne" + 8 uppercase hex digits).
 	IDScope string `json:"idScope"`
-	// ChallengeSecret derives TPM challenge keys (protocol.md section 5).
+	// ChallengeSecret derives TPM challenge keys (docs/protocol.md section 5).
 	ChallengeSecret []byte `json:"challengeSecret"`
 	// ServicePolicyKey signs service API SAS tokens (policy provisioningserviceowner).
 	ServicePolicyKey []byte `json:"servicePolicyKey"`

@@ -59,7 +59,7 @@ const APIVersion = "2021-06-01"
 // maxThrottleRetries bounds the 429 retries of one request.
 const maxThrottleRetries = 20
 
-// registerTopic and pollTopic are the DPS request topics (protocol.md section 3).
+// registerTopic and pollTopic are the DPS request topics (docs/protocol.md section 3).
 func registerTopic(rid string) string {
 	return "$dps/registrations/PUT/iotdps-register/?$rid=" + rid
 }

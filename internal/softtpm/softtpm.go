@@ -3,7 +3,7 @@
 // storage root key (SRK) whose private keys are held in memory, their
 // TPM2B_PUBLIC areas built from the TCG templates (so the server's strict
 // parser accepts them), and the two TPM commands a device runs on the
-// activation blob (tpm-activation.md, "Device steps"):
+// activation blob (docs/protocol.md section 5, "What the TPM does with it"):
 //
 //   - ActivateCredential (TPM 2.0 Part 3, 12.5): decrypt the seed with the
 //     EK (RSA-OAEP label "IDENTITY\0", or ECDH + KDFe), check the

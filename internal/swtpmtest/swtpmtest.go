@@ -35,8 +35,7 @@ import (
 // toolTimeout bounds one tpm2-tools invocation and swtpm's start.
 const toolTimeout = 30 * time.Second
 
-// Debian packages of the stack (tpm-activation.md, "Testing against real
-// TPM implementations").
+// Debian packages of the independent TPM stack (docs/architecture.md, "Tests").
 const installHint = "apt-get install -y swtpm swtpm-tools tpm2-tools libtss2-tcti-swtpm0 (scripts/test.sh does this)"
 
 // EKAlg selects the endorsement key algorithm for CreateEK.
@@ -355,7 +354,7 @@ const (
 	credentialFileVersion = 1
 )
 
-// blobParts splits a six-part activation blob (tpm-activation.md) into its
+// blobParts splits a six-part activation blob (docs/protocol.md section 5) into its
 // size-prefixed parts; written here rather than imported so that the harness
 // checks attest's output independently.
 func blobParts(t testing.TB, blob []byte) [6][]byte {
