@@ -26,6 +26,10 @@ const (
 // DefaultPolicyName is the name of the owner policy in DPS connection strings.
 const DefaultPolicyName = "provisioningserviceowner"
 
+// ReadOnlyPolicyName is the policy dpsd generates with read rights only, for
+// monitoring and inventory tools.
+const ReadOnlyPolicyName = "provisioningservicereader"
+
 // Policy is a named shared access key. Tokens name it in skn and are signed
 // with Key (the decoded bytes of the connection string's SharedAccessKey).
 type Policy struct {

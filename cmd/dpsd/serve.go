@@ -12,6 +12,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/tpmdps/dpsd/api"
 	"github.com/tpmdps/dpsd/attest"
 	"github.com/tpmdps/dpsd/broker"
 	"github.com/tpmdps/dpsd/hooks"
@@ -39,10 +40,13 @@ for the tls-names, all reused on the next start. Devices using TLS must trust
 ` + datadir.CACertFile + ` unless tls-cert/tls-key name a certificate of your own.
 
 The service API (enrollments, groups, registrations; the DPS service REST
-shape) is served over HTTPS on api-addr. Its owner connection string is
-written to ` + datadir.ConnectionStringFile + ` in the data directory; the admin
-commands read it from $DPSD_CONNECTION_STRING (use --endpoint when api-addr
-is not https://{api-host-name}:443). The same HTTPS listener (default :8443,
+shape) is served over HTTPS on api-addr with two generated policies:
+provisioningserviceowner (all rights) and provisioningservicereader (read
+only). Their connection strings are written to ` + datadir.ConnectionStringFile + `
+and ` + datadir.ReadOnlyConnectionStringFile + ` in the data directory (0600), and
+printed once, on the first start, when stdout is a terminal (never to logs).
+The admin commands read one from $DPSD_CONNECTION_STRING (with
+$DPSD_ENDPOINT when api-addr is not https://{api-host-name}:443). The same HTTPS listener (default :8443,
 unprivileged; forward 443 to it) carries MQTT over WebSocket for any request
 that asks to upgrade (/$iothub/websocket, / or any path), GET /backup (dpsd
 backup), and the unauthenticated /metrics (Prometheus), /healthz and /readyz.
@@ -66,15 +70,16 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		return 2
 	}
 	log := cfg.Logger(stderr)
-	if err := serve(ctx, cfg, log); err != nil {
+	if err := serve(ctx, cfg, log, stdout); err != nil {
 		log.Error("dpsd serve failed", "error", err)
 		return 1
 	}
 	return 0
 }
 
-// serve runs the server with cfg until ctx ends.
-func serve(ctx context.Context, cfg config.Config, log *slog.Logger) error {
+// serve runs the server with cfg until ctx ends. On the first start, when
+// stdout is a terminal, it prints the service connection strings there once.
+func serve(ctx context.Context, cfg config.Config, log *slog.Logger, stdout io.Writer) error {
 	dir, err := datadir.Open(cfg.DataDir)
 	if err != nil {
 		return err
@@ -185,6 +190,9 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 		"version", versionString())
 	if dir.Created {
 		log.Info("generated a new ID scope and secrets", "idScope", dir.Secrets.IDScope, "secrets", dir.File(datadir.SecretsFile))
+		if apiSrv != nil && isTerminal(stdout) {
+			printConnectionStrings(stdout, cfg.APIHostName, dir)
+		}
 	}
 
 	ticker := time.NewTicker(sweepInterval)
@@ -256,4 +264,25 @@ func serverTLS(cfg config.Config, dir *datadir.Dir, log *slog.Logger) (*tls.Conf
 	}
 	tc.ClientAuth = tls.RequestClientCert // X.509 attestation, as above
 	return tc, dir.File(datadir.CACertFile), nil
+}
+
+// isTerminal reports whether w is a character device (an interactive
+// terminal), where a secret may be shown once; logs, pipes and files never
+// receive one.
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+}
+
+// printConnectionStrings shows the service policies' connection strings,
+// which are also kept (0600) in the data directory.
+func printConnectionStrings(w io.Writer, hostName string, dir *datadir.Dir) {
+	fmt.Fprintf(w, "\nService API connection strings (shown once; also in %s and %s):\n  owner:     %s\n  read-only: %s\n\n",
+		dir.File(datadir.ConnectionStringFile), dir.File(datadir.ReadOnlyConnectionStringFile),
+		datadir.ConnectionString(hostName, api.DefaultPolicyName, dir.Secrets.ServicePolicyKey),
+		datadir.ConnectionString(hostName, api.ReadOnlyPolicyName, dir.Secrets.ServiceReadPolicyKey))
 }

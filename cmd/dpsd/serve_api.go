@@ -49,13 +49,17 @@ type apiServer struct {
 // keyed by the data directory's service policy key, GET /backup, the
 // unauthenticated /metrics, /healthz and /readyz, and MQTT over WebSocket
 // for any request that asks to upgrade (at /$iothub/websocket, /, or any
-// path). It writes the owner connection string to the data directory (0600).
+// path). A second policy, provisioningservicereader, may only read. It writes
+// both connection strings to the data directory (0600).
 func startAPI(ctx context.Context, cfg config.Config, dir *datadir.Dir, parts apiParts, log *slog.Logger) (*apiServer, string, error) {
 	apiCfg := api.Config{
 		Store:    parts.store,
 		HostName: cfg.APIHostName,
-		Policies: []api.Policy{{Name: api.DefaultPolicyName, Key: dir.Secrets.ServicePolicyKey, Rights: api.RightAll}},
-		Logger:   log,
+		Policies: []api.Policy{
+			{Name: api.DefaultPolicyName, Key: dir.Secrets.ServicePolicyKey, Rights: api.RightAll},
+			{Name: api.ReadOnlyPolicyName, Key: dir.Secrets.ServiceReadPolicyKey, Rights: api.RightRead},
+		},
+		Logger: log,
 	}
 	dps, err := api.New(apiCfg)
 	if err != nil {
@@ -75,6 +79,9 @@ func startAPI(ctx context.Context, cfg config.Config, dir *datadir.Dir, parts ap
 
 	csPath, err := dir.WriteConnectionString(cfg.APIHostName, api.DefaultPolicyName)
 	if err != nil {
+		return nil, "", err
+	}
+	if _, err := dir.WriteReadOnlyConnectionString(cfg.APIHostName, api.ReadOnlyPolicyName); err != nil {
 		return nil, "", err
 	}
 	var lc net.ListenConfig

@@ -31,6 +31,9 @@ const (
 	ServerKeyFile  = "server-key.pem"
 	// ConnectionStringFile holds the service API connection string (a secret).
 	ConnectionStringFile = "service-connection-string"
+	// ReadOnlyConnectionStringFile holds the connection string of the
+	// read-only policy (a secret).
+	ReadOnlyConnectionStringFile = "service-connection-string-read"
 )
 
 // Lifetimes of generated certificates.
@@ -57,6 +60,10 @@ type Secrets struct {
 	ChallengeSecret []byte `json:"challengeSecret"`
 	// ServicePolicyKey signs service API SAS tokens (policy provisioningserviceowner).
 	ServicePolicyKey []byte `json:"servicePolicyKey"`
+	// ServiceReadPolicyKey signs service API SAS tokens of the read-only
+	// policy. Data directories made before it existed get one on their next
+	// Open.
+	ServiceReadPolicyKey []byte `json:"serviceReadPolicyKey,omitempty"`
 }
 
 // Dir is an opened data directory.
@@ -88,17 +95,23 @@ func Open(path string) (*Dir, error) {
 		if d.Secrets.IDScope == "" || len(d.Secrets.ChallengeSecret) < SecretSize || len(d.Secrets.ServicePolicyKey) < SecretSize {
 			return nil, fmt.Errorf("%w: %s: missing or short values", ErrBadSecrets, d.File(SecretsFile))
 		}
+		if len(d.Secrets.ServiceReadPolicyKey) == 0 {
+			d.Secrets.ServiceReadPolicyKey = randomBytes(SecretSize)
+			if err := d.writeSecrets(); err != nil {
+				return nil, err
+			}
+		}
+		if len(d.Secrets.ServiceReadPolicyKey) < SecretSize {
+			return nil, fmt.Errorf("%w: %s: short read-only policy key", ErrBadSecrets, d.File(SecretsFile))
+		}
 	case errors.Is(err, fs.ErrNotExist):
 		d.Secrets = Secrets{
-			IDScope:          NewIDScope(),
-			ChallengeSecret:  randomBytes(SecretSize),
-			ServicePolicyKey: randomBytes(SecretSize),
+			IDScope:              NewIDScope(),
+			ChallengeSecret:      randomBytes(SecretSize),
+			ServicePolicyKey:     randomBytes(SecretSize),
+			ServiceReadPolicyKey: randomBytes(SecretSize),
 		}
-		out, err := json.MarshalIndent(d.Secrets, "", "  ")
-		if err != nil {
-			return nil, fmt.Errorf("datadir: encoding secrets: %w", err)
-		}
-		if err := writeFile(d.File(SecretsFile), append(out, '\n')); err != nil {
+		if err := d.writeSecrets(); err != nil {
 			return nil, err
 		}
 		d.Created = true
@@ -106,6 +119,15 @@ func Open(path string) (*Dir, error) {
 		return nil, err
 	}
 	return d, nil
+}
+
+// writeSecrets persists d.Secrets to SecretsFile (0600).
+func (d *Dir) writeSecrets() error {
+	out, err := json.MarshalIndent(d.Secrets, "", "  ")
+	if err != nil {
+		return fmt.Errorf("datadir: encoding secrets: %w", err)
+	}
+	return writeFile(d.File(SecretsFile), append(out, '\n'))
 }
 
 // File returns the path of name inside the directory.
@@ -244,15 +266,30 @@ func (d *Dir) loadCA() (*devca.CA, error) {
 	return ca, nil
 }
 
-// WriteConnectionString writes the service API connection string
-// (HostName=...;SharedAccessKeyName=...;SharedAccessKey=...) for the service
-// policy key to ConnectionStringFile, 0600, and returns its path. The admin
-// commands read it from $DPSD_CONNECTION_STRING.
+// ConnectionString formats a service API connection string as the Azure
+// service SDKs read it: HostName=...;SharedAccessKeyName=...;SharedAccessKey=...
+func ConnectionString(hostName, policyName string, key []byte) string {
+	return "HostName=" + hostName + ";SharedAccessKeyName=" + policyName +
+		";SharedAccessKey=" + base64.StdEncoding.EncodeToString(key)
+}
+
+// WriteConnectionString writes the connection string of the owner policy
+// (policyName, keyed by ServicePolicyKey) to ConnectionStringFile, 0600, and
+// returns its path. The admin commands read it from $DPSD_CONNECTION_STRING.
 func (d *Dir) WriteConnectionString(hostName, policyName string) (string, error) {
-	cs := "HostName=" + hostName + ";SharedAccessKeyName=" + policyName +
-		";SharedAccessKey=" + base64.StdEncoding.EncodeToString(d.Secrets.ServicePolicyKey) + "\n"
-	path := d.File(ConnectionStringFile)
-	if err := writeFile(path, []byte(cs)); err != nil {
+	return d.writeConnectionString(ConnectionStringFile, ConnectionString(hostName, policyName, d.Secrets.ServicePolicyKey))
+}
+
+// WriteReadOnlyConnectionString writes the connection string of the
+// read-only policy (policyName, keyed by ServiceReadPolicyKey) to
+// ReadOnlyConnectionStringFile, 0600, and returns its path.
+func (d *Dir) WriteReadOnlyConnectionString(hostName, policyName string) (string, error) {
+	return d.writeConnectionString(ReadOnlyConnectionStringFile, ConnectionString(hostName, policyName, d.Secrets.ServiceReadPolicyKey))
+}
+
+func (d *Dir) writeConnectionString(name, cs string) (string, error) {
+	path := d.File(name)
+	if err := writeFile(path, []byte(cs+"\n")); err != nil {
 		return "", err
 	}
 	return path, nil

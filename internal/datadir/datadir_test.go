@@ -101,3 +101,55 @@ func TestDevTLSPersistsAndRenews(t *testing.T) {
 		t.Fatal("an expiring certificate must be reissued")
 	}
 }
+
+// TestReadOnlyPolicyKey: a new data directory has a read-only policy key
+// distinct from the owner's, and one written before that key existed gets
+// one on its next Open, kept from then on.
+func TestReadOnlyPolicyKey(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "data")
+	d, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(d.Secrets.ServiceReadPolicyKey) != SecretSize || bytes.Equal(d.Secrets.ServiceReadPolicyKey, d.Secrets.ServicePolicyKey) {
+		t.Fatal("the read-only key must be its own 32-byte secret")
+	}
+
+	// A secrets file of an earlier version: no read-only key.
+	old := d.Secrets
+	old.ServiceReadPolicyKey = nil
+	d.Secrets = old
+	if err := d.writeSecrets(); err != nil {
+		t.Fatal(err)
+	}
+	up, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if up.Created || len(up.Secrets.ServiceReadPolicyKey) != SecretSize || !bytes.Equal(up.Secrets.ServicePolicyKey, old.ServicePolicyKey) {
+		t.Fatal("an older secrets file must keep its keys and gain a read-only key")
+	}
+	again, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(again.Secrets.ServiceReadPolicyKey, up.Secrets.ServiceReadPolicyKey) {
+		t.Fatal("the added read-only key must be persisted")
+	}
+
+	path, err := again.WriteReadOnlyConnectionString("dps.example.net", "reader")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := ConnectionString("dps.example.net", "reader", again.Secrets.ServiceReadPolicyKey) + "\n"
+	if string(b) != want {
+		t.Fatalf("read-only connection string file %q, want %q", b, want)
+	}
+	if fi, _ := os.Stat(path); fi.Mode().Perm() != 0o600 {
+		t.Fatalf("connection string mode %v", fi.Mode().Perm())
+	}
+}
