@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/tpmdps/dpsd/attest"
+	"github.com/tpmdps/dpsd/internal/jsonlimit"
 	"github.com/tpmdps/dpsd/store"
 )
 
@@ -151,17 +152,27 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if route.write {
 		need = RightWrite
 	}
+	if !h.admit(w, r, rq, need) {
+		return
+	}
+	route.serve(h, w, r, rq)
+}
+
+// admit authorizes r for the rights need, noting the policy in rq, and
+// checks its api-version. It answers the error itself and returns false
+// when the request may not go on.
+func (h *handler) admit(w http.ResponseWriter, r *http.Request, rq *request, need Rights) bool {
 	pol, err := h.authorize(r, need)
 	if err != nil {
 		h.writeError(w, rq, err)
-		return
+		return false
 	}
 	rq.policy = pol
 	if err := checkAPIVersion(r); err != nil {
 		h.writeError(w, rq, err)
-		return
+		return false
 	}
-	route.serve(h, w, r, rq)
+	return true
 }
 
 // checkAPIVersion requires a supported ?api-version=.
@@ -321,41 +332,10 @@ func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, erro
 		}
 		return nil, &apiError{code: codeBadRequest, msg: "reading request body", err: err}
 	}
-	if err := checkJSONDepth(body, MaxJSONDepth); err != nil {
+	if err := jsonlimit.CheckDepth(body, MaxJSONDepth); err != nil {
 		return nil, &apiError{code: codeMalformedJSON, msg: err.Error()}
 	}
 	return body, nil
-}
-
-// checkJSONDepth rejects JSON nested deeper than max, before any decoding.
-func checkJSONDepth(b []byte, max int) error {
-	depth := 0
-	inString, escaped := false, false
-	for _, c := range b {
-		if inString {
-			switch {
-			case escaped:
-				escaped = false
-			case c == '\\':
-				escaped = true
-			case c == '"':
-				inString = false
-			}
-			continue
-		}
-		switch c {
-		case '"':
-			inString = true
-		case '{', '[':
-			depth++
-			if depth > max {
-				return fmt.Errorf("JSON nested deeper than %d levels", max)
-			}
-		case '}', ']':
-			depth--
-		}
-	}
-	return nil
 }
 
 // pageQuery reads the paging headers x-ms-max-item-count and x-ms-continuation.

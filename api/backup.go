@@ -63,14 +63,7 @@ func (b *backupHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.writeError(w, rq, errorf(codeMethodNotAllowed, "method %s not allowed on %s", r.Method, r.URL.Path))
 		return
 	}
-	pol, err := h.authorize(r, RightWrite)
-	if err != nil {
-		h.writeError(w, rq, err)
-		return
-	}
-	rq.policy = pol
-	if err := checkAPIVersion(r); err != nil {
-		h.writeError(w, rq, err)
+	if !h.admit(w, r, rq, RightWrite) {
 		return
 	}
 	hdr := w.Header()
@@ -80,7 +73,7 @@ func (b *backupHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	hdr.Set("Trailer", BackupSizeTrailer+", "+BackupSHA256Trailer)
 	sum := sha256.New()
 	cw := &countingWriter{w: io.MultiWriter(w, sum)}
-	_, err = h.store.Backup(r.Context(), cw)
+	_, err := h.store.Backup(r.Context(), cw)
 	if err != nil {
 		if cw.n == 0 {
 			code := codeInternal

@@ -171,15 +171,7 @@ func (h *handler) bulkEnrollments(w http.ResponseWriter, r *http.Request, rq *re
 		}
 		switch {
 		case mode == BulkDelete:
-			if err := checkPathID(it.id); err != nil {
-				it.err = asAPIError(err)
-				return
-			}
-			if err := h.store.DeleteEnrollment(r.Context(), it.id, it.etag); err != nil {
-				it.err = storeError(err, codeEnrollmentNotFound, "enrollment")
-				return
-			}
-			h.audit(rq, "delete", "enrollment", strings.ToLower(it.id), "")
+			it.err = h.deleteRecord(r.Context(), rq, it.id, it.etag, h.store.DeleteEnrollment, codeEnrollmentNotFound, "enrollment", "enrollment")
 		case batch:
 			it.existed, it.err = h.prepareEnrollment(r.Context(), it.enr, "", mode == BulkCreate)
 		default:
@@ -193,17 +185,7 @@ func (h *handler) bulkEnrollments(w http.ResponseWriter, r *http.Request, rq *re
 	if batch {
 		h.commitEnrollments(r.Context(), rq, batcher, items, done)
 	}
-	res := BulkResult{IsSuccessful: true, Errors: []BulkError{}}
-	for i, it := range items {
-		if !done[i] && it.err == nil {
-			it.err = notRun()
-		}
-		if it.err != nil {
-			res.IsSuccessful = false
-			res.Errors = append(res.Errors, BulkError{RegistrationID: it.id, ErrorCode: it.err.code, ErrorStatus: it.err.msg})
-		}
-	}
-	h.writeJSON(w, http.StatusOK, res)
+	h.writeJSON(w, http.StatusOK, bulkResult(items, done, false))
 }
 
 func (h *handler) bulkGroups(w http.ResponseWriter, r *http.Request, rq *request) {
@@ -234,15 +216,7 @@ func (h *handler) bulkGroups(w http.ResponseWriter, r *http.Request, rq *request
 		}
 		switch mode {
 		case BulkDelete:
-			if err := checkPathID(it.id); err != nil {
-				it.err = asAPIError(err)
-				return
-			}
-			if err := h.store.DeleteGroup(r.Context(), it.id, it.etag); err != nil {
-				it.err = storeError(err, codeGroupNotFound, "enrollment group")
-				return
-			}
-			h.audit(rq, "delete", "enrollmentGroup", strings.ToLower(it.id), "")
+			it.err = h.deleteRecord(r.Context(), rq, it.id, it.etag, h.store.DeleteGroup, codeGroupNotFound, "enrollment group", "enrollmentGroup")
 		default:
 			etag := ""
 			if mode == BulkUpdateIfMatchETag {
@@ -251,17 +225,31 @@ func (h *handler) bulkGroups(w http.ResponseWriter, r *http.Request, rq *request
 			_, it.err = h.writeGroup(r, rq, it.grp, "", etag, mode == BulkCreate)
 		}
 	})
+	h.writeJSON(w, http.StatusOK, bulkResult(items, done, true))
+}
+
+// bulkResult reports the failed items; items never run (done false, the
+// request was cancelled) fail as not processed. Ids are reported as
+// enrollmentGroupId for groups, registrationId otherwise.
+func bulkResult(items []bulkItem, done []bool, groups bool) BulkResult {
 	res := BulkResult{IsSuccessful: true, Errors: []BulkError{}}
 	for i, it := range items {
 		if !done[i] && it.err == nil {
 			it.err = notRun()
 		}
-		if it.err != nil {
-			res.IsSuccessful = false
-			res.Errors = append(res.Errors, BulkError{EnrollmentGroupID: it.id, ErrorCode: it.err.code, ErrorStatus: it.err.msg})
+		if it.err == nil {
+			continue
 		}
+		res.IsSuccessful = false
+		be := BulkError{ErrorCode: it.err.code, ErrorStatus: it.err.msg}
+		if groups {
+			be.EnrollmentGroupID = it.id
+		} else {
+			be.RegistrationID = it.id
+		}
+		res.Errors = append(res.Errors, be)
 	}
-	h.writeJSON(w, http.StatusOK, res)
+	return res
 }
 
 // commitEnrollments writes the validated items of a bulk create or update in

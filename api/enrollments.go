@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"strings"
 
+	"github.com/tpmdps/dpsd/internal/jsonlimit"
 	"github.com/tpmdps/dpsd/store"
 )
 
@@ -32,7 +33,7 @@ type enrollmentOut struct {
 // bytes): size of nesting is bounded and server-managed fields are dropped.
 // It does not validate; see ValidateEnrollment.
 func DecodeEnrollment(data []byte) (*store.Enrollment, error) {
-	if err := checkJSONDepth(data, MaxJSONDepth); err != nil {
+	if err := jsonlimit.CheckDepth(data, MaxJSONDepth); err != nil {
 		return nil, &apiError{code: codeMalformedJSON, msg: err.Error()}
 	}
 	var in enrollmentIn
@@ -132,46 +133,19 @@ func (h *handler) getEnrollment(w http.ResponseWriter, r *http.Request, rq *requ
 }
 
 func (h *handler) putEnrollment(w http.ResponseWriter, r *http.Request, rq *request, id string) {
-	if err := checkPathID(id); err != nil {
-		h.writeError(w, rq, err)
-		return
-	}
-	body, err := readBody(w, r, h.cfg.MaxBodyBytes)
-	if err != nil {
-		h.writeError(w, rq, err)
-		return
-	}
-	e, err := DecodeEnrollment(body)
-	if err != nil {
-		h.writeError(w, rq, err)
-		return
-	}
-	stored, aerr := h.writeEnrollment(r, rq, e, id, ifMatch(r), false)
-	if aerr != nil {
-		h.writeError(w, rq, aerr)
-		return
-	}
-	setETag(w, stored.ETag)
-	h.writeJSON(w, http.StatusOK, stored)
+	putRecord(h, w, r, rq, id, DecodeEnrollment, h.writeEnrollment, enrollmentETag)
 }
+
+// enrollmentETag is the etag of e.
+func enrollmentETag(e *store.Enrollment) string { return e.ETag }
 
 // prepareEnrollment validates e against the stored record (keeping its keys
 // when e has none) and reports whether one exists. With mustCreate, an
 // existing record is a conflict.
 func (h *handler) prepareEnrollment(ctx context.Context, e *store.Enrollment, pathID string, mustCreate bool) (bool, *apiError) {
-	lookup := pathID
-	if lookup == "" {
-		lookup = e.RegistrationID
-	}
-	var prev *store.Enrollment
-	if ValidateID(lookup) == nil {
-		p, err := h.store.GetEnrollment(ctx, lookup)
-		switch {
-		case err == nil:
-			prev = p
-		case !errors.Is(err, store.ErrNotFound):
-			return false, storeError(err, codeEnrollmentNotFound, "enrollment")
-		}
+	prev, aerr := findPrevious(ctx, h.store.GetEnrollment, pathID, e.RegistrationID, codeEnrollmentNotFound, "enrollment")
+	if aerr != nil {
+		return false, aerr
 	}
 	if mustCreate && prev != nil {
 		return true, errorf(codeConflict, "enrollment %s already exists", prev.RegistrationID)
@@ -206,38 +180,11 @@ func changeAction(existed bool) string {
 }
 
 func (h *handler) deleteEnrollment(w http.ResponseWriter, r *http.Request, rq *request, id string) {
-	if err := checkPathID(id); err != nil {
-		h.writeError(w, rq, err)
-		return
-	}
-	if err := h.store.DeleteEnrollment(r.Context(), id, ifMatch(r)); err != nil {
-		h.writeError(w, rq, storeError(err, codeEnrollmentNotFound, "enrollment"))
-		return
-	}
-	h.audit(rq, "delete", "enrollment", strings.ToLower(id), "")
-	w.WriteHeader(http.StatusNoContent)
+	h.serveDelete(w, r, rq, id, h.store.DeleteEnrollment, codeEnrollmentNotFound, "enrollment", "enrollment")
 }
 
 func (h *handler) queryEnrollments(w http.ResponseWriter, r *http.Request, rq *request) {
-	body, err := readBody(w, r, h.cfg.MaxBodyBytes)
-	if err == nil {
-		err = checkQuerySpec(body)
-	}
-	if err != nil {
-		h.writeError(w, rq, err)
-		return
-	}
-	q, err := pageQuery(r)
-	if err != nil {
-		h.writeError(w, rq, err)
-		return
-	}
-	p, err := h.store.ListEnrollments(r.Context(), q)
-	if err != nil {
-		h.writeError(w, rq, listError(err))
-		return
-	}
-	writePage(h, w, "Enrollment", p)
+	queryRecords(h, w, r, rq, h.store.ListEnrollments, "Enrollment")
 }
 
 // asAPIError keeps an apiError or wraps any other error as a 400.

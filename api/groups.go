@@ -2,11 +2,11 @@ package api
 
 import (
 	"encoding/json"
-	"errors"
 	"io"
 	"net/http"
 	"strings"
 
+	"github.com/tpmdps/dpsd/internal/jsonlimit"
 	"github.com/tpmdps/dpsd/store"
 )
 
@@ -20,7 +20,7 @@ type groupIn struct {
 // DecodeGroup decodes an enrollment group request body (untrusted bytes).
 // It does not validate; see ValidateGroup.
 func DecodeGroup(data []byte) (*store.Group, error) {
-	if err := checkJSONDepth(data, MaxJSONDepth); err != nil {
+	if err := jsonlimit.CheckDepth(data, MaxJSONDepth); err != nil {
 		return nil, &apiError{code: codeMalformedJSON, msg: err.Error()}
 	}
 	var in groupIn
@@ -89,58 +89,21 @@ func ValidateGroup(g *store.Group, pathID string, prev *store.Group, rnd io.Read
 }
 
 func (h *handler) getGroup(w http.ResponseWriter, r *http.Request, rq *request, id string) {
-	if err := checkPathID(id); err != nil {
-		h.writeError(w, rq, err)
-		return
-	}
-	g, err := h.store.GetGroup(r.Context(), id)
-	if err != nil {
-		h.writeError(w, rq, storeError(err, codeGroupNotFound, "enrollment group"))
-		return
-	}
-	setETag(w, g.ETag)
-	h.writeJSON(w, http.StatusOK, g)
+	getRecord(h, w, r, rq, id, h.store.GetGroup, groupETag, codeGroupNotFound, "enrollment group")
 }
 
 func (h *handler) putGroup(w http.ResponseWriter, r *http.Request, rq *request, id string) {
-	if err := checkPathID(id); err != nil {
-		h.writeError(w, rq, err)
-		return
-	}
-	body, err := readBody(w, r, h.cfg.MaxBodyBytes)
-	if err != nil {
-		h.writeError(w, rq, err)
-		return
-	}
-	g, err := DecodeGroup(body)
-	if err != nil {
-		h.writeError(w, rq, err)
-		return
-	}
-	stored, aerr := h.writeGroup(r, rq, g, id, ifMatch(r), false)
-	if aerr != nil {
-		h.writeError(w, rq, aerr)
-		return
-	}
-	setETag(w, stored.ETag)
-	h.writeJSON(w, http.StatusOK, stored)
+	putRecord(h, w, r, rq, id, DecodeGroup, h.writeGroup, groupETag)
 }
+
+// groupETag is the etag of g.
+func groupETag(g *store.Group) string { return g.ETag }
 
 // writeGroup validates g against the stored record and writes it.
 func (h *handler) writeGroup(r *http.Request, rq *request, g *store.Group, pathID, etag string, mustCreate bool) (*store.Group, *apiError) {
-	lookup := pathID
-	if lookup == "" {
-		lookup = g.EnrollmentGroupID
-	}
-	var prev *store.Group
-	if ValidateID(lookup) == nil {
-		p, err := h.store.GetGroup(r.Context(), lookup)
-		switch {
-		case err == nil:
-			prev = p
-		case !errors.Is(err, store.ErrNotFound):
-			return nil, storeError(err, codeGroupNotFound, "enrollment group")
-		}
+	prev, aerr := findPrevious(r.Context(), h.store.GetGroup, pathID, g.EnrollmentGroupID, codeGroupNotFound, "enrollment group")
+	if aerr != nil {
+		return nil, aerr
 	}
 	if mustCreate && prev != nil {
 		return nil, errorf(codeConflict, "enrollment group %s already exists", prev.EnrollmentGroupID)
@@ -153,45 +116,14 @@ func (h *handler) writeGroup(r *http.Request, rq *request, g *store.Group, pathI
 	if err != nil {
 		return nil, storeError(err, codeGroupNotFound, "enrollment group")
 	}
-	action := "update"
-	if prev == nil {
-		action = "create"
-	}
-	h.audit(rq, action, "enrollmentGroup", stored.EnrollmentGroupID, stored.ETag)
+	h.audit(rq, changeAction(prev != nil), "enrollmentGroup", stored.EnrollmentGroupID, stored.ETag)
 	return stored, nil
 }
 
 func (h *handler) deleteGroup(w http.ResponseWriter, r *http.Request, rq *request, id string) {
-	if err := checkPathID(id); err != nil {
-		h.writeError(w, rq, err)
-		return
-	}
-	if err := h.store.DeleteGroup(r.Context(), id, ifMatch(r)); err != nil {
-		h.writeError(w, rq, storeError(err, codeGroupNotFound, "enrollment group"))
-		return
-	}
-	h.audit(rq, "delete", "enrollmentGroup", strings.ToLower(id), "")
-	w.WriteHeader(http.StatusNoContent)
+	h.serveDelete(w, r, rq, id, h.store.DeleteGroup, codeGroupNotFound, "enrollment group", "enrollmentGroup")
 }
 
 func (h *handler) queryGroups(w http.ResponseWriter, r *http.Request, rq *request) {
-	body, err := readBody(w, r, h.cfg.MaxBodyBytes)
-	if err == nil {
-		err = checkQuerySpec(body)
-	}
-	if err != nil {
-		h.writeError(w, rq, err)
-		return
-	}
-	q, err := pageQuery(r)
-	if err != nil {
-		h.writeError(w, rq, err)
-		return
-	}
-	p, err := h.store.ListGroups(r.Context(), q)
-	if err != nil {
-		h.writeError(w, rq, listError(err))
-		return
-	}
-	writePage(h, w, "EnrollmentGroup", p)
+	queryRecords(h, w, r, rq, h.store.ListGroups, "EnrollmentGroup")
 }

@@ -2,38 +2,21 @@ package api
 
 import (
 	"net/http"
-	"strings"
 
 	"github.com/tpmdps/dpsd/store"
 )
 
 func (h *handler) getRegistration(w http.ResponseWriter, r *http.Request, rq *request, id string) {
-	if err := checkPathID(id); err != nil {
-		h.writeError(w, rq, err)
-		return
-	}
-	reg, err := h.store.GetRegistration(r.Context(), id)
-	if err != nil {
-		h.writeError(w, rq, storeError(err, codeRegistrationMissing, "registration"))
-		return
-	}
-	setETag(w, reg.ETag)
-	h.writeJSON(w, http.StatusOK, reg)
+	getRecord(h, w, r, rq, id, h.store.GetRegistration, registrationETag, codeRegistrationMissing, "registration")
 }
+
+// registrationETag is the etag of reg.
+func registrationETag(reg *store.Registration) string { return reg.ETag }
 
 // deleteRegistration forgets a device's registration, so that its next
 // register request is an initial assignment.
 func (h *handler) deleteRegistration(w http.ResponseWriter, r *http.Request, rq *request, id string) {
-	if err := checkPathID(id); err != nil {
-		h.writeError(w, rq, err)
-		return
-	}
-	if err := h.store.DeleteRegistration(r.Context(), id, ifMatch(r)); err != nil {
-		h.writeError(w, rq, storeError(err, codeRegistrationMissing, "registration"))
-		return
-	}
-	h.audit(rq, "delete", "registration", strings.ToLower(id), "")
-	w.WriteHeader(http.StatusNoContent)
+	h.serveDelete(w, r, rq, id, h.store.DeleteRegistration, codeRegistrationMissing, "registration", "registration")
 }
 
 // queryRegistrations lists the registration states of one enrollment group, paged.

@@ -1,7 +1,8 @@
 // Package apiclient is a Go client of the enrollment service API (package
 // api, the Azure DPS service REST shape). It reads a DPS service connection
 // string, signs a short-lived service SAS token for every request and turns
-// DPS error bodies into *APIError.
+// DPS error bodies into *APIError. Backup streams dpsd's hot backup, which
+// is not part of the DPS API. The bulk wire types are package api's.
 package apiclient
 
 import (
@@ -17,6 +18,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/tpmdps/dpsd/api"
 	"github.com/tpmdps/dpsd/attest"
 )
 
@@ -242,21 +244,23 @@ func (c *Client) do(ctx context.Context, method, path string, in any, hdr http.H
 		return nil, fmt.Errorf("apiclient: reading %s %s: %w", method, path, err)
 	}
 	if res.StatusCode/100 != 2 {
-		ae := &APIError{Status: res.StatusCode}
-		var eb struct {
-			ErrorCode  int    `json:"errorCode"`
-			TrackingID string `json:"trackingId"`
-			Message    string `json:"message"`
-		}
-		if json.Unmarshal(b, &eb) == nil {
-			ae.ErrorCode, ae.TrackingID, ae.Message = eb.ErrorCode, eb.TrackingID, eb.Message
-		}
-		if ae.TrackingID == "" {
-			ae.TrackingID = res.Header.Get("x-ms-request-id")
-		}
-		return nil, ae
+		return nil, errorFromResponse(res, b)
 	}
 	return &response{status: res.StatusCode, header: res.Header, body: b}, nil
+}
+
+// errorFromResponse turns a non-2xx answer with body b into an *APIError,
+// taking code, message and tracking id from a DPS error body when there is one.
+func errorFromResponse(res *http.Response, b []byte) *APIError {
+	ae := &APIError{Status: res.StatusCode}
+	var eb api.Error
+	if json.Unmarshal(b, &eb) == nil {
+		ae.ErrorCode, ae.TrackingID, ae.Message = eb.ErrorCode, eb.TrackingID, eb.Message
+	}
+	if ae.TrackingID == "" {
+		ae.TrackingID = res.Header.Get("x-ms-request-id")
+	}
+	return ae
 }
 
 // decode unmarshals a response body into out.

@@ -18,8 +18,9 @@ import (
 
 const testHost = "dps.client.test"
 
-// server starts the real API over HTTPS on a bbolt store and returns a
-// connection string of the owner policy and one of a read-only policy.
+// server starts the real API (and its backup endpoint) over HTTPS on a bbolt
+// store and returns a connection string of the owner policy and one of a
+// read-only policy.
 func server(t *testing.T) (srv *httptest.Server, st *store.Bolt, owner, reader string) {
 	t.Helper()
 	st, err := store.OpenBolt(filepath.Join(t.TempDir(), "dps.db"), store.BoltOptions{Timeout: 5 * time.Second})
@@ -30,14 +31,22 @@ func server(t *testing.T) (srv *httptest.Server, st *store.Bolt, owner, reader s
 	ok, rk := make([]byte, 32), make([]byte, 32)
 	rand.Read(ok)
 	rand.Read(rk)
-	h, err := api.New(api.Config{Store: st, HostName: testHost, Policies: []api.Policy{
+	cfg := api.Config{Store: st, HostName: testHost, Policies: []api.Policy{
 		{Name: api.DefaultPolicyName, Key: ok, Rights: api.RightAll},
 		{Name: "reader", Key: rk, Rights: api.RightRead},
-	}})
+	}}
+	h, err := api.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv = httptest.NewTLSServer(h)
+	bh, err := api.NewBackup(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle(api.BackupPath, bh)
+	mux.Handle("/", h)
+	srv = httptest.NewTLSServer(mux)
 	t.Cleanup(srv.Close)
 	owner = fmt.Sprintf("HostName=%s;SharedAccessKeyName=%s;SharedAccessKey=%s", testHost, api.DefaultPolicyName, base64.StdEncoding.EncodeToString(ok))
 	reader = fmt.Sprintf("HostName=%s;SharedAccessKeyName=reader;SharedAccessKey=%s", testHost, base64.StdEncoding.EncodeToString(rk))

@@ -4,35 +4,29 @@ import (
 	"context"
 	"net/http"
 
+	"github.com/tpmdps/dpsd/api"
 	"github.com/tpmdps/dpsd/store"
 )
 
-// Bulk operation modes.
+// Bulk operation modes: the same wire values as package api's.
 const (
 	// BulkCreate creates every item; an existing id is a per-item 409.
-	BulkCreate = "create"
+	BulkCreate = api.BulkCreate
 	// BulkUpdate creates or replaces every item.
-	BulkUpdate = "update"
+	BulkUpdate = api.BulkUpdate
 	// BulkUpdateIfMatchETag replaces items whose etag field matches the stored one.
-	BulkUpdateIfMatchETag = "updateIfMatchETag"
+	BulkUpdateIfMatchETag = api.BulkUpdateIfMatchETag
 	// BulkDelete deletes every item (conditionally when it carries an etag).
-	BulkDelete = "delete"
+	BulkDelete = api.BulkDelete
 )
 
 // BulkResult is the answer to a bulk operation: the items listed in Errors
-// failed, the others succeeded.
-type BulkResult struct {
-	IsSuccessful bool        `json:"isSuccessful"`
-	Errors       []BulkError `json:"errors"`
-}
+// failed, the others succeeded. It is package api's wire type.
+type BulkResult = api.BulkResult
 
-// BulkError is one failed item; ErrorCode/1000 is an HTTP status.
-type BulkError struct {
-	RegistrationID    string `json:"registrationId,omitempty"`
-	EnrollmentGroupID string `json:"enrollmentGroupId,omitempty"`
-	ErrorCode         int    `json:"errorCode"`
-	ErrorStatus       string `json:"errorStatus"`
-}
+// BulkError is one failed item; ErrorCode/1000 is an HTTP status. It is
+// package api's wire type.
+type BulkError = api.BulkError
 
 // GetEnrollment returns the individual enrollment of registrationID.
 func (c *Client) GetEnrollment(ctx context.Context, registrationID string) (*store.Enrollment, error) {

@@ -15,7 +15,8 @@ var (
 	// only for logs: a device is never told which ids exist.
 	ErrNotAuthorized = errors.New("provision: not authorized")
 	// ErrUnsupported: the client asked for something this service does not do
-	// yet, such as X.509 attestation (CONNACK "not authorized" as well).
+	// (CONNACK "not authorized" as well). Nothing in this package returns it
+	// today; observers classify it as AuthFailureUnsupported.
 	ErrUnsupported = errors.New("provision: unsupported")
 	// ErrUnavailable: the service could not decide because its store failed
 	// (CONNACK "server unavailable"); the device may retry later.

@@ -3,8 +3,9 @@ package provision
 import (
 	"bytes"
 	"encoding/json"
-	"errors"
 	"fmt"
+
+	"github.com/tpmdps/dpsd/internal/jsonlimit"
 )
 
 // Request limits (docs/protocol.md section 9).
@@ -42,7 +43,7 @@ func ParseRegisterRequest(body []byte) (RegisterRequest, error) {
 	if len(trimmed) == 0 || string(trimmed) == "null" {
 		return req, nil
 	}
-	if err := checkJSONDepth(trimmed, MaxRequestDepth); err != nil {
+	if err := jsonlimit.CheckDepth(trimmed, MaxRequestDepth); err != nil {
 		return req, fmt.Errorf("%w: %w", ErrBadRequest, err)
 	}
 	if trimmed[0] != '{' {
@@ -60,39 +61,4 @@ func ParseRegisterRequest(body []byte) (RegisterRequest, error) {
 // isJSONNull reports whether raw is the JSON literal null.
 func isJSONNull(raw json.RawMessage) bool {
 	return bytes.Equal(bytes.TrimSpace(raw), []byte("null"))
-}
-
-// errTooDeep: JSON nesting exceeds the limit.
-var errTooDeep = errors.New("JSON nested too deeply")
-
-// checkJSONDepth scans JSON text (valid or not) and fails when arrays and
-// objects nest deeper than max, before the decoder recurses into them.
-func checkJSONDepth(data []byte, max int) error {
-	depth := 0
-	inString, escaped := false, false
-	for _, c := range data {
-		if inString {
-			switch {
-			case escaped:
-				escaped = false
-			case c == '\\':
-				escaped = true
-			case c == '"':
-				inString = false
-			}
-			continue
-		}
-		switch c {
-		case '"':
-			inString = true
-		case '{', '[':
-			depth++
-			if depth > max {
-				return fmt.Errorf("%w (more than %d levels)", errTooDeep, max)
-			}
-		case '}', ']':
-			depth--
-		}
-	}
-	return nil
 }

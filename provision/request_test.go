@@ -4,6 +4,8 @@ import (
 	"errors"
 	"strings"
 	"testing"
+
+	"github.com/tpmdps/dpsd/internal/jsonlimit"
 )
 
 func TestParseRegisterRequestAccepts(t *testing.T) {
@@ -84,7 +86,7 @@ func FuzzParseRegisterRequest(f *testing.F) {
 			if string(req.Payload) == "null" {
 				t.Fatal("null payload kept")
 			}
-			if err := checkJSONDepth(req.Payload, MaxRequestDepth); err != nil {
+			if err := jsonlimit.CheckDepth(req.Payload, MaxRequestDepth); err != nil {
 				t.Fatalf("accepted payload nested too deeply: %v", err)
 			}
 		}

@@ -228,27 +228,58 @@ func cloneJSON[T any](in *T) (*T, error) {
 	return out, nil
 }
 
-// GetEnrollment returns the enrollment or ErrNotFound.
-func (s *Bolt) GetEnrollment(ctx context.Context, registrationID string) (*Enrollment, error) {
+// getRecord reads the record of id (named idField in errors) from bucket
+// and decodes it: ErrNotFound when it is absent or id is not a valid id.
+// what names the kind of record in errors ("enrollment").
+func getRecord[T any](ctx context.Context, s *Bolt, what, bucket, idField, id string, decode func(key, v []byte) (T, error)) (T, error) {
+	var out T
 	done, err := s.enter(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("store: get enrollment: %w", err)
+		return out, fmt.Errorf("store: get %s: %w", what, err)
 	}
 	defer done()
-	key, err := normKey("registrationId", registrationID)
+	key, err := normKey(idField, id)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrNotFound, err)
+		return out, fmt.Errorf("%w: %w", ErrNotFound, err)
 	}
-	var e *Enrollment
 	err = s.db.View(func(tx *bolt.Tx) error {
-		v := tx.Bucket([]byte(bktEnrollments)).Get(key)
+		v := tx.Bucket([]byte(bucket)).Get(key)
 		if v == nil {
-			return fmt.Errorf("%w: enrollment %q", ErrNotFound, registrationID)
+			return fmt.Errorf("%w: %s %q", ErrNotFound, what, id)
 		}
-		e, err = s.decodeEnrollment(key, v)
+		out, err = decode(key, v)
 		return err
 	})
-	return e, err
+	return out, err
+}
+
+// listRecords returns one page of the records of bucket (keys of the given
+// listing kind) in key order; what names them in errors ("enrollments").
+func listRecords[T any](ctx context.Context, s *Bolt, what, bucket string, kind byte, q Query, decode func(key, v []byte) (T, error)) (Page[T], error) {
+	var page Page[T]
+	done, err := s.enter(ctx)
+	if err != nil {
+		return page, fmt.Errorf("store: list %s: %w", what, err)
+	}
+	defer done()
+	err = s.db.View(func(tx *bolt.Tx) error {
+		var err error
+		page.Continuation, err = listBucket(tx.Bucket([]byte(bucket)), kind, nil, q, func(k, v []byte) error {
+			item, err := decode(k, v)
+			page.Items = append(page.Items, item)
+			return err
+		})
+		return err
+	})
+	if err != nil {
+		return Page[T]{}, fmt.Errorf("store: list %s: %w", what, err)
+	}
+	return page, nil
+}
+
+// GetEnrollment returns the enrollment or ErrNotFound.
+func (s *Bolt) GetEnrollment(ctx context.Context, registrationID string) (*Enrollment, error) {
+	return getRecord(ctx, s, "enrollment", bktEnrollments, "registrationId", registrationID, s.decodeEnrollment)
 }
 
 // prepareEnrollment validates e and builds what a write needs outside the
@@ -424,25 +455,7 @@ func (s *Bolt) DeleteEnrollment(ctx context.Context, registrationID, ifMatch str
 
 // ListEnrollments returns one page of enrollments in key order.
 func (s *Bolt) ListEnrollments(ctx context.Context, q Query) (Page[*Enrollment], error) {
-	var page Page[*Enrollment]
-	done, err := s.enter(ctx)
-	if err != nil {
-		return page, fmt.Errorf("store: list enrollments: %w", err)
-	}
-	defer done()
-	err = s.db.View(func(tx *bolt.Tx) error {
-		var err error
-		page.Continuation, err = listBucket(tx.Bucket([]byte(bktEnrollments)), 'e', nil, q, func(k, v []byte) error {
-			e, err := s.decodeEnrollment(k, v)
-			page.Items = append(page.Items, e)
-			return err
-		})
-		return err
-	})
-	if err != nil {
-		return Page[*Enrollment]{}, fmt.Errorf("store: list enrollments: %w", err)
-	}
-	return page, nil
+	return listRecords(ctx, s, "enrollments", bktEnrollments, 'e', q, s.decodeEnrollment)
 }
 
 // CountEnrollments returns the number of enrollments (a stored counter: O(1)).
@@ -525,25 +538,7 @@ func (s *Bolt) decodeGroup(key, v []byte) (*Group, error) {
 
 // GetGroup returns the enrollment group or ErrNotFound.
 func (s *Bolt) GetGroup(ctx context.Context, groupID string) (*Group, error) {
-	done, err := s.enter(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("store: get group: %w", err)
-	}
-	defer done()
-	key, err := normKey("enrollmentGroupId", groupID)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrNotFound, err)
-	}
-	var g *Group
-	err = s.db.View(func(tx *bolt.Tx) error {
-		v := tx.Bucket([]byte(bktGroups)).Get(key)
-		if v == nil {
-			return fmt.Errorf("%w: group %q", ErrNotFound, groupID)
-		}
-		g, err = s.decodeGroup(key, v)
-		return err
-	})
-	return g, err
+	return getRecord(ctx, s, "group", bktGroups, "enrollmentGroupId", groupID, s.decodeGroup)
 }
 
 // PutGroup creates or replaces an enrollment group (see Store for ifMatch).
@@ -619,25 +614,7 @@ func (s *Bolt) DeleteGroup(ctx context.Context, groupID, ifMatch string) error {
 
 // ListGroups returns one page of enrollment groups in key order.
 func (s *Bolt) ListGroups(ctx context.Context, q Query) (Page[*Group], error) {
-	var page Page[*Group]
-	done, err := s.enter(ctx)
-	if err != nil {
-		return page, fmt.Errorf("store: list groups: %w", err)
-	}
-	defer done()
-	err = s.db.View(func(tx *bolt.Tx) error {
-		var err error
-		page.Continuation, err = listBucket(tx.Bucket([]byte(bktGroups)), 'g', nil, q, func(k, v []byte) error {
-			g, err := s.decodeGroup(k, v)
-			page.Items = append(page.Items, g)
-			return err
-		})
-		return err
-	})
-	if err != nil {
-		return Page[*Group]{}, fmt.Errorf("store: list groups: %w", err)
-	}
-	return page, nil
+	return listRecords(ctx, s, "groups", bktGroups, 'g', q, s.decodeGroup)
 }
 
 // CountGroups returns the number of enrollment groups.
@@ -664,25 +641,7 @@ func (s *Bolt) decodeRegistration(key, v []byte) (*Registration, error) {
 
 // GetRegistration returns the registration record (HubKey decrypted) or ErrNotFound.
 func (s *Bolt) GetRegistration(ctx context.Context, registrationID string) (*Registration, error) {
-	done, err := s.enter(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("store: get registration: %w", err)
-	}
-	defer done()
-	key, err := normKey("registrationId", registrationID)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrNotFound, err)
-	}
-	var r *Registration
-	err = s.db.View(func(tx *bolt.Tx) error {
-		v := tx.Bucket([]byte(bktRegistrations)).Get(key)
-		if v == nil {
-			return fmt.Errorf("%w: registration %q", ErrNotFound, registrationID)
-		}
-		r, err = s.decodeRegistration(key, v)
-		return err
-	})
-	return r, err
+	return getRecord(ctx, s, "registration", bktRegistrations, "registrationId", registrationID, s.decodeRegistration)
 }
 
 // unindexRegistration removes a registration from its group's index.

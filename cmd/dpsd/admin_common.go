@@ -219,3 +219,43 @@ func adminDispatch(ctx context.Context, group string, args []string, stdout, std
 	c := newAdminCmd(group+" "+args[0], stdout, stderr)
 	return c.exit(fn(ctx, c, args[1:]))
 }
+
+// adminShow is the show subcommand of a record kind: it reads the record
+// named by the one argument (idName in the usage line) and prints it.
+func adminShow[T any](ctx context.Context, c *adminCmd, args []string, idName string,
+	get func(*apiclient.Client, context.Context, string) (T, error), print func(*adminCmd, T) error) error {
+	pos, err := c.parse(args, "show "+idName+" [--json]", 1, 1)
+	if err != nil {
+		return err
+	}
+	cl, err := c.opts.client()
+	if err != nil {
+		return err
+	}
+	v, err := get(cl, ctx, pos[0])
+	if err != nil {
+		return err
+	}
+	return print(c, v)
+}
+
+// adminDelete is the delete subcommand of a record kind (what names it in
+// messages): it deletes the record named by the one argument, only while it
+// still has the --etag when one is given.
+func adminDelete(ctx context.Context, c *adminCmd, args []string, what, idName string,
+	del func(cl *apiclient.Client, ctx context.Context, id, etag string) error) error {
+	etag := c.fs.String("etag", "", "delete only if the "+what+" still has this etag")
+	pos, err := c.parse(args, "delete "+idName+" [--etag E]", 1, 1)
+	if err != nil {
+		return err
+	}
+	cl, err := c.opts.client()
+	if err != nil {
+		return err
+	}
+	if err := del(cl, ctx, pos[0], *etag); err != nil {
+		return err
+	}
+	fmt.Fprintf(c.stdout, "deleted %s %s\n", what, pos[0])
+	return nil
+}

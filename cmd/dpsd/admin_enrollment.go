@@ -220,19 +220,7 @@ func adminAbbreviate(s string) string {
 }
 
 func adminEnrollmentShow(ctx context.Context, c *adminCmd, args []string) error {
-	pos, err := c.parse(args, "show REGISTRATION_ID [--json]", 1, 1)
-	if err != nil {
-		return err
-	}
-	cl, err := c.opts.client()
-	if err != nil {
-		return err
-	}
-	e, err := cl.GetEnrollment(ctx, pos[0])
-	if err != nil {
-		return err
-	}
-	return adminPrintEnrollment(c, e)
+	return adminShow(ctx, c, args, "REGISTRATION_ID", (*apiclient.Client).GetEnrollment, adminPrintEnrollment)
 }
 
 func adminEnrollmentList(ctx context.Context, c *adminCmd, args []string) error {
@@ -270,20 +258,7 @@ func adminEnrollmentList(ctx context.Context, c *adminCmd, args []string) error 
 }
 
 func adminEnrollmentDelete(ctx context.Context, c *adminCmd, args []string) error {
-	etag := c.fs.String("etag", "", "delete only if the enrollment still has this etag")
-	pos, err := c.parse(args, "delete REGISTRATION_ID [--etag E]", 1, 1)
-	if err != nil {
-		return err
-	}
-	cl, err := c.opts.client()
-	if err != nil {
-		return err
-	}
-	if err := cl.DeleteEnrollment(ctx, pos[0], *etag); err != nil {
-		return err
-	}
-	fmt.Fprintf(c.stdout, "deleted enrollment %s\n", pos[0])
-	return nil
+	return adminDelete(ctx, c, args, "enrollment", "REGISTRATION_ID", (*apiclient.Client).DeleteEnrollment)
 }
 
 // adminEnrollmentSetStatus enables or disables an enrollment with a

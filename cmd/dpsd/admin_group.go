@@ -8,6 +8,7 @@ import (
 	"io"
 	"strings"
 
+	"github.com/tpmdps/dpsd/apiclient"
 	"github.com/tpmdps/dpsd/store"
 )
 
@@ -132,19 +133,7 @@ func adminPrintGroup(c *adminCmd, g *store.Group) error {
 }
 
 func adminGroupShow(ctx context.Context, c *adminCmd, args []string) error {
-	pos, err := c.parse(args, "show GROUP_ID [--json]", 1, 1)
-	if err != nil {
-		return err
-	}
-	cl, err := c.opts.client()
-	if err != nil {
-		return err
-	}
-	g, err := cl.GetGroup(ctx, pos[0])
-	if err != nil {
-		return err
-	}
-	return adminPrintGroup(c, g)
+	return adminShow(ctx, c, args, "GROUP_ID", (*apiclient.Client).GetGroup, adminPrintGroup)
 }
 
 func adminGroupList(ctx context.Context, c *adminCmd, args []string) error {
@@ -174,18 +163,5 @@ func adminGroupList(ctx context.Context, c *adminCmd, args []string) error {
 }
 
 func adminGroupDelete(ctx context.Context, c *adminCmd, args []string) error {
-	etag := c.fs.String("etag", "", "delete only if the group still has this etag")
-	pos, err := c.parse(args, "delete GROUP_ID [--etag E]", 1, 1)
-	if err != nil {
-		return err
-	}
-	cl, err := c.opts.client()
-	if err != nil {
-		return err
-	}
-	if err := cl.DeleteGroup(ctx, pos[0], *etag); err != nil {
-		return err
-	}
-	fmt.Fprintf(c.stdout, "deleted enrollment group %s\n", pos[0])
-	return nil
+	return adminDelete(ctx, c, args, "enrollment group", "GROUP_ID", (*apiclient.Client).DeleteGroup)
 }

@@ -4,10 +4,10 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"io"
 	"strconv"
 
+	"github.com/tpmdps/dpsd/apiclient"
 	"github.com/tpmdps/dpsd/store"
 )
 
@@ -23,18 +23,11 @@ func runRegistrationCmd(ctx context.Context, args []string, stdout, stderr io.Wr
 }
 
 func adminRegistrationShow(ctx context.Context, c *adminCmd, args []string) error {
-	pos, err := c.parse(args, "show REGISTRATION_ID [--json]", 1, 1)
-	if err != nil {
-		return err
-	}
-	cl, err := c.opts.client()
-	if err != nil {
-		return err
-	}
-	r, err := cl.GetRegistration(ctx, pos[0])
-	if err != nil {
-		return err
-	}
+	return adminShow(ctx, c, args, "REGISTRATION_ID", (*apiclient.Client).GetRegistration, adminPrintRegistration)
+}
+
+// adminPrintRegistration prints a registration as JSON or a field list.
+func adminPrintRegistration(c *adminCmd, r *store.Registration) error {
 	if c.opts.json {
 		return adminPrintJSON(c.stdout, r)
 	}
@@ -85,18 +78,5 @@ func adminRegistrationList(ctx context.Context, c *adminCmd, args []string) erro
 }
 
 func adminRegistrationDelete(ctx context.Context, c *adminCmd, args []string) error {
-	etag := c.fs.String("etag", "", "delete only if the registration still has this etag")
-	pos, err := c.parse(args, "delete REGISTRATION_ID [--etag E]", 1, 1)
-	if err != nil {
-		return err
-	}
-	cl, err := c.opts.client()
-	if err != nil {
-		return err
-	}
-	if err := cl.DeleteRegistration(ctx, pos[0], *etag); err != nil {
-		return err
-	}
-	fmt.Fprintf(c.stdout, "deleted registration %s\n", pos[0])
-	return nil
+	return adminDelete(ctx, c, args, "registration", "REGISTRATION_ID", (*apiclient.Client).DeleteRegistration)
 }

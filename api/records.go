@@ -1,0 +1,133 @@
+package api
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"strings"
+
+	"github.com/tpmdps/dpsd/store"
+)
+
+// The handler shapes shared by enrollments, enrollment groups and
+// registrations. Each kind passes its store calls and how it is named:
+// notFound is the DPS code of a missing record, what its name in error
+// messages ("enrollment group") and kind its name in audit lines
+// ("enrollmentGroup").
+
+// getRecord answers GET of one record: the path id is checked, the record
+// read with get and returned with its etag.
+func getRecord[T any](h *handler, w http.ResponseWriter, r *http.Request, rq *request, id string,
+	get func(context.Context, string) (T, error), etag func(T) string, notFound int, what string) {
+	if err := checkPathID(id); err != nil {
+		h.writeError(w, rq, err)
+		return
+	}
+	v, err := get(r.Context(), id)
+	if err != nil {
+		h.writeError(w, rq, storeError(err, notFound, what))
+		return
+	}
+	setETag(w, etag(v))
+	h.writeJSON(w, http.StatusOK, v)
+}
+
+// putRecord answers PUT of one record: the path id is checked, the body
+// read and decoded, and write validates and stores it under If-Match.
+func putRecord[T any](h *handler, w http.ResponseWriter, r *http.Request, rq *request, id string,
+	decode func([]byte) (T, error),
+	write func(r *http.Request, rq *request, v T, pathID, etag string, mustCreate bool) (T, *apiError),
+	etag func(T) string) {
+	if err := checkPathID(id); err != nil {
+		h.writeError(w, rq, err)
+		return
+	}
+	body, err := readBody(w, r, h.cfg.MaxBodyBytes)
+	if err != nil {
+		h.writeError(w, rq, err)
+		return
+	}
+	v, err := decode(body)
+	if err != nil {
+		h.writeError(w, rq, err)
+		return
+	}
+	stored, aerr := write(r, rq, v, id, ifMatch(r), false)
+	if aerr != nil {
+		h.writeError(w, rq, aerr)
+		return
+	}
+	setETag(w, etag(stored))
+	h.writeJSON(w, http.StatusOK, stored)
+}
+
+// findPrevious returns the stored record that a write of pathID (or, when
+// that is empty, bodyID) would replace, or the zero T when there is none or
+// the id is not valid (validation reports that).
+func findPrevious[T any](ctx context.Context, get func(context.Context, string) (T, error), pathID, bodyID string, notFound int, what string) (T, *apiError) {
+	var zero T
+	lookup := pathID
+	if lookup == "" {
+		lookup = bodyID
+	}
+	if ValidateID(lookup) != nil {
+		return zero, nil
+	}
+	prev, err := get(ctx, lookup)
+	switch {
+	case err == nil:
+		return prev, nil
+	case errors.Is(err, store.ErrNotFound):
+		return zero, nil
+	default:
+		return zero, storeError(err, notFound, what)
+	}
+}
+
+// deleteRecord deletes one record with del under the etag condition (""
+// deletes unconditionally) after checking its id, and audits the change.
+func (h *handler) deleteRecord(ctx context.Context, rq *request, id, etag string,
+	del func(ctx context.Context, id, ifMatch string) error, notFound int, what, kind string) *apiError {
+	if err := checkPathID(id); err != nil {
+		return asAPIError(err)
+	}
+	if err := del(ctx, id, etag); err != nil {
+		return storeError(err, notFound, what)
+	}
+	h.audit(rq, "delete", kind, strings.ToLower(id), "")
+	return nil
+}
+
+// serveDelete answers DELETE of one record (204 when deleted).
+func (h *handler) serveDelete(w http.ResponseWriter, r *http.Request, rq *request, id string,
+	del func(ctx context.Context, id, ifMatch string) error, notFound int, what, kind string) {
+	if err := h.deleteRecord(r.Context(), rq, id, ifMatch(r), del, notFound, what, kind); err != nil {
+		h.writeError(w, rq, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// queryRecords answers a "*" query of a collection with one page of list.
+func queryRecords[T any](h *handler, w http.ResponseWriter, r *http.Request, rq *request,
+	list func(context.Context, store.Query) (store.Page[T], error), itemType string) {
+	body, err := readBody(w, r, h.cfg.MaxBodyBytes)
+	if err == nil {
+		err = checkQuerySpec(body)
+	}
+	if err != nil {
+		h.writeError(w, rq, err)
+		return
+	}
+	q, err := pageQuery(r)
+	if err != nil {
+		h.writeError(w, rq, err)
+		return
+	}
+	p, err := list(r.Context(), q)
+	if err != nil {
+		h.writeError(w, rq, listError(err))
+		return
+	}
+	writePage(h, w, itemType, p)
+}
