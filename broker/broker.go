@@ -161,9 +161,13 @@ func New(cfg Config, svc *provision.Service) (*Broker, error) {
 	caps.MaximumMessageExpiryInterval = 300
 
 	srv := mqtt.New(&mqtt.Options{
-		Capabilities:             caps,
+		Capabilities: caps,
+		// mochi allocates the read buffer per connection for its whole life
+		// (idle ones too) and the write buffer only while writes queue up.
+		// 1 KiB holds a CONNECT and an RSA TPM register request in one read;
+		// larger packets are read straight into their payload.
 		ClientNetWriteBufferSize: 2048,
-		ClientNetReadBufferSize:  2048,
+		ClientNetReadBufferSize:  1024,
 		SysTopicResendInterval:   defaultSysTopicInterval,
 		InlineClient:             false,
 		// mochi warns about every keep-alive 0 client (the C SDK's) and every

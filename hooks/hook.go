@@ -277,7 +277,11 @@ type session struct {
 	estTimer    *time.Timer
 	idle        *time.Timer
 
-	queue chan request // written by the client's read goroutine only
+	// queue and the worker reading it start at the first request
+	// (enqueue), so an idle connection holds neither; guarded by Hook.mu,
+	// sent to by the client's read goroutine only.
+	queue         chan request
+	workerStopped bool
 
 	// touched only by the client's read goroutine
 	pendingReq *request
@@ -360,7 +364,6 @@ func (h *Hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 		id:         id,
 		trackingID: c.TrackingID,
 		addr:       remoteIP(cl.Net.Remote),
-		queue:      make(chan request, h.limits.QueueLength),
 	}
 	// Give mochi a client id of its own for this connection: mochi's
 	// takeover (inheritClientSession) looks the id up in its client list
@@ -474,7 +477,6 @@ func (h *Hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 		})
 	}
 	h.mu.Unlock()
-	go h.work(s)
 }
 
 // abandon releases a session whose CONNACK was never sent.
@@ -526,7 +528,7 @@ func (h *Hook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
 	h.mu.Unlock()
 	if s != nil {
 		h.release(s)
-		close(s.queue) // the read goroutine (ours) has ended: no more sends
+		h.stopWorker(s) // the read goroutine (ours) has ended: no more sends
 	}
 	// mochi keeps 3.1.1 CleanSession=0 clients for resumption; we never resume.
 	if !expire {
@@ -671,9 +673,7 @@ func (h *Hook) OnPacketProcessed(cl *mqtt.Client, pk packets.Packet, err error) 
 	}
 	h.pending++
 	h.mu.Unlock()
-	select {
-	case s.queue <- req:
-	default:
+	if !h.enqueue(s, req) {
 		h.done()
 		h.closeFor(cl, ErrQueueFull)
 	}

@@ -1,0 +1,49 @@
+package hooks_test
+
+import (
+	"fmt"
+	"runtime"
+	"strings"
+	"testing"
+
+	"github.com/tpmdps/dpsd/broker"
+	"github.com/tpmdps/dpsd/hooks"
+	"github.com/tpmdps/dpsd/internal/dpsdtest"
+)
+
+// TestWorkerStartsAtFirstRequest: an idle session holds only mochi's two
+// goroutines per connection (reader and writer); the request worker starts
+// with the first request, and every request is still answered.
+func TestWorkerStartsAtFirstRequest(t *testing.T) {
+	const n = 40
+	s := dpsdtest.Start(t, dpsdtest.Options{Limits: broker.Limits{
+		ConnectionsPerAddress: -1, ConnectionsPerAddressPerMinute: -1,
+		Limits: hooks.Limits{RestrictedSessions: -1, ChallengesPerAddressPerMinute: -1, ChallengesPerMinute: -1},
+	}})
+	base := runtime.NumGoroutine()
+	clients := make([]*rawClient, n)
+	for i := range clients {
+		id := fmt.Sprintf("lazy-%d", i)
+		c := dialRaw(t, s.TCPAddr)
+		if code, _ := c.connect(id, username(s, id), "", true, 0); code != 0 {
+			t.Fatalf("restricted CONNACK %d", code)
+		}
+		c.subscribe(1, hooks.ResponseFilter)
+		clients[i] = c
+	}
+	// Every connection has its reader and writer once its SUBACK came back.
+	waitFor(t, "the connections' goroutines", func() bool { return runtime.NumGoroutine()-base >= 2*n })
+	if idle := runtime.NumGoroutine() - base; idle >= 3*n {
+		t.Fatalf("%d idle sessions run %d goroutines, want fewer than 3 each (no worker)", n, idle)
+	}
+	for i, c := range clients {
+		c.publish(registerTopic+fmt.Sprint(i), 0, []byte("not json"))
+		if topic, body := c.readResponse(); !strings.HasPrefix(topic, "$dps/registrations/res/400/") {
+			t.Fatalf("bad body answered %q %s, want 400", topic, body)
+		}
+	}
+	// The workers stay until their connections close.
+	if busy := runtime.NumGoroutine() - base; busy < 3*n {
+		t.Fatalf("%d sessions that made a request run %d goroutines, want at least 3 each", n, busy)
+	}
+}
