@@ -136,12 +136,19 @@ type guardConn struct {
 // SetDeadline sets the read deadline only; writes have their own.
 func (c *guardConn) SetDeadline(t time.Time) error { return c.Conn.SetReadDeadline(t) }
 
-// Write writes with a fresh write deadline.
+// Write writes with a fresh write deadline. A failed write (a client that
+// stopped reading until the deadline passed, or a broken connection) closes
+// the connection: part of a packet may have been sent, so the stream can no
+// longer be framed, and mochi does not close a client on a write error.
 func (c *guardConn) Write(p []byte) (int, error) {
 	if c.writeTimeout > 0 {
 		_ = c.Conn.SetWriteDeadline(time.Now().Add(c.writeTimeout))
 	}
-	return c.Conn.Write(p)
+	n, err := c.Conn.Write(p)
+	if err != nil {
+		_ = c.Close()
+	}
+	return n, err
 }
 
 // Close closes the connection and releases its slot.
