@@ -147,33 +147,12 @@ func New(cfg Config, svc *provision.Service) (*Broker, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 
-	caps := mqtt.NewDefaultServerCapabilities()
-	caps.MaximumPacketSize = uint32(lim.MaxPacketSize)
-	caps.MaximumQos = 1
-	caps.RetainAvailable = 0
-	caps.MaximumSessionExpiryInterval = 0 // no session state is kept
-	caps.MaximumClientWritesPending = 16
-	caps.ReceiveMaximum = 32
-	caps.MaximumInflight = 64
-	caps.TopicAliasMaximum = 0
-	caps.SharedSubAvailable = 0
-	caps.SubIDAvailable = 0
-	caps.MaximumMessageExpiryInterval = 300
-
-	srv := mqtt.New(&mqtt.Options{
-		Capabilities: caps,
-		// mochi allocates the read buffer per connection for its whole life
-		// (idle ones too) and the write buffer only while writes queue up.
-		// 1 KiB holds a CONNECT and an RSA TPM register request in one read;
-		// larger packets are read straight into their payload.
-		ClientNetWriteBufferSize: 2048,
-		ClientNetReadBufferSize:  1024,
-		SysTopicResendInterval:   defaultSysTopicInterval,
-		InlineClient:             false,
-		// mochi warns about every keep-alive 0 client (the C SDK's) and every
-		// refused connection; the hook logs what matters with a trackingId.
-		Logger: slog.New(minLevel{log.Handler(), slog.LevelError}).With("component", "mqtt"),
-	})
+	// mochi warns about every keep-alive 0 client (the C SDK's) and every
+	// refused connection; the hook logs what matters with a trackingId.
+	opts := MQTTOptions(lim.MaxPacketSize, slog.New(minLevel{log.Handler(), slog.LevelError}).With("component", "mqtt"))
+	opts.SysTopicResendInterval = defaultSysTopicInterval
+	opts.InlineClient = false
+	srv := mqtt.New(opts)
 	h, err := hooks.New(hooks.Config{Service: svc, Server: srv, Limits: lim.Limits, Logger: log, Metrics: cfg.Metrics})
 	if err != nil {
 		return nil, fmt.Errorf("broker: %w", err)
@@ -349,4 +328,34 @@ func (m minLevel) WithAttrs(a []slog.Attr) slog.Handler {
 // WithGroup keeps the floor.
 func (m minLevel) WithGroup(name string) slog.Handler {
 	return minLevel{m.Handler.WithGroup(name), m.min}
+}
+
+// MQTTOptions returns the mochi server options dpsd runs with: capabilities
+// tuned for provisioning (QoS 1 at most, no retain, no session state, small
+// in-flight windows, maxPacketSize) and the per-connection buffer sizes. The
+// load tool's bare broker uses them too, so that its baseline measures the
+// same broker without the provisioning work.
+func MQTTOptions(maxPacketSize int, log *slog.Logger) *mqtt.Options {
+	caps := mqtt.NewDefaultServerCapabilities()
+	caps.MaximumPacketSize = uint32(maxPacketSize)
+	caps.MaximumQos = 1
+	caps.RetainAvailable = 0
+	caps.MaximumSessionExpiryInterval = 0 // no session state is kept
+	caps.MaximumClientWritesPending = 16
+	caps.ReceiveMaximum = 32
+	caps.MaximumInflight = 64
+	caps.TopicAliasMaximum = 0
+	caps.SharedSubAvailable = 0
+	caps.SubIDAvailable = 0
+	caps.MaximumMessageExpiryInterval = 300
+	return &mqtt.Options{
+		Capabilities: caps,
+		// mochi allocates the read buffer per connection for its whole life
+		// (idle ones too) and the write buffer only while writes queue up.
+		// 1 KiB holds a CONNECT and an RSA TPM register request in one read;
+		// larger packets are read straight into their payload.
+		ClientNetWriteBufferSize: 2048,
+		ClientNetReadBufferSize:  1024,
+		Logger:                   log,
+	}
 }

@@ -20,6 +20,8 @@ import (
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/tpmdps/dpsd/broker"
 )
 
 // DefaultReplySize is the default size of every answer body: about a TPM
@@ -64,24 +66,7 @@ func Start(ctx context.Context, cfg Config) (*Broker, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	// The capabilities and buffers of broker.New.
-	caps := mqtt.NewDefaultServerCapabilities()
-	caps.MaximumPacketSize = 96 << 10
-	caps.MaximumQos = 1
-	caps.RetainAvailable = 0
-	caps.MaximumSessionExpiryInterval = 0
-	caps.MaximumClientWritesPending = 16
-	caps.ReceiveMaximum = 32
-	caps.MaximumInflight = 64
-	caps.TopicAliasMaximum = 0
-	caps.SharedSubAvailable = 0
-	caps.SubIDAvailable = 0
-	caps.MaximumMessageExpiryInterval = 300
-	srv := mqtt.New(&mqtt.Options{
-		Capabilities:             caps,
-		ClientNetWriteBufferSize: 2048,
-		ClientNetReadBufferSize:  2048,
-		Logger:                   log,
-	})
+	srv := mqtt.New(broker.MQTTOptions(broker.DefaultMaxPacketSize, log))
 	if err := srv.AddHook(&replyHook{srv: srv, body: replyBody(cfg.ReplySize)}, nil); err != nil {
 		return nil, fmt.Errorf("barebroker: adding hook: %w", err)
 	}
