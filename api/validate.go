@@ -3,13 +3,8 @@ package api
 import (
 	"bytes"
 	"crypto/rand"
-	"crypto/sha1" //nolint:gosec // the DPS API reports SHA-1 thumbprints; nothing is verified with them
-	"crypto/sha256"
-	"crypto/x509"
 	"encoding/base64"
-	"encoding/hex"
 	"encoding/json"
-	"encoding/pem"
 	"fmt"
 	"io"
 	"net/url"
@@ -21,12 +16,11 @@ import (
 
 // Symmetric key size bounds (decoded bytes) and the size of a generated key.
 const (
-	minSymmetricKey      = 16
-	maxSymmetricKey      = 64
-	generatedKeyBytes    = 32
-	maxIDLength          = attest.MaxRegistrationIDLen
-	maxHostNameLength    = 253
-	maxCertificateLength = 64 << 10
+	minSymmetricKey   = 16
+	maxSymmetricKey   = 64
+	generatedKeyBytes = 32
+	maxIDLength       = attest.MaxRegistrationIDLen
+	maxHostNameLength = 253
 )
 
 // ValidateID checks the DPS rules for a registration id or enrollment group id
@@ -205,58 +199,11 @@ func validateCertificates(field string, c *store.X509Certificates) error {
 			}
 			return invalid("%s.%s.certificate is empty", field, x.name)
 		}
-		cert, err := ParseCertificate(x.v.Certificate)
+		cert, err := attest.ParseCertificate(x.v.Certificate)
 		if err != nil {
 			return &apiError{code: codeInvalidArgument, msg: fmt.Sprintf("%s.%s.certificate: %v", field, x.name, err), err: err}
 		}
-		x.v.Info = CertificateInfo(cert)
+		x.v.Info = store.NewX509CertificateInfo(cert)
 	}
 	return nil
-}
-
-// ParseCertificate reads a certificate given as PEM or as base64 DER, the two
-// forms the DPS API accepts.
-func ParseCertificate(s string) (*x509.Certificate, error) {
-	s = strings.TrimSpace(s)
-	if len(s) > maxCertificateLength {
-		return nil, fmt.Errorf("certificate larger than %d bytes", maxCertificateLength)
-	}
-	var der []byte
-	if strings.HasPrefix(s, "-----BEGIN") {
-		blk, rest := pem.Decode([]byte(s))
-		if blk == nil || blk.Type != "CERTIFICATE" {
-			return nil, fmt.Errorf("no PEM CERTIFICATE block")
-		}
-		if len(bytes.TrimSpace(rest)) != 0 {
-			return nil, fmt.Errorf("more than one PEM block")
-		}
-		der = blk.Bytes
-	} else {
-		b, err := base64.StdEncoding.DecodeString(s)
-		if err != nil {
-			return nil, fmt.Errorf("neither PEM nor base64 DER: %w", err)
-		}
-		der = b
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		return nil, fmt.Errorf("parsing certificate: %w", err)
-	}
-	return cert, nil
-}
-
-// CertificateInfo describes cert the way the DPS API does (thumbprints in upper-case hex).
-func CertificateInfo(cert *x509.Certificate) *store.X509CertificateInfo {
-	s1 := sha1.Sum(cert.Raw) //nolint:gosec // reported, not trusted
-	s256 := sha256.Sum256(cert.Raw)
-	return &store.X509CertificateInfo{
-		SubjectName:      cert.Subject.String(),
-		SHA1Thumbprint:   strings.ToUpper(hex.EncodeToString(s1[:])),
-		SHA256Thumbprint: strings.ToUpper(hex.EncodeToString(s256[:])),
-		IssuerName:       cert.Issuer.String(),
-		NotBefore:        cert.NotBefore.UTC(),
-		NotAfter:         cert.NotAfter.UTC(),
-		SerialNumber:     strings.ToUpper(cert.SerialNumber.Text(16)),
-		Version:          cert.Version,
-	}
 }

@@ -6,15 +6,14 @@ import (
 	"crypto/sha1" //nolint:gosec // SHA-1 thumbprints are what older DPS records hold; compared, never trusted alone
 	"crypto/sha256"
 	"crypto/x509"
-	"encoding/base64"
 	"encoding/hex"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
 	"time"
 
+	"github.com/tpmdps/dpsd/attest"
 	"github.com/tpmdps/dpsd/store"
 )
 
@@ -106,7 +105,7 @@ func pins(certs *store.X509Certificates, leaf *x509.Certificate) bool {
 			continue
 		}
 		if p.Certificate != "" {
-			if pinned, err := parseCertificate(p.Certificate); err == nil {
+			if pinned, err := attest.ParseCertificate(p.Certificate); err == nil {
 				if bytes.Equal(pinned.Raw, leaf.Raw) {
 					return true
 				}
@@ -197,7 +196,7 @@ func groupSigningCerts(g *store.Group) []*x509.Certificate {
 		if p == nil || p.Certificate == "" {
 			continue
 		}
-		if c, err := parseCertificate(p.Certificate); err == nil {
+		if c, err := attest.ParseCertificate(p.Certificate); err == nil {
 			out = append(out, c)
 		}
 	}
@@ -265,27 +264,13 @@ func namesCA(g *store.Group, ca *x509.Certificate) bool {
 // x509Result is registrationState.x509 for an X.509 identity: the device
 // certificate and, through a group, the group and its signing certificate.
 func x509Result(id Identity) *X509RegistrationResult {
-	r := &X509RegistrationResult{CertificateInfo: certificateInfo(id.Certificate), EnrollmentGroupID: id.GroupID}
+	r := &X509RegistrationResult{CertificateInfo: store.NewX509CertificateInfo(id.Certificate), EnrollmentGroupID: id.GroupID}
 	if id.SigningCertificate != nil {
-		r.SigningCertificateInfo = certificateInfo(id.SigningCertificate)
+		r.SigningCertificateInfo = store.NewX509CertificateInfo(id.SigningCertificate)
 	}
 	return r
 }
 
-// certificateInfo describes cert as the DPS API does (upper-case hex
-// thumbprints and serial number, RFC 4514 names).
-func certificateInfo(cert *x509.Certificate) *store.X509CertificateInfo {
-	return &store.X509CertificateInfo{
-		SubjectName:      cert.Subject.String(),
-		SHA1Thumbprint:   thumbprint1(cert),
-		SHA256Thumbprint: thumbprint256(cert),
-		IssuerName:       cert.Issuer.String(),
-		NotBefore:        cert.NotBefore.UTC(),
-		NotAfter:         cert.NotAfter.UTC(),
-		SerialNumber:     strings.ToUpper(cert.SerialNumber.Text(16)),
-		Version:          cert.Version,
-	}
-}
 
 // thumbprint256 is the upper-case hex SHA-256 of the certificate's DER.
 func thumbprint256(cert *x509.Certificate) string {
@@ -306,27 +291,3 @@ func normThumbprint(t string) string {
 	return strings.ToUpper(t)
 }
 
-// parseCertificate reads a certificate recorded as PEM or as base64 DER,
-// the two forms the DPS service API accepts.
-func parseCertificate(s string) (*x509.Certificate, error) {
-	s = strings.TrimSpace(s)
-	var der []byte
-	if strings.HasPrefix(s, "-----BEGIN") {
-		blk, _ := pem.Decode([]byte(s))
-		if blk == nil || blk.Type != "CERTIFICATE" {
-			return nil, errors.New("no PEM CERTIFICATE block")
-		}
-		der = blk.Bytes
-	} else {
-		b, err := base64.StdEncoding.DecodeString(s)
-		if err != nil {
-			return nil, fmt.Errorf("neither PEM nor base64 DER: %w", err)
-		}
-		der = b
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		return nil, fmt.Errorf("parsing certificate: %w", err)
-	}
-	return cert, nil
-}

@@ -443,26 +443,3 @@ func TestSymmetricGroupRecorded(t *testing.T) {
 		t.Fatalf("individual record %+v, %v", rec, err)
 	}
 }
-
-// FuzzParseCertificate: recorded certificates (PEM or base64 DER from the
-// service API) never panic the parser, and what parses has a DER form.
-func FuzzParseCertificate(f *testing.F) {
-	certPEM, _, err := devca.SelfSignedClient("fuzz", time.Unix(0, 0), time.Unix(1e9, 0))
-	if err != nil {
-		f.Fatal(err)
-	}
-	c, err := devca.ParseCert(certPEM)
-	if err != nil {
-		f.Fatal(err)
-	}
-	f.Add(string(certPEM))
-	f.Add(b64(c.Raw))
-	f.Add("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
-	f.Add("not base64 !")
-	f.Fuzz(func(t *testing.T, s string) {
-		cert, err := parseCertificate(s)
-		if err == nil && len(cert.Raw) == 0 {
-			t.Fatal("parsed certificate without DER")
-		}
-	})
-}
