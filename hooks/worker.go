@@ -68,8 +68,7 @@ func (h *Hook) answer(s *session, req request) {
 	var resp provision.Response
 	switch {
 	case req.throttle > 0:
-		resp = h.errorResponse(429, provision.ErrorCodeThrottled, "Too many requests; retry later", req.trackingID)
-		resp.RetryAfter = max(req.throttle, time.Second)
+		resp = h.svc.ErrorResponse(provision.ErrorCodeThrottled, "Too many requests; retry later", req.trackingID, max(req.throttle, time.Second))
 		h.reqLog(s, req).Warn("request throttled", "retryAfter", resp.RetryAfter)
 	case req.topic.Kind == KindRegister:
 		rr, err := provision.ParseRegisterRequest(req.body)
@@ -77,7 +76,7 @@ func (h *Hook) answer(s *session, req request) {
 			if h.log.Enabled(h.ctx, slog.LevelInfo) {
 				h.reqLog(s, req).Info("bad register body", "error", err)
 			}
-			resp = h.errorResponse(400, provision.ErrorCodeBadRequest, "Invalid request body", req.trackingID)
+			resp = h.svc.ErrorResponse(provision.ErrorCodeBadRequest, "Invalid request body", req.trackingID, -1)
 			break
 		}
 		ctx, cancel := context.WithTimeout(h.ctx, h.limits.RequestTimeout)
@@ -90,12 +89,12 @@ func (h *Hook) answer(s *session, req request) {
 	}
 	if resp.Status < 200 || resp.Status > 599 || resp.Body == nil {
 		h.reqLog(s, req).Error("service returned an invalid response", "status", resp.Status)
-		resp = h.errorResponse(500, provision.ErrorCodeInternal, "Internal error; try again later", req.trackingID)
+		resp = h.svc.ErrorResponse(provision.ErrorCodeInternal, "Internal error; try again later", req.trackingID, time.Second)
 	}
 	body, err := provision.EncodeBody(resp.Body)
 	if err != nil {
 		h.reqLog(s, req).Error("encoding response", "error", err)
-		resp = h.errorResponse(500, provision.ErrorCodeInternal, "Internal error; try again later", req.trackingID)
+		resp = h.svc.ErrorResponse(provision.ErrorCodeInternal, "Internal error; try again later", req.trackingID, time.Second)
 		if body, err = provision.EncodeBody(resp.Body); err != nil {
 			return
 		}
@@ -125,20 +124,6 @@ func (h *Hook) answer(s *session, req request) {
 func (h *Hook) reqLog(s *session, req request) *slog.Logger {
 	return h.log.With("trackingId", req.trackingID, "registrationId", s.id.RegistrationID,
 		"request", req.topic.Kind.String(), "connTrackingId", s.trackingID)
-}
-
-// errorResponse builds a DPS error answer with no retry-after (callers add one).
-func (h *Hook) errorResponse(status, code int, msg, trackingID string) provision.Response {
-	return provision.Response{
-		Status:     status,
-		RetryAfter: -1,
-		Body: &provision.ErrorBody{
-			ErrorCode:    code,
-			TrackingID:   trackingID,
-			Message:      msg,
-			TimestampUTC: h.now().UTC().Format(time.RFC3339),
-		},
-	}
 }
 
 // errPacketID: the client has 65535 unacknowledged packets.

@@ -102,7 +102,7 @@ func formatTime(t time.Time) string {
 
 // ErrorResponse builds an answer in the DPS error shape for errorCode (its
 // HTTP status is errorCode / 1000). retryAfter < 0 omits retry-after; use it
-// for 429 and 5xx answers only. The transport uses it for its own refusals
+// for 429 and 5xx answers only. The MQTT hooks use it for their own refusals
 // (throttling, malformed requests) so that every error has one shape.
 func (s *Service) ErrorResponse(errorCode int, message, trackingID string, retryAfter time.Duration) Response {
 	if trackingID == "" {
