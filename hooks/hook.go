@@ -441,11 +441,11 @@ func methodName(m provision.AuthMethod) string {
 	return fmt.Sprintf("method(%d)", int(m))
 }
 
-// OnSessionEstablish removes any session of the same client id from mochi's
-// client list before mochi looks for one to inherit: the broker keeps no
-// session state (SessionPresent is always 0), and mochi's own takeover would
-// write a DISCONNECT packet to a 3.1.1 client. Takeover is decided in
-// OnConnectAuthenticate.
+// OnSessionEstablish makes sure mochi finds no session to inherit: the
+// broker keeps no session state (SessionPresent is always 0), and mochi's own
+// takeover would write a DISCONNECT packet to a 3.1.1 client. Client ids are
+// unique per connection (see OnConnectAuthenticate), so this only guards
+// against a collision. Takeover is decided in OnConnectAuthenticate.
 func (h *Hook) OnSessionEstablish(cl *mqtt.Client, pk packets.Packet) {
 	if cl.Net.Inline {
 		return
@@ -455,8 +455,9 @@ func (h *Hook) OnSessionEstablish(cl *mqtt.Client, pk packets.Packet) {
 	}
 }
 
-// OnSessionEstablished starts the connection's request worker (the CONNACK
-// has been sent) and, for a restricted session, its idle timer.
+// OnSessionEstablished marks the session established (the CONNACK has been
+// sent) and, for a restricted session, starts its idle timer. The request
+// worker starts with the first request.
 func (h *Hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 	if cl.Net.Inline {
 		return
