@@ -271,7 +271,6 @@ func x509Result(id Identity) *X509RegistrationResult {
 	return r
 }
 
-
 // thumbprint256 is the upper-case hex SHA-256 of the certificate's DER.
 func thumbprint256(cert *x509.Certificate) string {
 	sum := sha256.Sum256(cert.Raw)
@@ -290,4 +289,3 @@ func normThumbprint(t string) string {
 	t = strings.NewReplacer(":", "", " ", "", "-", "").Replace(strings.TrimSpace(t))
 	return strings.ToUpper(t)
 }
-
