@@ -37,6 +37,7 @@ import (
 	"github.com/google/go-tpm/tpm2"
 
 	"github.com/tpmdps/dpsd/attest"
+	"github.com/tpmdps/dpsd/device/devtpm"
 )
 
 // Errors of this package; test with errors.Is.
@@ -52,49 +53,45 @@ var (
 	ErrUnsupported = errors.New("softtpm: unsupported")
 )
 
-// Alg selects a key algorithm.
-type Alg int
+// Alg selects a key algorithm: the device side's (devtpm.Alg), so that
+// software and real TPMs are configured alike.
+type Alg = devtpm.Alg
 
 // Key algorithms.
 const (
 	// RSA2048 is the TCG RSA-2048 EK template L-1 and the RSA-2048 SRK
 	// template with an empty unique (the Azure C SDK's).
-	RSA2048 Alg = iota
+	RSA2048 = devtpm.RSA2048
 	// ECCP256 is the TCG ECC NIST P-256 EK template L-2 and SRK template.
-	ECCP256
+	ECCP256 = devtpm.ECCP256
 )
 
-// String implements fmt.Stringer.
-func (a Alg) String() string {
-	switch a {
-	case RSA2048:
-		return "rsa2048"
-	case ECCP256:
-		return "eccp256"
-	}
-	return fmt.Sprintf("Alg(%d)", int(a))
-}
-
-// EKTemplate returns the TCG default EK template for alg.
+// EKTemplate returns the TCG default EK template for alg (devtpm's).
 func EKTemplate(alg Alg) (tpm2.TPMTPublic, error) {
-	switch alg {
-	case RSA2048:
-		return tpm2.RSAEKTemplate, nil
-	case ECCP256:
-		return tpm2.ECCEKTemplate, nil
+	t, err := devtpm.EKTemplateFor(alg)
+	if err != nil {
+		return tpm2.TPMTPublic{}, fmt.Errorf("%w: %w", ErrUnsupported, err)
 	}
-	return tpm2.TPMTPublic{}, fmt.Errorf("%w: algorithm %v", ErrUnsupported, alg)
+	return t, nil
 }
 
-// SRKTemplate returns the TCG SRK template for alg.
+// SRKTemplate returns the SRK template for alg (devtpm's: RSA-2048 with an
+// empty unique, or ECC P-256). NewKey fills the unique field.
 func SRKTemplate(alg Alg) (tpm2.TPMTPublic, error) {
+	var t tpm2.TPMTPublic
+	var err error
 	switch alg {
 	case RSA2048:
-		return tpm2.RSASRKTemplate, nil
+		t, err = devtpm.SRKTemplateFor(devtpm.SRKRSAEmptyUnique)
 	case ECCP256:
-		return tpm2.ECCSRKTemplate, nil
+		t, err = devtpm.SRKTemplateFor(devtpm.SRKECCP256)
+	default:
+		return tpm2.TPMTPublic{}, fmt.Errorf("%w: algorithm %v", ErrUnsupported, alg)
 	}
-	return tpm2.TPMTPublic{}, fmt.Errorf("%w: algorithm %v", ErrUnsupported, alg)
+	if err != nil {
+		return tpm2.TPMTPublic{}, fmt.Errorf("%w: %w", ErrUnsupported, err)
+	}
+	return t, nil
 }
 
 // Key is an asymmetric restricted decryption key (an EK or SRK) held in
