@@ -166,14 +166,28 @@ func enrollmentSource(e *store.Enrollment) source {
 	}
 }
 
-// symmetricSource re-reads what authenticated a symmetric-key connection:
-// the individual enrollment, or the group when one matched and no individual
-// enrollment has appeared since.
+// symmetricSource re-reads what a symmetric-key connection authenticated
+// against: the individual enrollment, or the group when one matched and no
+// individual enrollment has appeared since.
 func (s *Service) symmetricSource(ctx context.Context, id Identity, trackingID string) (source, Response, bool) {
+	return s.credentialSource(ctx, id, trackingID, store.AttestationSymmetricKey,
+		func(e *store.Enrollment) bool { return e.Attestation.Type == store.AttestationSymmetricKey },
+		func(g *store.Group) bool { return g.Attestation.Type == store.AttestationSymmetricKey },
+		"enrollment group is no longer symmetricKey")
+}
+
+// credentialSource re-reads, at register time, the enrollment or group a
+// connection authenticated against and checks that it still accepts the
+// credential (enrollmentOK, groupOK): the individual enrollment when the
+// connection matched one, else the group, unless an individual enrollment
+// has appeared since. groupChanged is the refusal reason when the group no
+// longer accepts it.
+func (s *Service) credentialSource(ctx context.Context, id Identity, trackingID, attestationType string,
+	enrollmentOK func(*store.Enrollment) bool, groupOK func(*store.Group) bool, groupChanged string) (source, Response, bool) {
 	e, err := s.cfg.Store.GetEnrollment(ctx, id.RegistrationID)
 	switch {
 	case err == nil:
-		if id.GroupID != "" || e.Attestation.Type != store.AttestationSymmetricKey {
+		if id.GroupID != "" || !enrollmentOK(e) {
 			return source{}, s.unauthorized(ctx, trackingID, id, "individual enrollment changed since authentication"), false
 		}
 		return enrollmentSource(e), Response{}, true
@@ -188,11 +202,11 @@ func (s *Service) symmetricSource(ctx context.Context, id Identity, trackingID s
 		return source{}, s.unauthorized(ctx, trackingID, id, "enrollment group deleted since authentication"), false
 	case err != nil:
 		return source{}, s.internal(ctx, trackingID, id, fmt.Errorf("read enrollment group: %w", err)), false
-	case g.Attestation.Type != store.AttestationSymmetricKey:
-		return source{}, s.unauthorized(ctx, trackingID, id, "enrollment group is no longer symmetricKey"), false
+	case !groupOK(g):
+		return source{}, s.unauthorized(ctx, trackingID, id, groupChanged), false
 	}
 	return source{
-		attestationType: store.AttestationSymmetricKey,
+		attestationType: attestationType,
 		groupID:         g.EnrollmentGroupID,
 		deviceID:        id.RegistrationID,
 		disabled:        strings.EqualFold(g.ProvisioningStatus, store.StatusDisabled),

@@ -214,38 +214,14 @@ func (s *Service) x509Source(ctx context.Context, id Identity, trackingID string
 	if err := checkValidity(id.Certificate, s.cfg.Now()); err != nil {
 		return source{}, s.unauthorized(ctx, trackingID, id, "certificate "+err.Error()), false
 	}
-	e, err := s.cfg.Store.GetEnrollment(ctx, id.RegistrationID)
-	switch {
-	case err == nil:
-		if id.GroupID != "" || !isX509Enrollment(e) || !pins(e.Attestation.X509.ClientCertificates, id.Certificate) {
-			return source{}, s.unauthorized(ctx, trackingID, id, "individual enrollment changed since authentication"), false
-		}
-		return enrollmentSource(e), Response{}, true
-	case !errors.Is(err, store.ErrNotFound):
-		return source{}, s.internal(ctx, trackingID, id, fmt.Errorf("read enrollment: %w", err)), false
-	case id.GroupID == "":
-		return source{}, s.unauthorized(ctx, trackingID, id, "enrollment deleted since authentication"), false
-	}
-	g, err := s.cfg.Store.GetGroup(ctx, id.GroupID)
-	switch {
-	case errors.Is(err, store.ErrNotFound):
-		return source{}, s.unauthorized(ctx, trackingID, id, "enrollment group deleted since authentication"), false
-	case err != nil:
-		return source{}, s.internal(ctx, trackingID, id, fmt.Errorf("read enrollment group: %w", err)), false
-	case g.Attestation.Type != store.AttestationX509 || !namesCA(g, id.SigningCertificate):
-		return source{}, s.unauthorized(ctx, trackingID, id, "enrollment group no longer names the CA the certificate verified to"), false
-	}
-	return source{
-		attestationType: store.AttestationX509,
-		groupID:         g.EnrollmentGroupID,
-		deviceID:        id.RegistrationID,
-		disabled:        strings.EqualFold(g.ProvisioningStatus, store.StatusDisabled),
-		createdAt:       g.CreatedAt,
-		target: allocationTarget{
-			policy: g.AllocationPolicy, hubHostName: g.IoTHubHostName,
-			hubs: g.IoTHubs, reprovision: g.ReprovisionPolicy,
+	return s.credentialSource(ctx, id, trackingID, store.AttestationX509,
+		func(e *store.Enrollment) bool {
+			return isX509Enrollment(e) && pins(e.Attestation.X509.ClientCertificates, id.Certificate)
 		},
-	}, Response{}, true
+		func(g *store.Group) bool {
+			return g.Attestation.Type == store.AttestationX509 && namesCA(g, id.SigningCertificate)
+		},
+		"enrollment group no longer names the CA the certificate verified to")
 }
 
 // namesCA reports whether ca is one of g's signing certificates.
