@@ -223,7 +223,7 @@ func (b *Broker) Start(ctx context.Context) error {
 		if err != nil {
 			return fail(err)
 		}
-		ls = append(ls, listeners.NewNet(ListenerTLS, tls.NewListener(g, b.cfg.TLSConfig)))
+		ls = append(ls, listeners.NewNet(ListenerTLS, newHandshakeListener(g, b.cfg.TLSConfig, ListenerTLS, b.log)))
 	}
 	if b.cfg.WSAddr != "" {
 		g, err := bind(ListenerWS, b.cfg.WSAddr)

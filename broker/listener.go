@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"crypto/tls"
 	"errors"
 	"log/slog"
 	"net"
@@ -162,3 +163,109 @@ func (c *guardConn) Close() error {
 	})
 	return err
 }
+
+// handshakeListener serves TLS on an admission-guarded listener (so the
+// per-address limits apply before any handshake) and runs each server
+// handshake on its own short-lived goroutine, handing a connection on only
+// once its handshake has succeeded. mochi reads every client on one goroutine
+// for the connection's whole life; a handshake run there (on the first Read)
+// grows that goroutine's stack for the certificate and key-exchange work, and
+// an idle connection then keeps the larger stack. The handshake is bounded by
+// the CONNECT deadline the guard sets at accept (and each write by the write
+// timeout); a failed handshake closes the connection, which releases its
+// per-address slot.
+type handshakeListener struct {
+	inner net.Listener
+	cfg   *tls.Config
+	name  string
+	log   *slog.Logger
+
+	start sync.Once
+	ready chan net.Conn
+	done  chan struct{}
+	stop  sync.Once
+
+	mu  sync.Mutex
+	err error
+}
+
+// newHandshakeListener returns a TLS listener over inner with config cfg.
+func newHandshakeListener(inner net.Listener, cfg *tls.Config, name string, log *slog.Logger) *handshakeListener {
+	return &handshakeListener{
+		inner: inner,
+		cfg:   cfg,
+		name:  name,
+		log:   log,
+		ready: make(chan net.Conn),
+		done:  make(chan struct{}),
+	}
+}
+
+// Accept returns the next connection whose TLS handshake has completed.
+func (l *handshakeListener) Accept() (net.Conn, error) {
+	l.start.Do(func() { go l.acceptLoop() })
+	select {
+	case <-l.done:
+		return nil, l.acceptErr()
+	default:
+	}
+	select {
+	case c := <-l.ready:
+		return c, nil
+	case <-l.done:
+		return nil, l.acceptErr()
+	}
+}
+
+// acceptLoop accepts admitted connections and starts a handshake for each,
+// until the inner listener fails (it only does once closed).
+func (l *handshakeListener) acceptLoop() {
+	for {
+		c, err := l.inner.Accept()
+		if err != nil {
+			l.mu.Lock()
+			if l.err == nil {
+				l.err = err
+			}
+			l.mu.Unlock()
+			l.stop.Do(func() { close(l.done) })
+			return
+		}
+		go l.handshake(tls.Server(c, l.cfg))
+	}
+}
+
+// handshake completes the server handshake of tc and hands it to Accept, or
+// closes it when the handshake fails or the listener has been closed.
+func (l *handshakeListener) handshake(tc *tls.Conn) {
+	if err := tc.Handshake(); err != nil {
+		l.log.Debug("TLS handshake failed", "listener", l.name, "remote", remoteIP(tc.RemoteAddr()), "error", err)
+		_ = tc.Close()
+		return
+	}
+	select {
+	case l.ready <- tc:
+	case <-l.done:
+		_ = tc.Close()
+	}
+}
+
+// acceptErr is the error Accept returns once the listener is closed.
+func (l *handshakeListener) acceptErr() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.err != nil {
+		return l.err
+	}
+	return net.ErrClosed
+}
+
+// Close stops accepting; connections already handed on stay open, and those
+// still in their handshake are closed when it ends.
+func (l *handshakeListener) Close() error {
+	l.stop.Do(func() { close(l.done) })
+	return l.inner.Close()
+}
+
+// Addr returns the inner listener's address.
+func (l *handshakeListener) Addr() net.Addr { return l.inner.Addr() }
