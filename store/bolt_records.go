@@ -306,9 +306,21 @@ func (s *Bolt) prepareEnrollment(e *Enrollment) (key []byte, stored, out *Enroll
 
 // putEnrollmentTx writes one prepared enrollment inside tx.
 func putEnrollmentTx(tx *bolt.Tx, key []byte, stored, out *Enrollment, sealed []byte, ifMatch, etag string, now time.Time) error {
-	b := tx.Bucket([]byte(bktEnrollments))
+	return putRecordTx(tx, bktEnrollments, key, ifMatch, now, func(created time.Time) ([]byte, error) {
+		stored.ETag, stored.CreatedAt, stored.UpdatedAt = etag, created, now
+		out.ETag, out.CreatedAt, out.UpdatedAt = etag, created, now
+		return json.Marshal(enrollmentRecord{Enrollment: stored, Sealed: sealed})
+	})
+}
+
+// putRecordTx writes the record encode returns under key in bucket, inside
+// tx, if ifMatch allows it (see precondition). encode gets the creation time
+// to record: the stored record's, or now for a new one. A new record is
+// counted.
+func putRecordTx(tx *bolt.Tx, bucket string, key []byte, ifMatch string, now time.Time, encode func(created time.Time) ([]byte, error)) error {
+	b := tx.Bucket([]byte(bucket))
 	old := b.Get(key)
-	h, err := precondition(bktEnrollments, key, old, ifMatch)
+	h, err := precondition(bucket, key, old, ifMatch)
 	if err != nil {
 		return err
 	}
@@ -316,17 +328,15 @@ func putEnrollmentTx(tx *bolt.Tx, key []byte, stored, out *Enrollment, sealed []
 	if old != nil && !h.CreatedAt.IsZero() {
 		created = h.CreatedAt
 	}
-	stored.ETag, stored.CreatedAt, stored.UpdatedAt = etag, created, now
-	out.ETag, out.CreatedAt, out.UpdatedAt = etag, created, now
-	data, err := json.Marshal(enrollmentRecord{Enrollment: stored, Sealed: sealed})
+	data, err := encode(created)
 	if err != nil {
-		return fmt.Errorf("%w: enrollment %q: %w", ErrInvalidRecord, key, err)
+		return fmt.Errorf("%w: %s %q: %w", ErrInvalidRecord, bucket, key, err)
 	}
 	if err := b.Put(key, data); err != nil {
 		return err
 	}
 	if old == nil {
-		return addCount(tx.Bucket([]byte(bktCounts)), []byte(bktEnrollments), 1)
+		return addCount(tx.Bucket([]byte(bktCounts)), []byte(bucket), 1)
 	}
 	return nil
 }
@@ -568,29 +578,11 @@ func (s *Bolt) PutGroup(ctx context.Context, g *Group, ifMatch string) (*Group, 
 	stored.Attestation = att
 	etag, now := newETag(), s.now().UTC()
 	err = s.batch(func(tx *bolt.Tx) error {
-		b := tx.Bucket([]byte(bktGroups))
-		old := b.Get(key)
-		h, err := precondition(bktGroups, key, old, ifMatch)
-		if err != nil {
-			return err
-		}
-		created := now
-		if old != nil && !h.CreatedAt.IsZero() {
-			created = h.CreatedAt
-		}
-		stored.ETag, stored.CreatedAt, stored.UpdatedAt = etag, created, now
-		out.ETag, out.CreatedAt, out.UpdatedAt = etag, created, now
-		data, err := json.Marshal(groupRecord{Group: stored, Sealed: sealed})
-		if err != nil {
-			return fmt.Errorf("%w: group %q: %w", ErrInvalidRecord, key, err)
-		}
-		if err := b.Put(key, data); err != nil {
-			return err
-		}
-		if old == nil {
-			return addCount(tx.Bucket([]byte(bktCounts)), []byte(bktGroups), 1)
-		}
-		return nil
+		return putRecordTx(tx, bktGroups, key, ifMatch, now, func(created time.Time) ([]byte, error) {
+			stored.ETag, stored.CreatedAt, stored.UpdatedAt = etag, created, now
+			out.ETag, out.CreatedAt, out.UpdatedAt = etag, created, now
+			return json.Marshal(groupRecord{Group: stored, Sealed: sealed})
+		})
 	})
 	if err != nil {
 		return nil, fmt.Errorf("store: put group: %w", err)
