@@ -327,3 +327,57 @@ func TestProvisionRetriesServerUnavailable(t *testing.T) {
 		t.Fatalf("%d CONNECTs in all, want 6", got)
 	}
 }
+
+// challengeStub is a Challenger whose reconnect password names the
+// challenge's keyName: the scripted broker decides which ones it admits.
+type challengeStub struct{}
+
+func (challengeStub) Credentials(context.Context, Session) (Credentials, error) {
+	return Credentials{}, nil
+}
+
+func (challengeStub) Challenge(_ context.Context, _ Session, c Challenge) (Credentials, error) {
+	return Credentials{Password: "sas-for-" + c.KeyName}, nil
+}
+
+// A broker that restarted between the challenge and the reconnect refuses
+// the reconnect (a challenge is valid only in the run that issued it): the
+// device asks for a new challenge once and provisions.
+func TestChallengeRefusedAtReconnectStartsOverOnce(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		admitted string // the one reconnect password the broker admits
+		wantOK   bool
+	}{
+		{"second challenge admitted", "sas-for-ref-2", true},
+		{"every reconnect refused", "", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			allow := func(_, pass string) bool { return pass == "" || pass == tc.admitted }
+			b := startScripted(t, allow, func(r scriptReq) scriptResp {
+				if r.Password == "" {
+					return scriptResp{Status: 401, Body: `{"errorCode":401002,"message":"Authorization required, resend request using supplied key",` +
+						`"authenticationKey":"AAAA","keyName":"ref-` + strconv.Itoa(r.N) + `"}`}
+				}
+				return scriptResp{Status: 200, Body: assignedBody}
+			})
+			cfg := b.config(t)
+			cfg.Attestation = challengeStub{}
+			res, err := Provision(context.Background(), cfg)
+			if tc.wantOK {
+				if err != nil || res.Status != StatusAssigned {
+					t.Fatalf("Provision: %+v, %v", res, err)
+				}
+			} else {
+				var e *Error
+				if !errors.As(err, &e) || e.Phase != PhaseReconnect || !errors.Is(err, ErrConnectRefused) {
+					t.Fatalf("Provision: %v", err)
+				}
+			}
+			// restricted, refused reconnect, restricted again, reconnect: never more.
+			if n := b.connects(); n != 4 {
+				t.Fatalf("%d CONNECTs, want 4", n)
+			}
+		})
+	}
+}

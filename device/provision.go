@@ -95,6 +95,7 @@ func (p *provisioner) run(ctx context.Context) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
+	firstCreds := creds
 	s, err := p.connect(ctx, PhaseConnect, creds)
 	if err != nil {
 		return nil, err
@@ -107,6 +108,7 @@ func (p *provisioner) run(ctx context.Context) (*Result, error) {
 
 	p.phase(registerPhase)
 	resp, err := p.send(ctx, s, registerPhase, registerTopic, body)
+	startedOver := false
 	for challenges := 0; err == nil && resp.Status == 401 && canChallenge; challenges++ {
 		eb := parseError(resp.Body)
 		if eb.AuthenticationKey == "" || challenges >= maxChallenges {
@@ -132,7 +134,25 @@ func (p *provisioner) run(ctx context.Context) (*Result, error) {
 
 		p.phase(PhaseReconnect)
 		if s, err = p.connect(ctx, PhaseReconnect, creds); err != nil {
-			return nil, err
+			// A challenge is valid only in the broker run that issued it:
+			// a refused reconnect may mean the broker restarted since.
+			// Start over once with a new challenge.
+			if !errors.Is(err, ErrConnectRefused) || startedOver {
+				return nil, err
+			}
+			startedOver = true
+			p.cfg.Logger.Debug("reconnect refused; asking for a new challenge", "error", err)
+			p.phase(PhaseConnect)
+			if s, err = p.connect(ctx, PhaseConnect, firstCreds); err != nil {
+				return nil, err
+			}
+			registerPhase = PhaseChallenge
+			if body, err = p.registerBody(ctx, registerPhase); err != nil {
+				return nil, err
+			}
+			p.phase(registerPhase)
+			resp, err = p.send(ctx, s, registerPhase, registerTopic, body)
+			continue
 		}
 		registerPhase = PhaseRegister
 		if body, err = p.registerBody(ctx, registerPhase); err != nil {
