@@ -18,48 +18,49 @@ import (
 type groupCommit struct {
 	mu      sync.Mutex
 	queue   []*groupCall
-	leading bool // a goroutine is committing batches
+	leading bool // a caller is committing a batch
 }
 
-// groupCall is one write waiting for its batch.
+// groupCall is one write waiting for its batch. wake receives false when
+// the call's outcome is in err, or true when the call must lead the next
+// batch.
 type groupCall struct {
 	fn   func(*bolt.Tx) error
 	err  error
-	done chan struct{}
+	wake chan bool
 }
 
 // do runs fn in a durable write transaction shared with the writes queued
-// at the same time and returns its own outcome. As with db.Batch, fn may run
-// more than once: when one function of a batch fails, the transaction is
-// rolled back, the failing function is run again alone (its error is its
-// own) and the others are retried without it.
+// at the same time and returns its own outcome. The caller that finds no
+// batch committing commits one itself (no goroutine is started and no
+// other goroutine woken for a lone writer); when it is done and writes have
+// queued meanwhile, the first of them is woken to commit the next batch.
+// As with db.Batch, fn may run more than once: when one function of a batch
+// fails, the transaction is rolled back, the failing function is run again
+// alone (its error is its own) and the others are retried without it.
 func (g *groupCommit) do(db *bolt.DB, fn func(*bolt.Tx) error) error {
-	c := &groupCall{fn: fn, done: make(chan struct{})}
+	c := &groupCall{fn: fn, wake: make(chan bool, 1)}
 	g.mu.Lock()
 	g.queue = append(g.queue, c)
-	if !g.leading {
-		g.leading = true
-		go g.lead(db)
+	lead := !g.leading
+	g.leading = true
+	g.mu.Unlock()
+	if !lead && !<-c.wake {
+		return c.err
+	}
+	g.mu.Lock()
+	calls := g.queue
+	g.queue = nil
+	g.mu.Unlock()
+	commitCalls(db, calls)
+	g.mu.Lock()
+	if len(g.queue) == 0 {
+		g.leading = false
+	} else {
+		g.queue[0].wake <- true
 	}
 	g.mu.Unlock()
-	<-c.done
 	return c.err
-}
-
-// lead commits batches until the queue is empty.
-func (g *groupCommit) lead(db *bolt.DB) {
-	for {
-		g.mu.Lock()
-		calls := g.queue
-		g.queue = nil
-		if len(calls) == 0 {
-			g.leading = false
-			g.mu.Unlock()
-			return
-		}
-		g.mu.Unlock()
-		commitCalls(db, calls)
-	}
 }
 
 // commitCalls runs calls in one transaction and delivers each outcome.
@@ -78,7 +79,7 @@ func commitCalls(db *bolt.DB, calls []*groupCall) {
 		if failed >= 0 {
 			c := calls[failed]
 			c.err = db.Update(func(tx *bolt.Tx) error { return safeCall(c.fn, tx) })
-			close(c.done)
+			c.wake <- false
 			rest := make([]*groupCall, 0, len(calls)-1)
 			rest = append(rest, calls[:failed]...)
 			calls = append(rest, calls[failed+1:]...)
@@ -86,7 +87,7 @@ func commitCalls(db *bolt.DB, calls []*groupCall) {
 		}
 		for _, c := range calls {
 			c.err = err // nil, or the commit's failure, shared by all
-			close(c.done)
+			c.wake <- false
 		}
 		return
 	}
