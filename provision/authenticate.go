@@ -124,13 +124,16 @@ func (s *Service) authSAS(ctx context.Context, c Connect, spelledID string) (Ide
 // authTPM verifies a SAS signed with the key a TPM challenge delivered.
 func (s *Service) authTPM(ctx context.Context, c Connect, tok *attest.SASToken, resource, regID string) (Identity, error) {
 	ref := tok.KeyName
-	expires, err := parseChallengeRef(ref)
+	cr, err := parseChallengeRef(ref)
 	if err != nil {
 		return s.refuse(ctx, c, ErrNotAuthorized, "bad challenge reference: %w", err)
 	}
+	if cr.run != s.run {
+		return s.refuse(ctx, c, ErrNotAuthorized, "challenge was issued before the broker restarted; the device must ask for a new one")
+	}
 	now := s.cfg.Now()
-	if !now.Before(expires) {
-		return s.refuse(ctx, c, ErrNotAuthorized, "challenge expired at %s", formatTime(expires))
+	if !now.Before(cr.expires) {
+		return s.refuse(ctx, c, ErrNotAuthorized, "challenge expired at %s", formatTime(cr.expires))
 	}
 	key := challengeKey(s.cfg.ChallengeSecret, regID, ref)
 	if err := tok.Verify(key, resource, now, s.cfg.SAS); err != nil {
@@ -145,9 +148,9 @@ func (s *Service) authTPM(ctx context.Context, c Connect, tok *attest.SASToken, 
 	case e.Attestation.Type != store.AttestationTPM:
 		return s.refuse(ctx, c, ErrNotAuthorized, "enrollment is no longer of type tpm")
 	}
-	if err := s.cfg.Store.UseChallenge(ctx, ref, expires); err != nil {
-		if errors.Is(err, store.ErrChallengeUsed) {
-			return s.refuse(ctx, c, ErrNotAuthorized, "challenge already used")
+	if err := s.usedRefs.use(cr, now); err != nil {
+		if errors.Is(err, errChallengeUsed) {
+			return s.refuse(ctx, c, ErrNotAuthorized, "%w", err)
 		}
 		return s.refuse(ctx, c, ErrUnavailable, "mark challenge used: %w", err)
 	}

@@ -58,7 +58,7 @@ func BenchmarkAuthenticateTPM(b *testing.B) {
 		if len(tokens) == 0 {
 			b.StopTimer()
 			for range cap(tokens) {
-				ref, err := newChallengeRef(e.svc.cfg.Rand, e.clock.Now().Add(time.Minute))
+				ref, err := newChallengeRef(e.svc.cfg.Rand, e.svc.run, e.clock.Now().Add(time.Minute))
 				if err != nil {
 					b.Fatal(err)
 				}

@@ -1,9 +1,12 @@
 package provision
 
 // The TPM challenge reference and key (docs/protocol.md section 5). Nothing is
-// stored per challenge: the reference carries its expiry and fresh randomness,
-// and the key is derived from the service secret, so no later challenge can
-// cancel an earlier one and every broker sharing the secret agrees.
+// stored per challenge: the reference carries the id of the broker run that
+// issued it, its expiry and fresh randomness, and the key is derived from the
+// service secret, so no later challenge can cancel an earlier one. A
+// reference authenticates once; the references used so far are remembered in
+// memory (usedrefs.go), which is why a reference from another run of the
+// broker is refused: that run's memory is gone.
 
 import (
 	"context"
@@ -23,66 +26,92 @@ import (
 )
 
 const (
-	// challengeRefPrefix marks a SAS skn as a TPM challenge reference (version 1).
-	challengeRefPrefix = "t1."
+	// challengeRefPrefix marks a SAS skn as a TPM challenge reference (version 2:
+	// version 1 references, without the run id, are no longer issued or accepted).
+	challengeRefPrefix = "t2."
+	// runIDSize is the size of the id of a broker run.
+	runIDSize = 8
 	// challengeNonceSize is the fresh randomness in a reference.
 	challengeNonceSize = 16
-	// challengeRefDataSize is expiry (8 bytes, big-endian Unix seconds) plus nonce.
-	challengeRefDataSize = 8 + challengeNonceSize
+	// challengeRefDataSize is run id, expiry (8 bytes, big-endian Unix seconds) and nonce.
+	challengeRefDataSize = runIDSize + 8 + challengeNonceSize
 	// challengeKeyLabel domain-separates challenge keys from any other use of the secret.
 	challengeKeyLabel = "dpsd tpm challenge key v1"
 )
+
+// runID identifies one run of the service (one process lifetime): random,
+// drawn when the Service is created.
+type runID [runIDSize]byte
+
+// challengeRef is a decoded challenge reference.
+type challengeRef struct {
+	run     runID
+	expires time.Time
+	nonce   [challengeNonceSize]byte
+}
 
 // errNotChallengeRef: the skn is not a TPM challenge reference (a symmetric-key token).
 var errNotChallengeRef = errors.New("not a challenge reference")
 
 // isChallengeRef reports whether a SAS skn claims to be a TPM challenge
 // reference. A claim that does not parse is refused, never tried as a
-// symmetric key.
-func isChallengeRef(skn string) bool { return strings.HasPrefix(skn, challengeRefPrefix) }
+// symmetric key. Version 1 references ("t1.") are claims too, so that they
+// are refused with a reason instead of being tried as symmetric keys.
+func isChallengeRef(skn string) bool {
+	return strings.HasPrefix(skn, challengeRefPrefix) || strings.HasPrefix(skn, "t1.")
+}
 
-// newChallengeRef returns a fresh reference expiring at expires:
-// "t1." + base64url-nopad(expiry || 16 random bytes), 35 characters of
-// [A-Za-z0-9._-].
-func newChallengeRef(rand io.Reader, expires time.Time) (string, error) {
+// newChallengeRef returns a fresh reference of run expiring at expires:
+// "t2." + base64url-nopad(run id || expiry || 16 random bytes), 46
+// characters of [A-Za-z0-9._-].
+func newChallengeRef(rand io.Reader, run runID, expires time.Time) (string, error) {
 	var b [challengeRefDataSize]byte
-	binary.BigEndian.PutUint64(b[:8], uint64(expires.Unix()))
-	if _, err := io.ReadFull(rand, b[8:]); err != nil {
+	copy(b[:runIDSize], run[:])
+	binary.BigEndian.PutUint64(b[runIDSize:runIDSize+8], uint64(expires.Unix()))
+	if _, err := io.ReadFull(rand, b[runIDSize+8:]); err != nil {
 		return "", fmt.Errorf("challenge reference randomness: %w", err)
 	}
 	return challengeRefPrefix + base64.RawURLEncoding.EncodeToString(b[:]), nil
 }
 
-// parseChallengeRef returns the expiry a reference carries. It accepts only
-// the exact canonical form newChallengeRef writes.
-func parseChallengeRef(ref string) (time.Time, error) {
+// parseChallengeRef decodes a reference. It accepts only the exact canonical
+// form newChallengeRef writes.
+func parseChallengeRef(ref string) (challengeRef, error) {
 	if !isChallengeRef(ref) {
-		return time.Time{}, errNotChallengeRef
+		return challengeRef{}, errNotChallengeRef
+	}
+	if !strings.HasPrefix(ref, challengeRefPrefix) {
+		return challengeRef{}, errors.New("challenge reference: version 1 references are no longer accepted")
 	}
 	enc := ref[len(challengeRefPrefix):]
 	// The decoder skips CR and LF: check the exact form first so that one
 	// challenge has exactly one spelling.
 	if len(enc) != base64.RawURLEncoding.EncodedLen(challengeRefDataSize) {
-		return time.Time{}, fmt.Errorf("challenge reference: %d characters, want %d",
+		return challengeRef{}, fmt.Errorf("challenge reference: %d characters, want %d",
 			len(enc), base64.RawURLEncoding.EncodedLen(challengeRefDataSize))
 	}
 	for i := 0; i < len(enc); i++ {
 		if c := enc[i]; !('A' <= c && c <= 'Z' || 'a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-' || c == '_') {
-			return time.Time{}, fmt.Errorf("challenge reference: byte 0x%02x at offset %d", c, len(challengeRefPrefix)+i)
+			return challengeRef{}, fmt.Errorf("challenge reference: byte 0x%02x at offset %d", c, len(challengeRefPrefix)+i)
 		}
 	}
-	data, err := base64.RawURLEncoding.Strict().DecodeString(enc)
+	var data [challengeRefDataSize]byte
+	n, err := base64.RawURLEncoding.Strict().Decode(data[:], []byte(enc))
 	if err != nil {
-		return time.Time{}, fmt.Errorf("challenge reference: %w", err)
+		return challengeRef{}, fmt.Errorf("challenge reference: %w", err)
 	}
-	if len(data) != challengeRefDataSize {
-		return time.Time{}, fmt.Errorf("challenge reference: %d bytes, want %d", len(data), challengeRefDataSize)
+	if n != challengeRefDataSize {
+		return challengeRef{}, fmt.Errorf("challenge reference: %d bytes, want %d", n, challengeRefDataSize)
 	}
-	secs := binary.BigEndian.Uint64(data[:8])
+	secs := binary.BigEndian.Uint64(data[runIDSize : runIDSize+8])
 	if secs > math.MaxInt64/2 {
-		return time.Time{}, errors.New("challenge reference: expiry out of range")
+		return challengeRef{}, errors.New("challenge reference: expiry out of range")
 	}
-	return time.Unix(int64(secs), 0).UTC(), nil
+	var r challengeRef
+	copy(r.run[:], data[:runIDSize])
+	r.expires = time.Unix(int64(secs), 0).UTC()
+	copy(r.nonce[:], data[runIDSize+8:])
+	return r, nil
 }
 
 // challengeKey derives the 32-byte HMAC key a challenge delivers:
@@ -113,7 +142,7 @@ func (s *Service) challenge(ctx context.Context, id Identity, req RegisterReques
 		return resp
 	}
 	expires := s.cfg.Now().Add(s.cfg.ChallengeLifetime)
-	ref, err := newChallengeRef(s.cfg.Rand, expires)
+	ref, err := newChallengeRef(s.cfg.Rand, s.run, expires)
 	if err != nil {
 		return s.internal(ctx, trackingID, id, err)
 	}

@@ -11,7 +11,8 @@ import (
 
 func TestChallengeRefRoundTrip(t *testing.T) {
 	exp := time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)
-	ref, err := newChallengeRef(rand.Reader, exp)
+	run := runID{1, 2, 3, 4, 5, 6, 7, 8}
+	ref, err := newChallengeRef(rand.Reader, run, exp)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -25,10 +26,10 @@ func TestChallengeRefRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !got.Equal(exp) {
-		t.Fatalf("expiry = %v, want %v", got, exp)
+	if !got.expires.Equal(exp) || got.run != run {
+		t.Fatalf("expiry, run = %v, %x, want %v, %x", got.expires, got.run, exp, run)
 	}
-	ref2, err := newChallengeRef(rand.Reader, exp)
+	ref2, err := newChallengeRef(rand.Reader, run, exp)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -38,14 +39,15 @@ func TestChallengeRefRoundTrip(t *testing.T) {
 }
 
 func TestParseChallengeRefRejects(t *testing.T) {
-	good, err := newChallengeRef(rand.Reader, time.Unix(2000000000, 0))
+	good, err := newChallengeRef(rand.Reader, runID{}, time.Unix(2000000000, 0))
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, ref := range []string{
-		"", "registration", "t1.", "t2." + good[3:], good + "A", good[:len(good)-1],
+		"", "registration", "t2.", "t3." + good[3:], "t1." + good[3:], good + "A", good[:len(good)-1],
 		good[:10] + "+" + good[11:], good[:10] + "=" + good[11:],
-		"t1." + strings.Repeat("_", 32),                                  // expiry out of range
+		"t2." + strings.Repeat("_", 43),                                  // expiry out of range
+		"t1." + strings.Repeat("A", 32),                                  // a version 1 reference
 		good[:10] + "\r" + good[10:], good[:10] + "\n" + good[11:] + "A", // the decoder would skip CR/LF
 	} {
 		if _, err := parseChallengeRef(ref); err == nil {
@@ -76,30 +78,30 @@ func TestChallengeKeyBinding(t *testing.T) {
 }
 
 func FuzzParseChallengeRef(f *testing.F) {
-	good, err := newChallengeRef(rand.Reader, time.Unix(2000000000, 0))
+	good, err := newChallengeRef(rand.Reader, runID{9, 8, 7}, time.Unix(2000000000, 0))
 	if err != nil {
 		f.Fatal(err)
 	}
-	for _, s := range []string{good, "", "t1.", "registration", "t1.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", "t1.________________________________"} {
+	for _, s := range []string{good, "", "t2.", "registration", "t1.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+		"t2." + strings.Repeat("A", 43), "t2." + strings.Repeat("_", 43)} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, ref string) {
-		exp, err := parseChallengeRef(ref)
+		cr, err := parseChallengeRef(ref)
 		if err != nil {
 			return
 		}
-		// Only the canonical form parses: 35 characters of the allowed set,
-		// whose decoded expiry re-encodes to the same prefix.
-		if len(ref) != 35 || !regexp.MustCompile(`^t1\.[A-Za-z0-9_-]{32}$`).MatchString(ref) {
+		// Only the canonical form parses: 46 characters of the allowed set,
+		// whose decoded fields re-encode to the same reference.
+		if len(ref) != 46 || !regexp.MustCompile(`^t2\.[A-Za-z0-9_-]{43}$`).MatchString(ref) {
 			t.Fatalf("accepted non-canonical %q", ref)
 		}
-		again, err := newChallengeRef(bytes.NewReader(make([]byte, challengeNonceSize)), exp)
+		again, err := newChallengeRef(bytes.NewReader(cr.nonce[:]), cr.run, cr.expires)
 		if err != nil {
 			t.Fatal(err)
 		}
-		// "t1." and 10 base64 characters carry the first 60 bits of the expiry.
-		if again[:13] != ref[:13] {
-			t.Fatalf("expiry of %q re-encodes as %q", ref, again)
+		if again != ref {
+			t.Fatalf("%q re-encodes as %q", ref, again)
 		}
 	})
 }

@@ -34,14 +34,19 @@ const (
 type Config struct {
 	// IDScope is the broker's DPS ID scope; devices must name it. Required.
 	IDScope string
-	// Store holds enrollments, registrations, operations and used challenges. Required.
+	// Store holds enrollments, registrations and operations. Required.
 	Store store.Store
-	// ChallengeSecret derives TPM challenge keys: 32+ random bytes, generated
-	// once and persisted by the caller so outstanding challenges survive a
-	// restart and every broker sharing the state derives the same keys. Required.
+	// ChallengeSecret derives TPM challenge keys: 32+ random bytes (dpsd
+	// generates them once and keeps them in its data directory). Required.
 	ChallengeSecret []byte
 	// ChallengeLifetime bounds how long a TPM challenge can be answered (default 10 min).
+	// A challenge can also be answered only in the run of the Service that
+	// issued it: the references used so far are remembered in memory.
 	ChallengeLifetime time.Duration
+	// MaxUsedChallenges bounds the used, unexpired challenge references
+	// remembered (default DefaultMaxUsedChallenges); when it is reached, TPM
+	// authentications are refused as unavailable until references expire.
+	MaxUsedChallenges int
 	// OperationLifetime is how long a finished operation can be polled (default 1 h).
 	OperationLifetime time.Duration
 	// SAS bounds token lifetimes; zero fields take attest's defaults
@@ -64,13 +69,16 @@ type Config struct {
 	Observer Observer
 }
 
-// Service is the provisioning service. Safe for concurrent use: it holds only
-// its configuration; all state is in the store.
+// Service is the provisioning service. Safe for concurrent use: records are
+// in the store; in memory it holds its configuration, the id of this run,
+// the challenge references used in this run and a cache of parsed TPM keys.
 type Service struct {
 	cfg        Config
 	log        *slog.Logger
 	retryAfter time.Duration
 	tpmKeys    *tpmKeyCache
+	run        runID
+	usedRefs   *usedRefs
 }
 
 // ErrInvalidConfig is returned by New for an unusable Config.
@@ -91,6 +99,9 @@ func New(cfg Config) (*Service, error) {
 	if cfg.ChallengeLifetime < 0 || cfg.OperationLifetime < 0 {
 		return nil, fmt.Errorf("%w: negative lifetime", ErrInvalidConfig)
 	}
+	if cfg.MaxUsedChallenges < 0 {
+		return nil, fmt.Errorf("%w: negative MaxUsedChallenges", ErrInvalidConfig)
+	}
 	hubs := make([]string, 0, len(cfg.Hubs))
 	for _, h := range cfg.Hubs {
 		h = strings.TrimSpace(h)
@@ -108,6 +119,9 @@ func New(cfg Config) (*Service, error) {
 	if cfg.OperationLifetime == 0 {
 		cfg.OperationLifetime = DefaultOperationLifetime
 	}
+	if cfg.MaxUsedChallenges == 0 {
+		cfg.MaxUsedChallenges = DefaultMaxUsedChallenges
+	}
 	if cfg.Rand == nil {
 		cfg.Rand = rand.Reader
 	}
@@ -124,7 +138,18 @@ func New(cfg Config) (*Service, error) {
 	case ra < 0:
 		ra = 0
 	}
-	return &Service{cfg: cfg, log: cfg.Logger.With(slog.String("component", "provision")), retryAfter: ra, tpmKeys: newTPMKeyCache()}, nil
+	var run runID
+	if _, err := io.ReadFull(cfg.Rand, run[:]); err != nil {
+		return nil, fmt.Errorf("provision: run id: %w", err)
+	}
+	return &Service{
+		cfg:        cfg,
+		log:        cfg.Logger.With(slog.String("component", "provision")),
+		retryAfter: ra,
+		tpmKeys:    newTPMKeyCache(),
+		run:        run,
+		usedRefs:   newUsedRefs(cfg.MaxUsedChallenges),
+	}, nil
 }
 
 // IDScope returns the ID scope the service answers for.

@@ -251,9 +251,21 @@ func TestTPMChallengeRefusals(t *testing.T) {
 		t.Fatalf("challenge of %s authenticated twin: %v", regID, err)
 	}
 	// A forged reference (other expiry) changes the key: refused.
-	forged := "t1." + strings.Repeat("A", 32)
-	if _, err := e.connect(regID, k.sas(regID, e.clock.Now().Add(time.Hour), forged)); !errors.Is(err, ErrNotAuthorized) {
+	forged, err := parseChallengeRef(ch.KeyName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	forgedRef, err := newChallengeRef(bytes.NewReader(forged.nonce[:]), forged.run, forged.expires.Add(time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.connect(regID, k.sas(regID, e.clock.Now().Add(time.Hour), forgedRef)); !errors.Is(err, ErrNotAuthorized) || !strings.Contains(err.Error(), "does not verify") {
 		t.Fatalf("forged reference: %v", err)
+	}
+	// A reference of another run (a restart) is refused, even with the same secret.
+	other := "t2." + strings.Repeat("A", 43)
+	if _, err := e.connect(regID, k.sas(regID, e.clock.Now().Add(time.Hour), other)); !errors.Is(err, ErrNotAuthorized) || !strings.Contains(err.Error(), "restarted") {
+		t.Fatalf("reference of another run: %v", err)
 	}
 }
 
@@ -410,5 +422,38 @@ func TestTPMChallengeUsedOnceUnderConcurrency(t *testing.T) {
 	}
 	if ok != 1 {
 		t.Fatalf("%d of %d concurrent uses of one challenge authenticated, want 1", ok, n)
+	}
+}
+
+// A challenge can be answered only in the run of the service that issued it:
+// after a restart (a new Service on the same store and secret) the device is
+// refused with a reason and succeeds with a fresh challenge.
+func TestTPMChallengeFromEarlierRun(t *testing.T) {
+	e := newEnv(t)
+	d := newTPMDevice(t, devtpm.RSA2048, devtpm.SRKRSAEmptyUnique)
+	regID := d.registrationID()
+	e.putEnrollment(tpmEnrollment(regID, d.ekPublic()))
+	ch := e.challenge(d, regID)
+	k, err := d.activate(ch.AuthenticationKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	token := k.sas(regID, e.clock.Now().Add(time.Hour), ch.KeyName)
+	k.close()
+
+	restarted, err := New(e.svc.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if restarted.run == e.svc.run {
+		t.Fatal("two runs have the same run id")
+	}
+	e.svc = restarted
+	if _, err := e.connect(regID, token); !errors.Is(err, ErrNotAuthorized) || !strings.Contains(err.Error(), "restarted") {
+		t.Fatalf("challenge of the earlier run: %v", err)
+	}
+	id := e.tpmLogin(d, regID)
+	if got := e.pollFinal(id, e.register(id, RegisterRequest{TPM: d.keys()})); got.Status != "assigned" {
+		t.Fatalf("final %s", encode(t, got))
 	}
 }

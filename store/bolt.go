@@ -54,7 +54,7 @@ const (
 	DefaultMaxItems = 100
 	// MaxMaxItems caps Query.MaxItems.
 	MaxMaxItems = 1000
-	// MaxIDLength bounds registration, group, operation and challenge ids (bytes).
+	// MaxIDLength bounds registration, group and operation ids (bytes).
 	MaxIDLength = 512
 )
 
@@ -86,6 +86,7 @@ type Bolt struct {
 	log     *slog.Logger
 	now     func() time.Time
 
+	leave    func()       // inflight.Done, bound once (enter returns it on every call)
 	writers  atomic.Int32 // write calls in flight: 1 commits alone, more batch
 	noBatch  bool         // benchmarks only: never coalesce (what Batch buys)
 	group    groupCommit  // coalesces concurrent writes (bolt_group.go)
@@ -139,6 +140,7 @@ func OpenBolt(path string, opts BoltOptions) (*Bolt, error) {
 	}
 	db.MaxBatchDelay = opts.MaxBatchDelay
 	s := &Bolt{db: db, path: path, keyPath: opts.KeyFile, log: opts.Logger, now: opts.Now}
+	s.leave = s.inflight.Done
 	if err := s.init(created); err != nil {
 		_ = db.Close()
 		return nil, err
@@ -212,7 +214,7 @@ func (s *Bolt) enter(ctx context.Context) (func(), error) {
 		return nil, ErrClosed
 	}
 	s.inflight.Add(1)
-	return s.inflight.Done, nil
+	return s.leave, nil
 }
 
 // Close waits for in-flight calls and closes the file. Later calls, Close

@@ -11,9 +11,11 @@ import (
 )
 
 // TestConcurrentWriters runs many goroutines that record registrations (some
-// moving between groups), write operations and race for the same challenge
-// references: no record is lost or doubled, and each reference succeeds
-// exactly once.
+// moving between groups), write operations and race to replace the same
+// enrollments under the etag they all read first: no record is lost or
+// doubled, each conditional replace succeeds exactly once, and the losers'
+// ErrPreconditionFailed (an outcome inside a shared batch) neither fails
+// nor undoes the winners' writes.
 func TestConcurrentWriters(t *testing.T) {
 	ctx := context.Background()
 	clock := newTestClock()
@@ -21,10 +23,19 @@ func TestConcurrentWriters(t *testing.T) {
 	const (
 		workers   = 32
 		perWorker = 25
-		refs      = 200
-		shared    = 20 // registrations every worker re-records, changing group
+		contested = 200 // enrollments replaced under one etag by 8 workers each
+		shared    = 20  // registrations every worker re-records, changing group
 	)
-	wins := make([]atomic.Int32, refs)
+	etags := make([]string, contested)
+	for j := range etags {
+		e, err := s.PutEnrollment(ctx, &Enrollment{RegistrationID: fmt.Sprint("enr-", j)}, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		etags[j] = e.ETag
+	}
+	wins := make([]atomic.Int32, contested)
+	winners := make([]atomic.Pointer[Enrollment], contested)
 	var wg sync.WaitGroup
 	errs := make(chan error, workers)
 	start := make(chan struct{})
@@ -53,17 +64,20 @@ func TestConcurrentWriters(t *testing.T) {
 					return
 				}
 			}
-			// Every reference is tried by 8 workers, in different orders.
-			for k := range refs {
-				j := (k + w*13) % refs
+			// Every enrollment is replaced by 8 workers, in different
+			// orders, each under the etag of the first version.
+			for k := range contested {
+				j := (k + w*13) % contested
 				if j%4 != w%4 {
 					continue
 				}
-				err := s.UseChallenge(ctx, fmt.Sprintf("ref-%d", j), exp)
+				e := &Enrollment{RegistrationID: fmt.Sprint("ENR-", j), DeviceID: fmt.Sprint("by-", w)}
+				got, err := s.PutEnrollment(ctx, e, `"`+etags[j]+`"`)
 				switch {
 				case err == nil:
 					wins[j].Add(1)
-				case errors.Is(err, ErrChallengeUsed):
+					winners[j].Store(got)
+				case errors.Is(err, ErrPreconditionFailed):
 				default:
 					errs <- err
 					return
@@ -77,10 +91,20 @@ func TestConcurrentWriters(t *testing.T) {
 	for err := range errs {
 		t.Fatal(err)
 	}
-	for i := range wins {
-		if n := wins[i].Load(); n != 1 {
-			t.Fatalf("ref-%d succeeded %d times", i, n)
+	for j := range wins {
+		if n := wins[j].Load(); n != 1 {
+			t.Fatalf("enr-%d replaced %d times under one etag", j, n)
 		}
+		e, err := s.GetEnrollment(ctx, fmt.Sprint("enr-", j))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if w := winners[j].Load(); e.ETag != w.ETag || e.DeviceID != w.DeviceID || e.ETag == etags[j] {
+			t.Fatalf("enr-%d is %s/%s, the winner wrote %s/%s", j, e.DeviceID, e.ETag, w.DeviceID, w.ETag)
+		}
+	}
+	if n, err := s.CountEnrollments(ctx); err != nil || n != contested {
+		t.Fatalf("enrollments: %d %v, want %d", n, err, contested)
 	}
 	for w := range workers {
 		for i := range perWorker {

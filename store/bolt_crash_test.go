@@ -14,8 +14,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	bolt "go.etcd.io/bbolt"
 )
 
 // Environment of the crash child: the test binary re-executed by
@@ -33,9 +31,9 @@ func TestMain(m *testing.M) {
 }
 
 // crashChild writes from several goroutines until killed, printing one line
-// per acknowledged write: "R id" (registration and its operation), "C ref"
-// (challenge) or "E id" (enrollment). It stops by itself after a minute in
-// case its parent is gone.
+// per acknowledged write: "R id" (registration and its operation), "O id"
+// (that operation replaced), "E id" (enrollment) or "G id" (group). It stops
+// by itself after a minute in case its parent is gone.
 func crashChild(path, prefix string) int {
 	s, err := OpenBolt(path, BoltOptions{Timeout: 10 * time.Second})
 	if err != nil {
@@ -58,20 +56,26 @@ func crashChild(path, prefix string) int {
 			for i := 0; ctx.Err() == nil; i++ {
 				id := fmt.Sprintf("%s-%d-%d", prefix, w, i)
 				var err error
-				switch i % 3 {
+				switch i % 4 {
 				case 0, 1:
-					op := &Operation{ID: "op-" + id, RegistrationID: id, Status: RegistrationAssigned, ExpiresAt: time.Now().Add(time.Hour)}
+					op := &Operation{ID: "op-" + id, RegistrationID: id, Status: RegistrationAssigning, ExpiresAt: time.Now().Add(time.Hour)}
 					_, err = s.RecordRegistration(ctx, &Registration{RegistrationID: id, Status: RegistrationAssigned,
 						EnrollmentGroupID: fmt.Sprint("g", w%2), HubKey: []byte(id)}, op)
 					if err == nil {
 						ack("R", id)
-						if err = s.UseChallenge(ctx, "ref-"+id, time.Now().Add(time.Hour)); err == nil {
-							ack("C", "ref-"+id)
+						op.Status = RegistrationAssigned
+						op.ExpiresAt = time.Now().Add(2 * time.Hour) // moves its expiry entry
+						if err = s.PutOperation(ctx, op); err == nil {
+							ack("O", id)
 						}
 					}
 				case 2:
 					if _, err = s.PutEnrollment(ctx, fullEnrollment(id), ""); err == nil {
 						ack("E", id)
+					}
+				case 3:
+					if _, err = s.PutGroup(ctx, fullGroup(id), ""); err == nil {
+						ack("G", id)
 					}
 				}
 				if err != nil && ctx.Err() == nil {
@@ -112,9 +116,9 @@ func TestCrashSafety(t *testing.T) {
 		}
 		verifyCrashFile(t, path, acked, round)
 	}
-	t.Logf("%d rounds, %d registrations, %d challenges, %d enrollments acknowledged and found",
-		rounds, len(acked["R"]), len(acked["C"]), len(acked["E"]))
-	if len(acked["R"]) == 0 || len(acked["E"]) == 0 {
+	t.Logf("%d rounds, %d registrations, %d operation updates, %d enrollments, %d groups acknowledged and found",
+		rounds, len(acked["R"]), len(acked["O"]), len(acked["E"]), len(acked["G"]))
+	if len(acked["R"]) == 0 || len(acked["O"]) == 0 || len(acked["E"]) == 0 || len(acked["G"]) == 0 {
 		t.Fatal("crash child acknowledged nothing")
 	}
 }
@@ -179,21 +183,20 @@ func verifyCrashFile(t *testing.T, path string, acked map[string][]string, round
 			t.Fatalf("round %d: operation of acknowledged registration %s: %v", round, id, err)
 		}
 	}
-	err = s.db.View(func(tx *bolt.Tx) error {
-		b := tx.Bucket([]byte(bktChallenges))
-		for _, ref := range acked["C"] {
-			if b.Get([]byte(ref)) == nil {
-				return fmt.Errorf("acknowledged challenge %s was lost", ref)
-			}
+	for _, id := range acked["O"] {
+		op, err := s.GetOperation(ctx, "op-"+id)
+		if err != nil || op.Status != RegistrationAssigned {
+			t.Fatalf("round %d: acknowledged operation update %s: %+v %v", round, id, op, err)
 		}
-		return nil
-	})
-	if err != nil {
-		t.Fatalf("round %d: %v", round, err)
 	}
 	for _, id := range acked["E"] {
 		if _, err := s.GetEnrollment(ctx, id); err != nil {
 			t.Fatalf("round %d: acknowledged enrollment %s: %v", round, id, err)
+		}
+	}
+	for _, id := range acked["G"] {
+		if _, err := s.GetGroup(ctx, id); err != nil {
+			t.Fatalf("round %d: acknowledged group %s: %v", round, id, err)
 		}
 	}
 }

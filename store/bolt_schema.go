@@ -13,8 +13,10 @@ import (
 
 // SchemaVersion is the layout version this build writes (meta/version).
 // Version 0 is a file without meta/version (the pre-release layout: record
-// buckets only, secrets in plaintext); OpenBolt upgrades it.
-const SchemaVersion = 1
+// buckets only, secrets in plaintext); version 1 also kept used TPM
+// challenge references (a challenges bucket and 'c' expiry entries).
+// OpenBolt upgrades both.
+const SchemaVersion = 2
 
 // Bucket names and fixed keys of the layout (see doc.go).
 const (
@@ -25,21 +27,26 @@ const (
 	bktGroupRegs     = "groupregs"
 	bktGroupCounts   = "groupcounts"
 	bktOperations    = "operations"
-	bktChallenges    = "challenges"
 	bktExpiry        = "expiry"
 	bktCounts        = "counts"
 
 	metaVersion  = "version"
 	metaKeyCheck = "keycheck"
 
-	expiryChallenge = 'c'
 	expiryOperation = 'o'
 )
 
-// allBuckets lists every top-level bucket of schema version 1.
+// What schema version 1 had and version 2 dropped: the used TPM challenge
+// references. Only migrateV1 knows these names.
+const (
+	v1BktChallenges   = "challenges"
+	v1ExpiryChallenge = 'c'
+)
+
+// allBuckets lists every top-level bucket of the current schema version.
 func allBuckets() []string {
 	return []string{bktMeta, bktEnrollments, bktGroups, bktRegistrations, bktGroupRegs,
-		bktGroupCounts, bktOperations, bktChallenges, bktExpiry, bktCounts}
+		bktGroupCounts, bktOperations, bktExpiry, bktCounts}
 }
 
 // migration upgrades the file from version from to from+1, inside the one
@@ -54,6 +61,7 @@ type migration struct {
 func migrations() []migration {
 	return []migration{
 		{from: 0, name: "create buckets, seal plaintext secrets, build indexes and counters", fn: migrateV0},
+		{from: 1, name: "drop used TPM challenge references (challenges bucket and their expiry entries)", fn: migrateV1},
 	}
 }
 
@@ -135,6 +143,43 @@ func migrateV0(s *Bolt, tx *bolt.Tx) error {
 		}
 	}
 	return rebuildDerived(tx)
+}
+
+// migrateV1 removes what version 1 kept of used TPM challenge references:
+// the challenges bucket and every expiry index entry of kind 'c'. Their
+// single use is now checked in memory by the provisioning service (a
+// reference names the broker run that issued it), so nothing replaces them.
+// A file without them (a version 0 file just migrated) passes unchanged.
+func migrateV1(s *Bolt, tx *bolt.Tx) error {
+	if tx.Bucket([]byte(v1BktChallenges)) != nil {
+		if err := tx.DeleteBucket([]byte(v1BktChallenges)); err != nil {
+			return fmt.Errorf("delete bucket %s: %w", v1BktChallenges, err)
+		}
+	}
+	idx := tx.Bucket([]byte(bktExpiry))
+	if idx == nil {
+		return nil
+	}
+	// Collect first: deleting under a cursor that walks on skips entries.
+	var keys [][]byte
+	err := idx.ForEach(func(k, _ []byte) error {
+		if len(k) >= 9 && k[8] == v1ExpiryChallenge {
+			keys = append(keys, bytes.Clone(k))
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for _, k := range keys {
+		if err := idx.Delete(k); err != nil {
+			return fmt.Errorf("delete %s/%x: %w", bktExpiry, k, err)
+		}
+	}
+	if len(keys) > 0 {
+		s.log.Info("store: dropped used TPM challenge references", "path", s.path, "entries", len(keys))
+	}
+	return nil
 }
 
 // sealPlaintextKeys rewrites records whose symmetric keys are stored in the
@@ -258,16 +303,6 @@ func computeDerived(tx *bolt.Tx) (map[string]map[string][]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	err = tx.Bucket([]byte(bktChallenges)).ForEach(func(k, v []byte) error {
-		if len(v) != 8 {
-			return fmt.Errorf("%w: %s/%q: value is %d bytes, want 8", ErrCorrupt, bktChallenges, k, len(v))
-		}
-		want[bktExpiry][string(expiryKeyNanos(binary.BigEndian.Uint64(v), expiryChallenge, k))] = []byte{}
-		return nil
-	})
-	if err != nil {
-		return nil, err
-	}
 	for name, n := range counts {
 		if n > 0 { // addCount removes zero counters
 			want[bktCounts][name] = u64(n)
@@ -330,10 +365,6 @@ func expiryKey(t time.Time, kind byte, id []byte) []byte {
 	if ns := t.UnixNano(); ns > 0 {
 		n = uint64(ns)
 	}
-	return expiryKeyNanos(n, kind, id)
-}
-
-func expiryKeyNanos(n uint64, kind byte, id []byte) []byte {
 	k := make([]byte, 0, 9+len(id))
 	k = binary.BigEndian.AppendUint64(k, n)
 	k = append(k, kind)

@@ -403,9 +403,6 @@ func TestInvalidInput(t *testing.T) {
 	if _, err := s.PutEnrollment(ctx, &Enrollment{RegistrationID: "x", InitialTwin: json.RawMessage("{bad")}, ""); !errors.Is(err, ErrInvalidRecord) {
 		t.Errorf("bad twin: %v", err)
 	}
-	if err := s.UseChallenge(ctx, "ref", time.Time{}); !errors.Is(err, ErrInvalidRecord) {
-		t.Errorf("challenge without expiry: %v", err)
-	}
 	if err := s.PutOperation(ctx, &Operation{ID: "op"}); !errors.Is(err, ErrInvalidRecord) {
 		t.Errorf("no expiry: %v", err)
 	}
@@ -599,23 +596,11 @@ func TestBadContinuation(t *testing.T) {
 	}
 }
 
-func TestChallengeSingleUseAndSweep(t *testing.T) {
+func TestOperationExpiryAndSweep(t *testing.T) {
 	ctx := context.Background()
 	clock := newTestClock()
 	s := openTest(t, clock)
 	exp := clock.Now().Add(time.Minute)
-	if err := s.UseChallenge(ctx, "ref-1", exp); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.UseChallenge(ctx, "ref-1", exp.Add(time.Hour)); !errors.Is(err, ErrChallengeUsed) {
-		t.Fatalf("second use: %v", err)
-	}
-	if err := s.UseChallenge(ctx, "REF-1", exp); err != nil {
-		t.Fatalf("refs are case-sensitive: %v", err)
-	}
-	if err := s.UseChallenge(ctx, "ref-2", exp.Add(time.Hour)); err != nil {
-		t.Fatal(err)
-	}
 	if err := s.PutOperation(ctx, fullOperation("op-a", "r", exp)); err != nil {
 		t.Fatal(err)
 	}
@@ -639,28 +624,21 @@ func TestChallengeSingleUseAndSweep(t *testing.T) {
 	if _, err := s.GetOperation(ctx, "op-c"); err != nil {
 		t.Fatalf("extended operation: %v", err)
 	}
-	// An expired reference is a new challenge and may be used again.
-	if err := s.UseChallenge(ctx, "REF-1", clock.Now().Add(time.Minute)); err != nil {
-		t.Fatalf("reuse after expiry: %v", err)
-	}
 	if err := s.Check(); err != nil {
 		t.Fatal(err)
 	}
 	n, err := s.Sweep(ctx, clock.Now())
-	if err != nil || n != 2 { // ref-1, op-a
+	if err != nil || n != 1 { // op-a
 		t.Fatalf("sweep: %d %v", n, err)
 	}
 	if n, _ := s.Sweep(ctx, clock.Now()); n != 0 {
 		t.Fatalf("second sweep: %d", n)
 	}
-	if err := s.UseChallenge(ctx, "ref-2", exp); !errors.Is(err, ErrChallengeUsed) {
-		t.Fatalf("unexpired ref swept: %v", err)
-	}
-	if err := s.UseChallenge(ctx, "ref-1", clock.Now().Add(time.Minute)); err != nil {
-		t.Fatalf("swept ref: %v", err)
+	if _, err := s.GetOperation(ctx, "op-b"); err != nil {
+		t.Fatalf("unexpired operation swept: %v", err)
 	}
 	n, err = s.Sweep(ctx, clock.Now().Add(24*time.Hour))
-	if err != nil || n != 5 { // ref-1, REF-1, ref-2, op-b, op-c
+	if err != nil || n != 2 { // op-b, op-c
 		t.Fatalf("final sweep: %d %v", n, err)
 	}
 	if _, err := s.GetOperation(ctx, "op-b"); !errors.Is(err, ErrNotFound) {
@@ -670,7 +648,7 @@ func TestChallengeSingleUseAndSweep(t *testing.T) {
 		t.Fatal(err)
 	}
 	err = s.db.View(func(tx *bolt.Tx) error {
-		for _, b := range []string{bktExpiry, bktChallenges, bktOperations} {
+		for _, b := range []string{bktExpiry, bktOperations} {
 			if k := tx.Bucket([]byte(b)).Stats().KeyN; k != 0 {
 				return fmt.Errorf("%s has %d keys", b, k)
 			}
@@ -1038,7 +1016,12 @@ func TestSchemaUpgradeFromVersion0(t *testing.T) {
 				return err
 			}
 		}
-		return nil
+		// Pre-release files may hold used challenge references too.
+		c, err := tx.CreateBucket([]byte(v1BktChallenges))
+		if err != nil {
+			return err
+		}
+		return c.Put([]byte("old-ref"), u64(uint64(time.Now().Add(time.Hour).UnixNano())))
 	})
 	_ = db.Close()
 	if err != nil {
@@ -1071,6 +1054,9 @@ func TestSchemaUpgradeFromVersion0(t *testing.T) {
 	err = s.db.View(func(tx *bolt.Tx) error {
 		if v := tx.Bucket([]byte(bktMeta)).Get([]byte(metaVersion)); !bytes.Equal(v, u64(SchemaVersion)) {
 			return fmt.Errorf("version %x", v)
+		}
+		if tx.Bucket([]byte(v1BktChallenges)) != nil {
+			return fmt.Errorf("bucket %s survived the upgrade", v1BktChallenges)
 		}
 		return nil
 	})

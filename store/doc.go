@@ -24,9 +24,9 @@
 // separately from the database: a copied database alone reveals no secret,
 // and without the key the secrets in it are lost.
 //
-// # Buckets, keys and values (schema version 1)
+// # Buckets, keys and values (schema version 2)
 //
-//	meta           "version"  -> uint64 big-endian schema version (1)
+//	meta           "version"  -> uint64 big-endian schema version (2)
 //	               "keycheck" -> HMAC-SHA256(key, "dpsd store key check v1")[:16]
 //	enrollments    lower(registrationId)   -> JSON Enrollment (DPS field names) + "sealed"
 //	groups         lower(enrollmentGroupId) -> JSON Group + "sealed"
@@ -35,8 +35,7 @@
 //	groupcounts    lower(groupId)          -> uint64 big-endian number of registrations
 //	counts         "enrollments" | "groups" | "registrations" -> uint64 big-endian
 //	operations     operationId (as given)  -> JSON Operation
-//	challenges     challenge reference (as given) -> uint64 big-endian expiry (Unix ns)
-//	expiry         uint64 BE expiry (Unix ns) || 'c'|'o' || ref or operationId -> empty
+//	expiry         uint64 BE expiry (Unix ns) || 'o' || operationId -> empty
 //
 // Record keys are lowercased ids; the record keeps its id as given. Ids are
 // 1..512 bytes without NUL (ErrInvalidID). Zero counters are deleted.
@@ -87,11 +86,13 @@
 //
 // # Expiry
 //
-// Operations and used challenge references carry an expiry, indexed in the
-// expiry bucket in time order. GetOperation hides an operation from its
-// ExpiresAt on (now >= ExpiresAt); UseChallenge refuses a reference until its
-// expiry and accepts it again afterwards. Sweep walks the index from the
-// start and deletes what has expired, at most 10,000 entries per transaction.
+// Operations carry an expiry, indexed in the expiry bucket in time order
+// (the kind byte 'o' is the only kind; any other is reported by Check and
+// refused by Sweep as ErrCorrupt). GetOperation hides an operation from its
+// ExpiresAt on (now >= ExpiresAt). Sweep walks the index from the start and
+// deletes the operations that have expired, at most 10,000 per transaction.
+// Nothing else expires: the store keeps no record of issued or used TPM
+// challenges (the provisioning service checks their single use in memory).
 //
 // # Durability and concurrency
 //
@@ -105,8 +106,8 @@
 // a batch fails, the transaction is rolled back, the failing member is run
 // again alone and the others are retried without it), so etags, times and
 // ciphertexts are computed before the call, and expected refusals
-// (ErrPreconditionFailed, ErrNotFound, ErrChallengeUsed) are reported
-// without failing the shared transaction. MaxBatchDelay (default 2 ms) is
+// (ErrPreconditionFailed, ErrNotFound) are reported without failing the
+// shared transaction. MaxBatchDelay (default 2 ms) is
 // only bbolt's db.Batch delay as set on the file; the store's writes do not
 // use db.Batch and wait for no delay. Measured with
 // BenchmarkRecordRegistration (registration + operation per write, noisy
@@ -126,7 +127,12 @@
 // in the clear. Its migration creates the buckets, seals the secrets and
 // builds the derived buckets. bbolt does not scrub freed pages, so after
 // that upgrade compact the file (`bbolt compact`, offline) to drop the old
-// plaintext; OpenBolt logs a warning when it sealed any.
+// plaintext; OpenBolt logs a warning when it sealed any. Version 1 also kept
+// used TPM challenge references (a "challenges" bucket, reference -> expiry,
+// and expiry entries of kind 'c'); its migration deletes the bucket and those
+// entries, and nothing else. A version 1 file opened by this build can no
+// longer be opened by a version 1 build (ErrSchema): keep a backup from
+// before the upgrade to roll back.
 //
 // # Operations
 //

@@ -1,6 +1,5 @@
 // Package store keeps all provisioning state behind one interface: individual
-// enrollments, enrollment groups, registration records, used TPM challenge
-// references and polling operations.
+// enrollments, enrollment groups, registration records and polling operations.
 //
 // The interface speaks in the service's records and operations, never in
 // buckets or transactions, so that another backend (a distributed one) can sit
@@ -22,8 +21,6 @@ var (
 	// ErrPreconditionFailed: the If-Match etag does not match the stored record
 	// (or the record does not exist when an etag was given).
 	ErrPreconditionFailed = errors.New("store: etag does not match")
-	// ErrChallengeUsed: the challenge reference has already authenticated once.
-	ErrChallengeUsed = errors.New("store: challenge reference already used")
 	// ErrClosed: the store has been closed.
 	ErrClosed = errors.New("store: closed")
 )
@@ -244,12 +241,7 @@ type Store interface {
 	// GetOperation returns an unexpired operation or ErrNotFound.
 	GetOperation(ctx context.Context, operationID string) (*Operation, error)
 
-	// UseChallenge marks a TPM challenge reference as used until expires. It
-	// returns ErrChallengeUsed if the reference was already used: a challenge
-	// authenticates once.
-	UseChallenge(ctx context.Context, ref string, expires time.Time) error
-
-	// Sweep deletes expired challenge references and operations, returning how many.
+	// Sweep deletes the operations that expired at or before now, returning how many.
 	Sweep(ctx context.Context, now time.Time) (int, error)
 	// Backup writes a consistent copy of the whole store to w.
 	Backup(ctx context.Context, w io.Writer) (int64, error)

@@ -24,7 +24,7 @@ import (
 	"github.com/tpmdps/dpsd/store"
 )
 
-// sweepInterval is how often expired challenge references and operations are deleted.
+// sweepInterval is how often expired operations are deleted.
 const sweepInterval = time.Minute
 
 const serveUsage = `Usage: dpsd serve [flags]

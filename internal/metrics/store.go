@@ -23,8 +23,7 @@ type timedStore struct {
 // done records one operation.
 func (t *timedStore) done(op string, start time.Time, err error) {
 	t.m.storeTime.WithLabelValues(op).Observe(time.Since(start).Seconds())
-	if err != nil && !errors.Is(err, store.ErrNotFound) && !errors.Is(err, store.ErrPreconditionFailed) &&
-		!errors.Is(err, store.ErrChallengeUsed) {
+	if err != nil && !errors.Is(err, store.ErrNotFound) && !errors.Is(err, store.ErrPreconditionFailed) {
 		t.m.storeErrors.WithLabelValues(op).Inc()
 	}
 }
@@ -130,11 +129,6 @@ func (t *timedStore) PutOperation(ctx context.Context, op *store.Operation) erro
 // GetOperation is timed.
 func (t *timedStore) GetOperation(ctx context.Context, id string) (*store.Operation, error) {
 	return timed(t, "GetOperation", func() (*store.Operation, error) { return t.Store.GetOperation(ctx, id) })
-}
-
-// UseChallenge is timed.
-func (t *timedStore) UseChallenge(ctx context.Context, ref string, expires time.Time) error {
-	return t.timedErr("UseChallenge", func() error { return t.Store.UseChallenge(ctx, ref, expires) })
 }
 
 // Sweep is timed.
