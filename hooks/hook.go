@@ -3,10 +3,11 @@
 // rules, intercepts register and poll requests and writes each answer to the
 // one connection that asked (docs/protocol.md sections 2, 3 and 5).
 //
-// Nothing a device publishes is ever fanned out: every request is swallowed
-// with packets.CodeSuccessIgnore (so mochi still sends the PUBACK) and its
-// answer is written with Client.WritePacket by a per-connection worker that
-// starts only after the PUBACK has been written.
+// Nothing a device publishes is ever fanned out: every request is taken out
+// of mochi's hands in OnPublish (packets.ErrRejectPacket: no fan-out and no
+// PUBACK from mochi) and answered on the client's read goroutine once mochi
+// has finished with the packet (OnPacketProcessed), with the PUBACK and the
+// response written together to that one connection.
 package hooks
 
 import (
@@ -39,7 +40,6 @@ const (
 	DefaultChallengesPerMinute            = 6000
 	DefaultChallengeBurst                 = 500
 	DefaultRestrictedIdleTimeout          = 30 * time.Second
-	DefaultQueueLength                    = 16
 	DefaultRequestsPerConnectionPerMinute = 120
 	DefaultRequestBurstPerConnection      = 10
 	DefaultRequestTimeout                 = 30 * time.Second
@@ -67,8 +67,6 @@ var (
 	ErrIdle = errors.New("hooks: restricted session idle")
 	// ErrTakenOver: another connection with the same registration id took over.
 	ErrTakenOver = errors.New("hooks: session taken over")
-	// ErrQueueFull: the client sent requests faster than they are answered.
-	ErrQueueFull = errors.New("hooks: request queue full")
 	// ErrShuttingDown: the broker is shutting down.
 	ErrShuttingDown = errors.New("hooks: shutting down")
 	// ErrQoS2: QoS 2 publishes are not part of the DPS protocol.
@@ -97,9 +95,6 @@ type Limits struct {
 	// RestrictedIdleTimeout closes a restricted session that has not made a
 	// request for this long (pings do not count).
 	RestrictedIdleTimeout time.Duration
-	// QueueLength bounds unanswered requests per connection; a client that
-	// exceeds it is disconnected.
-	QueueLength int
 	// RequestsPerConnectionPerMinute and RequestBurstPerConnection rate-limit
 	// the register and poll requests of every connection (docs/protocol.md
 	// section 9: polling too fast gets 429 with retry-after).
@@ -131,7 +126,6 @@ func (l Limits) withDefaults() Limits {
 	def(&l.ChallengeBurstPerAddress, DefaultChallengeBurstPerAddress)
 	def(&l.ChallengesPerMinute, DefaultChallengesPerMinute)
 	def(&l.ChallengeBurst, DefaultChallengeBurst)
-	def(&l.QueueLength, DefaultQueueLength)
 	def(&l.RequestsPerConnectionPerMinute, DefaultRequestsPerConnectionPerMinute)
 	def(&l.RequestBurstPerConnection, DefaultRequestBurstPerConnection)
 	def(&l.PollsPerDevice, DefaultPollsPerDevice)
@@ -141,9 +135,6 @@ func (l Limits) withDefaults() Limits {
 	}
 	if l.RegisterWindow <= 0 {
 		l.RegisterWindow = DefaultRegisterWindow
-	}
-	if l.QueueLength < 1 {
-		l.QueueLength = 1
 	}
 	if l.RestrictedIdleTimeout == 0 {
 		l.RestrictedIdleTimeout = DefaultRestrictedIdleTimeout
@@ -277,12 +268,6 @@ type session struct {
 	estTimer    *time.Timer
 	idle        *time.Timer
 
-	// queue and the worker reading it start at the first request
-	// (enqueue), so an idle connection holds neither; guarded by Hook.mu,
-	// sent to by the client's read goroutine only.
-	queue         chan request
-	workerStopped bool
-
 	// touched only by the client's read goroutine
 	pendingReq *request
 	challenges int
@@ -296,6 +281,7 @@ type request struct {
 	topic      RequestTopic
 	body       []byte
 	trackingID string
+	ackID      uint16        // packet id to acknowledge (QoS 1), 0 for QoS 0
 	throttle   time.Duration // > 0: answer 429 with this retry-after
 }
 
@@ -517,8 +503,7 @@ func (h *Hook) release(s *session) {
 	}
 }
 
-// OnDisconnect releases the connection's state and stops its worker after
-// the requests already queued (they are skipped: nobody is left to answer).
+// OnDisconnect releases the connection's state.
 func (h *Hook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
 	if cl.Net.Inline {
 		return
@@ -529,7 +514,6 @@ func (h *Hook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
 	h.mu.Unlock()
 	if s != nil {
 		h.release(s)
-		h.stopWorker(s) // the read goroutine (ours) has ended: no more sends
 	}
 	// mochi keeps 3.1.1 CleanSession=0 clients for resumption; we never resume.
 	if !expire {
@@ -602,9 +586,9 @@ func (h *Hook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet,
 }
 
 // OnPublish takes a request out of mochi's hands: it is parked on the
-// session and handed to the worker by OnPacketProcessed once the PUBACK has
-// been written. packets.CodeSuccessIgnore makes mochi acknowledge the publish
-// and fan it out to nobody.
+// session and answered by OnPacketProcessed. packets.ErrRejectPacket makes
+// mochi drop the publish without fan-out and without a PUBACK: the PUBACK is
+// written with the answer (Hook.write).
 func (h *Hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
 	if cl.Net.Inline {
 		return pk, packets.CodeSuccessIgnore
@@ -620,6 +604,9 @@ func (h *Hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 		return pk, packets.ErrRejectPacket
 	}
 	req := request{topic: rt, body: pk.Payload, trackingID: NewTrackingID()}
+	if pk.FixedHeader.Qos > 0 {
+		req.ackID = pk.PacketID
+	}
 	if s.restricted() {
 		h.mu.Lock()
 		if s.idle != nil {
@@ -648,11 +635,11 @@ func (h *Hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 		req.throttle = h.deviceThrottle(s.id.RegistrationID, rt.Kind)
 	}
 	s.pendingReq = &req
-	return pk, packets.CodeSuccessIgnore
+	return pk, packets.ErrRejectPacket
 }
 
-// OnPacketProcessed hands a parked request to the connection's worker: mochi
-// calls it after processing the PUBLISH, so the PUBACK is already written.
+// OnPacketProcessed answers a parked request: mochi calls it on the client's
+// read goroutine after processing the PUBLISH.
 func (h *Hook) OnPacketProcessed(cl *mqtt.Client, pk packets.Packet, err error) {
 	if cl.Net.Inline || pk.FixedHeader.Type != packets.Publish {
 		return
@@ -664,7 +651,7 @@ func (h *Hook) OnPacketProcessed(cl *mqtt.Client, pk packets.Packet, err error) 
 	req := *s.pendingReq
 	s.pendingReq = nil
 	if err != nil {
-		return // the PUBACK could not be written: the connection is gone
+		return // mochi failed the packet; it closes the connection
 	}
 	h.mu.Lock()
 	if h.draining {
@@ -674,10 +661,10 @@ func (h *Hook) OnPacketProcessed(cl *mqtt.Client, pk packets.Packet, err error) 
 	}
 	h.pending++
 	h.mu.Unlock()
-	if !h.enqueue(s, req) {
-		h.done()
-		h.closeFor(cl, ErrQueueFull)
+	if !cl.Closed() {
+		h.answer(s, req)
 	}
+	h.done()
 }
 
 // done marks one request finished.

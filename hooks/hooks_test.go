@@ -430,11 +430,11 @@ func TestShutdownFinishesRequestsInFlight(t *testing.T) {
 	d := enrollSymmetric(t, s, "sym-drain")
 	c := connectSym(t, s, d, true)
 	c.subscribe(1, hooks.ResponseFilter)
-	const n = hooks.DefaultQueueLength - 2 // more would overflow the queue and close the connection
+	const n = 14 // pipelined: read and answered one at a time, in order
 	for i := 0; i < n; i++ {
 		c.publish(registerTopic+fmt.Sprint(i), 1, nil)
 	}
-	c.send(0xC0, nil) // PINGREQ: handled after every PUBLISH above was queued
+	c.send(0xC0, nil) // PINGREQ: read after every PUBLISH above was answered
 	answers, pingSeen := 0, false
 	shutdown := make(chan error, 1)
 	for {

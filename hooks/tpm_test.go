@@ -253,7 +253,6 @@ func TestTPMHostile(t *testing.T) {
 		ChallengesPerConnection:        60,
 		ChallengesPerAddressPerMinute:  1000,
 		ChallengeBurstPerAddress:       1000,
-		QueueLength:                    64, // the attackers pipeline 50 requests
 		RequestsPerConnectionPerMinute: -1,
 	}}})
 	ek, srk := tpmKeys(t, tpm, devtpm.RSA2048, devtpm.SRKRSAZeroUnique)

@@ -11,10 +11,11 @@ import (
 	"github.com/tpmdps/dpsd/internal/dpsdtest"
 )
 
-// TestWorkerStartsAtFirstRequest: an idle session holds only mochi's two
-// goroutines per connection (reader and writer); the request worker starts
-// with the first request, and every request is still answered.
-func TestWorkerStartsAtFirstRequest(t *testing.T) {
+// TestNoGoroutinePerSession: requests are answered on mochi's read
+// goroutine, so a session holds only mochi's two goroutines per connection
+// (reader and writer), idle or after requests, and every request is still
+// answered.
+func TestNoGoroutinePerSession(t *testing.T) {
 	const n = 40
 	s := dpsdtest.Start(t, dpsdtest.Options{Limits: broker.Limits{
 		ConnectionsPerAddress: -1, ConnectionsPerAddressPerMinute: -1,
@@ -34,7 +35,7 @@ func TestWorkerStartsAtFirstRequest(t *testing.T) {
 	// Every connection has its reader and writer once its SUBACK came back.
 	waitFor(t, "the connections' goroutines", func() bool { return runtime.NumGoroutine()-base >= 2*n })
 	if idle := runtime.NumGoroutine() - base; idle >= 3*n {
-		t.Fatalf("%d idle sessions run %d goroutines, want fewer than 3 each (no worker)", n, idle)
+		t.Fatalf("%d idle sessions run %d goroutines, want fewer than 3 each", n, idle)
 	}
 	for i, c := range clients {
 		c.publish(registerTopic+fmt.Sprint(i), 0, []byte("not json"))
@@ -42,8 +43,7 @@ func TestWorkerStartsAtFirstRequest(t *testing.T) {
 			t.Fatalf("bad body answered %q %s, want 400", topic, body)
 		}
 	}
-	// The workers stay until their connections close.
-	if busy := runtime.NumGoroutine() - base; busy < 3*n {
-		t.Fatalf("%d sessions that made a request run %d goroutines, want at least 3 each", n, busy)
+	if busy := runtime.NumGoroutine() - base; busy >= 3*n {
+		t.Fatalf("%d sessions that made a request run %d goroutines, want fewer than 3 each", n, busy)
 	}
 }
