@@ -184,9 +184,8 @@ func (b *Broker) Start(ctx context.Context) error {
 		return errors.New("broker: already started")
 	}
 	b.started = true
-	var lc net.ListenConfig
 	bind := func(name, addr string) (*guardListener, error) {
-		ln, err := lc.Listen(ctx, "tcp", addr)
+		ln, err := listenKeepAlive(ctx, addr, defaultKeepAlive())
 		if err != nil {
 			return nil, fmt.Errorf("broker: listen %s on %q: %w", name, addr, err)
 		}

@@ -84,10 +84,11 @@ func startAPI(ctx context.Context, cfg config.Config, dir *datadir.Dir, parts ap
 	if _, err := dir.WriteReadOnlyConnectionString(cfg.APIHostName, api.ReadOnlyPolicyName); err != nil {
 		return nil, "", err
 	}
-	var lc net.ListenConfig
-	ln, err := lc.Listen(ctx, "tcp", cfg.APIAddr)
+	// broker.Listen: this listener also carries MQTT over WebSocket, so
+	// it gets the MQTT listeners' keep-alive, set once on the socket.
+	ln, err := broker.Listen(ctx, cfg.APIAddr)
 	if err != nil {
-		return nil, "", fmt.Errorf("service API: listen on %q: %w", cfg.APIAddr, err)
+		return nil, "", fmt.Errorf("service API: %w", err)
 	}
 	tc := parts.tls.Clone()
 	if ws == nil {
