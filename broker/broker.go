@@ -160,6 +160,9 @@ func New(cfg Config, svc *provision.Service) (*Broker, error) {
 	if err := srv.AddHook(h, nil); err != nil {
 		return nil, fmt.Errorf("broker: adding hook: %w", err)
 	}
+	if err := AddServerHooks(srv); err != nil {
+		return nil, err
+	}
 	var rate *ratelimit.Limiter
 	if lim.ConnectionsPerAddressPerMinute > 0 {
 		rate = ratelimit.New(ratelimit.PerMinute(lim.ConnectionsPerAddressPerMinute), lim.ConnectionBurstPerAddress, nil)

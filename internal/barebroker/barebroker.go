@@ -70,8 +70,10 @@ func Start(ctx context.Context, cfg Config) (*Broker, error) {
 	if err := srv.AddHook(&replyHook{srv: srv, body: replyBody(cfg.ReplySize)}, nil); err != nil {
 		return nil, fmt.Errorf("barebroker: adding hook: %w", err)
 	}
+	if err := broker.AddServerHooks(srv); err != nil {
+		return nil, fmt.Errorf("barebroker: %w", err)
+	}
 	b := &Broker{srv: srv}
-	var lc net.ListenConfig
 	var lns []net.Listener
 	closeAll := func() {
 		for _, l := range lns {
@@ -79,9 +81,9 @@ func Start(ctx context.Context, cfg Config) (*Broker, error) {
 		}
 	}
 	if cfg.TCPAddr != "" {
-		l, err := lc.Listen(ctx, "tcp", cfg.TCPAddr)
+		l, err := broker.Listen(ctx, cfg.TCPAddr)
 		if err != nil {
-			return nil, fmt.Errorf("barebroker: listen on %s: %w", cfg.TCPAddr, err)
+			return nil, fmt.Errorf("barebroker: %w", err)
 		}
 		lns = append(lns, l)
 		b.tcp = l.Addr()
@@ -91,10 +93,10 @@ func Start(ctx context.Context, cfg Config) (*Broker, error) {
 		}
 	}
 	if cfg.TLSAddr != "" {
-		l, err := lc.Listen(ctx, "tcp", cfg.TLSAddr)
+		l, err := broker.Listen(ctx, cfg.TLSAddr)
 		if err != nil {
 			closeAll()
-			return nil, fmt.Errorf("barebroker: listen on %s: %w", cfg.TLSAddr, err)
+			return nil, fmt.Errorf("barebroker: %w", err)
 		}
 		lns = append(lns, l)
 		b.tls = l.Addr()
