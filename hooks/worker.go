@@ -68,6 +68,11 @@ func (h *Hook) answer(s *session, req request) {
 		if h.log.Enabled(h.ctx, slog.LevelInfo) {
 			h.reqLog(s, req).Info("response not delivered", "status", resp.Status, "error", err)
 		}
+		// Neither PUBACK nor answer reached the client, or only part of
+		// them (a write that timed out leaves the stream cut mid-packet):
+		// the connection is of no further use. This is also how a client
+		// that stops reading is dropped, after the write timeout.
+		h.closeFor(s.cl, err)
 		return
 	}
 	if h.log.Enabled(h.ctx, slog.LevelInfo) {
