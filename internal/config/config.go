@@ -141,7 +141,7 @@ func settings() []setting {
 		{"tls-key", "", "server private key PEM file (with tls-cert)", str(func(c *Config) *string { return &c.TLSKey })},
 		{"tls-names", "localhost,127.0.0.1", "comma-separated DNS names and IPs of the development server certificate", list(func(c *Config) *[]string { return &c.TLSNames })},
 		{"hubs", "hub.localdomain", "comma-separated IoT hub host names for hashed allocation of enrollments that name none (the default is a placeholder: set your hubs)", list(func(c *Config) *[]string { return &c.Hubs })},
-		{"challenge-lifetime", "10m", "how long a TPM challenge can be answered", dur(func(c *Config) *time.Duration { return &c.ChallengeLifetime })},
+		{"challenge-lifetime", "10m", "how long a TPM challenge can be answered (and only until dpsd restarts)", dur(func(c *Config) *time.Duration { return &c.ChallengeLifetime })},
 		{"retry-after", "1s", "retry-after of 202 answers (0s: ask again now)", dur(func(c *Config) *time.Duration { return &c.RetryAfter })},
 		{"sas-max-lifetime", "0s", "longest SAS token lifetime accepted (0s: the service default)", dur(func(c *Config) *time.Duration { return &c.SASMaxLifetime })},
 		{"connect-timeout", "10s", "time a new connection has to send CONNECT (TLS handshake included)", dur(func(c *Config) *time.Duration { return &c.ConnectTimeout })},
