@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tpmdps/dpsd/attest"
 	"github.com/tpmdps/dpsd/device/devtpm"
 	"github.com/tpmdps/dpsd/device/tpmtransport"
 	"github.com/tpmdps/dpsd/internal/dpsdtest"
@@ -301,6 +302,57 @@ func TestE2EManySymmetricKeyDevices(t *testing.T) {
 		}
 		if results[i].DeviceID != fmt.Sprintf("gw-%03d", i) || results[i].Status != StatusAssigned {
 			t.Fatalf("device %d: %+v", i, results[i])
+		}
+	}
+}
+
+// spoiledChallenges is a TPM whose first n challenge answers are signed with
+// a wrong key, so that the broker refuses those reconnects as it refuses a
+// challenge issued before it restarted.
+type spoiledChallenges struct {
+	*TPM
+	n, calls int
+}
+
+func (s *spoiledChallenges) Challenge(ctx context.Context, sess Session, c Challenge) (Credentials, error) {
+	creds, err := s.TPM.Challenge(ctx, sess, c)
+	s.calls++
+	if err == nil && s.calls <= s.n {
+		creds.Password = attest.SignSAS(make([]byte, 32), sess.Resource, sess.Now.Add(time.Hour), c.KeyName)
+	}
+	return creds, err
+}
+
+// TestE2EReconnectRefusedStartsOverOnce: when the reconnect after a
+// challenge is refused, the device asks for a new challenge once: it
+// provisions if the second reconnect is admitted, and fails at the reconnect
+// after exactly two challenges otherwise; the TPM is left clean either way.
+func TestE2EReconnectRefusedStartsOverOnce(t *testing.T) {
+	srv := startServer(t, false)
+	tpm := simulator(t)
+	regID := enrollTPM(t, srv, "", endorsementKey(t, &TPM{Device: tpm}))
+	for _, tc := range []struct {
+		spoiled int
+		wantOK  bool
+	}{{1, true}, {2, false}} {
+		att := &spoiledChallenges{TPM: &TPM{Device: tpm}, n: tc.spoiled}
+		res, err := Provision(context.Background(), serverConfig(t, srv, TransportTCP, att))
+		if tc.wantOK {
+			if err != nil || res.Status != StatusAssigned || res.RegistrationID != regID {
+				t.Fatalf("one refused reconnect: %+v, %v", res, err)
+			}
+			checkHubSAS(t, srv, tpm, DefaultHubKeyHandle, res)
+		} else {
+			var e *Error
+			if !errors.As(err, &e) || e.Phase != PhaseReconnect || !errors.Is(err, ErrConnectRefused) {
+				t.Fatalf("two refused reconnects: %v", err)
+			}
+		}
+		if att.calls != 2 {
+			t.Fatalf("%d refused: %d challenges opened, want 2", tc.spoiled, att.calls)
+		}
+		if n := transientObjects(t, tpm); n != 0 {
+			t.Fatalf("%d transient objects left in the TPM", n)
 		}
 	}
 }
