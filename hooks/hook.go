@@ -191,7 +191,7 @@ type Hook struct {
 	sessions   map[*mqtt.Client]*session
 	byID       map[string]*session // authenticated sessions by registration id
 	restricted int                 // live restricted sessions
-	pending    int                 // requests queued or being answered
+	pending    int                 // requests being answered
 	draining   bool
 	drained    chan struct{} // closed when draining and pending reaches 0
 }
@@ -442,8 +442,7 @@ func (h *Hook) OnSessionEstablish(cl *mqtt.Client, pk packets.Packet) {
 }
 
 // OnSessionEstablished marks the session established (the CONNACK has been
-// sent) and, for a restricted session, starts its idle timer. The request
-// worker starts with the first request.
+// sent) and, for a restricted session, starts its idle timer.
 func (h *Hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 	if cl.Net.Inline {
 		return
@@ -681,8 +680,8 @@ func (h *Hook) done() {
 	}
 }
 
-// Drain stops taking new requests and waits until every queued request has
-// been answered, or ctx ends. New CONNECTs are refused from now on.
+// Drain stops taking new requests and waits until every request being
+// answered has been, or ctx ends. New CONNECTs are refused from now on.
 func (h *Hook) Drain(ctx context.Context) error {
 	h.mu.Lock()
 	if !h.draining {
