@@ -202,7 +202,7 @@ func NewActivationBlob(rand io.Reader, ek, srk *Public, hmacKey []byte) ([]byte,
 	// definition); integrityKey = KDFa(seed, "INTEGRITY", "", "", digest size);
 	// outerHMAC = HMAC(integrityKey, dupSensitive || Name). Hash and cipher are
 	// the SRK's (its nameAlg is SHA-256, checked by ParsePublic).
-	seed, encSeed, err := srk.kem.Encapsulate(rand, "DUPLICATE")
+	seed, encSeed, err := srk.encapsulate(rand, "DUPLICATE")
 	if err != nil {
 		return nil, fmt.Errorf("attest: activation blob: encapsulate seed to SRK: %w", err)
 	}
@@ -224,9 +224,8 @@ func NewActivationBlob(rand io.Reader, ek, srk *Public, hmacKey []byte) ([]byte,
 	private = append(private, dup...)
 
 	// 4. The inner key as a credential to the EK, bound to the SRK's Name
-	// (Part 3, 12.6 TPM2_MakeCredential, done in software). go-tpm returns
-	// TPM2B contents without their size prefixes.
-	idObject, encSecret, err := tpm2.CreateCredential(rand, ek.kem, srk.name, innerKey)
+	// (Part 3, 12.6 TPM2_MakeCredential, done in software).
+	idObject, encSecret, err := makeCredential(rand, ek, srk.name, innerKey)
 	if err != nil {
 		return nil, fmt.Errorf("attest: activation blob: make credential to EK: %w", err)
 	}
@@ -292,4 +291,67 @@ func tpmCFBEncrypt(key, buf []byte) error {
 	var iv [aes.BlockSize]byte
 	cipher.NewCFBEncrypter(block, iv[:]).XORKeyStream(buf, buf)
 	return nil
+}
+
+// encapsulate shares a fresh seed with the TPM that holds p's private key
+// (Part 1, 24 "Secret Sharing"; label without its terminating NUL) and
+// returns the seed and the TPM2B_ENCRYPTED_SECRET contents that carry it.
+// RSA keys use go-tpm (RSA-OAEP with the label). ECC keys are done here,
+// because go-tpm marshals the ephemeral point by reflection, a measurable
+// share of the server's CPU with ECC devices: an ephemeral P-256 key e,
+// Z = x(e · P), seed = KDFe(SHA-256, Z, label, x(e·G), x(P), 256) (Part 1,
+// 11.4.10.3), and the ciphertext is the TPMS_ECC_POINT e·G (Part 2,
+// 11.2.5.2: TPM2B x, TPM2B y).
+func (p *Public) encapsulate(rand io.Reader, label string) (seed, encSeed []byte, err error) {
+	if p.ecdh == nil {
+		return p.kem.Encapsulate(rand, label)
+	}
+	eph, err := p.ecdh.Curve().GenerateKey(rand)
+	if err != nil {
+		return nil, nil, fmt.Errorf("ephemeral ECC key: %w", err)
+	}
+	z, err := eph.ECDH(p.ecdh)
+	if err != nil {
+		return nil, nil, fmt.Errorf("ECDH: %w", err)
+	}
+	ephPoint, peerPoint := eph.PublicKey().Bytes(), p.ecdh.Bytes() // 0x04 || x || y
+	n := (len(ephPoint) - 1) / 2
+	ephX, ephY, peerX := ephPoint[1:1+n], ephPoint[1+n:], peerPoint[1:1+n]
+	seed = tpm2.KDFe(tpmHash, z, label, ephX, peerX, 8*sha256.Size)
+	encSeed = make([]byte, 0, 4+2*n)
+	encSeed = tpmAppend2B(encSeed, ephX)
+	encSeed = tpmAppend2B(encSeed, ephY)
+	return seed, encSeed, nil
+}
+
+// makeCredential is TPM2_MakeCredential in software (Part 3, 12.6; Part 1,
+// 24.4 and 24.5): credential is protected for the TPM holding ek's private
+// key and bound to the object Name name. It returns the TPM2B_ID_OBJECT
+// contents (TPM2B integrityHMAC || encIdentity) and the
+// TPM2B_ENCRYPTED_SECRET contents, without their own size prefixes:
+// seed = encapsulated to ek with label "IDENTITY";
+// encIdentity = AES-CFB(KDFa(seed, "STORAGE", name, "", ek's AES key
+// bits), IV 0) of TPM2B(credential);
+// integrityHMAC = HMAC(KDFa(seed, "INTEGRITY", "", "", 256), encIdentity ||
+// name). The hash is ek's nameAlg, SHA-256 (checked by ParsePublic).
+func makeCredential(rand io.Reader, ek *Public, name, credential []byte) (idObject, encSecret []byte, err error) {
+	seed, encSecret, err := ek.encapsulate(rand, "IDENTITY")
+	if err != nil {
+		return nil, nil, err
+	}
+	bits, err := ek.kem.SymmetricParameters().KeyBits.AES()
+	if err != nil {
+		return nil, nil, fmt.Errorf("EK symmetric: %w", err)
+	}
+	encIdentity := tpmAppend2B(make([]byte, 0, 2+len(credential)), credential)
+	if err := tpmCFBEncrypt(tpm2.KDFa(tpmHash, seed, "STORAGE", name, nil, int(*bits)), encIdentity); err != nil {
+		return nil, nil, err
+	}
+	mac := hmac.New(sha256.New, tpm2.KDFa(tpmHash, seed, "INTEGRITY", nil, nil, 8*sha256.Size))
+	mac.Write(encIdentity)
+	mac.Write(name)
+	idObject = make([]byte, 0, 2+sha256.Size+len(encIdentity))
+	idObject = tpmAppend2B(idObject, mac.Sum(nil))
+	idObject = append(idObject, encIdentity...)
+	return idObject, encSecret, nil
 }

@@ -6,6 +6,7 @@ package attest
 
 import (
 	"crypto"
+	"crypto/ecdh"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rsa"
@@ -91,6 +92,9 @@ type Public struct {
 	// kemErr records why the key cannot encapsulate (e.g. it is not a
 	// restricted decryption key with an AES-CFB symmetric definition).
 	kemErr error
+	// ecdh is the ECDH form of an ECC key (nil for RSA), for the hand-written
+	// ECC encapsulation (encapsulate, activation.go).
+	ecdh *ecdh.PublicKey
 }
 
 // ParsePublic parses TPM2B_PUBLIC bytes (2-byte big-endian size, then
@@ -372,6 +376,11 @@ func tpmNewPublic(raw []byte, pub *tpm2.TPMTPublic) (*Public, error) {
 	name = append(name, sum[:]...)
 	p := &Public{raw: raw, name: name, key: key, pub: pub}
 	p.kem, p.kemErr = tpmEncapsulationKey(pub)
+	if k, ok := key.(*ecdsa.PublicKey); ok && p.kemErr == nil {
+		if p.ecdh, err = k.ECDH(); err != nil {
+			p.kemErr = tpmUnsupported("key", "no ECDH form: %v", err)
+		}
+	}
 	return p, nil
 }
 
