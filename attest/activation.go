@@ -206,22 +206,11 @@ func NewActivationBlob(rand io.Reader, ek, srk *Public, hmacKey []byte) ([]byte,
 	if err != nil {
 		return nil, fmt.Errorf("attest: activation blob: encapsulate seed to SRK: %w", err)
 	}
-	srkBits, err := srk.kem.SymmetricParameters().KeyBits.AES()
+	// TPM2B_PRIVATE contents (Part 2, 12.3.7): TPM2B(outerHMAC) || dup.
+	private, err := tpmProtect(srk, seed, idName, encInner)
 	if err != nil {
-		return nil, fmt.Errorf("attest: activation blob: SRK symmetric: %w", err)
-	}
-	symKey := tpm2.KDFa(tpmHash, seed, "STORAGE", idName, nil, int(*srkBits))
-	if err := tpmCFBEncrypt(symKey, encInner); err != nil {
 		return nil, fmt.Errorf("attest: activation blob: outer wrapper: %w", err)
 	}
-	dup := encInner
-	outerHMAC := hmac.New(sha256.New, tpm2.KDFa(tpmHash, seed, "INTEGRITY", nil, nil, 8*sha256.Size))
-	outerHMAC.Write(dup)
-	outerHMAC.Write(idName)
-	// TPM2B_PRIVATE contents (Part 2, 12.3.7): TPM2B(outerHMAC) || dup.
-	private := make([]byte, 0, 2+sha256.Size+len(dup))
-	private = tpmAppend2B(private, outerHMAC.Sum(nil))
-	private = append(private, dup...)
 
 	// 4. The inner key as a credential to the EK, bound to the SRK's Name
 	// (Part 3, 12.6 TPM2_MakeCredential, done in software).
@@ -324,34 +313,43 @@ func (p *Public) encapsulate(rand io.Reader, label string) (seed, encSeed []byte
 	return seed, encSeed, nil
 }
 
-// makeCredential is TPM2_MakeCredential in software (Part 3, 12.6; Part 1,
-// 24.4 and 24.5): credential is protected for the TPM holding ek's private
-// key and bound to the object Name name. It returns the TPM2B_ID_OBJECT
-// contents (TPM2B integrityHMAC || encIdentity) and the
-// TPM2B_ENCRYPTED_SECRET contents, without their own size prefixes:
-// seed = encapsulated to ek with label "IDENTITY";
-// encIdentity = AES-CFB(KDFa(seed, "STORAGE", name, "", ek's AES key
-// bits), IV 0) of TPM2B(credential);
-// integrityHMAC = HMAC(KDFa(seed, "INTEGRITY", "", "", 256), encIdentity ||
-// name). The hash is ek's nameAlg, SHA-256 (checked by ParsePublic).
+// makeCredential is TPM2_MakeCredential in software (Part 3, 12.6):
+// credential is protected (tpmProtect) for the TPM holding ek's private key
+// with a seed encapsulated to ek under the label "IDENTITY", and bound to
+// the object Name name. It returns the TPM2B_ID_OBJECT contents (TPM2B
+// integrityHMAC || encIdentity) and the TPM2B_ENCRYPTED_SECRET contents,
+// without their own size prefixes.
 func makeCredential(rand io.Reader, ek *Public, name, credential []byte) (idObject, encSecret []byte, err error) {
 	seed, encSecret, err := ek.encapsulate(rand, "IDENTITY")
 	if err != nil {
 		return nil, nil, err
 	}
-	bits, err := ek.kem.SymmetricParameters().KeyBits.AES()
+	idObject, err = tpmProtect(ek, seed, name, tpmAppend2B(make([]byte, 0, 2+len(credential)), credential))
 	if err != nil {
-		return nil, nil, fmt.Errorf("EK symmetric: %w", err)
-	}
-	encIdentity := tpmAppend2B(make([]byte, 0, 2+len(credential)), credential)
-	if err := tpmCFBEncrypt(tpm2.KDFa(tpmHash, seed, "STORAGE", name, nil, int(*bits)), encIdentity); err != nil {
 		return nil, nil, err
 	}
-	mac := hmac.New(sha256.New, tpm2.KDFa(tpmHash, seed, "INTEGRITY", nil, nil, 8*sha256.Size))
-	mac.Write(encIdentity)
-	mac.Write(name)
-	idObject = make([]byte, 0, 2+sha256.Size+len(encIdentity))
-	idObject = tpmAppend2B(idObject, mac.Sum(nil))
-	idObject = append(idObject, encIdentity...)
 	return idObject, encSecret, nil
+}
+
+// tpmProtect is the protection a seed shared with parent gives data bound
+// to the object Name name, the same for a duplication's outer wrapper (Part
+// 1, 23.3.2.2) and a credential (Part 1, 24.4 "Symmetric Encryption" and
+// 24.5 "HMAC"): data is encrypted in place with AES-CFB under KDFa(seed,
+// "STORAGE", name, "", parent's AES key bits), IV 0, and the result is
+// TPM2B(HMAC(KDFa(seed, "INTEGRITY", "", "", 256), data || name)) || data.
+// The hash is parent's nameAlg, SHA-256 (checked by ParsePublic).
+func tpmProtect(parent *Public, seed, name, data []byte) ([]byte, error) {
+	bits, err := parent.kem.SymmetricParameters().KeyBits.AES()
+	if err != nil {
+		return nil, fmt.Errorf("symmetric definition: %w", err)
+	}
+	if err := tpmCFBEncrypt(tpm2.KDFa(tpmHash, seed, "STORAGE", name, nil, int(*bits)), data); err != nil {
+		return nil, err
+	}
+	mac := hmac.New(sha256.New, tpm2.KDFa(tpmHash, seed, "INTEGRITY", nil, nil, 8*sha256.Size))
+	mac.Write(data)
+	mac.Write(name)
+	out := make([]byte, 0, 2+sha256.Size+len(data))
+	out = tpmAppend2B(out, mac.Sum(nil))
+	return append(out, data...), nil
 }
