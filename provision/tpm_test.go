@@ -45,9 +45,10 @@ func (e *env) challenge(d *tpmDevice, regID string) *TPMChallenge {
 	return ch
 }
 
-// tpmLogin runs the challenge, activates it in the TPM and connects with a
-// TPM-signed SAS, returning the authenticated identity.
-func (e *env) tpmLogin(d *tpmDevice, regID string) Identity {
+// challengeToken asks for a TPM challenge, activates it in the TPM and
+// returns the challenge and the TPM-signed SAS token for the reconnect
+// (valid for an hour).
+func (e *env) challengeToken(d *tpmDevice, regID string) (*TPMChallenge, []byte) {
 	e.t.Helper()
 	ch := e.challenge(d, regID)
 	k, err := d.activate(ch.AuthenticationKey)
@@ -55,7 +56,15 @@ func (e *env) tpmLogin(d *tpmDevice, regID string) Identity {
 		e.t.Fatalf("activate challenge: %v", err)
 	}
 	defer k.close()
-	id := e.mustConnect(regID, k.sas(regID, e.clock.Now().Add(time.Hour), ch.KeyName))
+	return ch, k.sas(regID, e.clock.Now().Add(time.Hour), ch.KeyName)
+}
+
+// tpmLogin runs the challenge, activates it in the TPM and connects with a
+// TPM-signed SAS, returning the authenticated identity.
+func (e *env) tpmLogin(d *tpmDevice, regID string) Identity {
+	e.t.Helper()
+	ch, token := e.challengeToken(d, regID)
+	id := e.mustConnect(regID, token)
 	if id.Method != AuthTPM || id.ChallengeRef != ch.KeyName || id.RegistrationID != strings.ToLower(regID) {
 		e.t.Fatalf("TPM identity %+v", id)
 	}
@@ -81,13 +90,7 @@ func TestTPMFlow(t *testing.T) {
 			en.DeviceID = "tpm-device"
 			e.putEnrollment(en)
 
-			ch := e.challenge(d, regID)
-			k, err := d.activate(ch.AuthenticationKey)
-			if err != nil {
-				t.Fatalf("activate challenge: %v", err)
-			}
-			token := k.sas(regID, e.clock.Now().Add(time.Hour), ch.KeyName)
-			k.close()
+			ch, token := e.challengeToken(d, regID)
 			id := e.mustConnect(regID, token)
 			if id.Method != AuthTPM || id.ChallengeRef != ch.KeyName {
 				t.Fatalf("identity %+v", id)
@@ -226,13 +229,7 @@ func TestTPMChallengeRefusals(t *testing.T) {
 	}
 
 	// An expired reference is refused even with a valid signature.
-	ch := e.challenge(d, regID)
-	k, err := d.activate(ch.AuthenticationKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	token := k.sas(regID, e.clock.Now().Add(time.Hour), ch.KeyName)
-	k.close()
+	_, token := e.challengeToken(d, regID)
 	e.clock.Advance(DefaultChallengeLifetime + time.Second)
 	if _, err := e.connect(regID, token); !errors.Is(err, ErrNotAuthorized) || !strings.Contains(err.Error(), "expired") {
 		t.Fatalf("expired challenge: %v", err)
@@ -241,8 +238,8 @@ func TestTPMChallengeRefusals(t *testing.T) {
 	// A challenge is bound to its registration id: another id's enrollment
 	// with the same EK cannot use it.
 	e.putEnrollment(tpmEnrollment("twin", d.ekPublic()))
-	ch = e.challenge(d, regID)
-	k, err = d.activate(ch.AuthenticationKey)
+	ch := e.challenge(d, regID)
+	k, err := d.activate(ch.AuthenticationKey)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -395,13 +392,7 @@ func TestTPMChallengeUsedOnceUnderConcurrency(t *testing.T) {
 	d := newTPMDevice(t, devtpm.RSA2048, devtpm.SRKRSAEmptyUnique)
 	regID := d.registrationID()
 	e.putEnrollment(tpmEnrollment(regID, d.ekPublic()))
-	ch := e.challenge(d, regID)
-	k, err := d.activate(ch.AuthenticationKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	token := k.sas(regID, e.clock.Now().Add(time.Hour), ch.KeyName)
-	k.close()
+	_, token := e.challengeToken(d, regID)
 	const n = 8
 	errs := make(chan error, n)
 	for range n {
@@ -433,13 +424,7 @@ func TestTPMChallengeFromEarlierRun(t *testing.T) {
 	d := newTPMDevice(t, devtpm.RSA2048, devtpm.SRKRSAEmptyUnique)
 	regID := d.registrationID()
 	e.putEnrollment(tpmEnrollment(regID, d.ekPublic()))
-	ch := e.challenge(d, regID)
-	k, err := d.activate(ch.AuthenticationKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	token := k.sas(regID, e.clock.Now().Add(time.Hour), ch.KeyName)
-	k.close()
+	_, token := e.challengeToken(d, regID)
 
 	restarted, err := New(e.svc.cfg)
 	if err != nil {

@@ -84,10 +84,3 @@ func (u *usedRefs) dropExpired(now int64) {
 		u.head = 0
 	}
 }
-
-// len reports how many references are remembered.
-func (u *usedRefs) len() int {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	return len(u.set)
-}

@@ -33,7 +33,7 @@ func TestUsedRefsOnceUntilExpiry(t *testing.T) {
 	if err := u.use(testRef(3, now.Add(2*time.Minute)), now.Add(time.Minute)); err != nil {
 		t.Fatal(err)
 	}
-	if n := u.len(); n != 1 {
+	if n := len(u.set); n != 1 {
 		t.Fatalf("%d remembered after expiry, want 1", n)
 	}
 }
@@ -74,7 +74,7 @@ func TestUsedRefsManyStayBounded(t *testing.T) {
 			}
 		}
 	}
-	if n := u.len(); n > 101 {
+	if n := len(u.set); n > 101 {
 		t.Fatalf("%d remembered, want at most 101", n)
 	}
 	if c := cap(u.order); c > 1024 {
