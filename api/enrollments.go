@@ -41,7 +41,6 @@ func DecodeEnrollment(data []byte) (*store.Enrollment, error) {
 		return nil, &apiError{code: codeMalformedJSON, msg: "malformed enrollment JSON: " + err.Error(), err: err}
 	}
 	e := in.Enrollment
-	e.CreatedAt, e.UpdatedAt = e.CreatedAt.UTC(), e.UpdatedAt.UTC()
 	return &e, nil
 }
 
@@ -51,16 +50,9 @@ func DecodeEnrollment(data []byte) (*store.Enrollment, error) {
 // when not empty, is the id in the URL, which the body must agree with. rnd
 // is the key source (nil means crypto/rand).
 func ValidateEnrollment(e *store.Enrollment, pathID string, prev *store.Enrollment, rnd io.Reader) error {
-	if e.RegistrationID == "" {
-		e.RegistrationID = pathID
+	if err := normalizeID(&e.RegistrationID, pathID, "registrationId"); err != nil {
+		return err
 	}
-	if pathID != "" && !strings.EqualFold(e.RegistrationID, pathID) {
-		return invalid("registrationId in the body differs from the one in the path")
-	}
-	if err := ValidateID(e.RegistrationID); err != nil {
-		return invalid("registrationId: %v", err)
-	}
-	e.RegistrationID = strings.ToLower(e.RegistrationID)
 	if err := validateDeviceID(e.DeviceID); err != nil {
 		return invalid("%v", err)
 	}
@@ -199,4 +191,21 @@ func asAPIError(err error) *apiError {
 // listError maps a listing failure (a bad continuation token is a 400).
 func listError(err error) *apiError {
 	return storeError(err, codeNoRoute, "listing")
+}
+
+// normalizeID fills an empty record id from pathID (the id in the URL, ""
+// when there is none), checks that the two agree (ignoring case) and that
+// the id is valid, and lowercases it. field names the id in errors.
+func normalizeID(id *string, pathID, field string) error {
+	if *id == "" {
+		*id = pathID
+	}
+	if pathID != "" && !strings.EqualFold(*id, pathID) {
+		return invalid("%s in the body differs from the one in the path", field)
+	}
+	if err := ValidateID(*id); err != nil {
+		return invalid("%s: %v", field, err)
+	}
+	*id = strings.ToLower(*id)
+	return nil
 }

@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
-	"strings"
 
 	"github.com/tpmdps/dpsd/internal/jsonlimit"
 	"github.com/tpmdps/dpsd/store"
@@ -35,16 +34,9 @@ func DecodeGroup(data []byte) (*store.Group, error) {
 // with a symmetric group key (devices use keys derived from it) or an X.509
 // signing CA; TPM groups are not supported (DPS retired them).
 func ValidateGroup(g *store.Group, pathID string, prev *store.Group, rnd io.Reader) error {
-	if g.EnrollmentGroupID == "" {
-		g.EnrollmentGroupID = pathID
+	if err := normalizeID(&g.EnrollmentGroupID, pathID, "enrollmentGroupId"); err != nil {
+		return err
 	}
-	if pathID != "" && !strings.EqualFold(g.EnrollmentGroupID, pathID) {
-		return invalid("enrollmentGroupId in the body differs from the one in the path")
-	}
-	if err := ValidateID(g.EnrollmentGroupID); err != nil {
-		return invalid("enrollmentGroupId: %v", err)
-	}
-	g.EnrollmentGroupID = strings.ToLower(g.EnrollmentGroupID)
 	a := &g.Attestation
 	switch a.Type {
 	case store.AttestationSymmetricKey:

@@ -107,3 +107,23 @@ func TestRegistrations(t *testing.T) {
 		t.Fatal("no audit line for the registration delete")
 	}
 }
+
+// The record times are the store's: times a body carries are ignored when
+// enrollments and groups are decoded.
+func TestDecodeIgnoresRecordTimes(t *testing.T) {
+	const ts = `"createdDateTimeUtc":"2026-01-02T03:04:05+02:00","lastUpdatedDateTimeUtc":"2026-01-02T03:04:05-05:00"`
+	g, err := DecodeGroup([]byte(`{"enrollmentGroupId":"g",` + ts + `}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := DecodeEnrollment([]byte(`{"registrationId":"r",` + ts + `}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, tm := range map[string]time.Time{"group created": g.CreatedAt, "group updated": g.UpdatedAt,
+		"enrollment created": e.CreatedAt, "enrollment updated": e.UpdatedAt} {
+		if !tm.IsZero() {
+			t.Errorf("%s: %v taken from the body", name, tm)
+		}
+	}
+}
