@@ -44,8 +44,10 @@ const (
 
 // Limits bound what clients may do. For counts a zero value takes the default
 // and a negative value disables the limit. The embedded hooks.Limits bound
-// restricted (TPM challenge) sessions. On a shared NAT address many devices
-// come from one IP: size the per-address limits for it.
+// restricted (TPM challenge) sessions; its IPv6PrefixLen also keys the
+// per-address connection limits (an IPv6 address counts as its /64 by
+// default). On a shared NAT address many devices come from one IP: size the
+// per-address limits for it.
 type Limits struct {
 	// ConnectionsPerAddress caps concurrent connections from one IP address,
 	// enforced before the TLS handshake.
@@ -132,6 +134,9 @@ func New(cfg Config, svc *provision.Service) (*Broker, error) {
 	if lim.ConnectionBurstPerAddress == 0 {
 		lim.ConnectionBurstPerAddress = DefaultConnectionBurstPerAddress
 	}
+	if lim.IPv6PrefixLen < 1 || lim.IPv6PrefixLen > 128 {
+		lim.IPv6PrefixLen = ratelimit.DefaultIPv6PrefixLen
+	}
 	if cfg.TLSConfig != nil {
 		tc := cfg.TLSConfig.Clone()
 		if tc.MinVersion < tls.VersionTLS12 {
@@ -199,6 +204,7 @@ func (b *Broker) Start(ctx context.Context) error {
 			writeTimeout:   b.cfg.Limits.WriteTimeout,
 			perAddr:        b.perAddr,
 			rate:           b.rate,
+			ipv6PrefixLen:  b.cfg.Limits.IPv6PrefixLen,
 			log:            b.log,
 			conns:          make(map[*guardConn]struct{}),
 		}

@@ -274,3 +274,52 @@ func TestNewValidates(t *testing.T) {
 		t.Error("Addr of a failed listener must be nil")
 	}
 }
+
+// TestPerAddressCapIPv6Loopback: on a real IPv6 socket (::1, keyed as its
+// /64) the per-address cap holds: a second connection is closed before
+// anything is read, the first keeps working.
+func TestPerAddressCapIPv6Loopback(t *testing.T) {
+	s := dpsdtest.Start(t, dpsdtest.Options{})
+	b, err := broker.New(broker.Config{TCPAddr: "[::1]:0", Limits: broker.Limits{ConnectionsPerAddress: 1}}, s.Service)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Start(context.Background()); err != nil {
+		t.Fatalf("binding [::1]: %v", err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		b.Shutdown(ctx)
+	})
+	addr := b.Addr(broker.ListenerTCP).String()
+	first, err := net.Dial("tcp6", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer first.Close()
+	second, err := net.Dial("tcp6", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer second.Close()
+	second.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := second.Read(make([]byte, 1)); !errors.Is(err, io.EOF) && !isReset(err) {
+		t.Fatalf("second connection from ::1: %v, want closed", err)
+	}
+	first.SetDeadline(time.Now().Add(10 * time.Second))
+	pkt := restrictedConnect("v6-device", dpsdtest.DefaultIDScope+"/registrations/v6-device/api-version=2019-03-31")
+	if _, err := first.Write(pkt); err != nil {
+		t.Fatal(err)
+	}
+	ack := make([]byte, 4)
+	if _, err := io.ReadFull(first, ack); err != nil || ack[3] != 0 {
+		t.Fatalf("first connection CONNACK %x %v", ack, err)
+	}
+}
+
+// isReset reports a connection reset (a close with unread data may show as one).
+func isReset(err error) bool {
+	var op *net.OpError
+	return errors.As(err, &op) && !op.Timeout()
+}

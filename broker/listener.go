@@ -13,7 +13,8 @@ import (
 
 // guardListener wraps a bound TCP listener. Before a connection is handed on
 // (and so before any TLS handshake) it applies the per-address connection
-// rate limit and concurrent-connection cap, and sets a read deadline by
+// rate limit and concurrent-connection cap (keyed by ratelimit.AddressKey:
+// an IPv6 address counts as its prefix), and sets a read deadline by
 // which CONNECT must have arrived: mochi sets none itself, and replaces it
 // with its keep-alive deadline once CONNECT has been read. Every accepted
 // connection is tracked so that Shutdown can close the ones that never sent
@@ -25,6 +26,7 @@ type guardListener struct {
 	writeTimeout   time.Duration
 	perAddr        *ratelimit.Counter
 	rate           *ratelimit.Limiter
+	ipv6PrefixLen  int // of the per-address key
 	log            *slog.Logger
 
 	mu     sync.Mutex
@@ -50,18 +52,18 @@ func (l *guardListener) Accept() (net.Conn, error) {
 			continue
 		}
 		backoff = 0
-		ip := remoteIP(c.RemoteAddr())
-		if ok, _ := l.rate.Allow(ip); !ok {
-			l.log.Debug("connection refused: rate limit", "listener", l.name, "remote", ip)
+		key := addressKey(c.RemoteAddr(), l.ipv6PrefixLen)
+		if ok, _ := l.rate.Allow(key); !ok {
+			l.log.Debug("connection refused: rate limit", "listener", l.name, "remote", key)
 			_ = c.Close()
 			continue
 		}
-		if !l.perAddr.Acquire(ip) {
-			l.log.Debug("connection refused: per-address cap", "listener", l.name, "remote", ip)
+		if !l.perAddr.Acquire(key) {
+			l.log.Debug("connection refused: per-address cap", "listener", l.name, "remote", key)
 			_ = c.Close()
 			continue
 		}
-		gc := &guardConn{Conn: c, l: l, ip: ip, writeTimeout: l.writeTimeout}
+		gc := &guardConn{Conn: c, l: l, key: key, writeTimeout: l.writeTimeout}
 		if l.connectTimeout > 0 {
 			_ = c.SetReadDeadline(time.Now().Add(l.connectTimeout))
 		}
@@ -111,15 +113,12 @@ func (l *guardListener) open() int {
 	return len(l.conns)
 }
 
-// remoteIP returns the IP of a remote address (the whole string if it has no port).
-func remoteIP(a net.Addr) string {
+// addressKey returns the key of a remote address for the per-address limits.
+func addressKey(a net.Addr, ipv6PrefixLen int) string {
 	if a == nil {
 		return ""
 	}
-	if host, _, err := net.SplitHostPort(a.String()); err == nil {
-		return host
-	}
-	return a.String()
+	return ratelimit.AddressKey(a.String(), ipv6PrefixLen)
 }
 
 // guardConn is an admitted connection. SetDeadline only moves the read
@@ -129,7 +128,7 @@ func remoteIP(a net.Addr) string {
 type guardConn struct {
 	net.Conn
 	l            *guardListener
-	ip           string
+	key          string // per-address limit key
 	writeTimeout time.Duration
 	once         sync.Once
 }
@@ -156,7 +155,7 @@ func (c *guardConn) Write(p []byte) (int, error) {
 func (c *guardConn) Close() error {
 	err := c.Conn.Close()
 	c.once.Do(func() {
-		c.l.perAddr.Release(c.ip)
+		c.l.perAddr.Release(c.key)
 		c.l.mu.Lock()
 		delete(c.l.conns, c)
 		c.l.mu.Unlock()
@@ -239,7 +238,7 @@ func (l *handshakeListener) acceptLoop() {
 // closes it when the handshake fails or the listener has been closed.
 func (l *handshakeListener) handshake(tc *tls.Conn) {
 	if err := tc.Handshake(); err != nil {
-		l.log.Debug("TLS handshake failed", "listener", l.name, "remote", remoteIP(tc.RemoteAddr()), "error", err)
+		l.log.Debug("TLS handshake failed", "listener", l.name, "remote", tc.RemoteAddr().String(), "error", err)
 		_ = tc.Close()
 		return
 	}

@@ -16,6 +16,8 @@ import (
 
 	"github.com/gorilla/websocket"
 	"github.com/mochi-mqtt/server/v2/listeners"
+
+	"github.com/tpmdps/dpsd/internal/ratelimit"
 )
 
 // wsListener serves MQTT over (secure) WebSocket on any request path. mochi's
@@ -357,10 +359,7 @@ func (h *wsHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "the MQTT broker is not running", http.StatusServiceUnavailable)
 		return
 	}
-	ip := r.RemoteAddr
-	if host, _, err := net.SplitHostPort(ip); err == nil {
-		ip = host
-	}
+	ip := ratelimit.AddressKey(r.RemoteAddr, b.cfg.Limits.IPv6PrefixLen)
 	if ok, wait := b.rate.Allow(ip); !ok {
 		h.log.Debug("websocket connection refused: rate limit", "remote", ip)
 		w.Header().Set("Retry-After", strconv.Itoa(max(1, int(wait.Seconds()+0.5))))

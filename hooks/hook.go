@@ -19,7 +19,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -111,6 +110,10 @@ type Limits struct {
 	RegisterWindow     time.Duration
 	// RequestTimeout bounds one service call.
 	RequestTimeout time.Duration
+	// IPv6PrefixLen is the IPv6 prefix that counts as one address for every
+	// per-address limit (ratelimit.AddressKey); IPv4 addresses count one by
+	// one. Zero takes ratelimit.DefaultIPv6PrefixLen (64).
+	IPv6PrefixLen int
 }
 
 // withDefaults fills zero values.
@@ -141,6 +144,9 @@ func (l Limits) withDefaults() Limits {
 	}
 	if l.RequestTimeout <= 0 {
 		l.RequestTimeout = DefaultRequestTimeout
+	}
+	if l.IPv6PrefixLen < 1 || l.IPv6PrefixLen > 128 {
+		l.IPv6PrefixLen = ratelimit.DefaultIPv6PrefixLen
 	}
 	return l
 }
@@ -260,7 +266,7 @@ type session struct {
 	cl         *mqtt.Client
 	id         provision.Identity
 	trackingID string // of the CONNECT
-	addr       string // remote IP, for per-address limits
+	addr       string // key of the remote address, for per-address limits (ratelimit.AddressKey)
 
 	// guarded by Hook.mu
 	established bool
@@ -298,14 +304,6 @@ func NewTrackingID() string {
 	_, _ = rand.Read(b[:])
 	s := hex.EncodeToString(b[:])
 	return s[0:8] + "-" + s[8:12] + "-" + s[12:16] + "-" + s[16:20] + "-" + s[20:]
-}
-
-// remoteIP returns the host part of a remote address.
-func remoteIP(addr string) string {
-	if host, _, err := net.SplitHostPort(addr); err == nil {
-		return host
-	}
-	return addr
 }
 
 // OnConnectAuthenticate authenticates a CONNECT with the service, applies the
@@ -349,7 +347,7 @@ func (h *Hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 		cl:         cl,
 		id:         id,
 		trackingID: c.TrackingID,
-		addr:       remoteIP(cl.Net.Remote),
+		addr:       ratelimit.AddressKey(cl.Net.Remote, h.limits.IPv6PrefixLen),
 	}
 	// Give mochi a client id of its own for this connection: mochi's
 	// takeover (inheritClientSession) looks the id up in its client list

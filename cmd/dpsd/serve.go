@@ -144,6 +144,7 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger, stdout io.W
 				PollWindow:                     cfg.PollWindow,
 				RegistersPerDevice:             cfg.RegistersPerDevice,
 				RegisterWindow:                 cfg.RegisterWindow,
+				IPv6PrefixLen:                  cfg.IPv6PrefixLen,
 			},
 		},
 		Logger:  log,

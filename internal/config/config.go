@@ -46,6 +46,7 @@ type Config struct {
 
 	ConnsPerAddress         int
 	ConnRatePerAddress      int
+	IPv6PrefixLen           int
 	RestrictedSessions      int
 	ChallengesPerConnection int
 	ChallengeRatePerAddress int
@@ -148,6 +149,7 @@ func settings() []setting {
 		{"shutdown-timeout", "30s", "on SIGTERM/SIGINT, how long to wait for requests in flight", dur(func(c *Config) *time.Duration { return &c.ShutdownTimeout })},
 		{"conns-per-address", "1000", "concurrent connections per client IP (-1: unlimited)", num(func(c *Config) *int { return &c.ConnsPerAddress })},
 		{"conn-rate-per-address", "1200", "new connections per minute per client IP (-1: unlimited)", num(func(c *Config) *int { return &c.ConnRatePerAddress })},
+		{"ipv6-prefix-len", "64", "IPv6 prefix length that counts as one client address for every per-address limit (1-128; IPv4 addresses count one by one)", num(func(c *Config) *int { return &c.IPv6PrefixLen })},
 		{"restricted-sessions", "1000", "concurrent restricted (TPM challenge) sessions in total (-1: unlimited)", num(func(c *Config) *int { return &c.RestrictedSessions })},
 		{"challenges-per-connection", "3", "TPM challenge requests per restricted connection before it is closed (-1: unlimited)", num(func(c *Config) *int { return &c.ChallengesPerConnection })},
 		{"challenge-rate-per-address", "60", "TPM challenge requests per minute per client IP, then 429 (-1: unlimited)", num(func(c *Config) *int { return &c.ChallengeRatePerAddress })},
@@ -307,6 +309,9 @@ func (c Config) Validate() error {
 	}
 	if c.ChallengeLifetime == 0 {
 		return fmt.Errorf("%w: challenge-lifetime is 0", ErrInvalid)
+	}
+	if c.IPv6PrefixLen < 1 || c.IPv6PrefixLen > 128 {
+		return fmt.Errorf("%w: ipv6-prefix-len %d is not between 1 and 128", ErrInvalid, c.IPv6PrefixLen)
 	}
 	return nil
 }

@@ -25,3 +25,20 @@ func TestDeviceLimitSettings(t *testing.T) {
 		t.Fatal("a bad poll-window was accepted")
 	}
 }
+
+// TestIPv6PrefixLen: per-address limits count an IPv6 /64 by default; the
+// length follows the environment and must lie in 1..128.
+func TestIPv6PrefixLen(t *testing.T) {
+	if c := Default(); c.IPv6PrefixLen != 64 {
+		t.Fatalf("default ipv6-prefix-len %d", c.IPv6PrefixLen)
+	}
+	c, err := Load("serve", "", nil, env(map[string]string{"DPSD_IPV6_PREFIX_LEN": "56"}), &bytes.Buffer{})
+	if err != nil || c.IPv6PrefixLen != 56 {
+		t.Fatalf("from env: %d %v", c.IPv6PrefixLen, err)
+	}
+	for _, bad := range []string{"0", "129", "-1"} {
+		if _, err := Load("serve", "", []string{"-ipv6-prefix-len", bad}, env(nil), &bytes.Buffer{}); err == nil {
+			t.Fatalf("ipv6-prefix-len %s accepted", bad)
+		}
+	}
+}
