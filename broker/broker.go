@@ -21,6 +21,7 @@ import (
 
 	"github.com/tpmdps/dpsd/hooks"
 	"github.com/tpmdps/dpsd/internal/ratelimit"
+	"github.com/tpmdps/dpsd/internal/refusal"
 	"github.com/tpmdps/dpsd/provision"
 )
 
@@ -83,8 +84,10 @@ type Config struct {
 	Limits Limits
 	// Logger receives broker and request logs (default: discard).
 	Logger *slog.Logger
-	// Metrics, if set, receives request latencies and refusals (see
-	// hooks.Metrics); nil means off.
+	// Metrics, if set, receives request latencies, the hook's CONNECT
+	// refusals and the connections refused by a per-address limit (see
+	// hooks.Metrics); nil means off. Such connections are also logged, at
+	// warning level, once per address per refusal.LogInterval.
 	Metrics hooks.Metrics
 }
 
@@ -95,8 +98,9 @@ type Broker struct {
 	srv  *mqtt.Server
 	hook *hooks.Hook
 
-	perAddr *ratelimit.Counter
-	rate    *ratelimit.Limiter
+	perAddr  *ratelimit.Counter
+	rate     *ratelimit.Limiter
+	refusals *refusal.Reporter // connections refused by a per-address limit
 
 	mu       sync.Mutex
 	started  bool
@@ -172,14 +176,19 @@ func New(cfg Config, svc *provision.Service) (*Broker, error) {
 	if lim.ConnectionsPerAddressPerMinute > 0 {
 		rate = ratelimit.New(ratelimit.PerMinute(lim.ConnectionsPerAddressPerMinute), lim.ConnectionBurstPerAddress, nil)
 	}
+	var counter refusal.Counter
+	if cfg.Metrics != nil {
+		counter = cfg.Metrics
+	}
 	return &Broker{
-		cfg:     cfg,
-		log:     log,
-		srv:     srv,
-		hook:    h,
-		perAddr: ratelimit.NewCounter(lim.ConnectionsPerAddress),
-		rate:    rate,
-		guards:  make(map[string]*guardListener),
+		cfg:      cfg,
+		log:      log,
+		srv:      srv,
+		hook:     h,
+		perAddr:  ratelimit.NewCounter(lim.ConnectionsPerAddress),
+		rate:     rate,
+		refusals: refusal.New(log, counter, nil),
+		guards:   make(map[string]*guardListener),
 	}, nil
 }
 
@@ -205,6 +214,7 @@ func (b *Broker) Start(ctx context.Context) error {
 			perAddr:        b.perAddr,
 			rate:           b.rate,
 			ipv6PrefixLen:  b.cfg.Limits.IPv6PrefixLen,
+			refusals:       b.refusals,
 			log:            b.log,
 			conns:          make(map[*guardConn]struct{}),
 		}

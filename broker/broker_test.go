@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"strings"
@@ -280,7 +281,9 @@ func TestNewValidates(t *testing.T) {
 // anything is read, the first keeps working.
 func TestPerAddressCapIPv6Loopback(t *testing.T) {
 	s := dpsdtest.Start(t, dpsdtest.Options{})
-	b, err := broker.New(broker.Config{TCPAddr: "[::1]:0", Limits: broker.Limits{ConnectionsPerAddress: 1}}, s.Service)
+	logs := &logBuffer{}
+	b, err := broker.New(broker.Config{TCPAddr: "[::1]:0", Limits: broker.Limits{ConnectionsPerAddress: 1},
+		Logger: slog.New(slog.NewJSONHandler(logs, nil))}, s.Service)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -306,6 +309,9 @@ func TestPerAddressCapIPv6Loopback(t *testing.T) {
 	second.SetReadDeadline(time.Now().Add(10 * time.Second))
 	if _, err := second.Read(make([]byte, 1)); !errors.Is(err, io.EOF) && !isReset(err) {
 		t.Fatalf("second connection from ::1: %v, want closed", err)
+	}
+	if w := logs.records(t, "connection refused by a per-address limit"); len(w) != 1 || w[0]["address"] != "::/64" {
+		t.Fatalf("warnings %v, want one naming ::/64", w)
 	}
 	first.SetDeadline(time.Now().Add(10 * time.Second))
 	pkt := restrictedConnect("v6-device", dpsdtest.DefaultIDScope+"/registrations/v6-device/api-version=2019-03-31")

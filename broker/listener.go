@@ -9,12 +9,14 @@ import (
 	"time"
 
 	"github.com/tpmdps/dpsd/internal/ratelimit"
+	"github.com/tpmdps/dpsd/internal/refusal"
 )
 
 // guardListener wraps a bound TCP listener. Before a connection is handed on
 // (and so before any TLS handshake) it applies the per-address connection
 // rate limit and concurrent-connection cap (keyed by ratelimit.AddressKey:
-// an IPv6 address counts as its prefix), and sets a read deadline by
+// an IPv6 address counts as its prefix; refused connections are counted and
+// logged by the refusal.Reporter), and sets a read deadline by
 // which CONNECT must have arrived: mochi sets none itself, and replaces it
 // with its keep-alive deadline once CONNECT has been read. Every accepted
 // connection is tracked so that Shutdown can close the ones that never sent
@@ -26,7 +28,8 @@ type guardListener struct {
 	writeTimeout   time.Duration
 	perAddr        *ratelimit.Counter
 	rate           *ratelimit.Limiter
-	ipv6PrefixLen  int // of the per-address key
+	ipv6PrefixLen  int               // of the per-address key
+	refusals       *refusal.Reporter // nil: refusals go unreported
 	log            *slog.Logger
 
 	mu     sync.Mutex
@@ -54,12 +57,12 @@ func (l *guardListener) Accept() (net.Conn, error) {
 		backoff = 0
 		key := addressKey(c.RemoteAddr(), l.ipv6PrefixLen)
 		if ok, _ := l.rate.Allow(key); !ok {
-			l.log.Debug("connection refused: rate limit", "listener", l.name, "remote", key)
+			l.refusals.Refused(l.name, refusal.AddressRate, key)
 			_ = c.Close()
 			continue
 		}
 		if !l.perAddr.Acquire(key) {
-			l.log.Debug("connection refused: per-address cap", "listener", l.name, "remote", key)
+			l.refusals.Refused(l.name, refusal.AddressCap, key)
 			_ = c.Close()
 			continue
 		}

@@ -18,6 +18,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/listeners"
 
 	"github.com/tpmdps/dpsd/internal/ratelimit"
+	"github.com/tpmdps/dpsd/internal/refusal"
 )
 
 // wsListener serves MQTT over (secure) WebSocket on any request path. mochi's
@@ -361,13 +362,13 @@ func (h *wsHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	ip := ratelimit.AddressKey(r.RemoteAddr, b.cfg.Limits.IPv6PrefixLen)
 	if ok, wait := b.rate.Allow(ip); !ok {
-		h.log.Debug("websocket connection refused: rate limit", "remote", ip)
+		b.refusals.Refused(ListenerWSHandler, refusal.AddressRate, ip)
 		w.Header().Set("Retry-After", strconv.Itoa(max(1, int(wait.Seconds()+0.5))))
 		http.Error(w, "too many connections", http.StatusTooManyRequests)
 		return
 	}
 	if !b.perAddr.Acquire(ip) {
-		h.log.Debug("websocket connection refused: per-address cap", "remote", ip)
+		b.refusals.Refused(ListenerWSHandler, refusal.AddressCap, ip)
 		http.Error(w, "too many connections", http.StatusServiceUnavailable)
 		return
 	}

@@ -24,6 +24,7 @@ import (
 	"github.com/tpmdps/dpsd/broker"
 	"github.com/tpmdps/dpsd/hooks"
 	"github.com/tpmdps/dpsd/internal/dpsdtest"
+	"github.com/tpmdps/dpsd/internal/refusal"
 	"github.com/tpmdps/dpsd/provision"
 	"github.com/tpmdps/dpsd/store"
 )
@@ -105,7 +106,8 @@ func TestWebSocketHandlerClientCertificate(t *testing.T) {
 // TestWebSocketHandlerLimitsAndShutdown: the per-address cap applies to the
 // handler's connections, and Shutdown closes one that never sent CONNECT.
 func TestWebSocketHandlerLimitsAndShutdown(t *testing.T) {
-	s := dpsdtest.Start(t, dpsdtest.Options{APIAddr: "127.0.0.1:0", APIWebSocket: true,
+	rec := &recordingMetrics{}
+	s := dpsdtest.Start(t, dpsdtest.Options{APIAddr: "127.0.0.1:0", APIWebSocket: true, Metrics: rec,
 		ConnectTimeout: time.Minute, Limits: broker.Limits{ConnectionsPerAddress: 1}})
 	dialer := websocket.Dialer{TLSClientConfig: s.TLSConfig(), Subprotocols: []string{"mqtt"}, HandshakeTimeout: 10 * time.Second}
 	first, _, err := dialer.Dial("wss://"+s.APIAddr+"/", nil)
@@ -122,6 +124,9 @@ func TestWebSocketHandlerLimitsAndShutdown(t *testing.T) {
 	}
 	if _, resp, err := dialer.Dial("wss://"+s.APIAddr+"/", nil); err == nil || resp == nil || resp.StatusCode != http.StatusServiceUnavailable {
 		t.Fatalf("second connection from one address: %v %v", err, resp)
+	}
+	if got := rec.connsRefused(); got[broker.ListenerWSHandler+"/"+refusal.AddressCap] != 1 {
+		t.Fatalf("refusals counted %v", got)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
@@ -145,6 +150,27 @@ type recordingMetrics struct {
 	mu      sync.Mutex
 	phases  []string
 	refused []string
+	conns   map[string]int // listener/reason of connections refused by a per-address limit
+}
+
+func (r *recordingMetrics) ConnectionRefused(listener, reason string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.conns == nil {
+		r.conns = make(map[string]int)
+	}
+	r.conns[listener+"/"+reason]++
+}
+
+// connsRefused returns a copy of the per-address refusals counted so far.
+func (r *recordingMetrics) connsRefused() map[string]int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make(map[string]int, len(r.conns))
+	for k, v := range r.conns {
+		out[k] = v
+	}
+	return out
 }
 
 func (r *recordingMetrics) Observe(phase string, status int, _ time.Duration) {

@@ -1,6 +1,10 @@
 package hooks
 
-import "time"
+import (
+	"time"
+
+	"github.com/tpmdps/dpsd/internal/refusal"
+)
 
 // Phases of Metrics.Observe.
 const (
@@ -30,6 +34,9 @@ type Metrics interface {
 	Observe(phase string, status int, elapsed time.Duration)
 	// ConnectRefused reports a CONNECT refused by the hook itself.
 	ConnectRefused(reason string)
+	// Counter counts connections refused by a per-address limit (of the
+	// broker's listeners and of this hook).
+	refusal.Counter
 }
 
 // observe reports a phase when metrics are on.

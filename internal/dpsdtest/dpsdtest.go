@@ -23,6 +23,7 @@ import (
 
 	"github.com/tpmdps/dpsd/api"
 	"github.com/tpmdps/dpsd/broker"
+	"github.com/tpmdps/dpsd/hooks"
 	"github.com/tpmdps/dpsd/internal/devca"
 	"github.com/tpmdps/dpsd/provision"
 	"github.com/tpmdps/dpsd/store"
@@ -65,6 +66,8 @@ type Options struct {
 	// path), as dpsd can on port 443. The listener then requests client
 	// certificates, for X.509 over WebSocket.
 	APIWebSocket bool
+	// Metrics, if set, is the broker's hooks.Metrics (broker.Config.Metrics).
+	Metrics hooks.Metrics
 	// Logger receives server logs. Default: discarded, unless the environment
 	// variable DPSD_TEST_LOG is set, then text on stderr at debug level.
 	Logger *slog.Logger
@@ -172,6 +175,7 @@ func Start(t testing.TB, opts Options) *Server {
 		ConnectTimeout: opts.ConnectTimeout,
 		Limits:         opts.Limits,
 		Logger:         log,
+		Metrics:        opts.Metrics,
 	}
 	if opts.WebSocket {
 		cfg.WSAddr = opts.WSAddr

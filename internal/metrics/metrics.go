@@ -35,6 +35,7 @@ type Metrics struct {
 	registrations *prometheus.CounterVec   // outcome, attestation
 	challenges    prometheus.Counter       //
 	authFailures  *prometheus.CounterVec   // reason
+	connRefused   *prometheus.CounterVec   // listener, reason
 	requestTime   *prometheus.HistogramVec // phase
 	responses     *prometheus.CounterVec   // phase, code
 	storeTime     *prometheus.HistogramVec // op
@@ -70,6 +71,10 @@ func New() *Metrics {
 			Namespace: Namespace, Name: "auth_failures_total",
 			Help: "Refused device CONNECTs, by reason.",
 		}, []string{"reason"}),
+		connRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: Namespace, Name: "connections_refused_total",
+			Help: "Connections refused by a per-address limit, by listener and reason (per_address_cap, per_address_rate, ...).",
+		}, []string{"listener", "reason"}),
 		requestTime: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: Namespace, Name: "request_duration_seconds",
 			Help:    "Time to answer a request, by phase: connect (authentication), challenge, register, poll (MQTT) and api (HTTPS service API).",
@@ -93,7 +98,7 @@ func New() *Metrics {
 		connsDesc: prometheus.NewDesc(Namespace+"_connections",
 			"Open device connections by listener (CONNECT sent or not).", []string{"listener"}, nil),
 	}
-	m.reg.MustRegister(m.registrations, m.challenges, m.authFailures, m.requestTime, m.responses,
+	m.reg.MustRegister(m.registrations, m.challenges, m.authFailures, m.connRefused, m.requestTime, m.responses,
 		m.storeTime, m.storeErrors, gauges{m},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
@@ -135,6 +140,12 @@ func (m *Metrics) AuthFailed(_ context.Context, reason string) {
 
 // ConnectRefused counts a refusal by the broker hook (hooks.Metrics).
 func (m *Metrics) ConnectRefused(reason string) { m.authFailures.WithLabelValues(reason).Inc() }
+
+// ConnectionRefused counts a connection refused by a per-address limit
+// (hooks.Metrics, refusal.Counter).
+func (m *Metrics) ConnectionRefused(listener, reason string) {
+	m.connRefused.WithLabelValues(listener, reason).Inc()
+}
 
 // Observe records one request's time and status (hooks.Metrics).
 func (m *Metrics) Observe(phase string, status int, elapsed time.Duration) {

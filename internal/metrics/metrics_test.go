@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/tpmdps/dpsd/hooks"
+	"github.com/tpmdps/dpsd/internal/refusal"
 	"github.com/tpmdps/dpsd/provision"
 	"github.com/tpmdps/dpsd/store"
 )
@@ -105,6 +106,24 @@ func TestTimedStore(t *testing.T) {
 		`dpsd_store_operation_duration_seconds_count{op="PutEnrollment"} 1`,
 		`dpsd_store_operation_duration_seconds_count{op="GetEnrollment"} 2`,
 		`dpsd_store_errors_total{op="GetEnrollment"} 1`, // the closed store, not the not-found
+	} {
+		if !strings.Contains(text, want) {
+			t.Errorf("scrape lacks %q", want)
+		}
+	}
+}
+
+// TestConnectionsRefused: refusals by a per-address limit are counted by
+// listener and reason.
+func TestConnectionsRefused(t *testing.T) {
+	m := New()
+	m.ConnectionRefused("tls", refusal.AddressCap)
+	m.ConnectionRefused("tls", refusal.AddressCap)
+	m.ConnectionRefused("api", refusal.AddressRate)
+	text := scrape(t, m)
+	for _, want := range []string{
+		`dpsd_connections_refused_total{listener="tls",reason="per_address_cap"} 2`,
+		`dpsd_connections_refused_total{listener="api",reason="per_address_rate"} 1`,
 	} {
 		if !strings.Contains(text, want) {
 			t.Errorf("scrape lacks %q", want)
