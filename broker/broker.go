@@ -162,7 +162,12 @@ func New(cfg Config, svc *provision.Service) (*Broker, error) {
 	opts.SysTopicResendInterval = defaultSysTopicInterval
 	opts.InlineClient = false
 	srv := mqtt.New(opts)
-	h, err := hooks.New(hooks.Config{Service: svc, Server: srv, Limits: lim.Limits, Logger: log, Metrics: cfg.Metrics})
+	var counter refusal.Counter
+	if cfg.Metrics != nil {
+		counter = cfg.Metrics
+	}
+	refusals := refusal.New(log, counter, nil)
+	h, err := hooks.New(hooks.Config{Service: svc, Server: srv, Limits: lim.Limits, Logger: log, Metrics: cfg.Metrics, Refusals: refusals})
 	if err != nil {
 		return nil, fmt.Errorf("broker: %w", err)
 	}
@@ -176,10 +181,6 @@ func New(cfg Config, svc *provision.Service) (*Broker, error) {
 	if lim.ConnectionsPerAddressPerMinute > 0 {
 		rate = ratelimit.New(ratelimit.PerMinute(lim.ConnectionsPerAddressPerMinute), lim.ConnectionBurstPerAddress, nil)
 	}
-	var counter refusal.Counter
-	if cfg.Metrics != nil {
-		counter = cfg.Metrics
-	}
 	return &Broker{
 		cfg:      cfg,
 		log:      log,
@@ -187,7 +188,7 @@ func New(cfg Config, svc *provision.Service) (*Broker, error) {
 		hook:     h,
 		perAddr:  ratelimit.NewCounter(lim.ConnectionsPerAddress),
 		rate:     rate,
-		refusals: refusal.New(log, counter, nil),
+		refusals: refusals,
 		guards:   make(map[string]*guardListener),
 	}, nil
 }

@@ -68,6 +68,7 @@ func startServerWS(t testing.TB, ws bool) *dpsdtest.Server {
 			ConnectionBurstPerAddress:      5000,
 			Limits: hooks.Limits{
 				RestrictedSessions:            1000,
+				RestrictedSessionsPerAddress:  -1, // every device connects from 127.0.0.1
 				ChallengesPerAddressPerMinute: 100000,
 				ChallengeBurstPerAddress:      1000,
 				ChallengesPerMinute:           100000,

@@ -33,7 +33,15 @@ func (h *Hook) answer(s *session, req request) {
 				h.reqLog(s, req).Info("bad register body", "error", err)
 			}
 			resp = h.svc.ErrorResponse(provision.ErrorCodeBadRequest, "Invalid request body", req.trackingID, -1)
+			req.notTPMRegister = s.restricted()
 			break
+		}
+		if s.restricted() {
+			if rr.TPM == nil {
+				req.notTPMRegister = true
+			} else {
+				h.restrictedActive(s)
+			}
 		}
 		ctx, cancel := context.WithTimeout(h.ctx, h.limits.RequestTimeout)
 		resp = h.svc.Register(ctx, s.id, rr, req.trackingID)
@@ -77,6 +85,22 @@ func (h *Hook) answer(s *session, req request) {
 	}
 	if h.log.Enabled(h.ctx, slog.LevelInfo) {
 		h.reqLog(s, req).Info("answered", "status", resp.Status, "elapsed", h.now().Sub(start))
+	}
+	if req.notTPMRegister {
+		// A restricted session exists for the TPM challenge alone: a poll
+		// or any other register gets its answer (401, 400) and the session
+		// ends, so that it cannot be kept alive without asking for challenges.
+		h.closeFor(s.cl, ErrNotTPMRegister, "trackingId", req.trackingID)
+	}
+}
+
+// restrictedActive resets a restricted session's idle timer: it has just
+// sent a register with tpm, the only request that keeps it going.
+func (h *Hook) restrictedActive(s *session) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if s.idle != nil && !s.released {
+		s.idle.Reset(h.limits.RestrictedIdleTimeout)
 	}
 }
 

@@ -19,7 +19,7 @@ func TestNoGoroutinePerSession(t *testing.T) {
 	const n = 40
 	s := dpsdtest.Start(t, dpsdtest.Options{Limits: broker.Limits{
 		ConnectionsPerAddress: -1, ConnectionsPerAddressPerMinute: -1,
-		Limits: hooks.Limits{RestrictedSessions: -1, ChallengesPerAddressPerMinute: -1, ChallengesPerMinute: -1},
+		Limits: hooks.Limits{RestrictedSessions: -1, RestrictedSessionsPerAddress: -1, ChallengesPerAddressPerMinute: -1, ChallengesPerMinute: -1},
 	}})
 	base := runtime.NumGoroutine()
 	clients := make([]*rawClient, n)
@@ -37,11 +37,17 @@ func TestNoGoroutinePerSession(t *testing.T) {
 	if idle := runtime.NumGoroutine() - base; idle >= 3*n {
 		t.Fatalf("%d idle sessions run %d goroutines, want fewer than 3 each", n, idle)
 	}
+	// A TPM register with keys that do not parse: answered 400, and the
+	// restricted session stays (any other request would end it).
+	body := []byte(`{"tpm":{"endorsementKey":"AAAA","storageRootKey":"AAAA"}}`)
 	for i, c := range clients {
-		c.publish(registerTopic+fmt.Sprint(i), 0, []byte("not json"))
+		c.publish(registerTopic+fmt.Sprint(i), 0, body)
 		if topic, body := c.readResponse(); !strings.HasPrefix(topic, "$dps/registrations/res/400/") {
-			t.Fatalf("bad body answered %q %s, want 400", topic, body)
+			t.Fatalf("bad keys answered %q %s, want 400", topic, body)
 		}
+	}
+	for _, c := range clients {
+		c.ping()
 	}
 	if busy := runtime.NumGoroutine() - base; busy >= 3*n {
 		t.Fatalf("%d sessions that made a request run %d goroutines, want fewer than 3 each", n, busy)

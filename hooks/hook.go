@@ -27,12 +27,15 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/tpmdps/dpsd/internal/ratelimit"
+	"github.com/tpmdps/dpsd/internal/refusal"
 	"github.com/tpmdps/dpsd/provision"
 )
 
 // Defaults of Limits.
 const (
 	DefaultRestrictedSessions             = 1000
+	DefaultRestrictedSessionsPerAddress   = 32
+	DefaultRestrictedLifetime             = 60 * time.Second
 	DefaultChallengesPerConnection        = 3
 	DefaultChallengesPerAddressPerMinute  = 60
 	DefaultChallengeBurstPerAddress       = 20
@@ -64,6 +67,12 @@ var (
 	ErrTooManyChallenges = errors.New("hooks: too many challenges on one connection")
 	// ErrIdle: a restricted session stayed idle too long.
 	ErrIdle = errors.New("hooks: restricted session idle")
+	// ErrLifetime: a restricted session reached its lifetime.
+	ErrLifetime = errors.New("hooks: restricted session lifetime over")
+	// ErrNotTPMRegister: a restricted session sent a request other than a
+	// register with tpm (a poll, a register without tpm or with a body that
+	// does not parse); it is answered and then closed.
+	ErrNotTPMRegister = errors.New("hooks: restricted session sent a request other than a TPM register")
 	// ErrTakenOver: another connection with the same registration id took over.
 	ErrTakenOver = errors.New("hooks: session taken over")
 	// ErrShuttingDown: the broker is shutting down.
@@ -81,6 +90,14 @@ type Limits struct {
 	// RestrictedSessions caps concurrent restricted sessions in total; beyond
 	// it CONNACK says "server unavailable".
 	RestrictedSessions int
+	// RestrictedSessionsPerAddress caps concurrent restricted sessions per
+	// remote address (ratelimit.AddressKey), well below RestrictedSessions
+	// so that one address cannot hold every slot; beyond it CONNACK says
+	// "server unavailable".
+	RestrictedSessionsPerAddress int
+	// RestrictedLifetime closes a restricted session this long after its
+	// CONNACK, whatever it does: a TPM device needs a second or two.
+	RestrictedLifetime time.Duration
 	// ChallengesPerConnection is how many register requests a restricted
 	// session may make; the next one closes the connection.
 	ChallengesPerConnection int
@@ -92,7 +109,8 @@ type Limits struct {
 	ChallengesPerMinute int
 	ChallengeBurst      int
 	// RestrictedIdleTimeout closes a restricted session that has not made a
-	// request for this long (pings do not count).
+	// TPM register request for this long (pings do not count; any other
+	// request closes the session at once).
 	RestrictedIdleTimeout time.Duration
 	// RequestsPerConnectionPerMinute and RequestBurstPerConnection rate-limit
 	// the register and poll requests of every connection (docs/protocol.md
@@ -124,6 +142,7 @@ func (l Limits) withDefaults() Limits {
 		}
 	}
 	def(&l.RestrictedSessions, DefaultRestrictedSessions)
+	def(&l.RestrictedSessionsPerAddress, DefaultRestrictedSessionsPerAddress)
 	def(&l.ChallengesPerConnection, DefaultChallengesPerConnection)
 	def(&l.ChallengesPerAddressPerMinute, DefaultChallengesPerAddressPerMinute)
 	def(&l.ChallengeBurstPerAddress, DefaultChallengeBurstPerAddress)
@@ -141,6 +160,9 @@ func (l Limits) withDefaults() Limits {
 	}
 	if l.RestrictedIdleTimeout == 0 {
 		l.RestrictedIdleTimeout = DefaultRestrictedIdleTimeout
+	}
+	if l.RestrictedLifetime == 0 {
+		l.RestrictedLifetime = DefaultRestrictedLifetime
 	}
 	if l.RequestTimeout <= 0 {
 		l.RequestTimeout = DefaultRequestTimeout
@@ -170,6 +192,9 @@ type Config struct {
 	// Metrics, if set, receives request latencies and the hook's own
 	// CONNECT refusals; nil means off.
 	Metrics Metrics
+	// Refusals, if set, counts and logs the CONNECTs refused by a
+	// per-address limit (the broker shares its listeners' Reporter).
+	Refusals *refusal.Reporter
 }
 
 // Hook is the DPS mochi hook. Create it with New and add it with
@@ -183,7 +208,8 @@ type Hook struct {
 	log    *slog.Logger
 	now    func() time.Time
 
-	metrics Metrics // nil: off
+	metrics  Metrics           // nil: off
+	refusals *refusal.Reporter // nil: off
 
 	addrChallenges  *ratelimit.Limiter
 	totalChallenges *ratelimit.Limiter
@@ -193,13 +219,14 @@ type Hook struct {
 	ctx    context.Context // cancelled by Stop: service calls give up
 	cancel context.CancelFunc
 
-	mu         sync.Mutex
-	sessions   map[*mqtt.Client]*session
-	byID       map[string]*session // authenticated sessions by registration id
-	restricted int                 // live restricted sessions
-	pending    int                 // requests being answered
-	draining   bool
-	drained    chan struct{} // closed when draining and pending reaches 0
+	mu               sync.Mutex
+	sessions         map[*mqtt.Client]*session
+	byID             map[string]*session // authenticated sessions by registration id
+	restricted       int                 // live restricted sessions
+	restrictedByAddr *ratelimit.Counter  // live restricted sessions per address key
+	pending          int                 // requests being answered
+	draining         bool
+	drained          chan struct{} // closed when draining and pending reaches 0
 }
 
 // New returns a Hook for cfg.
@@ -215,9 +242,12 @@ func New(cfg Config) (*Hook, error) {
 		log:      cfg.Logger,
 		now:      cfg.Now,
 		metrics:  cfg.Metrics,
+		refusals: cfg.Refusals,
 		sessions: make(map[*mqtt.Client]*session),
 		byID:     make(map[string]*session),
 		drained:  make(chan struct{}),
+
+		restrictedByAddr: ratelimit.NewCounter(lim.RestrictedSessionsPerAddress),
 	}
 	if h.log == nil {
 		h.log = slog.New(slog.DiscardHandler)
@@ -272,7 +302,8 @@ type session struct {
 	established bool
 	released    bool
 	estTimer    *time.Timer
-	idle        *time.Timer
+	idle        *time.Timer // restricted: closes after RestrictedIdleTimeout without a TPM register
+	lifetime    *time.Timer // restricted: closes RestrictedLifetime after the CONNACK
 
 	// touched only by the client's read goroutine
 	pendingReq *request
@@ -289,6 +320,9 @@ type request struct {
 	trackingID string
 	ackID      uint16        // packet id to acknowledge (QoS 1), 0 for QoS 0
 	throttle   time.Duration // > 0: answer 429 with this retry-after
+	// notTPMRegister: on a restricted session, a request other than a
+	// register (a poll); the session is closed once it is answered.
+	notTPMRegister bool
 }
 
 // connectionStater is satisfied by *tls.Conn and by the broker's WebSocket
@@ -373,6 +407,11 @@ func (h *Hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 			h.mu.Unlock()
 			log.Warn("connect refused: restricted session cap reached", "cap", h.limits.RestrictedSessions)
 			h.refused(RefusedRestrictedCap)
+			return h.refuse(cl, packets.ErrServerUnavailable)
+		}
+		if !h.restrictedByAddr.Acquire(s.addr) {
+			h.mu.Unlock()
+			h.refusals.Refused(cl.Net.Listener, refusal.RestrictedAddressCap, s.addr)
 			return h.refuse(cl, packets.ErrServerUnavailable)
 		}
 		h.restricted++
@@ -460,6 +499,12 @@ func (h *Hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 			cl.Stop(ErrIdle)
 		})
 	}
+	if s.restricted() && h.limits.RestrictedLifetime > 0 {
+		s.lifetime = time.AfterFunc(h.limits.RestrictedLifetime, func() {
+			h.log.Info("closing restricted session at the end of its lifetime", "trackingId", s.trackingID, "registrationId", s.id.RegistrationID)
+			cl.Stop(ErrLifetime)
+		})
+	}
 	h.mu.Unlock()
 }
 
@@ -489,6 +534,7 @@ func (h *Hook) release(s *session) {
 	s.released = true
 	if s.restricted() {
 		h.restricted--
+		h.restrictedByAddr.Release(s.addr)
 	} else if h.byID[s.id.RegistrationID] == s {
 		delete(h.byID, s.id.RegistrationID)
 	}
@@ -497,6 +543,9 @@ func (h *Hook) release(s *session) {
 	}
 	if s.idle != nil {
 		s.idle.Stop()
+	}
+	if s.lifetime != nil {
+		s.lifetime.Stop()
 	}
 }
 
@@ -605,11 +654,9 @@ func (h *Hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 		req.ackID = pk.PacketID
 	}
 	if s.restricted() {
-		h.mu.Lock()
-		if s.idle != nil {
-			s.idle.Reset(h.limits.RestrictedIdleTimeout)
-		}
-		h.mu.Unlock()
+		// Only a register with tpm keeps a restricted session going (its
+		// idle timer is reset in answer, once the body has been read).
+		req.notTPMRegister = rt.Kind != KindRegister
 		if rt.Kind == KindRegister {
 			s.challenges++
 			if h.limits.ChallengesPerConnection > 0 && s.challenges > h.limits.ChallengesPerConnection {

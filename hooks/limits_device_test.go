@@ -165,6 +165,7 @@ func TestSameIDConnectStorm(t *testing.T) {
 		Limits: hooks.Limits{
 			ChallengesPerAddressPerMinute: -1,
 			ChallengesPerMinute:           -1,
+			RestrictedSessionsPerAddress:  -1, // 1,000 sessions held from one address
 		}}})
 	d := enrollSymmetric(t, s, "storm-victim")
 	auth := connectSym(t, s, d, true)

@@ -135,6 +135,8 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger, stdout io.W
 			ConnectionsPerAddressPerMinute: cfg.ConnRatePerAddress,
 			Limits: hooks.Limits{
 				RestrictedSessions:             cfg.RestrictedSessions,
+				RestrictedSessionsPerAddress:   cfg.RestrictedPerAddress,
+				RestrictedLifetime:             cfg.RestrictedLifetime,
 				ChallengesPerConnection:        cfg.ChallengesPerConnection,
 				ChallengesPerAddressPerMinute:  cfg.ChallengeRatePerAddress,
 				ChallengesPerMinute:            cfg.ChallengeRateTotal,

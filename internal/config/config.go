@@ -48,6 +48,8 @@ type Config struct {
 	ConnRatePerAddress      int
 	IPv6PrefixLen           int
 	RestrictedSessions      int
+	RestrictedPerAddress    int
+	RestrictedLifetime      time.Duration
 	ChallengesPerConnection int
 	ChallengeRatePerAddress int
 	ChallengeRateTotal      int
@@ -151,10 +153,12 @@ func settings() []setting {
 		{"conn-rate-per-address", "1200", "new connections per minute per client IP (-1: unlimited)", num(func(c *Config) *int { return &c.ConnRatePerAddress })},
 		{"ipv6-prefix-len", "64", "IPv6 prefix length that counts as one client address for every per-address limit (1-128; IPv4 addresses count one by one)", num(func(c *Config) *int { return &c.IPv6PrefixLen })},
 		{"restricted-sessions", "1000", "concurrent restricted (TPM challenge) sessions in total (-1: unlimited)", num(func(c *Config) *int { return &c.RestrictedSessions })},
+		{"restricted-sessions-per-address", "32", "concurrent restricted (TPM challenge) sessions per client address, well below restricted-sessions so that one address cannot take them all (-1: unlimited)", num(func(c *Config) *int { return &c.RestrictedPerAddress })},
+		{"restricted-lifetime", "60s", "closes a restricted (TPM challenge) session this long after it connected, whatever it does", dur(func(c *Config) *time.Duration { return &c.RestrictedLifetime })},
 		{"challenges-per-connection", "3", "TPM challenge requests per restricted connection before it is closed (-1: unlimited)", num(func(c *Config) *int { return &c.ChallengesPerConnection })},
 		{"challenge-rate-per-address", "60", "TPM challenge requests per minute per client IP, then 429 (-1: unlimited)", num(func(c *Config) *int { return &c.ChallengeRatePerAddress })},
 		{"challenge-rate-total", "6000", "TPM challenge requests per minute in total, then 429 (-1: unlimited)", num(func(c *Config) *int { return &c.ChallengeRateTotal })},
-		{"restricted-idle-timeout", "30s", "closes a restricted session that has made no request for this long", dur(func(c *Config) *time.Duration { return &c.RestrictedIdleTimeout })},
+		{"restricted-idle-timeout", "30s", "closes a restricted session that has sent no TPM register for this long (any other request closes it at once)", dur(func(c *Config) *time.Duration { return &c.RestrictedIdleTimeout })},
 		{"request-rate-per-connection", "120", "register and poll requests per minute per connection (burst 10), then 429 (-1: unlimited)", num(func(c *Config) *int { return &c.RequestRatePerConn })},
 		{"polls-per-device", "5", "poll requests per poll-window per authenticated device, then 429 (-1: unlimited; the cloud allows 5 per 10 s)", num(func(c *Config) *int { return &c.PollsPerDevice })},
 		{"poll-window", "10s", "window of polls-per-device", dur(func(c *Config) *time.Duration { return &c.PollWindow })},

@@ -26,6 +26,19 @@ func TestDeviceLimitSettings(t *testing.T) {
 	}
 }
 
+// TestRestrictedSessionSettings: one address may hold 32 restricted
+// sessions for at most 60 s by default; both follow flags and environment.
+func TestRestrictedSessionSettings(t *testing.T) {
+	if c := Default(); c.RestrictedPerAddress != 32 || c.RestrictedLifetime != time.Minute {
+		t.Fatalf("defaults: %d per address, lifetime %v", c.RestrictedPerAddress, c.RestrictedLifetime)
+	}
+	c, err := Load("serve", "", []string{"-restricted-sessions-per-address", "-1"},
+		env(map[string]string{"DPSD_RESTRICTED_LIFETIME": "2m"}), &bytes.Buffer{})
+	if err != nil || c.RestrictedPerAddress != -1 || c.RestrictedLifetime != 2*time.Minute {
+		t.Fatalf("loaded: %d %v %v", c.RestrictedPerAddress, c.RestrictedLifetime, err)
+	}
+}
+
 // TestIPv6PrefixLen: per-address limits count an IPv6 /64 by default; the
 // length follows the environment and must lie in 1..128.
 func TestIPv6PrefixLen(t *testing.T) {

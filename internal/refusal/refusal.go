@@ -18,6 +18,9 @@ const (
 	AddressCap = "per_address_cap"
 	// AddressRate: the address opened connections faster than allowed.
 	AddressRate = "per_address_rate"
+	// RestrictedAddressCap: the address holds as many restricted (TPM
+	// challenge) sessions as allowed; the CONNECT got CONNACK 3.
+	RestrictedAddressCap = "restricted_per_address_cap"
 )
 
 // Defaults of New.
