@@ -367,9 +367,12 @@ func containsRetryAfter(topic string) bool {
 	return false
 }
 
-// TestFloodBadSAS: 500 connects with bad SAS tokens, most of them under the
-// real device's registrationId, all refused with CONNACK 5; the device
-// provisions during and after (a bad token never locks its id out).
+// TestFloodBadSAS: 500 connects with bad SAS tokens from 10 addresses, most
+// of them under the real device's registrationId: each address's first
+// refusals get CONNACK 5 from the service, and once it has spent its budget
+// of failed logins (20) the rest get CONNACK 3 without reaching the service;
+// the device, from another address, provisions during and after (a bad token
+// never locks its id out).
 func TestFloodBadSAS(t *testing.T) {
 	const n = 500
 	raiseFileLimit(t, 4096)
@@ -379,7 +382,7 @@ func TestFloodBadSAS(t *testing.T) {
 	resource := attest.RegistrationResource(srv.IDScope, d.id)
 	wrongKey := randomKey(t, 32)
 
-	var next atomic.Int64
+	var next, budgetRefusals atomic.Int64
 	var bad atomic.Value
 	var wg sync.WaitGroup
 	attempt := func(i int) error {
@@ -405,8 +408,11 @@ func TestFloodBadSAS(t *testing.T) {
 			return err
 		}
 		typ, ack, err := readPacket(bufio.NewReader(c))
-		if err != nil || typ != 2 || len(ack) != 2 || ack[1] != 5 {
-			return fmt.Errorf("want CONNACK 5, got type %d %x %v", typ, ack, err)
+		if err != nil || typ != 2 || len(ack) != 2 || (ack[1] != 5 && ack[1] != 3) {
+			return fmt.Errorf("want CONNACK 5 (or 3 once the address's budget is spent), got type %d %x %v", typ, ack, err)
+		}
+		if ack[1] == 3 {
+			budgetRefusals.Add(1)
 		}
 		return nil
 	}
@@ -435,6 +441,12 @@ func TestFloodBadSAS(t *testing.T) {
 	if v := bad.Load(); v != nil {
 		t.Fatal(v)
 	}
+	// 50 attempts per address: at least the burst of each reached the
+	// service, and the budget stopped some before it.
+	if b := budgetRefusals.Load(); b == 0 || b > n-10*hooks.DefaultAuthFailureBurstPerAddress {
+		t.Fatalf("%d of %d attempts refused by the failed-login budget", b, n)
+	}
+	t.Logf("%d of %d attempts refused by the failed-login budget before the service", budgetRefusals.Load(), n)
 	provisionSym(t, srv, d)
 	expectBaseline(t, base)
 }

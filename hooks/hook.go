@@ -33,18 +33,20 @@ import (
 
 // Defaults of Limits.
 const (
-	DefaultRestrictedSessions             = 1000
-	DefaultRestrictedSessionsPerAddress   = 32
-	DefaultRestrictedLifetime             = 60 * time.Second
-	DefaultChallengesPerConnection        = 3
-	DefaultChallengesPerAddressPerMinute  = 60
-	DefaultChallengeBurstPerAddress       = 20
-	DefaultChallengesPerMinute            = 6000
-	DefaultChallengeBurst                 = 500
-	DefaultRestrictedIdleTimeout          = 30 * time.Second
-	DefaultRequestsPerConnectionPerMinute = 120
-	DefaultRequestBurstPerConnection      = 10
-	DefaultRequestTimeout                 = 30 * time.Second
+	DefaultRestrictedSessions              = 1000
+	DefaultRestrictedSessionsPerAddress    = 32
+	DefaultRestrictedLifetime              = 60 * time.Second
+	DefaultAuthFailuresPerAddressPerMinute = 60
+	DefaultAuthFailureBurstPerAddress      = 20
+	DefaultChallengesPerConnection         = 3
+	DefaultChallengesPerAddressPerMinute   = 60
+	DefaultChallengeBurstPerAddress        = 20
+	DefaultChallengesPerMinute             = 6000
+	DefaultChallengeBurst                  = 500
+	DefaultRestrictedIdleTimeout           = 30 * time.Second
+	DefaultRequestsPerConnectionPerMinute  = 120
+	DefaultRequestBurstPerConnection       = 10
+	DefaultRequestTimeout                  = 30 * time.Second
 	// DefaultPollsPerDevice per DefaultPollWindow is the cloud's published
 	// limit (docs/protocol.md section 9: 5 polls per 10 s per device).
 	DefaultPollsPerDevice = 5
@@ -128,6 +130,13 @@ type Limits struct {
 	RegisterWindow     time.Duration
 	// RequestTimeout bounds one service call.
 	RequestTimeout time.Duration
+	// AuthFailuresPerAddressPerMinute and AuthFailureBurstPerAddress budget
+	// the CONNECTs the service refuses per remote address: once an address
+	// has spent its burst, its next CONNECTs are refused (CONNACK "server
+	// unavailable") before the service is asked, so before any key work,
+	// until the budget refills.
+	AuthFailuresPerAddressPerMinute int
+	AuthFailureBurstPerAddress      int
 	// IPv6PrefixLen is the IPv6 prefix that counts as one address for every
 	// per-address limit (ratelimit.AddressKey); IPv4 addresses count one by
 	// one. Zero takes ratelimit.DefaultIPv6PrefixLen (64).
@@ -143,6 +152,8 @@ func (l Limits) withDefaults() Limits {
 	}
 	def(&l.RestrictedSessions, DefaultRestrictedSessions)
 	def(&l.RestrictedSessionsPerAddress, DefaultRestrictedSessionsPerAddress)
+	def(&l.AuthFailuresPerAddressPerMinute, DefaultAuthFailuresPerAddressPerMinute)
+	def(&l.AuthFailureBurstPerAddress, DefaultAuthFailureBurstPerAddress)
 	def(&l.ChallengesPerConnection, DefaultChallengesPerConnection)
 	def(&l.ChallengesPerAddressPerMinute, DefaultChallengesPerAddressPerMinute)
 	def(&l.ChallengeBurstPerAddress, DefaultChallengeBurstPerAddress)
@@ -212,6 +223,7 @@ type Hook struct {
 	refusals *refusal.Reporter // nil: off
 
 	addrChallenges  *ratelimit.Limiter
+	addrFailures    *ratelimit.Limiter // refused CONNECTs per address: Ready before, Charge after
 	totalChallenges *ratelimit.Limiter
 	devicePolls     *ratelimit.Limiter // keyed by authenticated registrationId
 	deviceRegisters *ratelimit.Limiter // keyed by authenticated registrationId
@@ -257,6 +269,9 @@ func New(cfg Config) (*Hook, error) {
 	}
 	if lim.ChallengesPerAddressPerMinute > 0 {
 		h.addrChallenges = ratelimit.New(ratelimit.PerMinute(lim.ChallengesPerAddressPerMinute), lim.ChallengeBurstPerAddress, h.now)
+	}
+	if lim.AuthFailuresPerAddressPerMinute > 0 {
+		h.addrFailures = ratelimit.New(ratelimit.PerMinute(lim.AuthFailuresPerAddressPerMinute), lim.AuthFailureBurstPerAddress, h.now)
 	}
 	if lim.ChallengesPerMinute > 0 {
 		h.totalChallenges = ratelimit.New(ratelimit.PerMinute(lim.ChallengesPerMinute), lim.ChallengeBurst, h.now)
@@ -341,15 +356,24 @@ func NewTrackingID() string {
 }
 
 // OnConnectAuthenticate authenticates a CONNECT with the service, applies the
-// restricted session cap and the takeover rule, and remembers the identity
-// for the connection. A refusal gets CONNACK "not authorized" (3.1.1 code 5),
-// or "server unavailable" (code 3) when the service or a cap says so.
+// failed-authentication budget of the address, the restricted session caps
+// and the takeover rule, and remembers the identity for the connection. A
+// refusal gets CONNACK "not authorized" (3.1.1 code 5), or "server
+// unavailable" (code 3) when the service, a budget or a cap says so.
 func (h *Hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 	if cl.Net.Inline {
 		return true
 	}
 	// A will would be fanned out by mochi on disconnect, bypassing OnPublish.
 	atomic.StoreUint32(&cl.Properties.Will.Flag, 0)
+
+	addr := ratelimit.AddressKey(cl.Net.Remote, h.limits.IPv6PrefixLen)
+	if ok, _ := h.addrFailures.Ready(addr); !ok {
+		// The address has spent its budget of refused CONNECTs: refuse
+		// before the service does any key work for it.
+		h.refusals.Refused(cl.Net.Listener, refusal.AuthFailureBudget, addr)
+		return h.refuse(cl, packets.ErrServerUnavailable)
+	}
 
 	c := provision.Connect{
 		ClientID:   pk.Connect.ClientIdentifier,
@@ -370,6 +394,9 @@ func (h *Hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 	id, err := h.svc.Authenticate(ctx, c)
 	cancel()
 	h.observeConnect(err, start)
+	if err != nil && !errors.Is(err, provision.ErrUnavailable) {
+		h.addrFailures.Charge(addr)
+	}
 	if err != nil {
 		log.Info("connect refused", "error", err)
 		if errors.Is(err, provision.ErrUnavailable) {
@@ -381,7 +408,7 @@ func (h *Hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 		cl:         cl,
 		id:         id,
 		trackingID: c.TrackingID,
-		addr:       ratelimit.AddressKey(cl.Net.Remote, h.limits.IPv6PrefixLen),
+		addr:       addr,
 	}
 	// Give mochi a client id of its own for this connection: mochi's
 	// takeover (inheritClientSession) looks the id up in its client list

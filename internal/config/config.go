@@ -50,6 +50,8 @@ type Config struct {
 	RestrictedSessions      int
 	RestrictedPerAddress    int
 	RestrictedLifetime      time.Duration
+	AuthFailureRate         int
+	AuthFailureBurst        int
 	ChallengesPerConnection int
 	ChallengeRatePerAddress int
 	ChallengeRateTotal      int
@@ -155,6 +157,8 @@ func settings() []setting {
 		{"restricted-sessions", "1000", "concurrent restricted (TPM challenge) sessions in total (-1: unlimited)", num(func(c *Config) *int { return &c.RestrictedSessions })},
 		{"restricted-sessions-per-address", "32", "concurrent restricted (TPM challenge) sessions per client address, well below restricted-sessions so that one address cannot take them all (-1: unlimited)", num(func(c *Config) *int { return &c.RestrictedPerAddress })},
 		{"restricted-lifetime", "60s", "closes a restricted (TPM challenge) session this long after it connected, whatever it does", dur(func(c *Config) *time.Duration { return &c.RestrictedLifetime })},
+		{"auth-failure-rate-per-address", "60", "refused CONNECTs (bad or unknown credentials) per minute per client address after the burst; beyond, CONNECTs from the address get CONNACK 3 before any key work (-1: unlimited)", num(func(c *Config) *int { return &c.AuthFailureRate })},
+		{"auth-failure-burst-per-address", "20", "refused CONNECTs per client address allowed at once before auth-failure-rate-per-address applies", num(func(c *Config) *int { return &c.AuthFailureBurst })},
 		{"challenges-per-connection", "3", "TPM challenge requests per restricted connection before it is closed (-1: unlimited)", num(func(c *Config) *int { return &c.ChallengesPerConnection })},
 		{"challenge-rate-per-address", "60", "TPM challenge requests per minute per client IP, then 429 (-1: unlimited)", num(func(c *Config) *int { return &c.ChallengeRatePerAddress })},
 		{"challenge-rate-total", "6000", "TPM challenge requests per minute in total, then 429 (-1: unlimited)", num(func(c *Config) *int { return &c.ChallengeRateTotal })},

@@ -39,6 +39,18 @@ func TestRestrictedSessionSettings(t *testing.T) {
 	}
 }
 
+// TestAuthFailureSettings: a burst of 20 refused CONNECTs per address, then
+// 60 a minute, by default; both follow flags and the config file.
+func TestAuthFailureSettings(t *testing.T) {
+	if c := Default(); c.AuthFailureRate != 60 || c.AuthFailureBurst != 20 {
+		t.Fatalf("defaults: %d/min burst %d", c.AuthFailureRate, c.AuthFailureBurst)
+	}
+	c, err := Load("serve", "", []string{"-auth-failure-rate-per-address", "-1", "-auth-failure-burst-per-address", "5"}, env(nil), &bytes.Buffer{})
+	if err != nil || c.AuthFailureRate != -1 || c.AuthFailureBurst != 5 {
+		t.Fatalf("loaded: %d %d %v", c.AuthFailureRate, c.AuthFailureBurst, err)
+	}
+}
+
 // TestIPv6PrefixLen: per-address limits count an IPv6 /64 by default; the
 // length follows the environment and must lie in 1..128.
 func TestIPv6PrefixLen(t *testing.T) {

@@ -68,6 +68,8 @@ type Options struct {
 	APIWebSocket bool
 	// Metrics, if set, is the broker's hooks.Metrics (broker.Config.Metrics).
 	Metrics hooks.Metrics
+	// Observer, if set, is the service's provision.Observer.
+	Observer provision.Observer
 	// Logger receives server logs. Default: discarded, unless the environment
 	// variable DPSD_TEST_LOG is set, then text on stderr at debug level.
 	Logger *slog.Logger
@@ -138,6 +140,7 @@ func Start(t testing.TB, opts Options) *Server {
 		ChallengeLifetime: opts.ChallengeLifetime,
 		Hubs:              opts.Hubs,
 		RetryAfter:        opts.RetryAfter,
+		Observer:          opts.Observer,
 		Logger:            log,
 	})
 	if err != nil {

@@ -71,6 +71,51 @@ func (l *Limiter) Allow(key string) (bool, time.Duration) {
 	return false, wait
 }
 
+// Ready reports whether key has a token, without spending it, and if not
+// how long until it has one. A key never charged has a full bucket. With
+// Charge it makes a budget of failures: admit while Ready, charge each
+// failure once it is known.
+func (l *Limiter) Ready(key string) (bool, time.Duration) {
+	if l == nil || l.rate <= 0 {
+		return true, 0
+	}
+	now := l.now()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	b, ok := l.buckets[key]
+	if !ok {
+		return true, 0
+	}
+	l.refill(b, now)
+	if b.tokens >= 1 {
+		return true, 0
+	}
+	return false, time.Duration(math.Ceil((1 - b.tokens) / l.rate * float64(time.Second)))
+}
+
+// Charge spends one token of key even when none is left: the balance may
+// fall to -burst, a debt repaid at the same rate. Failures that were already
+// being decided when the budget ran out (Ready said yes to each) are thus
+// still paid for, so concurrency does not raise the long-run rate.
+func (l *Limiter) Charge(key string) {
+	if l == nil || l.rate <= 0 {
+		return
+	}
+	now := l.now()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	b, ok := l.buckets[key]
+	if !ok {
+		if len(l.buckets) >= maxIdleKeys {
+			l.pruneLocked(now)
+		}
+		b = &bucket{tokens: l.burst, last: now}
+		l.buckets[key] = b
+	}
+	l.refill(b, now)
+	b.tokens = math.Max(b.tokens-1, -l.burst)
+}
+
 // refill adds the tokens earned since the bucket was last touched.
 func (l *Limiter) refill(b *bucket, now time.Time) {
 	if el := now.Sub(b.last).Seconds(); el > 0 {

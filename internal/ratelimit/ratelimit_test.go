@@ -109,3 +109,44 @@ func TestBucket(t *testing.T) {
 		t.Fatal("zero rate must allow")
 	}
 }
+
+// TestReadyAndCharge: Ready spends nothing; Charge spends even past zero
+// (down to -burst), and the debt is repaid at the rate.
+func TestReadyAndCharge(t *testing.T) {
+	clk := &fakeClock{t: time.Unix(1000, 0)}
+	l := New(1, 2, clk.now) // 1 per second, burst 2
+	for i := 0; i < 5; i++ {
+		if ok, _ := l.Ready("a"); !ok {
+			t.Fatal("Ready refused a key that was never charged")
+		}
+	}
+	if l.Len() != 0 {
+		t.Fatalf("Ready created %d buckets", l.Len())
+	}
+	l.Charge("a")
+	if ok, _ := l.Ready("a"); !ok {
+		t.Fatal("one token should be left")
+	}
+	l.Charge("a")
+	if ok, wait := l.Ready("a"); ok || wait != time.Second {
+		t.Fatalf("after the burst: %v %v, want refused for 1s", ok, wait)
+	}
+	for i := 0; i < 10; i++ {
+		l.Charge("a") // debt, floored at -2
+	}
+	if ok, wait := l.Ready("a"); ok || wait != 3*time.Second {
+		t.Fatalf("in debt: %v %v, want refused for 3s", ok, wait)
+	}
+	clk.add(3 * time.Second)
+	if ok, _ := l.Ready("a"); !ok {
+		t.Fatal("the debt was not repaid at the rate")
+	}
+	if ok, _ := l.Ready("b"); !ok {
+		t.Fatal("another key was refused")
+	}
+	var off *Limiter
+	off.Charge("x")
+	if ok, _ := off.Ready("x"); !ok {
+		t.Fatal("a nil limiter refused")
+	}
+}

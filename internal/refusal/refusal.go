@@ -21,6 +21,9 @@ const (
 	// RestrictedAddressCap: the address holds as many restricted (TPM
 	// challenge) sessions as allowed; the CONNECT got CONNACK 3.
 	RestrictedAddressCap = "restricted_per_address_cap"
+	// AuthFailureBudget: the address had too many CONNECTs refused lately;
+	// the next one got CONNACK 3 without being authenticated.
+	AuthFailureBudget = "auth_failure_budget"
 )
 
 // Defaults of New.

@@ -1,0 +1,63 @@
+package hooks_test
+
+import (
+	"testing"
+	"time"
+
+	"github.com/tpmdps/dpsd/broker"
+	"github.com/tpmdps/dpsd/hooks"
+	"github.com/tpmdps/dpsd/internal/dpsdtest"
+	"github.com/tpmdps/dpsd/internal/metrics"
+	"github.com/tpmdps/dpsd/internal/refusal"
+)
+
+// TestAuthFailureBudget: after a burst of refused CONNECTs from one address,
+// the next CONNECT from it, even with a valid credential, is refused
+// (CONNACK 3, then closed) without reaching the service; another address
+// still authenticates. The service calls are counted by the real metrics:
+// the hook observes phase "connect" around every call of
+// provision.Service.Authenticate, and the service reports its refusals.
+func TestAuthFailureBudget(t *testing.T) {
+	mx := metrics.New()
+	s := dpsdtest.Start(t, dpsdtest.Options{Metrics: mx, Observer: mx, Limits: broker.Limits{Limits: hooks.Limits{
+		AuthFailuresPerAddressPerMinute: 1, // the default burst of 20, then one a minute
+	}}})
+	d := enrollSymmetric(t, s, "sym-budget")
+	wrong := symDevice{id: d.id, key: make([]byte, 32)}
+	serviceCalls := func() float64 {
+		return metricValue(t, mx, "dpsd_responses_total", map[string]string{"phase": hooks.PhaseConnect})
+	}
+	for i := 0; i < hooks.DefaultAuthFailureBurstPerAddress; i++ {
+		c := dialRawFrom(t, "127.0.0.1", s.TCPAddr)
+		if code, _ := c.connect(d.id, username(s, d.id), wrong.sasAt(s), true, 0); code != 5 {
+			t.Fatalf("bad token %d: CONNACK %d, want 5", i, code)
+		}
+	}
+	calls := serviceCalls()
+	failures := metricValue(t, mx, "dpsd_auth_failures_total", nil)
+	if calls != hooks.DefaultAuthFailureBurstPerAddress || failures != calls {
+		t.Fatalf("%v service calls, %v refusals by the service; want %d of each", calls, failures, hooks.DefaultAuthFailureBurstPerAddress)
+	}
+
+	// The valid credential from the same address is refused before the service.
+	c := dialRawFrom(t, "127.0.0.1", s.TCPAddr)
+	if code, _ := c.connect(d.id, username(s, d.id), d.sasAt(s), true, 0); code != 3 {
+		t.Fatalf("valid token after the burst: CONNACK %d, want 3", code)
+	}
+	c.expectClosed()
+	if n := serviceCalls(); n != calls {
+		t.Fatalf("the refused CONNECT reached the service (%v calls, was %v)", n, calls)
+	}
+	if n := metricValue(t, mx, "dpsd_connections_refused_total", map[string]string{"reason": refusal.AuthFailureBudget}); n != 1 {
+		t.Fatalf("%v refusals counted as %s, want 1", n, refusal.AuthFailureBudget)
+	}
+
+	// Another address has its own budget.
+	o := dialRawFrom(t, "127.0.0.2", s.TCPAddr)
+	if code, _ := o.connect(d.id, username(s, d.id), d.sas(s, time.Now().Add(time.Hour)), true, 0); code != 0 {
+		t.Fatalf("valid token from another address: CONNACK %d, want 0", code)
+	}
+	if n := metricValue(t, mx, "dpsd_responses_total", map[string]string{"phase": hooks.PhaseConnect, "code": "0"}); n != 1 {
+		t.Fatalf("%v accepted CONNECTs counted, want 1", n)
+	}
+}
