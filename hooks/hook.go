@@ -398,7 +398,7 @@ func (h *Hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 		h.addrFailures.Charge(addr)
 	}
 	if err != nil {
-		log.Info("connect refused", "error", err)
+		// The service has logged the refusal, with its reason and trackingId.
 		if errors.Is(err, provision.ErrUnavailable) {
 			return h.refuse(cl, packets.ErrServerUnavailable)
 		}
