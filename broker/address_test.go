@@ -5,6 +5,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
 	"testing"
 	"time"
 
@@ -90,5 +91,40 @@ func TestGuardKeysIPv6ByPrefix(t *testing.T) {
 				t.Fatalf("/%d: admitted %v, want %v", tc.bits, admitted, want)
 			}
 		}
+	}
+}
+
+// TestGuardLeavesDeadlinesToServer: a connection admitted by Guard (the
+// HTTPS listener's) keeps the deadlines its server sets, writes included,
+// and its slot is released when it is closed.
+func TestGuardLeavesDeadlinesToServer(t *testing.T) {
+	l := &standInListener{conns: make(chan net.Conn, 2)}
+	g := Guard(l, "api", GuardLimits{ConnectionsPerAddress: 1}, nil, nil)
+	client := l.dialFrom(t, "192.0.2.1")
+	c, err := g.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.SetDeadline(time.Now().Add(-time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Write([]byte("x")); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("write after SetDeadline in the past: %v, want a deadline error", err)
+	}
+	// The failed write did not close the connection: the server decides.
+	if err := c.SetDeadline(time.Time{}); err != nil {
+		t.Fatal(err)
+	}
+	go func() { _, _ = c.Write([]byte("y")) }()
+	buf := make([]byte, 1)
+	client.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadFull(client, buf); err != nil || buf[0] != 'y' {
+		t.Fatalf("read %q %v", buf, err)
+	}
+	c.Close()
+	l.dialFrom(t, "192.0.2.1")
+	close(l.conns)
+	if _, err := g.Accept(); err != nil {
+		t.Fatalf("the slot was not released on Close: %v", err)
 	}
 }

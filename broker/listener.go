@@ -31,6 +31,10 @@ type guardListener struct {
 	ipv6PrefixLen  int               // of the per-address key
 	refusals       *refusal.Reporter // nil: refusals go unreported
 	log            *slog.Logger
+	// serverDeadlines leaves deadlines and writes of admitted connections
+	// to the server using them (Guard); otherwise they get the CONNECT
+	// deadline and per-write deadlines that mochi needs.
+	serverDeadlines bool
 
 	mu     sync.Mutex
 	conns  map[*guardConn]struct{}
@@ -67,7 +71,7 @@ func (l *guardListener) Accept() (net.Conn, error) {
 			continue
 		}
 		gc := &guardConn{Conn: c, l: l, key: key, writeTimeout: l.writeTimeout}
-		if l.connectTimeout > 0 {
+		if l.connectTimeout > 0 && !l.serverDeadlines {
 			_ = c.SetReadDeadline(time.Now().Add(l.connectTimeout))
 		}
 		l.mu.Lock()
@@ -136,14 +140,23 @@ type guardConn struct {
 	once         sync.Once
 }
 
-// SetDeadline sets the read deadline only; writes have their own.
-func (c *guardConn) SetDeadline(t time.Time) error { return c.Conn.SetReadDeadline(t) }
+// SetDeadline sets the read deadline only; writes have their own (both
+// deadlines behind Guard).
+func (c *guardConn) SetDeadline(t time.Time) error {
+	if c.l.serverDeadlines {
+		return c.Conn.SetDeadline(t)
+	}
+	return c.Conn.SetReadDeadline(t)
+}
 
 // Write writes with a fresh write deadline. A failed write (a client that
 // stopped reading until the deadline passed, or a broken connection) closes
 // the connection: part of a packet may have been sent, so the stream can no
 // longer be framed, and mochi does not close a client on a write error.
 func (c *guardConn) Write(p []byte) (int, error) {
+	if c.l.serverDeadlines {
+		return c.Conn.Write(p)
+	}
 	if c.writeTimeout > 0 {
 		_ = c.Conn.SetWriteDeadline(time.Now().Add(c.writeTimeout))
 	}
@@ -164,6 +177,55 @@ func (c *guardConn) Close() error {
 		c.l.mu.Unlock()
 	})
 	return err
+}
+
+// GuardLimits bound the connections of one address on a listener that is
+// not the broker's own, such as the service API's HTTPS listener. For the
+// counts a zero value takes the MQTT listeners' default
+// (DefaultConnectionsPerAddress, DefaultConnectionsPerAddressPerMinute,
+// DefaultConnectionBurstPerAddress) and a negative value disables the limit.
+type GuardLimits struct {
+	ConnectionsPerAddress          int
+	ConnectionsPerAddressPerMinute int
+	ConnectionBurstPerAddress      int
+	// IPv6PrefixLen keys the limits (ratelimit.AddressKey); zero: 64.
+	IPv6PrefixLen int
+}
+
+// Guard puts ln behind the per-address limits the MQTT listeners have,
+// applied as each connection is accepted and so before any TLS handshake: a
+// connection over the cap or the rate is closed at once and reported to
+// refusals under name (nil: not reported). An admitted connection releases
+// its slot when closed; its deadlines and writes are left to the server
+// that uses it (net/http sets its own, and a WebSocket upgrade clears them).
+func Guard(ln net.Listener, name string, lim GuardLimits, refusals *refusal.Reporter, log *slog.Logger) net.Listener {
+	if lim.ConnectionsPerAddress == 0 {
+		lim.ConnectionsPerAddress = DefaultConnectionsPerAddress
+	}
+	if lim.ConnectionsPerAddressPerMinute == 0 {
+		lim.ConnectionsPerAddressPerMinute = DefaultConnectionsPerAddressPerMinute
+	}
+	if lim.ConnectionBurstPerAddress == 0 {
+		lim.ConnectionBurstPerAddress = DefaultConnectionBurstPerAddress
+	}
+	var rate *ratelimit.Limiter
+	if lim.ConnectionsPerAddressPerMinute > 0 {
+		rate = ratelimit.New(ratelimit.PerMinute(lim.ConnectionsPerAddressPerMinute), lim.ConnectionBurstPerAddress, nil)
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &guardListener{
+		Listener:        ln,
+		name:            name,
+		perAddr:         ratelimit.NewCounter(lim.ConnectionsPerAddress),
+		rate:            rate,
+		ipv6PrefixLen:   lim.IPv6PrefixLen,
+		refusals:        refusals,
+		log:             log,
+		serverDeadlines: true,
+		conns:           make(map[*guardConn]struct{}),
+	}
 }
 
 // handshakeListener serves TLS on an admission-guarded listener (so the

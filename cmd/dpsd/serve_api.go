@@ -17,11 +17,14 @@ import (
 	"github.com/tpmdps/dpsd/internal/config"
 	"github.com/tpmdps/dpsd/internal/datadir"
 	"github.com/tpmdps/dpsd/internal/metrics"
+	"github.com/tpmdps/dpsd/internal/refusal"
 	"github.com/tpmdps/dpsd/store"
 )
 
 // Paths served on the API listener besides the DPS service API.
 const (
+	// apiListener names the HTTPS listener in logs and metrics.
+	apiListener = "api"
 	metricsPath = "/metrics"
 	// readyTimeout bounds the readiness checks of one /readyz request.
 	readyTimeout = 5 * time.Second
@@ -85,11 +88,21 @@ func startAPI(ctx context.Context, cfg config.Config, dir *datadir.Dir, parts ap
 		return nil, "", err
 	}
 	// broker.Listen: this listener also carries MQTT over WebSocket, so
-	// it gets the MQTT listeners' keep-alive, set once on the socket.
+	// it gets the MQTT listeners' keep-alive, set once on the socket, and
+	// per-address limits of its own before the TLS handshake (broker.Guard).
 	ln, err := broker.Listen(ctx, cfg.APIAddr)
 	if err != nil {
 		return nil, "", fmt.Errorf("service API: %w", err)
 	}
+	var refused refusal.Counter
+	if parts.metrics != nil {
+		refused = parts.metrics
+	}
+	ln = broker.Guard(ln, apiListener, broker.GuardLimits{
+		ConnectionsPerAddress:          cfg.APIConnsPerAddress,
+		ConnectionsPerAddressPerMinute: cfg.APIConnRatePerAddress,
+		IPv6PrefixLen:                  cfg.IPv6PrefixLen,
+	}, refusal.New(log, refused, nil), log)
 	tc := parts.tls.Clone()
 	if ws == nil {
 		tc.ClientAuth = tls.NoClientCert

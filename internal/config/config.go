@@ -47,6 +47,8 @@ type Config struct {
 	ConnsPerAddress         int
 	ConnRatePerAddress      int
 	IPv6PrefixLen           int
+	APIConnsPerAddress      int
+	APIConnRatePerAddress   int
 	RestrictedSessions      int
 	RestrictedPerAddress    int
 	RestrictedLifetime      time.Duration
@@ -153,6 +155,8 @@ func settings() []setting {
 		{"shutdown-timeout", "30s", "on SIGTERM/SIGINT, how long to wait for requests in flight", dur(func(c *Config) *time.Duration { return &c.ShutdownTimeout })},
 		{"conns-per-address", "1000", "concurrent connections per client IP (-1: unlimited)", num(func(c *Config) *int { return &c.ConnsPerAddress })},
 		{"conn-rate-per-address", "1200", "new connections per minute per client IP (-1: unlimited)", num(func(c *Config) *int { return &c.ConnRatePerAddress })},
+		{"api-conns-per-address", "1000", "concurrent connections per client address on api-addr, checked before the TLS handshake; WebSocket devices count here and in conns-per-address (-1: unlimited)", num(func(c *Config) *int { return &c.APIConnsPerAddress })},
+		{"api-conn-rate-per-address", "1200", "new connections per minute per client address on api-addr (burst 200), checked before the TLS handshake (-1: unlimited)", num(func(c *Config) *int { return &c.APIConnRatePerAddress })},
 		{"ipv6-prefix-len", "64", "IPv6 prefix length that counts as one client address for every per-address limit (1-128; IPv4 addresses count one by one)", num(func(c *Config) *int { return &c.IPv6PrefixLen })},
 		{"restricted-sessions", "1000", "concurrent restricted (TPM challenge) sessions in total (-1: unlimited)", num(func(c *Config) *int { return &c.RestrictedSessions })},
 		{"restricted-sessions-per-address", "32", "concurrent restricted (TPM challenge) sessions per client address, well below restricted-sessions so that one address cannot take them all (-1: unlimited)", num(func(c *Config) *int { return &c.RestrictedPerAddress })},

@@ -51,6 +51,19 @@ func TestAuthFailureSettings(t *testing.T) {
 	}
 }
 
+// TestAPIConnectionSettings: the HTTPS listener has per-address limits of
+// its own, by default those of the MQTT listeners.
+func TestAPIConnectionSettings(t *testing.T) {
+	if c := Default(); c.APIConnsPerAddress != 1000 || c.APIConnRatePerAddress != 1200 {
+		t.Fatalf("defaults: %d, %d/min", c.APIConnsPerAddress, c.APIConnRatePerAddress)
+	}
+	c, err := Load("serve", "", []string{"-api-conns-per-address", "50"},
+		env(map[string]string{"DPSD_API_CONN_RATE_PER_ADDRESS": "-1"}), &bytes.Buffer{})
+	if err != nil || c.APIConnsPerAddress != 50 || c.APIConnRatePerAddress != -1 {
+		t.Fatalf("loaded: %d %d %v", c.APIConnsPerAddress, c.APIConnRatePerAddress, err)
+	}
+}
+
 // TestIPv6PrefixLen: per-address limits count an IPv6 /64 by default; the
 // length follows the environment and must lie in 1..128.
 func TestIPv6PrefixLen(t *testing.T) {
