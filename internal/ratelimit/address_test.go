@@ -76,3 +76,16 @@ func FuzzAddressKey(f *testing.F) {
 		}
 	})
 }
+
+// BenchmarkAddressKey: the key is computed once per accepted connection and
+// once per CONNECT.
+func BenchmarkAddressKey(b *testing.B) {
+	for _, remote := range []string{"192.0.2.10:40000", "[2001:db8:1:2:aaaa:bbbb:cccc:dddd]:40000"} {
+		b.Run(remote, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				_ = AddressKey(remote, 64)
+			}
+		})
+	}
+}
