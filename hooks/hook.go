@@ -336,7 +336,8 @@ type request struct {
 	ackID      uint16        // packet id to acknowledge (QoS 1), 0 for QoS 0
 	throttle   time.Duration // > 0: answer 429 with this retry-after
 	// notTPMRegister: on a restricted session, a request other than a
-	// register (a poll); the session is closed once it is answered.
+	// register with tpm (set for a poll in OnPublish, for a register once
+	// answer has read its body); the session is closed once it is answered.
 	notTPMRegister bool
 }
 
