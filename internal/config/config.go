@@ -34,6 +34,7 @@ type Config struct {
 	MQTTSAddr         string // MQTT over TLS, "" = off
 	WSSAddr           string // MQTT over secure WebSocket, "" = off
 	APIAddr           string // service API over HTTPS, "" = off
+	MetricsAddr       string // plain-HTTP /metrics listener, "" = /metrics on APIAddr
 	APIHostName       string // sr of service SAS tokens, HostName of the connection string
 	TLSCert, TLSKey   string // "" = the development CA's server certificate
 	TLSNames          []string
@@ -135,7 +136,8 @@ func settings() []setting {
 		{"mqtt-addr", "127.0.0.1:1883", "plain MQTT listen address (empty: off)", str(func(c *Config) *string { return &c.MQTTAddr })},
 		{"mqtts-addr", ":8883", "MQTT over TLS listen address (empty: off)", str(func(c *Config) *string { return &c.MQTTSAddr })},
 		{"wss-addr", "", "a separate MQTT over secure WebSocket listen address, any path (empty: off; api-addr carries WebSocket too)", str(func(c *Config) *string { return &c.WSSAddr })},
-		{"api-addr", ":8443", "HTTPS listen address of the service API (enrollments, groups, registrations, /backup), /metrics, /healthz, /readyz and MQTT over WebSocket on any path, as the cloud's port 443 (empty: off)", str(func(c *Config) *string { return &c.APIAddr })},
+		{"api-addr", ":8443", "HTTPS listen address of the service API (enrollments, groups, registrations, /backup), /metrics (unless metrics-addr is set), /healthz, /readyz and MQTT over WebSocket on any path, as the cloud's port 443 (empty: off)", str(func(c *Config) *string { return &c.APIAddr })},
+		{"metrics-addr", "", "a separate plain-HTTP listen address for /metrics alone, e.g. 127.0.0.1:9090; when set, /metrics is no longer served on api-addr (empty: /metrics is on api-addr, unauthenticated)", str(func(c *Config) *string { return &c.MetricsAddr })},
 		{"api-host-name", "localhost", "host name of the service API: the sr of service SAS tokens and the HostName of the connection string written to the data directory", str(func(c *Config) *string { return &c.APIHostName })},
 		{"tls-cert", "", "server certificate PEM file (default: issued by the development CA in the data directory)", str(func(c *Config) *string { return &c.TLSCert })},
 		{"tls-key", "", "server private key PEM file (with tls-cert)", str(func(c *Config) *string { return &c.TLSKey })},
