@@ -6,6 +6,7 @@ import (
 	"crypto/sha1" //nolint:gosec // SHA-1 thumbprints are what older DPS records hold; compared, never trusted alone
 	"crypto/sha256"
 	"crypto/x509"
+	"encoding/asn1"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -28,7 +29,11 @@ import (
 //     certificate, or have its SHA-256 or, failing that, SHA-1 thumbprint);
 //   - without an individual enrollment, an enrollment group of type x509
 //     whose signingCertificates primary or secondary is a CA the chain
-//     verifies to (the rest of the chain serving as intermediates).
+//     verifies to (the rest of the chain serving as intermediates), for TLS
+//     client use: the leaf and every intermediate must allow clientAuth
+//     (Go's verifier with KeyUsages [ClientAuth]: a certificate without an
+//     extended key usage, or with anyExtendedKeyUsage, allows it too), and
+//     a leaf with a KeyUsage extension must allow digitalSignature.
 //
 // caReferences (names of CA certificates registered with the service) are
 // not supported: this service has no CA certificate registry, so such
@@ -67,6 +72,9 @@ func (s *Service) authX509(ctx context.Context, c Connect, regID string) (Identi
 	case !errors.Is(err, store.ErrNotFound):
 		return s.refuse(ctx, c, ErrUnavailable, "read enrollment: %w", err)
 	}
+	if !allowsSigning(leaf) {
+		return s.refuse(ctx, c, ErrNotAuthorized, "certificate key usage does not allow digitalSignature (key usage %#x)", int(leaf.KeyUsage))
+	}
 	g, ca, err := s.matchX509Group(ctx, c.PeerChain, now)
 	switch {
 	case err != nil:
@@ -87,6 +95,21 @@ func checkValidity(cert *x509.Certificate, now time.Time) error {
 		return fmt.Errorf("expired at %s", formatTime(cert.NotAfter))
 	}
 	return nil
+}
+
+// oidKeyUsage is the KeyUsage extension (RFC 5280, 4.2.1.3).
+func oidKeyUsage() asn1.ObjectIdentifier { return asn1.ObjectIdentifier{2, 5, 29, 15} }
+
+// allowsSigning reports whether cert's KeyUsage extension, if it has one,
+// allows digitalSignature: what a TLS client does with its key
+// (CertificateVerify). Go's verifier does not check KeyUsage at all.
+func allowsSigning(cert *x509.Certificate) bool {
+	for _, ext := range cert.Extensions {
+		if ext.Id.Equal(oidKeyUsage()) {
+			return cert.KeyUsage&x509.KeyUsageDigitalSignature != 0
+		}
+	}
+	return true
 }
 
 // isX509Enrollment reports whether e is an x509 enrollment pinning client certificates.
@@ -175,7 +198,7 @@ func (s *Service) groupVerifies(ctx context.Context, g *store.Group, leaf *x509.
 			Roots:         roots,
 			Intermediates: intermediates,
 			CurrentTime:   now,
-			KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageAny},
+			KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
 		})
 		if err == nil {
 			return sc
