@@ -37,10 +37,12 @@ type groupRecord struct {
 	Sealed []byte `json:"sealed,omitempty"`
 }
 
-// registrationRecord is the stored form of a Registration: HubKey sealed.
+// registrationRecord is the stored form of a Registration: HubKey sealed,
+// AttestationHash (a hash, not a secret) beside it.
 type registrationRecord struct {
 	*Registration
-	Sealed []byte `json:"sealed,omitempty"`
+	Sealed  []byte `json:"sealed,omitempty"`
+	AttHash []byte `json:"attestationHash,omitempty"`
 }
 
 // symmetricSecrets is the plaintext sealed for a symmetric-key attestation.
@@ -617,7 +619,7 @@ func (s *Bolt) CountGroups(ctx context.Context) (int, error) {
 // ---- registrations ----
 
 // cloneRegistration returns what cloneJSON(r) returns (a deep copy without
-// HubKey, Payload validated and compacted as json.Marshal writes it) without
+// HubKey and AttestationHash, Payload validated and compacted as json.Marshal writes it) without
 // encoding and decoding the whole record: RecordRegistration runs for every
 // device registration, and the round trip was a quarter of its CPU time
 // (BenchmarkRecordRegistration, 256 writers). The round trip changes only
@@ -632,7 +634,7 @@ func cloneRegistration(r *Registration) (*Registration, error) {
 	}
 	out := new(Registration)
 	*out = *r
-	out.HubKey = nil
+	out.HubKey, out.AttestationHash = nil, nil
 	if len(r.Payload) == 0 {
 		out.Payload = nil // omitempty: the round trip drops it
 		return out, nil
@@ -657,6 +659,7 @@ func (s *Bolt) decodeRegistration(key, v []byte) (*Registration, error) {
 		}
 		rec.Registration.HubKey = hk
 	}
+	rec.Registration.AttestationHash = rec.AttHash
 	return rec.Registration, nil
 }
 
@@ -759,9 +762,10 @@ func (s *Bolt) RecordRegistration(ctx context.Context, r *Registration, op *Oper
 		return nil, fmt.Errorf("store: record registration %q: %w", r.RegistrationID, err)
 	}
 	out.HubKey = bytes.Clone(r.HubKey)
+	out.AttestationHash = bytes.Clone(r.AttestationHash)
 	stored := new(Registration)
 	*stored = *out
-	stored.HubKey = nil
+	stored.HubKey, stored.AttestationHash = nil, nil
 	var sealed []byte
 	if len(r.HubKey) > 0 {
 		sealed = s.seal([]byte(bktRegistrations), key, r.HubKey)
@@ -788,7 +792,7 @@ func (s *Bolt) RecordRegistration(ctx context.Context, r *Registration, op *Oper
 		}
 		stored.ETag, stored.CreatedAt, stored.UpdatedAt = etag, created, now
 		out.ETag, out.CreatedAt, out.UpdatedAt = etag, created, now
-		data, err := json.Marshal(registrationRecord{Registration: stored, Sealed: sealed})
+		data, err := json.Marshal(registrationRecord{Registration: stored, Sealed: sealed, AttHash: out.AttestationHash})
 		if err != nil {
 			return fmt.Errorf("%w: registration %q: %w", ErrInvalidRecord, key, err)
 		}

@@ -31,6 +31,7 @@
 //	enrollments    lower(registrationId)   -> JSON Enrollment (DPS field names) + "sealed"
 //	groups         lower(enrollmentGroupId) -> JSON Group + "sealed"
 //	registrations  lower(registrationId)   -> JSON Registration + "sealed" (HubKey)
+//	                                          + "attestationHash" (base64, absent on older records)
 //	groupregs      lower(groupId) 0x00 lower(registrationId) -> empty (the group index)
 //	groupcounts    lower(groupId)          -> uint64 big-endian number of registrations
 //	counts         "enrollments" | "groups" | "registrations" -> uint64 big-endian

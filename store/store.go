@@ -174,10 +174,16 @@ type Registration struct {
 	Payload           json.RawMessage `json:"payload,omitempty"`
 	// HubKey is the device's long-term key for its hub. A secret: encrypted at
 	// rest and never serialised by the service API.
-	HubKey    []byte    `json:"-"`
-	ETag      string    `json:"etag,omitempty"`
-	CreatedAt time.Time `json:"createdDateTimeUtc"`
-	UpdatedAt time.Time `json:"lastUpdatedDateTimeUtc"`
+	HubKey []byte `json:"-"`
+	// AttestationHash identifies the attestation this record (and its
+	// HubKey) was issued for: a SHA-256 the provisioning service computes
+	// from the EK, the symmetric key or the certificates, never the key
+	// itself. Nil on records written before it was recorded. Stored with the
+	// record, never serialised by the service API.
+	AttestationHash []byte    `json:"-"`
+	ETag            string    `json:"etag,omitempty"`
+	CreatedAt       time.Time `json:"createdDateTimeUtc"`
+	UpdatedAt       time.Time `json:"lastUpdatedDateTimeUtc"`
 }
 
 // Operation is what a device polls for after a register request.
