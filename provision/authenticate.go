@@ -2,6 +2,7 @@ package provision
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -49,6 +50,9 @@ type Identity struct {
 	// SigningCertificate is, for X.509 through an enrollment group, the
 	// group's signing (CA) certificate the chain verified to.
 	SigningCertificate *x509.Certificate
+	// keyHash is, for a symmetric key, the attestation hash of the key that
+	// verified the SAS (attesthash.go); zero when unknown.
+	keyHash [sha256.Size]byte
 }
 
 // Connect describes a CONNECT for authentication.
@@ -185,7 +189,7 @@ func (s *Service) authSymmetric(ctx context.Context, c Connect, tok *attest.SAST
 			if err != nil {
 				err = fmt.Errorf("enrollment key: %w", err)
 			} else if err = tok.Verify(key, resource, now, s.cfg.SAS); err == nil {
-				return s.authenticated(ctx, c, Identity{RegistrationID: regID, Method: AuthSymmetricKey}), nil
+				return s.authenticated(ctx, c, Identity{RegistrationID: regID, Method: AuthSymmetricKey, keyHash: symmetricKeyHash(key)}), nil
 			}
 			if first || errors.Is(reason, attest.ErrSASSignature) {
 				reason, first = err, false
@@ -195,43 +199,43 @@ func (s *Service) authSymmetric(ctx context.Context, c Connect, tok *attest.SAST
 	case !errors.Is(err, store.ErrNotFound):
 		return s.refuse(ctx, c, ErrUnavailable, "read enrollment: %w", err)
 	}
-	groupID, err := s.matchGroup(ctx, tok, resource, spelledID)
+	groupID, devKey, err := s.matchGroup(ctx, tok, resource, spelledID)
 	switch {
 	case err != nil:
 		return s.refuse(ctx, c, ErrUnavailable, "list enrollment groups: %w", err)
 	case groupID == "":
 		return s.refuse(ctx, c, ErrNotAuthorized, "no enrollment and no enrollment group key verifies")
 	}
-	return s.authenticated(ctx, c, Identity{RegistrationID: regID, Method: AuthSymmetricKey, GroupID: groupID}), nil
+	return s.authenticated(ctx, c, Identity{RegistrationID: regID, Method: AuthSymmetricKey, GroupID: groupID, keyHash: symmetricKeyHash(devKey)}), nil
 }
 
 // matchGroup returns the id of the first symmetric-key enrollment group
-// whose derived device key verifies tok, or "" when none does.
-func (s *Service) matchGroup(ctx context.Context, tok *attest.SASToken, resource, spelledID string) (string, error) {
+// whose derived device key verifies tok, and that key; "" when none does.
+func (s *Service) matchGroup(ctx context.Context, tok *attest.SASToken, resource, spelledID string) (string, []byte, error) {
 	now := s.cfg.Now()
 	q := store.Query{}
 	for {
 		page, err := s.cfg.Store.ListGroups(ctx, q)
 		if err != nil {
-			return "", err
+			return "", nil, err
 		}
 		for _, g := range page.Items {
-			if id := groupMatches(g, tok, resource, spelledID, now, s.cfg.SAS); id != "" {
-				return id, nil
+			if id, key := groupMatches(g, tok, resource, spelledID, now, s.cfg.SAS); id != "" {
+				return id, key, nil
 			}
 		}
 		if page.Continuation == "" {
-			return "", nil
+			return "", nil, nil
 		}
 		q.Continuation = page.Continuation
 	}
 }
 
-// groupMatches returns g's id when a key derived from g's primary or
-// secondary key verifies tok, else "".
-func groupMatches(g *store.Group, tok *attest.SASToken, resource, spelledID string, now time.Time, policy attest.SASPolicy) string {
+// groupMatches returns g's id and the device key when a key derived from
+// g's primary or secondary key verifies tok, else "".
+func groupMatches(g *store.Group, tok *attest.SASToken, resource, spelledID string, now time.Time, policy attest.SASPolicy) (string, []byte) {
 	if g.Attestation.Type != store.AttestationSymmetricKey || g.Attestation.SymmetricKey == nil {
-		return ""
+		return "", nil
 	}
 	for _, k := range []string{g.Attestation.SymmetricKey.PrimaryKey, g.Attestation.SymmetricKey.SecondaryKey} {
 		if k == "" {
@@ -241,11 +245,11 @@ func groupMatches(g *store.Group, tok *attest.SASToken, resource, spelledID stri
 		if err != nil {
 			continue
 		}
-		if tok.Verify(attest.DeriveDeviceKey(groupKey, spelledID), resource, now, policy) == nil {
-			return g.EnrollmentGroupID
+		if devKey := attest.DeriveDeviceKey(groupKey, spelledID); tok.Verify(devKey, resource, now, policy) == nil {
+			return g.EnrollmentGroupID, devKey
 		}
 	}
-	return ""
+	return "", nil
 }
 
 // authenticated logs a successful authentication and returns id.
