@@ -168,6 +168,11 @@ func (s *Service) authTPM(ctx context.Context, c Connect, tok *attest.SASToken, 
 // or secondary key or, when the id has no individual enrollment, with a key
 // derived from a symmetric-key enrollment group's key. An individual
 // enrollment takes precedence: its existence rules the groups out.
+//
+// The groups are tried from memory (groups.go): the token's claims once,
+// then one derivation and one MAC per group key. A refusal of an id with
+// an individual enrollment does the same group work and discards it, so
+// that the time of a refusal does not tell enrolled ids from unknown ones.
 func (s *Service) authSymmetric(ctx context.Context, c Connect, tok *attest.SASToken, resource, spelledID string) (Identity, error) {
 	regID := strings.ToLower(spelledID)
 	now := s.cfg.Now()
@@ -175,6 +180,7 @@ func (s *Service) authSymmetric(ctx context.Context, c Connect, tok *attest.SAST
 	switch {
 	case err == nil:
 		if e.Attestation.Type != store.AttestationSymmetricKey || e.Attestation.SymmetricKey == nil {
+			s.tryGroupsAndDiscard(ctx, tok, resource, spelledID, now)
 			return s.refuse(ctx, c, ErrNotAuthorized, "individual enrollment is of type %q, not symmetricKey", e.Attestation.Type)
 		}
 		// reason keeps the most telling failure: a key whose signature
@@ -195,61 +201,39 @@ func (s *Service) authSymmetric(ctx context.Context, c Connect, tok *attest.SAST
 				reason, first = err, false
 			}
 		}
+		s.tryGroupsAndDiscard(ctx, tok, resource, spelledID, now)
 		return s.refuse(ctx, c, ErrNotAuthorized, "SAS does not verify with the enrollment's keys: %w", reason)
 	case !errors.Is(err, store.ErrNotFound):
 		return s.refuse(ctx, c, ErrUnavailable, "read enrollment: %w", err)
 	}
-	groupID, devKey, err := s.matchGroup(ctx, tok, resource, spelledID)
-	switch {
-	case err != nil:
-		return s.refuse(ctx, c, ErrUnavailable, "list enrollment groups: %w", err)
-	case groupID == "":
+	// The resource and expiry do not depend on the group: checked once.
+	if err := tok.VerifyClaims(resource, now, s.cfg.SAS); err != nil {
+		return s.refuse(ctx, c, ErrNotAuthorized, "no enrollment, and the SAS cannot verify with any group key: %w", err)
+	}
+	snap, err := s.groups(ctx)
+	if err != nil {
+		return s.refuse(ctx, c, ErrUnavailable, "enrollment groups: %w", err)
+	}
+	groupID, devKey := matchSymmetricGroup(snap, tok, spelledID)
+	if groupID == "" {
 		return s.refuse(ctx, c, ErrNotAuthorized, "no enrollment and no enrollment group key verifies")
 	}
-	return s.authenticated(ctx, c, Identity{RegistrationID: regID, Method: AuthSymmetricKey, GroupID: groupID, keyHash: symmetricKeyHash(devKey)}), nil
+	id := Identity{RegistrationID: regID, Method: AuthSymmetricKey, GroupID: groupID, keyHash: symmetricKeyHash(devKey[:])}
+	clear(devKey[:])
+	return s.authenticated(ctx, c, id), nil
 }
 
-// matchGroup returns the id of the first symmetric-key enrollment group
-// whose derived device key verifies tok, and that key; "" when none does.
-func (s *Service) matchGroup(ctx context.Context, tok *attest.SASToken, resource, spelledID string) (string, []byte, error) {
-	now := s.cfg.Now()
-	q := store.Query{}
-	for {
-		page, err := s.cfg.Store.ListGroups(ctx, q)
-		if err != nil {
-			return "", nil, err
-		}
-		for _, g := range page.Items {
-			if id, key := groupMatches(g, tok, resource, spelledID, now, s.cfg.SAS); id != "" {
-				return id, key, nil
-			}
-		}
-		if page.Continuation == "" {
-			return "", nil, nil
-		}
-		q.Continuation = page.Continuation
+// tryGroupsAndDiscard does the group work of a symmetric-key CONNECT for an
+// id without an individual enrollment and throws the outcome away (see
+// authSymmetric).
+func (s *Service) tryGroupsAndDiscard(ctx context.Context, tok *attest.SASToken, resource, spelledID string, now time.Time) {
+	if tok.VerifyClaims(resource, now, s.cfg.SAS) != nil {
+		return
 	}
-}
-
-// groupMatches returns g's id and the device key when a key derived from
-// g's primary or secondary key verifies tok, else "".
-func groupMatches(g *store.Group, tok *attest.SASToken, resource, spelledID string, now time.Time, policy attest.SASPolicy) (string, []byte) {
-	if g.Attestation.Type != store.AttestationSymmetricKey || g.Attestation.SymmetricKey == nil {
-		return "", nil
+	if snap, err := s.groups(ctx); err == nil {
+		_, devKey := matchSymmetricGroup(snap, tok, spelledID)
+		clear(devKey[:])
 	}
-	for _, k := range []string{g.Attestation.SymmetricKey.PrimaryKey, g.Attestation.SymmetricKey.SecondaryKey} {
-		if k == "" {
-			continue
-		}
-		groupKey, err := attest.DecodeSymmetricKey(k)
-		if err != nil {
-			continue
-		}
-		if devKey := attest.DeriveDeviceKey(groupKey, spelledID); tok.Verify(devKey, resource, now, policy) == nil {
-			return g.EnrollmentGroupID, devKey
-		}
-	}
-	return "", nil
 }
 
 // authenticated logs a successful authentication and returns id.

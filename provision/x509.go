@@ -10,7 +10,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"log/slog"
 	"strings"
 	"time"
 
@@ -63,9 +62,11 @@ func (s *Service) authX509(ctx context.Context, c Connect, regID string) (Identi
 	switch {
 	case err == nil:
 		if !isX509Enrollment(e) {
+			s.tryX509GroupsAndDiscard(ctx, c.PeerChain, now)
 			return s.refuse(ctx, c, ErrNotAuthorized, "individual enrollment is of type %q, not x509 with client certificates", e.Attestation.Type)
 		}
 		if !pins(e.Attestation.X509.ClientCertificates, leaf) {
+			s.tryX509GroupsAndDiscard(ctx, c.PeerChain, now)
 			return s.refuse(ctx, c, ErrNotAuthorized, "certificate is not the one the individual enrollment pins (sha256 %s)", thumbprint256(leaf))
 		}
 		return s.authenticated(ctx, c, Identity{RegistrationID: regID, Method: AuthX509, Certificate: leaf}), nil
@@ -75,15 +76,28 @@ func (s *Service) authX509(ctx context.Context, c Connect, regID string) (Identi
 	if !allowsSigning(leaf) {
 		return s.refuse(ctx, c, ErrNotAuthorized, "certificate key usage does not allow digitalSignature (key usage %#x)", int(leaf.KeyUsage))
 	}
-	g, ca, err := s.matchX509Group(ctx, c.PeerChain, now)
+	snap, err := s.groups(ctx)
+	if err != nil {
+		return s.refuse(ctx, c, ErrUnavailable, "enrollment groups: %w", err)
+	}
+	ca, verr := matchX509GroupCA(x509Candidates(snap, c.PeerChain), c.PeerChain, now, s.onX509Verify)
 	switch {
-	case err != nil:
-		return s.refuse(ctx, c, ErrUnavailable, "list enrollment groups: %w", err)
-	case g == nil:
-		return s.refuse(ctx, c, ErrNotAuthorized, "no enrollment and no enrollment group CA verifies the certificate chain (issuer %q)", leaf.Issuer.String())
+	case ca == nil && verr != nil:
+		return s.refuse(ctx, c, ErrNotAuthorized, "no enrollment and no enrollment group CA verifies the certificate chain (issuer %q): %w", leaf.Issuer.String(), verr)
+	case ca == nil:
+		return s.refuse(ctx, c, ErrNotAuthorized, "no enrollment and no enrollment group CA verifies the certificate chain (issuer %q is no group's CA)", leaf.Issuer.String())
 	}
 	return s.authenticated(ctx, c, Identity{RegistrationID: regID, Method: AuthX509, Certificate: leaf,
-		GroupID: g.EnrollmentGroupID, SigningCertificate: ca}), nil
+		GroupID: ca.groupID, SigningCertificate: ca.cert}), nil
+}
+
+// tryX509GroupsAndDiscard does the group work of an X.509 CONNECT for an id
+// without an individual enrollment and throws the outcome away, so that
+// refusing an enrolled id costs what refusing an unknown one does.
+func (s *Service) tryX509GroupsAndDiscard(ctx context.Context, chain []*x509.Certificate, now time.Time) {
+	if snap, err := s.groups(ctx); err == nil {
+		_, _ = matchX509GroupCA(x509Candidates(snap, chain), chain, now, s.onX509Verify)
+	}
 }
 
 // checkValidity reports whether now is within cert's validity period.
@@ -149,62 +163,6 @@ func pins(certs *store.X509Certificates, leaf *x509.Certificate) bool {
 		}
 	}
 	return false
-}
-
-// matchX509Group returns the first x509 enrollment group one of whose
-// signing certificates the chain verifies to, and that certificate; nil
-// when none does.
-func (s *Service) matchX509Group(ctx context.Context, chain []*x509.Certificate, now time.Time) (*store.Group, *x509.Certificate, error) {
-	intermediates := x509.NewCertPool()
-	for _, c := range chain[1:] {
-		intermediates.AddCert(c)
-	}
-	q := store.Query{}
-	for {
-		page, err := s.cfg.Store.ListGroups(ctx, q)
-		if err != nil {
-			return nil, nil, err
-		}
-		for _, g := range page.Items {
-			if ca := s.groupVerifies(ctx, g, chain[0], intermediates, now); ca != nil {
-				return g, ca, nil
-			}
-		}
-		if page.Continuation == "" {
-			return nil, nil, nil
-		}
-		q.Continuation = page.Continuation
-	}
-}
-
-// groupVerifies returns the signing certificate of x509 group g that leaf
-// verifies to through intermediates at now, or nil.
-func (s *Service) groupVerifies(ctx context.Context, g *store.Group, leaf *x509.Certificate, intermediates *x509.CertPool, now time.Time) *x509.Certificate {
-	if g.Attestation.Type != store.AttestationX509 || g.Attestation.X509 == nil {
-		return nil
-	}
-	x := g.Attestation.X509
-	if x.SigningCertificates == nil {
-		if x.CAReferences != nil {
-			s.log.LogAttrs(ctx, slog.LevelWarn, "enrollment group names caReferences, which are not supported (no CA certificate registry); give signingCertificates instead",
-				slog.String("groupId", g.EnrollmentGroupID))
-		}
-		return nil
-	}
-	for _, sc := range groupSigningCerts(g) {
-		roots := x509.NewCertPool()
-		roots.AddCert(sc)
-		_, err := leaf.Verify(x509.VerifyOptions{
-			Roots:         roots,
-			Intermediates: intermediates,
-			CurrentTime:   now,
-			KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-		})
-		if err == nil {
-			return sc
-		}
-	}
-	return nil
 }
 
 // groupSigningCerts parses the primary and secondary signing certificates
