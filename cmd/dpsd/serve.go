@@ -89,7 +89,7 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger, stdout io.W
 	if scope == "" {
 		scope = dir.Secrets.IDScope
 	}
-	st, err := store.OpenBolt(dir.StorePath(), store.BoltOptions{Timeout: 5 * time.Second, Logger: log})
+	st, err := store.OpenBolt(dir.StorePath(), store.BoltOptions{Timeout: 5 * time.Second, Logger: log, MaxGroups: cfg.MaxGroups})
 	if err != nil {
 		return fmt.Errorf("opening store: %w", err)
 	}

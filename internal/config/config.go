@@ -57,6 +57,7 @@ type Config struct {
 	PollWindow              time.Duration
 	RegistersPerDevice      int
 	RegisterWindow          time.Duration
+	MaxGroups               int // enrollment groups that may exist, -1 = unlimited
 
 	LogFormat string // text | json
 	LogLevel  slog.Level
@@ -160,6 +161,7 @@ func settings() []setting {
 		{"poll-window", "10s", "window of polls-per-device", dur(func(c *Config) *time.Duration { return &c.PollWindow })},
 		{"registers-per-device", "10", "register requests per register-window per authenticated device, then 429 (-1: unlimited; never applied to TPM challenge requests)", num(func(c *Config) *int { return &c.RegistersPerDevice })},
 		{"register-window", "1m", "window of registers-per-device", dur(func(c *Config) *time.Duration { return &c.RegisterWindow })},
+		{"max-groups", "1000", "enrollment groups that may exist, symmetric-key and X.509 together; creating one more is refused with 403 (-1: unlimited; the cloud allows 100 of each type). Each symmetric-key CONNECT without an individual enrollment tries every symmetric-key group", num(func(c *Config) *int { return &c.MaxGroups })},
 		{"log-format", "text", "log format: text or json", func(c *Config, v string) error {
 			v = strings.ToLower(strings.TrimSpace(v))
 			if v != "text" && v != "json" {
@@ -309,6 +311,9 @@ func (c Config) Validate() error {
 	}
 	if c.ChallengeLifetime == 0 {
 		return fmt.Errorf("%w: challenge-lifetime is 0", ErrInvalid)
+	}
+	if c.MaxGroups == 0 || c.MaxGroups < -1 {
+		return fmt.Errorf("%w: max-groups is %d (want a positive number, or -1 for no limit)", ErrInvalid, c.MaxGroups)
 	}
 	return nil
 }
