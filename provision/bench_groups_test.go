@@ -174,3 +174,19 @@ func BenchmarkRegisterSymmetricGroup(b *testing.B) {
 	}
 	reportCPU(b, cpu)
 }
+
+// BenchmarkGroupsReload: what the first CONNECT after a group write pays
+// to reload the groups into memory, with 500 symmetric-key and 500 X.509
+// groups (list, decrypt, decode, parse, index).
+func BenchmarkGroupsReload(b *testing.B) {
+	e := newEnv(b)
+	e.putSymmetricGroups(500)
+	e.putX509Groups(500)
+	b.ReportAllocs()
+	for b.Loop() {
+		snap, err := e.svc.buildGroupSnapshot(e.ctx, 0)
+		if err != nil || len(snap.symmetric) != 500 || countCAs(snap) != 500 {
+			b.Fatalf("snapshot: %v", err)
+		}
+	}
+}
