@@ -376,4 +376,16 @@ func TestRefusalOfEnrolledIDDoesTheGroupWork(t *testing.T) {
 			t.Errorf("%s: %d group verifications, want 1", tc.name, verifies.Load()-before)
 		}
 	}
+	// A leaf no group may take (no digitalSignature) is refused before any
+	// verification, for an unknown id and an enrolled one alike.
+	for _, regID := range []string{"nobody-ku", "known-x509"} {
+		before := verifies.Load()
+		leaf := e.issueWithUsage(root, regID, certUsage{keyUsage: x509.KeyUsageKeyEncipherment}, false).Cert
+		if _, err := e.connectX509(regID, leaf); !errors.Is(err, ErrNotAuthorized) {
+			t.Fatalf("%s: %v", regID, err)
+		}
+		if n := verifies.Load() - before; n != 0 {
+			t.Errorf("%s: %d group verifications for a leaf no group may take, want 0", regID, n)
+		}
+	}
 }

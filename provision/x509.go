@@ -73,31 +73,44 @@ func (s *Service) authX509(ctx context.Context, c Connect, regID string) (Identi
 	case !errors.Is(err, store.ErrNotFound):
 		return s.refuse(ctx, c, ErrUnavailable, "read enrollment: %w", err)
 	}
-	if !allowsSigning(leaf) {
-		return s.refuse(ctx, c, ErrNotAuthorized, "certificate key usage does not allow digitalSignature (key usage %#x)", int(leaf.KeyUsage))
-	}
-	snap, err := s.groups(ctx)
-	if err != nil {
-		return s.refuse(ctx, c, ErrUnavailable, "enrollment groups: %w", err)
-	}
-	ca, verr := matchX509GroupCA(x509Candidates(snap, c.PeerChain), c.PeerChain, now, s.onX509Verify)
+	ca, why, err := s.matchX509Group(ctx, c.PeerChain, now)
 	switch {
-	case ca == nil && verr != nil:
-		return s.refuse(ctx, c, ErrNotAuthorized, "no enrollment and no enrollment group CA verifies the certificate chain (issuer %q): %w", leaf.Issuer.String(), verr)
+	case err != nil:
+		return s.refuse(ctx, c, ErrUnavailable, "enrollment groups: %w", err)
 	case ca == nil:
-		return s.refuse(ctx, c, ErrNotAuthorized, "no enrollment and no enrollment group CA verifies the certificate chain (issuer %q is no group's CA)", leaf.Issuer.String())
+		return s.refuse(ctx, c, ErrNotAuthorized, "no enrollment and %w", why)
 	}
 	return s.authenticated(ctx, c, Identity{RegistrationID: regID, Method: AuthX509, Certificate: leaf,
 		GroupID: ca.groupID, SigningCertificate: ca.cert}), nil
+}
+
+// matchX509Group is the group work of an X.509 CONNECT for an id without
+// an individual enrollment: the first group CA the chain verifies to for
+// TLS client use, or nil and why not. err is a store failure.
+func (s *Service) matchX509Group(ctx context.Context, chain []*x509.Certificate, now time.Time) (ca *groupCA, why, err error) {
+	leaf := chain[0]
+	if !allowsSigning(leaf) {
+		return nil, fmt.Errorf("no enrollment group takes it: certificate key usage does not allow digitalSignature (key usage %#x)", int(leaf.KeyUsage)), nil
+	}
+	snap, err := s.groups(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	ca, verr := matchX509GroupCA(x509Candidates(snap, chain), chain, now, s.onX509Verify)
+	switch {
+	case ca != nil:
+		return ca, nil, nil
+	case verr != nil:
+		return nil, fmt.Errorf("no enrollment group CA verifies the certificate chain (issuer %q): %w", leaf.Issuer.String(), verr), nil
+	}
+	return nil, fmt.Errorf("no enrollment group CA verifies the certificate chain (issuer %q is no group's CA)", leaf.Issuer.String()), nil
 }
 
 // tryX509GroupsAndDiscard does the group work of an X.509 CONNECT for an id
 // without an individual enrollment and throws the outcome away, so that
 // refusing an enrolled id costs what refusing an unknown one does.
 func (s *Service) tryX509GroupsAndDiscard(ctx context.Context, chain []*x509.Certificate, now time.Time) {
-	if snap, err := s.groups(ctx); err == nil {
-		_, _ = matchX509GroupCA(x509Candidates(snap, chain), chain, now, s.onX509Verify)
-	}
+	_, _, _ = s.matchX509Group(ctx, chain, now)
 }
 
 // checkValidity reports whether now is within cert's validity period.
