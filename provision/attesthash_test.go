@@ -200,3 +200,20 @@ func TestAttestationHashPerMethod(t *testing.T) {
 		t.Fatal("other certificate, same hash")
 	}
 }
+
+// BenchmarkAttestationHashTPM: what the attestation hash adds to a TPM
+// registration (the EK's public key in PKIX DER, hashed).
+func BenchmarkAttestationHashTPM(b *testing.B) {
+	d := newTPMDevice(b, devtpm.RSA2048, devtpm.SRKRSAEmptyUnique)
+	ek, _, err := parseTPMKeys(d.keys())
+	if err != nil {
+		b.Fatal(err)
+	}
+	id := Identity{Method: AuthTPM}
+	b.ReportAllocs()
+	for b.Loop() {
+		if h, err := recordAttestationHash(id, ek); err != nil || len(h) != 32 {
+			b.Fatal(err)
+		}
+	}
+}
