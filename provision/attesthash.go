@@ -1,8 +1,9 @@
 package provision
 
 import (
+	"crypto/ecdsa"
+	"crypto/rsa"
 	"crypto/sha256"
-	"crypto/x509"
 	"encoding/binary"
 	"fmt"
 
@@ -17,8 +18,9 @@ import (
 // changed by PUT), or a device that now attests another way, gets a new
 // key, never the retired device's. What is hashed:
 //
-//   - TPM: the EK's public key (PKIX DER), so that two encodings of one key
-//     (an exponent of 0 or 65537) are the same attestation;
+//   - TPM: the EK's public key as attest.Public.Equal compares it (RSA
+//     modulus and exponent, or curve and point), so that two encodings of
+//     one key (an exponent of 0 or 65537) are the same attestation;
 //   - symmetric key: the key that verified the SAS (for a group, the device
 //     key derived from the group key): a hash of it, never the key;
 //   - X.509: the device certificate and, through a group, the signing
@@ -62,11 +64,21 @@ func recordAttestationHash(id Identity, ek *attest.Public) ([]byte, error) {
 		if ek == nil {
 			return nil, fmt.Errorf("TPM registration without an EK")
 		}
-		der, err := x509.MarshalPKIXPublicKey(ek.PublicKey())
-		if err != nil {
-			return nil, fmt.Errorf("encode the EK's public key: %w", err)
+		var h [sha256.Size]byte
+		switch k := ek.PublicKey().(type) {
+		case *rsa.PublicKey:
+			var e [8]byte
+			binary.BigEndian.PutUint64(e[:], uint64(k.E))
+			h = attestationHash(store.AttestationTPM, []byte("rsa"), k.N.Bytes(), e[:])
+		case *ecdsa.PublicKey:
+			point, err := k.Bytes()
+			if err != nil {
+				return nil, fmt.Errorf("encode the EK's public key: %w", err)
+			}
+			h = attestationHash(store.AttestationTPM, []byte("ecc"), []byte(k.Curve.Params().Name), point)
+		default:
+			return nil, fmt.Errorf("EK of type %T", k)
 		}
-		h := attestationHash(store.AttestationTPM, der)
 		return h[:], nil
 	case AuthSymmetricKey:
 		if id.keyHash == ([sha256.Size]byte{}) {

@@ -6,6 +6,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/google/go-tpm/tpm2"
+
+	"github.com/tpmdps/dpsd/attest"
 	"github.com/tpmdps/dpsd/device/devtpm"
 	"github.com/tpmdps/dpsd/internal/softtpm"
 	"github.com/tpmdps/dpsd/store"
@@ -201,8 +204,44 @@ func TestAttestationHashPerMethod(t *testing.T) {
 	}
 }
 
+// TestTPMAttestationHashIsTheKey: the hash of a TPM attestation depends on
+// the EK's public key, not its encoding (another authPolicy, the same key:
+// the same hash), and another EK hashes differently.
+func TestTPMAttestationHashIsTheKey(t *testing.T) {
+	d := newTPMDevice(t, devtpm.RSA2048, devtpm.SRKRSAEmptyUnique)
+	pub2b, err := tpm2.Unmarshal[tpm2.TPM2BPublic](d.ekPublic())
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, err := pub2b.Contents()
+	if err != nil {
+		t.Fatal(err)
+	}
+	variant := *pub
+	variant.AuthPolicy = tpm2.TPM2BDigest{}
+	hashOf := func(raw []byte) []byte {
+		t.Helper()
+		ek, err := attest.ParsePublic(raw)
+		if err != nil {
+			t.Fatal(err)
+		}
+		h, err := recordAttestationHash(Identity{Method: AuthTPM}, ek)
+		if err != nil || len(h) != 32 {
+			t.Fatalf("hash: %x, %v", h, err)
+		}
+		return h
+	}
+	h := hashOf(d.ekPublic())
+	if !bytes.Equal(hashOf(tpm2.Marshal(tpm2.New2B(variant))), h) {
+		t.Fatal("the same key in another encoding hashes differently")
+	}
+	if bytes.Equal(hashOf(otherEK(t)), h) {
+		t.Fatal("another EK hashes the same")
+	}
+}
+
 // BenchmarkAttestationHashTPM: what the attestation hash adds to a TPM
-// registration (the EK's public key in PKIX DER, hashed).
+// registration.
 func BenchmarkAttestationHashTPM(b *testing.B) {
 	d := newTPMDevice(b, devtpm.RSA2048, devtpm.SRKRSAEmptyUnique)
 	ek, _, err := parseTPMKeys(d.keys())
