@@ -22,6 +22,7 @@ const (
 	codeTooManyItems        = 400007
 	codeUnauthorized        = 401002
 	codeForbidden           = 403001
+	codeQuotaExceeded       = 403002
 	codeNoRoute             = 404000
 	codeEnrollmentNotFound  = 404201
 	codeGroupNotFound       = 404202
@@ -75,9 +76,13 @@ func invalid(format string, args ...any) *apiError {
 // storeError maps store errors onto API errors; notFound is the code for ErrNotFound.
 func storeError(err error, notFound int, what string) *apiError {
 	var ae *apiError
+	var le *store.LimitError
 	switch {
 	case errors.As(err, &ae):
 		return ae
+	case errors.As(err, &le):
+		return &apiError{code: codeQuotaExceeded, err: err, msg: fmt.Sprintf(
+			"the service allows at most %d %s: delete one before creating another, or raise the limit (dpsd setting max-groups)", le.Limit, le.What)}
 	case errors.Is(err, store.ErrNotFound):
 		return &apiError{code: notFound, msg: what + " not found", err: err}
 	case errors.Is(err, store.ErrPreconditionFailed):

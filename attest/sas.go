@@ -209,11 +209,24 @@ func ParseSASToken(s string) (*SASToken, error) {
 // percent-decoded Resource equals expectedResource ignoring ASCII case, and
 // that the expiry lies within [now - ClockSkew, now + MaxLifetime +
 // ClockSkew]. The expiry checked is the signed text, never a field that was
-// not signed. Verify does not allocate when the token is valid.
+// not signed. Verify does not allocate when the token is valid. It is
+// VerifySignature followed by VerifyClaims.
 //
 // expectedResource is the plain resource, e.g. "0ne00000A0A/registrations/
 // my-device" for a device or the host name for a service token.
 func (t *SASToken) Verify(key []byte, expectedResource string, now time.Time, policy SASPolicy) error {
+	if err := t.VerifySignature(key); err != nil {
+		return err
+	}
+	return t.VerifyClaims(expectedResource, now, policy)
+}
+
+// VerifySignature checks only that the signature is HMAC-SHA256(key,
+// Resource + "\n" + ExpiryText), compared in constant time: ErrSASSignature
+// when it is not. A caller trying many keys (one per enrollment group)
+// checks the claims once with VerifyClaims and then the keys with this.
+// It does not allocate for a parsed token.
+func (t *SASToken) VerifySignature(key []byte) error {
 	if t == nil {
 		return fmt.Errorf("%w: nil token", ErrSASMalformed)
 	}
@@ -222,21 +235,33 @@ func (t *SASToken) Verify(key []byte, expectedResource string, now time.Time, po
 	}
 	var seBuf [sasMaxExpiryLen]byte
 	seText := t.ExpiryText
-	var se int64
 	if seText == "" {
 		// A token built by hand: sign the canonical text of Expiry.
-		se = t.Expiry.Unix()
-		seText = string(strconv.AppendInt(seBuf[:0], se, 10))
-	} else {
-		var err error
-		if se, err = sasParseExpiry(seText); err != nil {
-			return err
-		}
+		seText = string(strconv.AppendInt(seBuf[:0], t.Expiry.Unix(), 10))
 	}
-
 	mac := sasMAC(key, t.Resource, seText)
 	if !hmac.Equal(mac[:], t.Signature) {
 		return ErrSASSignature
+	}
+	return nil
+}
+
+// VerifyClaims checks what Verify checks besides the signature: that the
+// percent-decoded Resource equals expectedResource ignoring ASCII case and
+// that the signed expiry lies within [now - ClockSkew, now + MaxLifetime +
+// ClockSkew]. On its own it proves nothing about the sender.
+func (t *SASToken) VerifyClaims(expectedResource string, now time.Time, policy SASPolicy) error {
+	if t == nil {
+		return fmt.Errorf("%w: nil token", ErrSASMalformed)
+	}
+	var se int64
+	if t.ExpiryText == "" {
+		se = t.Expiry.Unix()
+	} else {
+		var err error
+		if se, err = sasParseExpiry(t.ExpiryText); err != nil {
+			return err
+		}
 	}
 	if !sasResourceEqual(t.Resource, expectedResource) {
 		return ErrSASResource
@@ -382,9 +407,13 @@ func sasMAC(key []byte, resource, expiry string) (out [sha256.Size]byte) {
 
 // sasMACSlow is sasMAC through crypto/hmac, for long keys and messages. It
 // is a separate function so that its allocations do not make sasMAC's
-// arguments escape.
+// arguments escape, and it hands crypto/hmac a copy of the key for the same
+// reason: a key on the caller's stack (a device key derived per group)
+// stays there.
 func sasMACSlow(key []byte, resource, expiry string) (out [sha256.Size]byte) {
-	m := hmac.New(sha256.New, key)
+	k := make([]byte, len(key))
+	copy(k, key)
+	m := hmac.New(sha256.New, k)
 	io.WriteString(m, resource)
 	io.WriteString(m, "\n")
 	io.WriteString(m, expiry)

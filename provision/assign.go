@@ -1,6 +1,7 @@
 package provision
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -14,7 +15,8 @@ import (
 // assign allocates a hub (or records disabled/failed), records the
 // registration and its operation in one durable step and answers 202. TPM
 // devices (srk != nil) get their hub key in an activation blob for srk; the
-// key is generated once and reused on every re-registration.
+// key is generated once and reused on every re-registration that attests
+// with the same EK (the record's attestation hash, attesthash.go).
 func (s *Service) assign(ctx context.Context, id Identity, src source, req RegisterRequest, ek, srk *attest.Public, trackingID string) Response {
 	now := s.cfg.Now().UTC()
 	prev, err := s.cfg.Store.GetRegistration(ctx, id.RegistrationID)
@@ -37,11 +39,16 @@ func (s *Service) assign(ctx context.Context, id Identity, src source, req Regis
 	if err != nil {
 		return s.internal(ctx, trackingID, id, err)
 	}
+	attHash, err := recordAttestationHash(id, ek)
+	if err != nil {
+		return s.internal(ctx, trackingID, id, err)
+	}
 	rec := &store.Registration{
 		RegistrationID:    id.RegistrationID,
 		AttestationType:   src.attestationType,
 		EnrollmentGroupID: src.groupID,
 		Payload:           req.Payload,
+		AttestationHash:   attHash,
 		CreatedAt:         now,
 		UpdatedAt:         now,
 	}
@@ -49,7 +56,16 @@ func (s *Service) assign(ctx context.Context, id Identity, src source, req Regis
 		if !prev.CreatedAt.IsZero() {
 			rec.CreatedAt = prev.CreatedAt
 		}
-		rec.HubKey = prev.HubKey
+		// The hub key goes only to the attestation it was issued for: a
+		// replaced TPM (or a record that cannot say) gets a new one.
+		switch {
+		case len(prev.AttestationHash) > 0 && bytes.Equal(prev.AttestationHash, attHash):
+			rec.HubKey = prev.HubKey
+		case len(prev.HubKey) > 0:
+			s.log.LogAttrs(ctx, slog.LevelInfo, "attestation differs from the one the hub key was issued for: the key is not handed on",
+				slog.String("trackingId", trackingID), slog.String("registrationId", id.RegistrationID),
+				slog.Bool("recordHasHash", len(prev.AttestationHash) > 0))
+		}
 	}
 	if src.disabled {
 		rec.Status = store.RegistrationDisabled

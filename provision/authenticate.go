@@ -2,6 +2,7 @@ package provision
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -49,6 +50,9 @@ type Identity struct {
 	// SigningCertificate is, for X.509 through an enrollment group, the
 	// group's signing (CA) certificate the chain verified to.
 	SigningCertificate *x509.Certificate
+	// keyHash is, for a symmetric key, the attestation hash of the key that
+	// verified the SAS (attesthash.go); zero when unknown.
+	keyHash [sha256.Size]byte
 }
 
 // Connect describes a CONNECT for authentication.
@@ -164,6 +168,11 @@ func (s *Service) authTPM(ctx context.Context, c Connect, tok *attest.SASToken, 
 // or secondary key or, when the id has no individual enrollment, with a key
 // derived from a symmetric-key enrollment group's key. An individual
 // enrollment takes precedence: its existence rules the groups out.
+//
+// The groups are tried from memory (groups.go): the token's claims once,
+// then one derivation and one MAC per group key. A refusal of an id with
+// an individual enrollment does the same group work and discards it, so
+// that the time of a refusal does not tell enrolled ids from unknown ones.
 func (s *Service) authSymmetric(ctx context.Context, c Connect, tok *attest.SASToken, resource, spelledID string) (Identity, error) {
 	regID := strings.ToLower(spelledID)
 	now := s.cfg.Now()
@@ -171,6 +180,7 @@ func (s *Service) authSymmetric(ctx context.Context, c Connect, tok *attest.SAST
 	switch {
 	case err == nil:
 		if e.Attestation.Type != store.AttestationSymmetricKey || e.Attestation.SymmetricKey == nil {
+			s.tryGroupsAndDiscard(ctx, tok, resource, spelledID, now)
 			return s.refuse(ctx, c, ErrNotAuthorized, "individual enrollment is of type %q, not symmetricKey", e.Attestation.Type)
 		}
 		// reason keeps the most telling failure: a key whose signature
@@ -185,67 +195,45 @@ func (s *Service) authSymmetric(ctx context.Context, c Connect, tok *attest.SAST
 			if err != nil {
 				err = fmt.Errorf("enrollment key: %w", err)
 			} else if err = tok.Verify(key, resource, now, s.cfg.SAS); err == nil {
-				return s.authenticated(ctx, c, Identity{RegistrationID: regID, Method: AuthSymmetricKey}), nil
+				return s.authenticated(ctx, c, Identity{RegistrationID: regID, Method: AuthSymmetricKey, keyHash: symmetricKeyHash(key)}), nil
 			}
 			if first || errors.Is(reason, attest.ErrSASSignature) {
 				reason, first = err, false
 			}
 		}
+		s.tryGroupsAndDiscard(ctx, tok, resource, spelledID, now)
 		return s.refuse(ctx, c, ErrNotAuthorized, "SAS does not verify with the enrollment's keys: %w", reason)
 	case !errors.Is(err, store.ErrNotFound):
 		return s.refuse(ctx, c, ErrUnavailable, "read enrollment: %w", err)
 	}
-	groupID, err := s.matchGroup(ctx, tok, resource, spelledID)
-	switch {
-	case err != nil:
-		return s.refuse(ctx, c, ErrUnavailable, "list enrollment groups: %w", err)
-	case groupID == "":
+	// The resource and expiry do not depend on the group: checked once.
+	if err := tok.VerifyClaims(resource, now, s.cfg.SAS); err != nil {
+		return s.refuse(ctx, c, ErrNotAuthorized, "no enrollment, and the SAS cannot verify with any group key: %w", err)
+	}
+	snap, err := s.groups(ctx)
+	if err != nil {
+		return s.refuse(ctx, c, ErrUnavailable, "enrollment groups: %w", err)
+	}
+	groupID, devKey := matchSymmetricGroup(snap, tok, spelledID)
+	if groupID == "" {
 		return s.refuse(ctx, c, ErrNotAuthorized, "no enrollment and no enrollment group key verifies")
 	}
-	return s.authenticated(ctx, c, Identity{RegistrationID: regID, Method: AuthSymmetricKey, GroupID: groupID}), nil
+	id := Identity{RegistrationID: regID, Method: AuthSymmetricKey, GroupID: groupID, keyHash: symmetricKeyHash(devKey[:])}
+	clear(devKey[:])
+	return s.authenticated(ctx, c, id), nil
 }
 
-// matchGroup returns the id of the first symmetric-key enrollment group
-// whose derived device key verifies tok, or "" when none does.
-func (s *Service) matchGroup(ctx context.Context, tok *attest.SASToken, resource, spelledID string) (string, error) {
-	now := s.cfg.Now()
-	q := store.Query{}
-	for {
-		page, err := s.cfg.Store.ListGroups(ctx, q)
-		if err != nil {
-			return "", err
-		}
-		for _, g := range page.Items {
-			if id := groupMatches(g, tok, resource, spelledID, now, s.cfg.SAS); id != "" {
-				return id, nil
-			}
-		}
-		if page.Continuation == "" {
-			return "", nil
-		}
-		q.Continuation = page.Continuation
+// tryGroupsAndDiscard does the group work of a symmetric-key CONNECT for an
+// id without an individual enrollment and throws the outcome away (see
+// authSymmetric).
+func (s *Service) tryGroupsAndDiscard(ctx context.Context, tok *attest.SASToken, resource, spelledID string, now time.Time) {
+	if tok.VerifyClaims(resource, now, s.cfg.SAS) != nil {
+		return
 	}
-}
-
-// groupMatches returns g's id when a key derived from g's primary or
-// secondary key verifies tok, else "".
-func groupMatches(g *store.Group, tok *attest.SASToken, resource, spelledID string, now time.Time, policy attest.SASPolicy) string {
-	if g.Attestation.Type != store.AttestationSymmetricKey || g.Attestation.SymmetricKey == nil {
-		return ""
+	if snap, err := s.groups(ctx); err == nil {
+		_, devKey := matchSymmetricGroup(snap, tok, spelledID)
+		clear(devKey[:])
 	}
-	for _, k := range []string{g.Attestation.SymmetricKey.PrimaryKey, g.Attestation.SymmetricKey.SecondaryKey} {
-		if k == "" {
-			continue
-		}
-		groupKey, err := attest.DecodeSymmetricKey(k)
-		if err != nil {
-			continue
-		}
-		if tok.Verify(attest.DeriveDeviceKey(groupKey, spelledID), resource, now, policy) == nil {
-			return g.EnrollmentGroupID
-		}
-	}
-	return ""
 }
 
 // authenticated logs a successful authentication and returns id.

@@ -1,6 +1,7 @@
 package provision
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -72,4 +73,28 @@ func BenchmarkAuthenticateTPM(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// BenchmarkRegisterTPM: the register and poll of an authenticated RSA TPM
+// device (enrollment check, hub key blob for its SRK, durable record),
+// with the process CPU per provisioning.
+func BenchmarkRegisterTPM(b *testing.B) {
+	e := newEnv(b)
+	d := newTPMDevice(b, devtpm.RSA2048, devtpm.SRKRSAEmptyUnique)
+	regID := d.registrationID()
+	e.putEnrollment(tpmEnrollment(regID, d.ekPublic()))
+	id := Identity{RegistrationID: strings.ToLower(regID), Method: AuthTPM, ChallengeRef: "bench"}
+	req := RegisterRequest{TPM: d.keys()}
+	b.ReportAllocs()
+	cpu := processCPU(b)
+	for b.Loop() {
+		resp := e.svc.Register(e.ctx, id, req, "tr")
+		if resp.Status != 202 {
+			b.Fatalf("register %d", resp.Status)
+		}
+		if p := e.svc.Poll(e.ctx, id, resp.Body.(*OperationStatus).OperationID, "tr"); p.Status != 200 {
+			b.Fatalf("poll %d", p.Status)
+		}
+	}
+	reportCPU(b, cpu)
 }

@@ -39,8 +39,14 @@ type RegistrationEvent struct {
 	TrackingID string
 }
 
-// Reasons of AuthFailed. Unclassified refusals take the reason of their kind
-// (AuthFailureNotAuthorized, AuthFailureUnsupported, AuthFailureUnavailable).
+// Reasons of AuthFailed. A label may tell only what the CONNECT itself
+// shows: the malformed-input labels below are decided from the CONNECT's
+// own bytes before any enrollment, group or key is consulted. Every refusal
+// that depends on stored state or a secret (unknown id, wrong key or
+// signature, another attestation type, a challenge already used, a
+// certificate no enrollment or group accepts) is AuthFailureNotAuthorized,
+// so that /metrics cannot tell an enrolled id from an unknown one; the
+// detailed reason stays in the log line of the refusal.
 const (
 	AuthFailureBadUsername       = "bad_username"
 	AuthFailureBadRegistrationID = "bad_registration_id"
@@ -49,17 +55,14 @@ const (
 	AuthFailureBadToken          = "bad_token"
 	AuthFailureBadChallengeRef   = "bad_challenge_reference"
 	AuthFailureChallengeExpired  = "challenge_expired"
-	AuthFailureChallengeReused   = "challenge_reused"
-	AuthFailureSignature         = "signature_mismatch"
-	AuthFailureUnknownEnrollment = "unknown_enrollment"
-	AuthFailureAttestationType   = "attestation_type_mismatch"
 	AuthFailureNotAuthorized     = "not_authorized"
 	AuthFailureUnsupported       = "unsupported"
 	AuthFailureUnavailable       = "store_unavailable"
 )
 
-// refuseReasons maps the start of a refusal's log format to its label. A
-// function, not a package variable: no package-level mutable state.
+// refuseReasons maps the start of a refusal's log format to its label: only
+// refusals decided from the CONNECT alone (see the AuthFailure constants).
+// A function, not a package variable: no package-level mutable state.
 func refuseReasons() []struct{ prefix, reason string } {
 	return []struct{ prefix, reason string }{
 		{"bad username", AuthFailureBadUsername},
@@ -69,13 +72,6 @@ func refuseReasons() []struct{ prefix, reason string } {
 		{"bad SAS token", AuthFailureBadToken},
 		{"bad challenge reference", AuthFailureBadChallengeRef},
 		{"challenge expired", AuthFailureChallengeExpired},
-		{"challenge already used", AuthFailureChallengeReused},
-		{"TPM SAS does not verify", AuthFailureSignature},
-		{"SAS does not verify", AuthFailureSignature},
-		{"TPM enrollment no longer exists", AuthFailureUnknownEnrollment},
-		{"no enrollment and no enrollment group", AuthFailureUnknownEnrollment},
-		{"enrollment is no longer of type", AuthFailureAttestationType},
-		{"individual enrollment is of type", AuthFailureAttestationType},
 	}
 }
 

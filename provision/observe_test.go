@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"log/slog"
 	"strings"
 	"sync"
@@ -101,7 +102,7 @@ func TestObserverAndAudit(t *testing.T) {
 	if obs.registered[1].Status != store.RegistrationDisabled {
 		t.Fatalf("second event %+v", obs.registered[1])
 	}
-	want := []string{AuthFailureSignature, AuthFailureUnknownEnrollment, AuthFailureBadUsername}
+	want := []string{AuthFailureNotAuthorized, AuthFailureNotAuthorized, AuthFailureBadUsername}
 	if strings.Join(obs.failures, ",") != strings.Join(want, ",") {
 		t.Fatalf("failure reasons %v, want %v", obs.failures, want)
 	}
@@ -144,9 +145,66 @@ func TestRefuseReasonFallbacks(t *testing.T) {
 		{ErrUnsupported, "something new %s", AuthFailureUnsupported},
 		{ErrNotAuthorized, "a reason nobody classified", AuthFailureNotAuthorized},
 		{ErrNotAuthorized, "challenge expired at %s", AuthFailureChallengeExpired},
+		{ErrNotAuthorized, "SAS does not verify with the enrollment's keys: %w", AuthFailureNotAuthorized},
+		{ErrNotAuthorized, "no enrollment and no enrollment group key verifies", AuthFailureNotAuthorized},
 	} {
 		if got := refuseReason(tc.kind, tc.format); got != tc.want {
 			t.Errorf("refuseReason(%v, %q) = %q, want %q", tc.kind, tc.format, got, tc.want)
+		}
+	}
+}
+
+// TestAuthFailureLabelsHideEnrollments: the metric label of a refused
+// CONNECT is the same whether the id is enrolled (with a wrong key, another
+// attestation type, a certificate other than the pinned one) or unknown, so
+// that /metrics cannot be used to tell enrolled ids from unknown ones. The
+// log keeps the detailed reason.
+func TestAuthFailureLabelsHideEnrollments(t *testing.T) {
+	obs := &recordingObserver{}
+	var logs lockedBuffer
+	e := newEnv(t, func(c *Config) {
+		c.Observer = obs
+		c.Logger = slog.New(slog.NewJSONHandler(&logs, nil))
+	})
+	e.putEnrollment(symmetricEnrollment("known-sym", symKey(1), symKey(2)))
+	e.putEnrollment(tpmEnrollment("known-tpm", otherEK(t)))
+	pinned := e.selfSigned("known-x509")
+	e.putEnrollment(x509Enrollment("known-x509", withCert(pinned.pem), nil))
+	e.putGroup(&store.Group{EnrollmentGroupID: "fleet", Attestation: store.Attestation{Type: store.AttestationSymmetricKey,
+		SymmetricKey: &store.SymmetricKeyAttestation{PrimaryKey: b64(symKey(7))}}})
+
+	refusals := []struct {
+		name  string
+		regID string
+		try   func(regID string) error
+	}{
+		{"unknown id, SAS", "nobody", func(id string) error { _, err := e.connect(id, e.sas(id, symKey(3), "registration")); return err }},
+		{"symmetric enrollment, wrong key", "known-sym", func(id string) error { _, err := e.connect(id, e.sas(id, symKey(3), "registration")); return err }},
+		{"TPM enrollment, SAS", "known-tpm", func(id string) error { _, err := e.connect(id, e.sas(id, symKey(3), "registration")); return err }},
+		{"group id, wrong key", "fleet-dev", func(id string) error { _, err := e.connect(id, e.sas(id, symKey(3), "")); return err }},
+		{"unknown id, certificate", "nobody2", func(id string) error { _, err := e.connectX509(id, e.selfSigned(id).cert); return err }},
+		{"symmetric enrollment, certificate", "known-sym", func(id string) error { _, err := e.connectX509(id, e.selfSigned(id).cert); return err }},
+		{"x509 enrollment, other certificate", "known-x509", func(id string) error { _, err := e.connectX509(id, e.selfSigned(id).cert); return err }},
+	}
+	for _, r := range refusals {
+		if err := r.try(r.regID); !errors.Is(err, ErrNotAuthorized) {
+			t.Fatalf("%s: %v, want not authorized", r.name, err)
+		}
+	}
+	obs.mu.Lock()
+	defer obs.mu.Unlock()
+	if len(obs.failures) != len(refusals) {
+		t.Fatalf("%d failures observed, want %d: %v", len(obs.failures), len(refusals), obs.failures)
+	}
+	for i, r := range refusals {
+		if obs.failures[i] != AuthFailureNotAuthorized {
+			t.Errorf("%s: label %q, want %q (the same for every id)", r.name, obs.failures[i], AuthFailureNotAuthorized)
+		}
+	}
+	// The log still tells the operator why.
+	for _, reason := range []string{"no enrollment and no enrollment group", "SAS does not verify with the enrollment's keys", "individual enrollment is of type"} {
+		if !strings.Contains(logs.String(), reason) {
+			t.Errorf("the log lacks the reason %q", reason)
 		}
 	}
 }

@@ -71,7 +71,9 @@ type Config struct {
 
 // Service is the provisioning service. Safe for concurrent use: records are
 // in the store; in memory it holds its configuration, the id of this run,
-// the challenge references used in this run and a cache of parsed TPM keys.
+// the challenge references used in this run, a cache of parsed TPM keys and
+// the enrollment groups' key material (groups.go), kept current by the
+// store's groups revision.
 type Service struct {
 	cfg        Config
 	log        *slog.Logger
@@ -79,6 +81,10 @@ type Service struct {
 	tpmKeys    *tpmKeyCache
 	run        runID
 	usedRefs   *usedRefs
+	groupCache groupCache
+	// onX509Verify, when set (by tests), is told the group of every CA an
+	// X.509 chain is verified against.
+	onX509Verify func(groupID string)
 }
 
 // ErrInvalidConfig is returned by New for an unusable Config.

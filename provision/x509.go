@@ -6,10 +6,10 @@ import (
 	"crypto/sha1" //nolint:gosec // SHA-1 thumbprints are what older DPS records hold; compared, never trusted alone
 	"crypto/sha256"
 	"crypto/x509"
+	"encoding/asn1"
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"log/slog"
 	"strings"
 	"time"
 
@@ -28,7 +28,11 @@ import (
 //     certificate, or have its SHA-256 or, failing that, SHA-1 thumbprint);
 //   - without an individual enrollment, an enrollment group of type x509
 //     whose signingCertificates primary or secondary is a CA the chain
-//     verifies to (the rest of the chain serving as intermediates).
+//     verifies to (the rest of the chain serving as intermediates), for TLS
+//     client use: the leaf and every intermediate must allow clientAuth
+//     (Go's verifier with KeyUsages [ClientAuth]: a certificate without an
+//     extended key usage, or with anyExtendedKeyUsage, allows it too), and
+//     a leaf with a KeyUsage extension must allow digitalSignature.
 //
 // caReferences (names of CA certificates registered with the service) are
 // not supported: this service has no CA certificate registry, so such
@@ -58,24 +62,55 @@ func (s *Service) authX509(ctx context.Context, c Connect, regID string) (Identi
 	switch {
 	case err == nil:
 		if !isX509Enrollment(e) {
+			s.tryX509GroupsAndDiscard(ctx, c.PeerChain, now)
 			return s.refuse(ctx, c, ErrNotAuthorized, "individual enrollment is of type %q, not x509 with client certificates", e.Attestation.Type)
 		}
 		if !pins(e.Attestation.X509.ClientCertificates, leaf) {
+			s.tryX509GroupsAndDiscard(ctx, c.PeerChain, now)
 			return s.refuse(ctx, c, ErrNotAuthorized, "certificate is not the one the individual enrollment pins (sha256 %s)", thumbprint256(leaf))
 		}
 		return s.authenticated(ctx, c, Identity{RegistrationID: regID, Method: AuthX509, Certificate: leaf}), nil
 	case !errors.Is(err, store.ErrNotFound):
 		return s.refuse(ctx, c, ErrUnavailable, "read enrollment: %w", err)
 	}
-	g, ca, err := s.matchX509Group(ctx, c.PeerChain, now)
+	ca, why, err := s.matchX509Group(ctx, c.PeerChain, now)
 	switch {
 	case err != nil:
-		return s.refuse(ctx, c, ErrUnavailable, "list enrollment groups: %w", err)
-	case g == nil:
-		return s.refuse(ctx, c, ErrNotAuthorized, "no enrollment and no enrollment group CA verifies the certificate chain (issuer %q)", leaf.Issuer.String())
+		return s.refuse(ctx, c, ErrUnavailable, "enrollment groups: %w", err)
+	case ca == nil:
+		return s.refuse(ctx, c, ErrNotAuthorized, "no enrollment and %w", why)
 	}
 	return s.authenticated(ctx, c, Identity{RegistrationID: regID, Method: AuthX509, Certificate: leaf,
-		GroupID: g.EnrollmentGroupID, SigningCertificate: ca}), nil
+		GroupID: ca.groupID, SigningCertificate: ca.cert}), nil
+}
+
+// matchX509Group is the group work of an X.509 CONNECT for an id without
+// an individual enrollment: the first group CA the chain verifies to for
+// TLS client use, or nil and why not. err is a store failure.
+func (s *Service) matchX509Group(ctx context.Context, chain []*x509.Certificate, now time.Time) (ca *groupCA, why, err error) {
+	leaf := chain[0]
+	if !allowsSigning(leaf) {
+		return nil, fmt.Errorf("no enrollment group takes it: certificate key usage does not allow digitalSignature (key usage %#x)", int(leaf.KeyUsage)), nil
+	}
+	snap, err := s.groups(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	ca, verr := matchX509GroupCA(x509Candidates(snap, chain), chain, now, s.onX509Verify)
+	switch {
+	case ca != nil:
+		return ca, nil, nil
+	case verr != nil:
+		return nil, fmt.Errorf("no enrollment group CA verifies the certificate chain (issuer %q): %w", leaf.Issuer.String(), verr), nil
+	}
+	return nil, fmt.Errorf("no enrollment group CA verifies the certificate chain (issuer %q is no group's CA)", leaf.Issuer.String()), nil
+}
+
+// tryX509GroupsAndDiscard does the group work of an X.509 CONNECT for an id
+// without an individual enrollment and throws the outcome away, so that
+// refusing an enrolled id costs what refusing an unknown one does.
+func (s *Service) tryX509GroupsAndDiscard(ctx context.Context, chain []*x509.Certificate, now time.Time) {
+	_, _, _ = s.matchX509Group(ctx, chain, now)
 }
 
 // checkValidity reports whether now is within cert's validity period.
@@ -87,6 +122,21 @@ func checkValidity(cert *x509.Certificate, now time.Time) error {
 		return fmt.Errorf("expired at %s", formatTime(cert.NotAfter))
 	}
 	return nil
+}
+
+// oidKeyUsage is the KeyUsage extension (RFC 5280, 4.2.1.3).
+func oidKeyUsage() asn1.ObjectIdentifier { return asn1.ObjectIdentifier{2, 5, 29, 15} }
+
+// allowsSigning reports whether cert's KeyUsage extension, if it has one,
+// allows digitalSignature: what a TLS client does with its key
+// (CertificateVerify). Go's verifier does not check KeyUsage at all.
+func allowsSigning(cert *x509.Certificate) bool {
+	for _, ext := range cert.Extensions {
+		if ext.Id.Equal(oidKeyUsage()) {
+			return cert.KeyUsage&x509.KeyUsageDigitalSignature != 0
+		}
+	}
+	return true
 }
 
 // isX509Enrollment reports whether e is an x509 enrollment pinning client certificates.
@@ -126,62 +176,6 @@ func pins(certs *store.X509Certificates, leaf *x509.Certificate) bool {
 		}
 	}
 	return false
-}
-
-// matchX509Group returns the first x509 enrollment group one of whose
-// signing certificates the chain verifies to, and that certificate; nil
-// when none does.
-func (s *Service) matchX509Group(ctx context.Context, chain []*x509.Certificate, now time.Time) (*store.Group, *x509.Certificate, error) {
-	intermediates := x509.NewCertPool()
-	for _, c := range chain[1:] {
-		intermediates.AddCert(c)
-	}
-	q := store.Query{}
-	for {
-		page, err := s.cfg.Store.ListGroups(ctx, q)
-		if err != nil {
-			return nil, nil, err
-		}
-		for _, g := range page.Items {
-			if ca := s.groupVerifies(ctx, g, chain[0], intermediates, now); ca != nil {
-				return g, ca, nil
-			}
-		}
-		if page.Continuation == "" {
-			return nil, nil, nil
-		}
-		q.Continuation = page.Continuation
-	}
-}
-
-// groupVerifies returns the signing certificate of x509 group g that leaf
-// verifies to through intermediates at now, or nil.
-func (s *Service) groupVerifies(ctx context.Context, g *store.Group, leaf *x509.Certificate, intermediates *x509.CertPool, now time.Time) *x509.Certificate {
-	if g.Attestation.Type != store.AttestationX509 || g.Attestation.X509 == nil {
-		return nil
-	}
-	x := g.Attestation.X509
-	if x.SigningCertificates == nil {
-		if x.CAReferences != nil {
-			s.log.LogAttrs(ctx, slog.LevelWarn, "enrollment group names caReferences, which are not supported (no CA certificate registry); give signingCertificates instead",
-				slog.String("groupId", g.EnrollmentGroupID))
-		}
-		return nil
-	}
-	for _, sc := range groupSigningCerts(g) {
-		roots := x509.NewCertPool()
-		roots.AddCert(sc)
-		_, err := leaf.Verify(x509.VerifyOptions{
-			Roots:         roots,
-			Intermediates: intermediates,
-			CurrentTime:   now,
-			KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageAny},
-		})
-		if err == nil {
-			return sc
-		}
-	}
-	return nil
 }
 
 // groupSigningCerts parses the primary and secondary signing certificates

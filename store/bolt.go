@@ -73,6 +73,11 @@ type BoltOptions struct {
 	// MaxBatchDelay overrides DefaultMaxBatchDelay (bbolt's db.Batch delay;
 	// the store's writes use group commit and do not wait for it).
 	MaxBatchDelay time.Duration
+	// MaxGroups bounds the number of enrollment groups: PutGroup of a new
+	// group when MaxGroups exist returns a *LimitError (0 or negative: no
+	// limit). Groups beyond it in an existing file stay; only new ones are
+	// refused.
+	MaxGroups int
 }
 
 // Bolt is the default Store: one bbolt file plus a data key file. It is safe
@@ -85,6 +90,8 @@ type Bolt struct {
 	aead    cipher.AEAD
 	log     *slog.Logger
 	now     func() time.Time
+	// maxGroups is BoltOptions.MaxGroups (0: no limit).
+	maxGroups int
 
 	leave    func()       // inflight.Done, bound once (enter returns it on every call)
 	writers  atomic.Int32 // write calls in flight: 1 commits alone, more batch
@@ -139,7 +146,7 @@ func OpenBolt(path string, opts BoltOptions) (*Bolt, error) {
 		return nil, fmt.Errorf("store: open %s: %w", path, err)
 	}
 	db.MaxBatchDelay = opts.MaxBatchDelay
-	s := &Bolt{db: db, path: path, keyPath: opts.KeyFile, log: opts.Logger, now: opts.Now}
+	s := &Bolt{db: db, path: path, keyPath: opts.KeyFile, log: opts.Logger, now: opts.Now, maxGroups: max(opts.MaxGroups, 0)}
 	s.leave = s.inflight.Done
 	if err := s.init(created); err != nil {
 		_ = db.Close()
@@ -147,6 +154,10 @@ func OpenBolt(path string, opts BoltOptions) (*Bolt, error) {
 	}
 	if fi, err := os.Stat(path); err == nil && fi.Mode().Perm()&0o077 != 0 {
 		s.log.Warn("store: database file is readable by group or others", "path", path, "mode", fi.Mode().Perm().String())
+	}
+	if n, err := s.CountGroups(context.Background()); err == nil && s.maxGroups > 0 && n > s.maxGroups {
+		s.log.Warn("store: more enrollment groups than the limit: no new group can be created until some are deleted",
+			"path", path, "groups", n, "limit", s.maxGroups)
 	}
 	s.log.Info("store: opened", "path", path, "schema", SchemaVersion, "created", created)
 	return s, nil

@@ -37,10 +37,12 @@ type groupRecord struct {
 	Sealed []byte `json:"sealed,omitempty"`
 }
 
-// registrationRecord is the stored form of a Registration: HubKey sealed.
+// registrationRecord is the stored form of a Registration: HubKey sealed,
+// AttestationHash (a hash, not a secret) beside it.
 type registrationRecord struct {
 	*Registration
-	Sealed []byte `json:"sealed,omitempty"`
+	Sealed  []byte `json:"sealed,omitempty"`
+	AttHash []byte `json:"attestationHash,omitempty"`
 }
 
 // symmetricSecrets is the plaintext sealed for a symmetric-key attestation.
@@ -108,7 +110,7 @@ func precondition(bucket string, key, old []byte, ifMatch string) (recordHead, e
 // isOutcome reports errors that are answers, not failures: a batch function
 // returns them only before writing anything, so the batch need not roll back.
 func isOutcome(err error) bool {
-	return errors.Is(err, ErrNotFound) || errors.Is(err, ErrPreconditionFailed)
+	return errors.Is(err, ErrNotFound) || errors.Is(err, ErrPreconditionFailed) || errors.Is(err, ErrLimit)
 }
 
 // batch runs fn in a durable (fsynced) write transaction. A lone writer
@@ -578,11 +580,22 @@ func (s *Bolt) PutGroup(ctx context.Context, g *Group, ifMatch string) (*Group, 
 	stored.Attestation = att
 	etag, now := newETag(), s.now().UTC()
 	err = s.batch(func(tx *bolt.Tx) error {
-		return putRecordTx(tx, bktGroups, key, ifMatch, now, func(created time.Time) ([]byte, error) {
+		if s.maxGroups > 0 && tx.Bucket([]byte(bktGroups)).Get(key) == nil &&
+			readCount(tx.Bucket([]byte(bktCounts)), []byte(bktGroups)) >= s.maxGroups {
+			if _, err := precondition(bktGroups, key, nil, ifMatch); err != nil {
+				return err // an etag for a missing group: that answer first
+			}
+			return &LimitError{What: "enrollment groups", Limit: s.maxGroups}
+		}
+		err := putRecordTx(tx, bktGroups, key, ifMatch, now, func(created time.Time) ([]byte, error) {
 			stored.ETag, stored.CreatedAt, stored.UpdatedAt = etag, created, now
 			out.ETag, out.CreatedAt, out.UpdatedAt = etag, created, now
 			return json.Marshal(groupRecord{Group: stored, Sealed: sealed})
 		})
+		if err != nil {
+			return err
+		}
+		return bumpGroupsRevision(tx)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("store: put group: %w", err)
@@ -598,10 +611,49 @@ func (s *Bolt) DeleteGroup(ctx context.Context, groupID, ifMatch string) error {
 		return fmt.Errorf("store: delete group: %w", err)
 	}
 	defer done()
-	if err := s.deleteRecord(bktGroups, "enrollmentGroupId", groupID, ifMatch, nil); err != nil {
+	err = s.deleteRecord(bktGroups, "enrollmentGroupId", groupID, ifMatch, func(tx *bolt.Tx, _ []byte, _ recordHead) error {
+		return bumpGroupsRevision(tx)
+	})
+	if err != nil {
 		return fmt.Errorf("store: delete group: %w", err)
 	}
 	return nil
+}
+
+// bumpGroupsRevision adds one to meta/groupsrev inside a group write.
+func bumpGroupsRevision(tx *bolt.Tx) error {
+	meta := tx.Bucket([]byte(bktMeta))
+	var rev uint64
+	if v := meta.Get([]byte(metaGroupsRev)); len(v) == 8 {
+		rev = binary.BigEndian.Uint64(v)
+	}
+	return meta.Put([]byte(metaGroupsRev), u64(rev+1))
+}
+
+// GroupsRevision returns meta/groupsrev: 0 until the first group write of
+// this file, then one more with every PutGroup and DeleteGroup. One read of
+// one key: cheap enough for every CONNECT that tries the groups.
+func (s *Bolt) GroupsRevision(ctx context.Context) (uint64, error) {
+	done, err := s.enter(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("store: groups revision: %w", err)
+	}
+	defer done()
+	var rev uint64
+	err = s.db.View(func(tx *bolt.Tx) error {
+		switch v := tx.Bucket([]byte(bktMeta)).Get([]byte(metaGroupsRev)); len(v) {
+		case 0:
+		case 8:
+			rev = binary.BigEndian.Uint64(v)
+		default:
+			return fmt.Errorf("%w: %s/%s is %d bytes, want 8", ErrCorrupt, bktMeta, metaGroupsRev, len(v))
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("store: groups revision: %w", err)
+	}
+	return rev, nil
 }
 
 // ListGroups returns one page of enrollment groups in key order.
@@ -617,7 +669,7 @@ func (s *Bolt) CountGroups(ctx context.Context) (int, error) {
 // ---- registrations ----
 
 // cloneRegistration returns what cloneJSON(r) returns (a deep copy without
-// HubKey, Payload validated and compacted as json.Marshal writes it) without
+// HubKey and AttestationHash, Payload validated and compacted as json.Marshal writes it) without
 // encoding and decoding the whole record: RecordRegistration runs for every
 // device registration, and the round trip was a quarter of its CPU time
 // (BenchmarkRecordRegistration, 256 writers). The round trip changes only
@@ -632,7 +684,7 @@ func cloneRegistration(r *Registration) (*Registration, error) {
 	}
 	out := new(Registration)
 	*out = *r
-	out.HubKey = nil
+	out.HubKey, out.AttestationHash = nil, nil
 	if len(r.Payload) == 0 {
 		out.Payload = nil // omitempty: the round trip drops it
 		return out, nil
@@ -657,6 +709,7 @@ func (s *Bolt) decodeRegistration(key, v []byte) (*Registration, error) {
 		}
 		rec.Registration.HubKey = hk
 	}
+	rec.Registration.AttestationHash = rec.AttHash
 	return rec.Registration, nil
 }
 
@@ -759,9 +812,10 @@ func (s *Bolt) RecordRegistration(ctx context.Context, r *Registration, op *Oper
 		return nil, fmt.Errorf("store: record registration %q: %w", r.RegistrationID, err)
 	}
 	out.HubKey = bytes.Clone(r.HubKey)
+	out.AttestationHash = bytes.Clone(r.AttestationHash)
 	stored := new(Registration)
 	*stored = *out
-	stored.HubKey = nil
+	stored.HubKey, stored.AttestationHash = nil, nil
 	var sealed []byte
 	if len(r.HubKey) > 0 {
 		sealed = s.seal([]byte(bktRegistrations), key, r.HubKey)
@@ -788,7 +842,7 @@ func (s *Bolt) RecordRegistration(ctx context.Context, r *Registration, op *Oper
 		}
 		stored.ETag, stored.CreatedAt, stored.UpdatedAt = etag, created, now
 		out.ETag, out.CreatedAt, out.UpdatedAt = etag, created, now
-		data, err := json.Marshal(registrationRecord{Registration: stored, Sealed: sealed})
+		data, err := json.Marshal(registrationRecord{Registration: stored, Sealed: sealed, AttHash: out.AttestationHash})
 		if err != nil {
 			return fmt.Errorf("%w: registration %q: %w", ErrInvalidRecord, key, err)
 		}

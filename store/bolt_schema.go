@@ -30,8 +30,9 @@ const (
 	bktExpiry        = "expiry"
 	bktCounts        = "counts"
 
-	metaVersion  = "version"
-	metaKeyCheck = "keycheck"
+	metaVersion   = "version"
+	metaKeyCheck  = "keycheck"
+	metaGroupsRev = "groupsrev"
 
 	expiryOperation = 'o'
 )

@@ -106,7 +106,8 @@ func fullRegistration(id, group string) *Registration {
 		RegistrationID: id, Status: RegistrationAssigned, Substatus: "initialAssignment", AssignedHub: "hub1.example.net",
 		DeviceID: "dev-" + id, ErrorCode: 400209, ErrorMessage: "none", AttestationType: AttestationTPM,
 		EnrollmentGroupID: group, Payload: json.RawMessage(`{"x":[1,2,3]}`),
-		HubKey: []byte("hub-key-secret-0123456789abcdef!"),
+		HubKey:          []byte("hub-key-secret-0123456789abcdef!"),
+		AttestationHash: []byte("attestation-hash-0123456789abcde"),
 	}
 }
 
@@ -266,6 +267,12 @@ func TestRegistrationAndOperationRoundTrip(t *testing.T) {
 	if !bytes.Equal(back.HubKey, r.HubKey) || back.RegistrationID != "Reg-1" {
 		t.Fatalf("hub key/id: %q %q", back.HubKey, back.RegistrationID)
 	}
+	if !bytes.Equal(got.AttestationHash, r.AttestationHash) || !bytes.Equal(back.AttestationHash, r.AttestationHash) {
+		t.Fatalf("attestation hash: returned %q, read back %q", got.AttestationHash, back.AttestationHash)
+	}
+	if j, _ := json.Marshal(back); bytes.Contains(j, r.AttestationHash) || bytes.Contains(j, []byte("attestationHash")) {
+		t.Fatalf("the attestation hash is in the record's JSON (the service API's shape): %s", j)
+	}
 	gop, err := s.GetOperation(ctx, "op-1")
 	if err != nil {
 		t.Fatal(err)
@@ -279,10 +286,13 @@ func TestRegistrationAndOperationRoundTrip(t *testing.T) {
 	// Second registration: created preserved, group index moves.
 	clock.Advance(time.Second)
 	r2 := fullRegistration("reg-1", "group-b")
-	r2.HubKey = nil
+	r2.HubKey, r2.AttestationHash = nil, nil
 	got2, err := s.RecordRegistration(ctx, r2, nil)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if back, err := s.GetRegistration(ctx, "reg-1"); err != nil || back.AttestationHash != nil || back.HubKey != nil {
+		t.Fatalf("a record written without hub key and hash keeps the old ones: %+v, %v", back, err)
 	}
 	if !got2.CreatedAt.Equal(got.CreatedAt) || got2.ETag == got.ETag {
 		t.Fatalf("re-record: %+v", got2)

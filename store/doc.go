@@ -28,14 +28,25 @@
 //
 //	meta           "version"  -> uint64 big-endian schema version (2)
 //	               "keycheck" -> HMAC-SHA256(key, "dpsd store key check v1")[:16]
+//	               "groupsrev" -> uint64 big-endian, +1 with every group write (absent: 0)
 //	enrollments    lower(registrationId)   -> JSON Enrollment (DPS field names) + "sealed"
 //	groups         lower(enrollmentGroupId) -> JSON Group + "sealed"
 //	registrations  lower(registrationId)   -> JSON Registration + "sealed" (HubKey)
+//	                                          + "attestationHash" (base64, absent on older records)
 //	groupregs      lower(groupId) 0x00 lower(registrationId) -> empty (the group index)
 //	groupcounts    lower(groupId)          -> uint64 big-endian number of registrations
 //	counts         "enrollments" | "groups" | "registrations" -> uint64 big-endian
 //	operations     operationId (as given)  -> JSON Operation
 //	expiry         uint64 BE expiry (Unix ns) || 'o' || operationId -> empty
+//
+// meta/groupsrev is GroupsRevision: PutGroup and DeleteGroup add one in
+// their own transaction, so a process that keeps the groups in memory (the
+// provisioning service, for every CONNECT without an individual
+// enrollment) reads one key to know whether its copy is current. A file
+// from before it has none and reads 0 until the first group write; no
+// migration is needed. BoltOptions.MaxGroups bounds the number of groups:
+// PutGroup of a new group checks the counter in the same transaction, so
+// concurrent creates never overshoot, and a refused create writes nothing.
 //
 // Record keys are lowercased ids; the record keeps its id as given. Ids are
 // 1..512 bytes without NUL (ErrInvalidID). Zero counters are deleted.

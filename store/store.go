@@ -10,6 +10,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"time"
 )
@@ -23,7 +24,25 @@ var (
 	ErrPreconditionFailed = errors.New("store: etag does not match")
 	// ErrClosed: the store has been closed.
 	ErrClosed = errors.New("store: closed")
+	// ErrLimit: a write would create a record beyond a limit of the store
+	// (the number of enrollment groups). Errors wrapping it are *LimitError.
+	ErrLimit = errors.New("store: limit reached")
 )
+
+// LimitError reports a write refused because it would exceed a limit of
+// the store, such as BoltOptions.MaxGroups. It wraps ErrLimit.
+type LimitError struct {
+	What  string // what is limited, plural: "enrollment groups"
+	Limit int    // how many may exist
+}
+
+// Error names the limit.
+func (e *LimitError) Error() string {
+	return fmt.Sprintf("%v: at most %d %s may exist", ErrLimit, e.Limit, e.What)
+}
+
+// Unwrap returns ErrLimit.
+func (e *LimitError) Unwrap() error { return ErrLimit }
 
 // Attestation types, as in the DPS service API.
 const (
@@ -174,10 +193,16 @@ type Registration struct {
 	Payload           json.RawMessage `json:"payload,omitempty"`
 	// HubKey is the device's long-term key for its hub. A secret: encrypted at
 	// rest and never serialised by the service API.
-	HubKey    []byte    `json:"-"`
-	ETag      string    `json:"etag,omitempty"`
-	CreatedAt time.Time `json:"createdDateTimeUtc"`
-	UpdatedAt time.Time `json:"lastUpdatedDateTimeUtc"`
+	HubKey []byte `json:"-"`
+	// AttestationHash identifies the attestation this record (and its
+	// HubKey) was issued for: a SHA-256 the provisioning service computes
+	// from the EK, the symmetric key or the certificates, never the key
+	// itself. Nil on records written before it was recorded. Stored with the
+	// record, never serialised by the service API.
+	AttestationHash []byte    `json:"-"`
+	ETag            string    `json:"etag,omitempty"`
+	CreatedAt       time.Time `json:"createdDateTimeUtc"`
+	UpdatedAt       time.Time `json:"lastUpdatedDateTimeUtc"`
 }
 
 // Operation is what a device polls for after a register request.
@@ -214,7 +239,9 @@ type Page[T any] struct {
 // group ids) are compared case-insensitively: implementations lowercase them.
 // Put and Delete take an ifMatch etag: "" or "*" means unconditional; any other
 // value must equal the stored record's etag or ErrPreconditionFailed results.
-// Put returns the record as stored, with its new etag and times.
+// Put returns the record as stored, with its new etag and times. PutGroup
+// of a new group beyond the store's group limit returns a *LimitError
+// (ErrLimit) and writes nothing.
 type Store interface {
 	GetEnrollment(ctx context.Context, registrationID string) (*Enrollment, error)
 	PutEnrollment(ctx context.Context, e *Enrollment, ifMatch string) (*Enrollment, error)
@@ -227,6 +254,13 @@ type Store interface {
 	DeleteGroup(ctx context.Context, groupID, ifMatch string) error
 	ListGroups(ctx context.Context, q Query) (Page[*Group], error)
 	CountGroups(ctx context.Context) (int, error)
+	// GroupsRevision returns a number that changes with every write of an
+	// enrollment group (PutGroup and DeleteGroup bump it in the same
+	// transaction), and only then, so that a reader that keeps groups in
+	// memory knows with one cheap read whether its copy is current, also
+	// when other processes write the store. It never goes back while the
+	// store is open.
+	GroupsRevision(ctx context.Context) (uint64, error)
 
 	GetRegistration(ctx context.Context, registrationID string) (*Registration, error)
 	DeleteRegistration(ctx context.Context, registrationID, ifMatch string) error

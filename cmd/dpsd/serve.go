@@ -49,7 +49,8 @@ The admin commands read one from $DPSD_CONNECTION_STRING (with
 $DPSD_ENDPOINT when api-addr is not https://{api-host-name}:443). The same HTTPS listener (default :8443,
 unprivileged; forward 443 to it) carries MQTT over WebSocket for any request
 that asks to upgrade (/$iothub/websocket, / or any path), GET /backup (dpsd
-backup), and the unauthenticated /metrics (Prometheus), /healthz and /readyz.
+backup), and the unauthenticated /metrics (Prometheus; on a plain-HTTP
+listener of its own instead when metrics-addr is set), /healthz and /readyz.
 See docs/operations.md.
 
 SIGTERM or SIGINT stops accepting connections, waits up to shutdown-timeout
@@ -88,7 +89,7 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger, stdout io.W
 	if scope == "" {
 		scope = dir.Secrets.IDScope
 	}
-	st, err := store.OpenBolt(dir.StorePath(), store.BoltOptions{Timeout: 5 * time.Second, Logger: log})
+	st, err := store.OpenBolt(dir.StorePath(), store.BoltOptions{Timeout: 5 * time.Second, Logger: log, MaxGroups: cfg.MaxGroups})
 	if err != nil {
 		return fmt.Errorf("opening store: %w", err)
 	}
@@ -173,6 +174,20 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger, stdout io.W
 		}
 		apiAddr = apiSrv.addr.String()
 	}
+	metricsAddr := apiAddr // /metrics is on the API listener unless metrics-addr is set
+	var metricsSrv *metricsServer
+	if cfg.MetricsAddr != "" {
+		if metricsSrv, err = startMetrics(ctx, cfg.MetricsAddr, mx, log); err != nil {
+			sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+			if apiSrv != nil {
+				_ = apiSrv.shutdown(sctx)
+			}
+			_ = b.Shutdown(sctx)
+			cancel()
+			return err
+		}
+		metricsAddr = metricsSrv.addr.String()
+	}
 	addr := func(name string) string {
 		if a := b.Addr(name); a != nil {
 			return a.String()
@@ -189,6 +204,7 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger, stdout io.W
 		"mqtts", addr(broker.ListenerTLS),
 		"wss", addr(broker.ListenerWS),
 		"api", apiAddr,
+		"metrics", metricsAddr,
 		"connectionStringFile", csFile,
 		"hubs", cfg.Hubs,
 		"configFile", cfg.ConfigFile,
@@ -224,6 +240,11 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger, stdout io.W
 	if apiSrv != nil {
 		if err := apiSrv.shutdown(sctx); err != nil {
 			log.Warn("service API shutdown cut short", "error", err)
+		}
+	}
+	if metricsSrv != nil {
+		if err := metricsSrv.shutdown(sctx); err != nil {
+			log.Warn("metrics listener shutdown cut short", "error", err)
 		}
 	}
 	if err := b.Shutdown(sctx); err != nil {

@@ -50,7 +50,8 @@ type apiServer struct {
 // startAPI serves on cfg.APIAddr over HTTPS, as the cloud service does on
 // 443: the service API with the owner policy (provisioningserviceowner)
 // keyed by the data directory's service policy key, GET /backup, the
-// unauthenticated /metrics, /healthz and /readyz, and MQTT over WebSocket
+// unauthenticated /metrics (unless cfg.MetricsAddr gives it a listener of
+// its own), /healthz and /readyz, and MQTT over WebSocket
 // for any request that asks to upgrade (at /$iothub/websocket, /, or any
 // path). A second policy, provisioningservicereader, may only read. It writes
 // both connection strings to the data directory (0600).
@@ -78,7 +79,7 @@ func startAPI(ctx context.Context, cfg config.Config, dir *datadir.Dir, parts ap
 			return nil, "", err
 		}
 	}
-	h := apiHandler(dps, backup, ws, readyChecks(cfg, parts), parts.metrics, log)
+	h := apiHandler(dps, backup, ws, readyChecks(cfg, parts), parts.metrics, cfg.MetricsAddr == "", log)
 
 	csPath, err := dir.WriteConnectionString(cfg.APIHostName, api.DefaultPolicyName)
 	if err != nil {
@@ -137,12 +138,16 @@ func startAPI(ctx context.Context, cfg config.Config, dir *datadir.Dir, parts ap
 
 // apiHandler routes the API listener's requests: WebSocket upgrades (any
 // path) to MQTT, the operational endpoints by exact path, and everything
-// else, untouched (no path cleaning), to the service API.
-func apiHandler(dps, backup, ws http.Handler, ready []api.Check, mx *metrics.Metrics, log *slog.Logger) http.Handler {
+// else, untouched (no path cleaning), to the service API. /metrics is
+// served here only when metricsHere (no metrics-addr of its own); otherwise
+// the path goes to the service API, which answers 404.
+func apiHandler(dps, backup, ws http.Handler, ready []api.Check, mx *metrics.Metrics, metricsHere bool, log *slog.Logger) http.Handler {
 	health, readyz := api.Healthz(), api.Readyz(readyTimeout, ready...)
 	var metricsH http.Handler
 	if mx != nil {
-		metricsH = mx.Handler(log)
+		if metricsHere {
+			metricsH = mx.Handler(log)
+		}
 		backup, dps = mx.Middleware(backup), mx.Middleware(dps)
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

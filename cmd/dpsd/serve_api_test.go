@@ -198,7 +198,7 @@ func TestMetricsAfterProvisioning(t *testing.T) {
 	const assigned = `dpsd_registrations_total{attestation="symmetricKey",outcome="assigned"}`
 	const registerCount = `dpsd_request_duration_seconds_count{phase="register"}`
 	const recordCount = `dpsd_store_operation_duration_seconds_count{op="RecordRegistration"}`
-	const badSig = `dpsd_auth_failures_total{reason="signature_mismatch"}`
+	const badSig = `dpsd_auth_failures_total{reason="not_authorized"}`
 	before := map[string]float64{}
 	for _, s := range []string{assigned, registerCount, recordCount, badSig} {
 		before[s] = p.metric(t, s)

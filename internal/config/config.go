@@ -34,6 +34,7 @@ type Config struct {
 	MQTTSAddr         string // MQTT over TLS, "" = off
 	WSSAddr           string // MQTT over secure WebSocket, "" = off
 	APIAddr           string // service API over HTTPS, "" = off
+	MetricsAddr       string // plain-HTTP /metrics listener, "" = /metrics on APIAddr
 	APIHostName       string // sr of service SAS tokens, HostName of the connection string
 	TLSCert, TLSKey   string // "" = the development CA's server certificate
 	TLSNames          []string
@@ -63,6 +64,7 @@ type Config struct {
 	PollWindow              time.Duration
 	RegistersPerDevice      int
 	RegisterWindow          time.Duration
+	MaxGroups               int // enrollment groups that may exist, -1 = unlimited
 
 	LogFormat string // text | json
 	LogLevel  slog.Level
@@ -142,7 +144,8 @@ func settings() []setting {
 		{"mqtt-addr", "127.0.0.1:1883", "plain MQTT listen address (empty: off)", str(func(c *Config) *string { return &c.MQTTAddr })},
 		{"mqtts-addr", ":8883", "MQTT over TLS listen address (empty: off)", str(func(c *Config) *string { return &c.MQTTSAddr })},
 		{"wss-addr", "", "a separate MQTT over secure WebSocket listen address, any path (empty: off; api-addr carries WebSocket too)", str(func(c *Config) *string { return &c.WSSAddr })},
-		{"api-addr", ":8443", "HTTPS listen address of the service API (enrollments, groups, registrations, /backup), /metrics, /healthz, /readyz and MQTT over WebSocket on any path, as the cloud's port 443 (empty: off)", str(func(c *Config) *string { return &c.APIAddr })},
+		{"api-addr", ":8443", "HTTPS listen address of the service API (enrollments, groups, registrations, /backup), /metrics (unless metrics-addr is set), /healthz, /readyz and MQTT over WebSocket on any path, as the cloud's port 443 (empty: off)", str(func(c *Config) *string { return &c.APIAddr })},
+		{"metrics-addr", "", "a separate plain-HTTP listen address for /metrics alone, e.g. 127.0.0.1:9090; when set, /metrics is no longer served on api-addr (empty: /metrics is on api-addr, unauthenticated)", str(func(c *Config) *string { return &c.MetricsAddr })},
 		{"api-host-name", "localhost", "host name of the service API: the sr of service SAS tokens and the HostName of the connection string written to the data directory", str(func(c *Config) *string { return &c.APIHostName })},
 		{"tls-cert", "", "server certificate PEM file (default: issued by the development CA in the data directory)", str(func(c *Config) *string { return &c.TLSCert })},
 		{"tls-key", "", "server private key PEM file (with tls-cert)", str(func(c *Config) *string { return &c.TLSKey })},
@@ -172,6 +175,7 @@ func settings() []setting {
 		{"poll-window", "10s", "window of polls-per-device", dur(func(c *Config) *time.Duration { return &c.PollWindow })},
 		{"registers-per-device", "10", "register requests per register-window per authenticated device, then 429 (-1: unlimited; never applied to TPM challenge requests)", num(func(c *Config) *int { return &c.RegistersPerDevice })},
 		{"register-window", "1m", "window of registers-per-device", dur(func(c *Config) *time.Duration { return &c.RegisterWindow })},
+		{"max-groups", "1000", "enrollment groups that may exist, symmetric-key and X.509 together; creating one more is refused with 403 (-1: unlimited; the cloud allows 100 of each type). Each symmetric-key CONNECT without an individual enrollment tries every symmetric-key group", num(func(c *Config) *int { return &c.MaxGroups })},
 		{"log-format", "text", "log format: text or json", func(c *Config, v string) error {
 			v = strings.ToLower(strings.TrimSpace(v))
 			if v != "text" && v != "json" {
@@ -324,6 +328,9 @@ func (c Config) Validate() error {
 	}
 	if c.IPv6PrefixLen < 1 || c.IPv6PrefixLen > 128 {
 		return fmt.Errorf("%w: ipv6-prefix-len %d is not between 1 and 128", ErrInvalid, c.IPv6PrefixLen)
+	}
+	if c.MaxGroups == 0 || c.MaxGroups < -1 {
+		return fmt.Errorf("%w: max-groups is %d (want a positive number, or -1 for no limit)", ErrInvalid, c.MaxGroups)
 	}
 	return nil
 }

@@ -30,6 +30,12 @@ func TestDefaults(t *testing.T) {
 	if strings.Join(c.TLSNames, ",") != "localhost,127.0.0.1" || len(c.Hubs) != 1 {
 		t.Fatalf("defaults %+v", c)
 	}
+	if c.MaxGroups != 1000 || c.MetricsAddr != "" {
+		t.Fatalf("defaults: max-groups %d, metrics-addr %q", c.MaxGroups, c.MetricsAddr)
+	}
+	if c, err := Load("serve", "", []string{"-max-groups", "-1", "-metrics-addr", "127.0.0.1:9090"}, env(nil), &bytes.Buffer{}); err != nil || c.MaxGroups != -1 || c.MetricsAddr != "127.0.0.1:9090" {
+		t.Fatalf("max-groups -1, metrics-addr: %+v, %v", c, err)
+	}
 }
 
 func TestPrecedence(t *testing.T) {
@@ -83,6 +89,8 @@ func TestErrors(t *testing.T) {
 		{[]string{"-tls-cert", "x.pem"}, nil},
 		{[]string{"-mqtt-addr=", "-mqtts-addr="}, nil},
 		{[]string{"stray"}, nil},
+		{[]string{"-max-groups", "0"}, nil},
+		{nil, map[string]string{"DPSD_MAX_GROUPS": "-5"}},
 	}
 	for _, tc := range cases {
 		if _, err := Load("serve", "", tc.args, env(tc.env), &bytes.Buffer{}); err == nil {

@@ -40,7 +40,7 @@ func TestCountersAndGauges(t *testing.T) {
 	m.Registered(ctx, provision.RegistrationEvent{Status: store.RegistrationAssigned, AttestationType: store.AttestationTPM})
 	m.Registered(ctx, provision.RegistrationEvent{Status: store.RegistrationDisabled, AttestationType: store.AttestationSymmetricKey})
 	m.ChallengeIssued(ctx, "dev")
-	m.AuthFailed(ctx, provision.AuthFailureSignature)
+	m.AuthFailed(ctx, provision.AuthFailureNotAuthorized)
 	m.ConnectRefused(hooks.RefusedRestrictedCap)
 	m.Observe(hooks.PhaseRegister, 202, 3*time.Millisecond)
 	m.SetSources(func() (int, int) { return 5, 2 }, func() map[string]int { return map[string]int{"tls": 4, "ws-http": 1} })
@@ -50,7 +50,7 @@ func TestCountersAndGauges(t *testing.T) {
 		`dpsd_registrations_total{attestation="tpm",outcome="assigned"} 2`,
 		`dpsd_registrations_total{attestation="symmetricKey",outcome="disabled"} 1`,
 		`dpsd_tpm_challenges_issued_total 1`,
-		`dpsd_auth_failures_total{reason="signature_mismatch"} 1`,
+		`dpsd_auth_failures_total{reason="not_authorized"} 1`,
 		`dpsd_auth_failures_total{reason="restricted_session_cap"} 1`,
 		`dpsd_request_duration_seconds_count{phase="register"} 1`,
 		`dpsd_responses_total{code="202",phase="register"} 1`,

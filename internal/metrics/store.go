@@ -89,6 +89,11 @@ func (t *timedStore) ListGroups(ctx context.Context, q store.Query) (store.Page[
 	return timed(t, "ListGroups", func() (store.Page[*store.Group], error) { return t.Store.ListGroups(ctx, q) })
 }
 
+// GroupsRevision is timed.
+func (t *timedStore) GroupsRevision(ctx context.Context) (uint64, error) {
+	return timed(t, "GroupsRevision", func() (uint64, error) { return t.Store.GroupsRevision(ctx) })
+}
+
 // CountGroups is timed.
 func (t *timedStore) CountGroups(ctx context.Context) (int, error) {
 	return timed(t, "CountGroups", func() (int, error) { return t.Store.CountGroups(ctx) })
