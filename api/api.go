@@ -13,6 +13,7 @@ import (
 
 	"github.com/tpmdps/dpsd/attest"
 	"github.com/tpmdps/dpsd/internal/jsonlimit"
+	"github.com/tpmdps/dpsd/internal/trackid"
 	"github.com/tpmdps/dpsd/store"
 )
 
@@ -140,7 +141,7 @@ func New(cfg Config) (http.Handler, error) {
 
 // ServeHTTP authenticates, checks the api-version and routes the request.
 func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	rq := &request{trackingID: newTrackingID(), method: r.Method, path: r.URL.Path}
+	rq := &request{trackingID: trackid.New(), method: r.Method, path: r.URL.Path}
 	w.Header().Set("x-ms-request-id", rq.trackingID)
 
 	route, err := parseRoute(r)

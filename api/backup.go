@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"strconv"
 
+	"github.com/tpmdps/dpsd/internal/trackid"
 	"github.com/tpmdps/dpsd/store"
 )
 
@@ -56,7 +57,7 @@ func (c *countingWriter) Write(p []byte) (int, error) {
 // ServeHTTP authorizes the request and streams the backup with its trailers.
 func (b *backupHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h := b.h
-	rq := &request{trackingID: newTrackingID(), method: r.Method, path: r.URL.Path}
+	rq := &request{trackingID: trackid.New(), method: r.Method, path: r.URL.Path}
 	w.Header().Set("x-ms-request-id", rq.trackingID)
 	if r.Method != http.MethodGet {
 		w.Header().Set("Allow", http.MethodGet)

@@ -12,10 +12,8 @@ package hooks
 
 import (
 	"context"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -28,6 +26,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/tpmdps/dpsd/internal/ratelimit"
+	"github.com/tpmdps/dpsd/internal/trackid"
 	"github.com/tpmdps/dpsd/provision"
 )
 
@@ -291,15 +290,6 @@ type connectionStater interface {
 	ConnectionState() tls.ConnectionState
 }
 
-// NewTrackingID returns a random id that ties the log lines of one request
-// (or connection) together and is returned to devices in error bodies.
-func NewTrackingID() string {
-	var b [16]byte
-	_, _ = rand.Read(b[:])
-	s := hex.EncodeToString(b[:])
-	return s[0:8] + "-" + s[8:12] + "-" + s[12:16] + "-" + s[16:20] + "-" + s[20:]
-}
-
 // remoteIP returns the host part of a remote address.
 func remoteIP(addr string) string {
 	if host, _, err := net.SplitHostPort(addr); err == nil {
@@ -323,7 +313,7 @@ func (h *Hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 		ClientID:   pk.Connect.ClientIdentifier,
 		Username:   string(pk.Connect.Username),
 		RemoteAddr: cl.Net.Remote,
-		TrackingID: NewTrackingID(),
+		TrackingID: trackid.New(),
 	}
 	if pk.Connect.PasswordFlag {
 		c.Password = append([]byte{}, pk.Connect.Password...)
@@ -602,7 +592,7 @@ func (h *Hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 		cl.Stop(ErrShuttingDown)
 		return pk, packets.ErrRejectPacket
 	}
-	req := request{topic: rt, body: pk.Payload, trackingID: NewTrackingID()}
+	req := request{topic: rt, body: pk.Payload, trackingID: trackid.New()}
 	if pk.FixedHeader.Qos > 0 {
 		req.ackID = pk.PacketID
 	}
