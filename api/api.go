@@ -240,6 +240,20 @@ func parseRoute(r *http.Request) (route, error) {
 					h.queryEnrollments(w, r, rq)
 				}
 			})
+		case len(parts) == 3 && strings.EqualFold(parts[2], "attestationmechanism"):
+			// Answers the keys: the write right, as the cloud's
+			// attestationmechanism/details action is not part of reading.
+			if m != http.MethodPost {
+				return route{}, notAllowed
+			}
+			id := parts[1]
+			return collection(true, func(h *handler, w http.ResponseWriter, r *http.Request, rq *request) {
+				if group {
+					h.groupAttestation(w, r, rq, id)
+				} else {
+					h.enrollmentAttestation(w, r, rq, id)
+				}
+			})
 		case len(parts) == 2:
 			id := parts[1]
 			switch m {

@@ -113,7 +113,7 @@ func (h *handler) getEnrollment(w http.ResponseWriter, r *http.Request, rq *requ
 		h.writeError(w, rq, storeError(err, codeEnrollmentNotFound, "enrollment"))
 		return
 	}
-	out := enrollmentOut{Enrollment: e}
+	out := enrollmentOut{Enrollment: enrollmentWithoutKeys(e)}
 	if reg, err := h.store.GetRegistration(r.Context(), id); err == nil {
 		out.RegistrationState = reg
 	} else if !errors.Is(err, store.ErrNotFound) {
@@ -125,7 +125,7 @@ func (h *handler) getEnrollment(w http.ResponseWriter, r *http.Request, rq *requ
 }
 
 func (h *handler) putEnrollment(w http.ResponseWriter, r *http.Request, rq *request, id string) {
-	putRecord(h, w, r, rq, id, DecodeEnrollment, h.writeEnrollment, enrollmentETag)
+	putRecord(h, w, r, rq, id, DecodeEnrollment, h.writeEnrollment, enrollmentWithoutKeys, enrollmentETag)
 }
 
 // enrollmentETag is the etag of e.
@@ -176,7 +176,7 @@ func (h *handler) deleteEnrollment(w http.ResponseWriter, r *http.Request, rq *r
 }
 
 func (h *handler) queryEnrollments(w http.ResponseWriter, r *http.Request, rq *request) {
-	queryRecords(h, w, r, rq, h.store.ListEnrollments, "Enrollment")
+	queryRecords(h, w, r, rq, h.store.ListEnrollments, enrollmentWithoutKeys, "Enrollment")
 }
 
 // asAPIError keeps an apiError or wraps any other error as a 400.
