@@ -14,10 +14,8 @@ import (
 	"github.com/tpmdps/dpsd/store"
 )
 
-// Symmetric key size bounds (decoded bytes) and the size of a generated key.
+// The size of a generated symmetric key (decoded bytes) and other bounds.
 const (
-	minSymmetricKey   = 16
-	maxSymmetricKey   = 64
 	generatedKeyBytes = 32
 	maxIDLength       = attest.MaxRegistrationIDLen
 	maxHostNameLength = 253
@@ -134,7 +132,8 @@ func validateTPM(t *store.TPMAttestation) error {
 	return nil
 }
 
-// validateSymmetricKey checks base64 keys of 16-64 bytes and generates the
+// validateSymmetricKey checks keys with the devices' decoder
+// (attest.DecodeSymmetricKey: canonical base64 of 16-64 bytes) and generates the
 // missing ones (keeping those of prev, the record being replaced, if any).
 func validateSymmetricKey(s **store.SymmetricKeyAttestation, prev *store.SymmetricKeyAttestation, rnd io.Reader) error {
 	if *s == nil {
@@ -156,12 +155,12 @@ func validateSymmetricKey(s **store.SymmetricKeyAttestation, prev *store.Symmetr
 			*f.v = key
 			continue
 		}
-		raw, err := base64.StdEncoding.DecodeString(*f.v)
-		if err != nil {
-			return invalid("attestation.symmetricKey.%s is not base64", f.name)
-		}
-		if len(raw) < minSymmetricKey || len(raw) > maxSymmetricKey {
-			return invalid("attestation.symmetricKey.%s must be %d-%d bytes", f.name, minSymmetricKey, maxSymmetricKey)
+		// The devices' decoder: a key it refuses could never authenticate.
+		if _, err := attest.DecodeSymmetricKey(*f.v); err != nil {
+			reason := strings.TrimPrefix(err.Error(), attest.ErrInvalidSymmetricKey.Error()+": ")
+			return &apiError{code: codeInvalidArgument, err: err, msg: fmt.Sprintf(
+				"attestation.symmetricKey.%s is not a valid key: %s (give canonical standard padded base64 of %d-%d bytes, on one line)",
+				f.name, reason, attest.MinSymmetricKeyLen, attest.MaxSymmetricKeyLen)}
 		}
 	}
 	return nil
