@@ -176,9 +176,14 @@ func (h *handler) admit(w http.ResponseWriter, r *http.Request, rq *request, nee
 	return true
 }
 
-// checkAPIVersion requires a supported ?api-version=.
+// checkAPIVersion requires a well-formed query string with a supported
+// ?api-version=.
 func checkAPIVersion(r *http.Request) error {
-	v := r.URL.Query().Get("api-version")
+	q, err := parseQuery(r.URL.RawQuery)
+	if err != nil {
+		return err
+	}
+	v := q.Get("api-version")
 	switch v {
 	case APIVersion20211001, APIVersion20190331, APIVersion20180401:
 		return nil
@@ -375,7 +380,7 @@ func checkQuerySpec(body []byte) error {
 		Query string `json:"query"`
 	}
 	if err := json.Unmarshal(body, &spec); err != nil {
-		return &apiError{code: codeMalformedJSON, msg: "malformed query specification", err: err}
+		return jsonError("query specification", err)
 	}
 	q := strings.Join(strings.Fields(strings.ToLower(spec.Query)), " ")
 	switch q {

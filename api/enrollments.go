@@ -38,7 +38,7 @@ func DecodeEnrollment(data []byte) (*store.Enrollment, error) {
 	}
 	var in enrollmentIn
 	if err := json.Unmarshal(data, &in); err != nil {
-		return nil, &apiError{code: codeMalformedJSON, msg: "malformed enrollment JSON: " + err.Error(), err: err}
+		return nil, jsonError("enrollment", err)
 	}
 	e := in.Enrollment
 	return &e, nil
@@ -98,7 +98,7 @@ func ValidateEnrollment(e *store.Enrollment, pathID string, prev *store.Enrollme
 // checkPathID validates an id taken from the URL.
 func checkPathID(id string) error {
 	if err := ValidateID(id); err != nil {
-		return invalid("id in path: %v", err)
+		return &apiError{code: codeInvalidArgument, msg: "id in path: " + plain(err), err: err}
 	}
 	return nil
 }
@@ -185,7 +185,7 @@ func asAPIError(err error) *apiError {
 	if errors.As(err, &ae) {
 		return ae
 	}
-	return &apiError{code: codeInvalidArgument, msg: err.Error(), err: err}
+	return &apiError{code: codeInvalidArgument, msg: plain(err), err: err}
 }
 
 // listError maps a listing failure (a bad continuation token is a 400).
@@ -204,7 +204,7 @@ func normalizeID(id *string, pathID, field string) error {
 		return invalid("%s in the body differs from the one in the path", field)
 	}
 	if err := ValidateID(*id); err != nil {
-		return invalid("%s: %v", field, err)
+		return &apiError{code: codeInvalidArgument, msg: field + ": " + plain(err), err: err}
 	}
 	*id = strings.ToLower(*id)
 	return nil

@@ -24,7 +24,7 @@ func DecodeGroup(data []byte) (*store.Group, error) {
 	}
 	var in groupIn
 	if err := json.Unmarshal(data, &in); err != nil {
-		return nil, &apiError{code: codeMalformedJSON, msg: "malformed enrollment group JSON: " + err.Error(), err: err}
+		return nil, jsonError("enrollment group", err)
 	}
 	g := in.Group
 	return &g, nil

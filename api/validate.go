@@ -22,13 +22,11 @@ const (
 )
 
 // ValidateID checks the DPS rules for a registration id or enrollment group id
-// (docs/protocol.md section 2, attest.ValidateRegistrationID). Ids are
-// case-insensitive; the service stores them lowercased.
+// (docs/protocol.md section 2): its error is attest.ValidateRegistrationID's
+// (attest.ErrInvalidRegistrationID). Ids are case-insensitive; the service
+// stores them lowercased.
 func ValidateID(id string) error {
-	if err := attest.ValidateRegistrationID(id); err != nil {
-		return fmt.Errorf("invalid id: %w", err)
-	}
-	return nil
+	return attest.ValidateRegistrationID(id)
 }
 
 // validateDeviceID checks the IoT Hub device id rules: up to 128 ASCII
@@ -126,7 +124,7 @@ func validateTPM(t *store.TPMAttestation) error {
 			return &apiError{code: codeInvalidArgument, msg: "attestation.tpm." + k.name + " is not base64", err: err}
 		}
 		if _, err := attest.ParsePublic(raw); err != nil {
-			return &apiError{code: codeInvalidArgument, msg: "attestation.tpm." + k.name + " is not a valid TPM2B_PUBLIC: " + err.Error(), err: err}
+			return &apiError{code: codeInvalidArgument, msg: "attestation.tpm." + k.name + " is not a valid TPM2B_PUBLIC: " + plain(err), err: err}
 		}
 	}
 	return nil
@@ -200,7 +198,7 @@ func validateCertificates(field string, c *store.X509Certificates) error {
 		}
 		cert, err := attest.ParseCertificate(x.v.Certificate)
 		if err != nil {
-			return &apiError{code: codeInvalidArgument, msg: fmt.Sprintf("%s.%s.certificate: %v", field, x.name, err), err: err}
+			return &apiError{code: codeInvalidArgument, msg: fmt.Sprintf("%s.%s.certificate: %s", field, x.name, plain(err)), err: err}
 		}
 		x.v.Info = store.NewX509CertificateInfo(cert)
 	}
