@@ -43,6 +43,8 @@ const (
 	DefaultMaxTokenLifetime = attest.DefaultSASMaxLifetime
 	// DefaultClockSkew is the allowance for clocks of operators' machines.
 	DefaultClockSkew = attest.DefaultSASClockSkew
+	// DefaultBackupIdleTimeout bounds how long a backup client may stop reading.
+	DefaultBackupIdleTimeout = time.Minute
 )
 
 // Config configures the service API handler.
@@ -67,6 +69,13 @@ type Config struct {
 	// BulkWorkers is how many bulk items are written concurrently (so that the
 	// store can coalesce their commits into one fsync); 0 means 64.
 	BulkWorkers int
+	// BackupDir is where NewBackup copies the store before sending it (the
+	// data directory, so that the copy has the store's protection and disk);
+	// "" means os.TempDir().
+	BackupDir string
+	// BackupIdleTimeout is how long a backup client may stop reading before
+	// its transfer is aborted; 0 means DefaultBackupIdleTimeout.
+	BackupIdleTimeout time.Duration
 }
 
 // handler is the http.Handler returned by New. Immutable after New.
@@ -135,6 +144,9 @@ func New(cfg Config) (http.Handler, error) {
 	}
 	if h.cfg.BulkWorkers <= 0 {
 		h.cfg.BulkWorkers = 64
+	}
+	if h.cfg.BackupIdleTimeout <= 0 {
+		h.cfg.BackupIdleTimeout = DefaultBackupIdleTimeout
 	}
 	return h, nil
 }

@@ -60,6 +60,9 @@ func startAPI(ctx context.Context, cfg config.Config, dir *datadir.Dir, parts ap
 			{Name: api.ReadOnlyPolicyName, Key: dir.Secrets.ServiceReadPolicyKey, Rights: api.RightRead},
 		},
 		Logger: log,
+		// /backup copies the store here before sending it: the store's own
+		// directory and protection (0700), and room for the store.
+		BackupDir: dir.Path,
 	}
 	dps, err := api.New(apiCfg)
 	if err != nil {
