@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -45,6 +46,8 @@ const (
 	DefaultClockSkew = attest.DefaultSASClockSkew
 	// DefaultBackupIdleTimeout bounds how long a backup client may stop reading.
 	DefaultBackupIdleTimeout = time.Minute
+	// timeoutAnswerWindow is the time a 408 answer has to be written.
+	timeoutAnswerWindow = 10 * time.Second
 )
 
 // Config configures the service API handler.
@@ -158,7 +161,7 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 	route, err := parseRoute(r)
 	if err != nil {
-		h.writeError(w, rq, err)
+		h.refuse(w, r, rq, err)
 		return
 	}
 	need := RightRead
@@ -177,15 +180,29 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func (h *handler) admit(w http.ResponseWriter, r *http.Request, rq *request, need Rights) bool {
 	pol, err := h.authorize(r, need)
 	if err != nil {
-		h.writeError(w, rq, err)
+		h.refuse(w, r, rq, err)
 		return false
 	}
 	rq.policy = pol
 	if err := checkAPIVersion(r); err != nil {
-		h.writeError(w, rq, err)
+		h.refuse(w, r, rq, err)
 		return false
 	}
 	return true
+}
+
+// refuse answers err for a request whose body was never read. Over
+// HTTP/1.x net/http would read (up to 256 KiB of) the body before sending
+// the answer and again before reusing the connection, at the pace of a
+// client that may never send it. A request with a body is therefore
+// answered with "Connection: close" and its read deadline is moved to now:
+// the client gets its answer at once and the connection is closed after it.
+func (h *handler) refuse(w http.ResponseWriter, r *http.Request, rq *request, err error) {
+	if r.ProtoMajor == 1 && r.ContentLength != 0 {
+		w.Header().Set("Connection", "close")
+		_ = http.NewResponseController(w).SetReadDeadline(time.Now())
+	}
+	h.writeError(w, rq, err)
 }
 
 // checkAPIVersion requires a well-formed query string with a supported
@@ -361,6 +378,13 @@ func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, erro
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
 			return nil, errorf(codeTooLarge, "request body larger than %d bytes", limit)
+		}
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			// The server's read timeout: the connection is closed after the
+			// answer. The server's write timeout runs from the same headers
+			// and may be as good as over: give the answer time of its own.
+			_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(timeoutAnswerWindow))
+			return nil, &apiError{code: codeRequestTimeout, msg: "the request body did not arrive in time", err: err}
 		}
 		return nil, &apiError{code: codeBadRequest, msg: "reading request body", err: err}
 	}

@@ -67,7 +67,7 @@ func (b *backupHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("x-ms-request-id", rq.trackingID)
 	if r.Method != http.MethodGet {
 		w.Header().Set("Allow", http.MethodGet)
-		h.writeError(w, rq, errorf(codeMethodNotAllowed, "method %s not allowed on %s", r.Method, r.URL.Path))
+		h.refuse(w, r, rq, errorf(codeMethodNotAllowed, "method %s not allowed on %s", r.Method, r.URL.Path))
 		return
 	}
 	if !h.admit(w, r, rq, RightWrite) {
@@ -80,6 +80,9 @@ func (b *backupHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.writeError(w, rq, errorf(codeUnavailable, "another backup is running: retry when it has finished"))
 		return
 	}
+	// The copy takes as long as the store is large: the server's write
+	// timeout does not apply; send sets a deadline per chunk.
+	_ = http.NewResponseController(w).SetWriteDeadline(time.Time{})
 	f, err := b.snapshot(r, rq)
 	if err != nil {
 		h.writeError(w, rq, err)

@@ -25,6 +25,7 @@ const (
 	codeGroupNotFound       = 404202
 	codeRegistrationMissing = 404203
 	codeMethodNotAllowed    = 405000
+	codeRequestTimeout      = 408000
 	codeConflict            = 409201
 	codePreconditionFailed  = 412002
 	codeTooLarge            = 413001

@@ -110,8 +110,14 @@ func startAPI(ctx context.Context, cfg config.Config, dir *datadir.Dir, parts ap
 			Handler:           h,
 			TLSConfig:         tc,
 			ReadHeaderTimeout: 10 * time.Second,
-			IdleTimeout:       2 * time.Minute,
-			ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+			// A request's body must arrive within ReadTimeout and its answer
+			// be written within WriteTimeout of its headers; /backup sets its
+			// own deadlines while it streams, and WebSocket upgrades clear
+			// both (apiHandler).
+			ReadTimeout:  cfg.APIReadTimeout,
+			WriteTimeout: cfg.APIWriteTimeout,
+			IdleTimeout:  2 * time.Minute,
+			ErrorLog:     slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 		},
 		addr: ln.Addr(),
 		done: make(chan struct{}),
@@ -138,6 +144,12 @@ func apiHandler(dps, backup, ws http.Handler, ready []api.Check, mx *metrics.Met
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch {
 		case ws != nil && websocket.IsWebSocketUpgrade(r):
+			// The connection becomes a long-lived MQTT connection: the HTTP
+			// server's read and write deadlines must not end it (the broker
+			// sets its own: CONNECT timeout, keep-alive, per-write timeout).
+			rc := http.NewResponseController(w)
+			_ = rc.SetReadDeadline(time.Time{})
+			_ = rc.SetWriteDeadline(time.Time{})
 			ws.ServeHTTP(w, r)
 		case r.URL.Path == api.HealthPath:
 			health.ServeHTTP(w, r)
