@@ -7,12 +7,14 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/tpmdps/dpsd/attest"
 	"github.com/tpmdps/dpsd/internal/jsonlimit"
+	"github.com/tpmdps/dpsd/internal/trackid"
 	"github.com/tpmdps/dpsd/store"
 )
 
@@ -42,6 +44,10 @@ const (
 	DefaultMaxTokenLifetime = attest.DefaultSASMaxLifetime
 	// DefaultClockSkew is the allowance for clocks of operators' machines.
 	DefaultClockSkew = attest.DefaultSASClockSkew
+	// DefaultBackupIdleTimeout bounds how long a backup client may stop reading.
+	DefaultBackupIdleTimeout = time.Minute
+	// timeoutAnswerWindow is the time a 408 answer has to be written.
+	timeoutAnswerWindow = 10 * time.Second
 )
 
 // Config configures the service API handler.
@@ -66,6 +72,13 @@ type Config struct {
 	// BulkWorkers is how many bulk items are written concurrently (so that the
 	// store can coalesce their commits into one fsync); 0 means 64.
 	BulkWorkers int
+	// BackupDir is where NewBackup copies the store before sending it (the
+	// data directory, so that the copy has the store's protection and disk);
+	// "" means os.TempDir().
+	BackupDir string
+	// BackupIdleTimeout is how long a backup client may stop reading before
+	// its transfer is aborted; 0 means DefaultBackupIdleTimeout.
+	BackupIdleTimeout time.Duration
 }
 
 // handler is the http.Handler returned by New. Immutable after New.
@@ -135,17 +148,20 @@ func New(cfg Config) (http.Handler, error) {
 	if h.cfg.BulkWorkers <= 0 {
 		h.cfg.BulkWorkers = 64
 	}
+	if h.cfg.BackupIdleTimeout <= 0 {
+		h.cfg.BackupIdleTimeout = DefaultBackupIdleTimeout
+	}
 	return h, nil
 }
 
 // ServeHTTP authenticates, checks the api-version and routes the request.
 func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	rq := &request{trackingID: newTrackingID(), method: r.Method, path: r.URL.Path}
+	rq := &request{trackingID: trackid.New(), method: r.Method, path: r.URL.Path}
 	w.Header().Set("x-ms-request-id", rq.trackingID)
 
 	route, err := parseRoute(r)
 	if err != nil {
-		h.writeError(w, rq, err)
+		h.refuse(w, r, rq, err)
 		return
 	}
 	need := RightRead
@@ -164,20 +180,39 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func (h *handler) admit(w http.ResponseWriter, r *http.Request, rq *request, need Rights) bool {
 	pol, err := h.authorize(r, need)
 	if err != nil {
-		h.writeError(w, rq, err)
+		h.refuse(w, r, rq, err)
 		return false
 	}
 	rq.policy = pol
 	if err := checkAPIVersion(r); err != nil {
-		h.writeError(w, rq, err)
+		h.refuse(w, r, rq, err)
 		return false
 	}
 	return true
 }
 
-// checkAPIVersion requires a supported ?api-version=.
+// refuse answers err for a request whose body was never read. Over
+// HTTP/1.x net/http would read (up to 256 KiB of) the body before sending
+// the answer and again before reusing the connection, at the pace of a
+// client that may never send it. A request with a body is therefore
+// answered with "Connection: close" and its read deadline is moved to now:
+// the client gets its answer at once and the connection is closed after it.
+func (h *handler) refuse(w http.ResponseWriter, r *http.Request, rq *request, err error) {
+	if r.ProtoMajor == 1 && r.ContentLength != 0 {
+		w.Header().Set("Connection", "close")
+		_ = http.NewResponseController(w).SetReadDeadline(time.Now())
+	}
+	h.writeError(w, rq, err)
+}
+
+// checkAPIVersion requires a well-formed query string with a supported
+// ?api-version=.
 func checkAPIVersion(r *http.Request) error {
-	v := r.URL.Query().Get("api-version")
+	q, err := parseQuery(r.URL.RawQuery)
+	if err != nil {
+		return err
+	}
+	v := q.Get("api-version")
 	switch v {
 	case APIVersion20211001, APIVersion20190331, APIVersion20180401:
 		return nil
@@ -237,6 +272,20 @@ func parseRoute(r *http.Request) (route, error) {
 					h.queryGroups(w, r, rq)
 				} else {
 					h.queryEnrollments(w, r, rq)
+				}
+			})
+		case len(parts) == 3 && strings.EqualFold(parts[2], "attestationmechanism"):
+			// Answers the keys: the write right, as the cloud's
+			// attestationmechanism/details action is not part of reading.
+			if m != http.MethodPost {
+				return route{}, notAllowed
+			}
+			id := parts[1]
+			return collection(true, func(h *handler, w http.ResponseWriter, r *http.Request, rq *request) {
+				if group {
+					h.groupAttestation(w, r, rq, id)
+				} else {
+					h.enrollmentAttestation(w, r, rq, id)
 				}
 			})
 		case len(parts) == 2:
@@ -330,6 +379,13 @@ func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, erro
 		if errors.As(err, &mbe) {
 			return nil, errorf(codeTooLarge, "request body larger than %d bytes", limit)
 		}
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			// The server's read timeout: the connection is closed after the
+			// answer. The server's write timeout runs from the same headers
+			// and may be as good as over: give the answer time of its own.
+			_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(timeoutAnswerWindow))
+			return nil, &apiError{code: codeRequestTimeout, msg: "the request body did not arrive in time", err: err}
+		}
 		return nil, &apiError{code: codeBadRequest, msg: "reading request body", err: err}
 	}
 	if err := jsonlimit.CheckDepth(body, MaxJSONDepth); err != nil {
@@ -360,7 +416,7 @@ func checkQuerySpec(body []byte) error {
 		Query string `json:"query"`
 	}
 	if err := json.Unmarshal(body, &spec); err != nil {
-		return &apiError{code: codeMalformedJSON, msg: "malformed query specification", err: err}
+		return jsonError("query specification", err)
 	}
 	q := strings.Join(strings.Fields(strings.ToLower(spec.Query)), " ")
 	switch q {

@@ -1,13 +1,17 @@
 package api
 
 import (
+	"bufio"
 	"context"
 	"crypto/sha256"
+	"crypto/tls"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -25,6 +29,12 @@ import (
 // backupEnv serves NewBackup over HTTPS on a store holding one enrollment.
 func backupEnv(t *testing.T) (*testEnv, string) {
 	t.Helper()
+	return backupEnvWith(t, nil)
+}
+
+// backupEnvWith is backupEnv with the configuration changed by set.
+func backupEnvWith(t *testing.T, set func(*Config)) (*testEnv, string) {
+	t.Helper()
 	dir := t.TempDir()
 	dbPath := filepath.Join(dir, "dps.db")
 	st, err := store.OpenBolt(dbPath, store.BoltOptions{Timeout: 5 * time.Second})
@@ -33,7 +43,7 @@ func backupEnv(t *testing.T) (*testEnv, string) {
 	}
 	t.Cleanup(func() { st.Close() })
 	env := &testEnv{t: t, st: st, ownerKey: randomBytes(t, 32), readerKey: randomBytes(t, 32), logs: &lockedBuffer{}}
-	h, err := NewBackup(Config{
+	cfg := Config{
 		Store:    st,
 		HostName: testHost,
 		Policies: []Policy{
@@ -41,7 +51,11 @@ func backupEnv(t *testing.T) (*testEnv, string) {
 			{Name: readerName, Key: env.readerKey, Rights: RightRead},
 		},
 		Logger: slog.New(slog.NewJSONHandler(env.logs, nil)),
-	})
+	}
+	if set != nil {
+		set(&cfg)
+	}
+	h, err := NewBackup(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -192,5 +206,68 @@ func TestHealthEndpoints(t *testing.T) {
 	}
 	if code, _ := get(HealthPath); code != 200 {
 		t.Fatalf("healthz with a closed store %d", code)
+	}
+}
+
+// TestBackupStalledClient: the store is copied to BackupDir before it is
+// sent (the copy is never visible there, and nothing is left behind), a
+// second backup is refused while one runs, and a client that stops reading
+// is cut off after BackupIdleTimeout, which frees the way for the next.
+func TestBackupStalledClient(t *testing.T) {
+	dir := t.TempDir()
+	env, _ := backupEnvWith(t, func(c *Config) { c.BackupDir = dir; c.BackupIdleTimeout = 3 * time.Second })
+	// About 13 MiB, more than the socket buffers hold.
+	twin := json.RawMessage(`{"tags":{"pad":"` + strings.Repeat("x", 1024) + `"}}`)
+	es := make([]*store.Enrollment, 10000)
+	for i := range es {
+		es[i] = &store.Enrollment{RegistrationID: fmt.Sprintf("fill-%05d", i), InitialTwin: twin,
+			Attestation: store.Attestation{Type: store.AttestationSymmetricKey, SymmetricKey: &store.SymmetricKeyAttestation{PrimaryKey: "c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0"}}}
+	}
+	if _, err := env.st.PutEnrollments(t.Context(), es); err != nil {
+		t.Fatal(err)
+	}
+	raw, err := net.Dial("tcp", env.srv.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	raw.(*net.TCPConn).SetReadBuffer(256 << 10)
+	conn := tls.Client(raw, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"http/1.1"}})
+	fmt.Fprintf(conn, "GET %s?api-version=2021-10-01 HTTP/1.1\r\nHost: x\r\nAuthorization: %s\r\n\r\n", BackupPath, env.ownerToken())
+	res, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil || res.StatusCode != http.StatusOK {
+		t.Fatalf("backup: %v %+v", err, res)
+	}
+	if _, err := io.CopyN(io.Discard, res.Body, 1024); err != nil {
+		t.Fatal(err)
+	}
+	// Running: the next one waits its turn, and the copy is not in the directory.
+	second, body := getBackup(t, env, env.ownerToken(), "?api-version=2021-10-01")
+	var eb Error
+	if second.StatusCode != http.StatusServiceUnavailable || json.Unmarshal(body, &eb) != nil || eb.ErrorCode != codeUnavailable {
+		t.Fatalf("second backup while one runs: %d %s", second.StatusCode, body)
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 0 {
+		t.Fatalf("the local copy is visible: %v", ents)
+	}
+	// The stalled client is cut off.
+	deadline := time.Now().Add(30 * time.Second)
+	for !strings.Contains(env.logs.String(), "backup cut short") {
+		if time.Now().After(deadline) {
+			t.Fatal("a client that stopped reading was not cut off")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if _, err := io.Copy(io.Discard, res.Body); err == nil && res.Trailer.Get(BackupSHA256Trailer) != "" {
+		t.Fatal("a cut transfer ended with trailers")
+	}
+	// The next backup runs, whole.
+	third, data := getBackup(t, env, env.ownerToken(), "?api-version=2021-10-01")
+	sum := sha256.Sum256(data)
+	if third.StatusCode != http.StatusOK || third.Trailer.Get(BackupSHA256Trailer) != hex.EncodeToString(sum[:]) {
+		t.Fatalf("backup after the cut: %d, %d bytes", third.StatusCode, len(data))
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 0 {
+		t.Fatalf("left behind: %v", ents)
 	}
 }

@@ -62,7 +62,7 @@ func (h *handler) readBulk(w http.ResponseWriter, r *http.Request, key string) (
 	}
 	var req map[string]json.RawMessage
 	if err := json.Unmarshal(body, &req); err != nil {
-		return "", nil, &apiError{code: codeMalformedJSON, msg: "malformed bulk operation JSON", err: err}
+		return "", nil, jsonError("bulk operation", err)
 	}
 	var mode string
 	if err := json.Unmarshal(req["mode"], &mode); err != nil {

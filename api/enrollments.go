@@ -38,7 +38,7 @@ func DecodeEnrollment(data []byte) (*store.Enrollment, error) {
 	}
 	var in enrollmentIn
 	if err := json.Unmarshal(data, &in); err != nil {
-		return nil, &apiError{code: codeMalformedJSON, msg: "malformed enrollment JSON: " + err.Error(), err: err}
+		return nil, jsonError("enrollment", err)
 	}
 	e := in.Enrollment
 	return &e, nil
@@ -98,7 +98,7 @@ func ValidateEnrollment(e *store.Enrollment, pathID string, prev *store.Enrollme
 // checkPathID validates an id taken from the URL.
 func checkPathID(id string) error {
 	if err := ValidateID(id); err != nil {
-		return invalid("id in path: %v", err)
+		return &apiError{code: codeInvalidArgument, msg: "id in path: " + plain(err), err: err}
 	}
 	return nil
 }
@@ -113,7 +113,7 @@ func (h *handler) getEnrollment(w http.ResponseWriter, r *http.Request, rq *requ
 		h.writeError(w, rq, storeError(err, codeEnrollmentNotFound, "enrollment"))
 		return
 	}
-	out := enrollmentOut{Enrollment: e}
+	out := enrollmentOut{Enrollment: enrollmentWithoutKeys(e)}
 	if reg, err := h.store.GetRegistration(r.Context(), id); err == nil {
 		out.RegistrationState = reg
 	} else if !errors.Is(err, store.ErrNotFound) {
@@ -125,7 +125,7 @@ func (h *handler) getEnrollment(w http.ResponseWriter, r *http.Request, rq *requ
 }
 
 func (h *handler) putEnrollment(w http.ResponseWriter, r *http.Request, rq *request, id string) {
-	putRecord(h, w, r, rq, id, DecodeEnrollment, h.writeEnrollment, enrollmentETag)
+	putRecord(h, w, r, rq, id, DecodeEnrollment, h.writeEnrollment, enrollmentWithoutKeys, enrollmentETag)
 }
 
 // enrollmentETag is the etag of e.
@@ -176,7 +176,7 @@ func (h *handler) deleteEnrollment(w http.ResponseWriter, r *http.Request, rq *r
 }
 
 func (h *handler) queryEnrollments(w http.ResponseWriter, r *http.Request, rq *request) {
-	queryRecords(h, w, r, rq, h.store.ListEnrollments, "Enrollment")
+	queryRecords(h, w, r, rq, h.store.ListEnrollments, enrollmentWithoutKeys, "Enrollment")
 }
 
 // asAPIError keeps an apiError or wraps any other error as a 400.
@@ -185,7 +185,7 @@ func asAPIError(err error) *apiError {
 	if errors.As(err, &ae) {
 		return ae
 	}
-	return &apiError{code: codeInvalidArgument, msg: err.Error(), err: err}
+	return &apiError{code: codeInvalidArgument, msg: plain(err), err: err}
 }
 
 // listError maps a listing failure (a bad continuation token is a 400).
@@ -204,7 +204,7 @@ func normalizeID(id *string, pathID, field string) error {
 		return invalid("%s in the body differs from the one in the path", field)
 	}
 	if err := ValidateID(*id); err != nil {
-		return invalid("%s: %v", field, err)
+		return &apiError{code: codeInvalidArgument, msg: field + ": " + plain(err), err: err}
 	}
 	*id = strings.ToLower(*id)
 	return nil

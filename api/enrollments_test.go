@@ -25,7 +25,11 @@ func TestEnrollmentLifecycle(t *testing.T) {
 	if got := r.header.Get("ETag"); got != `"`+e.ETag+`"` {
 		t.Fatalf("ETag header %q, body etag %q", got, e.ETag)
 	}
-	k := e.Attestation.SymmetricKey
+	if e.Attestation.SymmetricKey == nil || *e.Attestation.SymmetricKey != (store.SymmetricKeyAttestation{}) {
+		t.Fatalf("the PUT answer carries keys: %+v", e.Attestation.SymmetricKey)
+	}
+	// The generated keys come from the attestation mechanism.
+	k := decodeAs[store.Attestation](t, env.request(http.MethodPost, "/enrollments/dev-a/attestationmechanism", nil, nil)).SymmetricKey
 	for _, key := range []string{k.PrimaryKey, k.SecondaryKey} {
 		raw, err := base64.StdEncoding.DecodeString(key)
 		if err != nil || len(raw) != 32 {
@@ -35,9 +39,9 @@ func TestEnrollmentLifecycle(t *testing.T) {
 	if k.PrimaryKey == k.SecondaryKey {
 		t.Fatal("primary and secondary keys are equal")
 	}
-	// GET (any case) returns the keys, as DPS does.
+	// GET (any case) returns the record without its keys, as DPS does.
 	got := decodeAs[store.Enrollment](t, env.request(http.MethodGet, "/enrollments/DEV-a", nil, nil))
-	if got.Attestation.SymmetricKey.PrimaryKey != k.PrimaryKey || got.ETag != e.ETag {
+	if got.RegistrationID != "dev-a" || got.Attestation.SymmetricKey.PrimaryKey != "" || got.ETag != e.ETag {
 		t.Fatalf("GET %+v", got)
 	}
 	// Replacing without keys keeps them; a stale etag is refused.
@@ -50,7 +54,8 @@ func TestEnrollmentLifecycle(t *testing.T) {
 		m := map[string]string{"quoted": `"` + e.ETag + `"`, "bare": e.ETag, "star": "*"}[form]
 		r := env.request(http.MethodPut, "/enrollments/dev-a", body, map[string]string{"If-Match": m})
 		u := decodeAs[store.Enrollment](t, r)
-		if u.Attestation.SymmetricKey.PrimaryKey != k.PrimaryKey || u.IoTHubHostName != "hub1.example.net" ||
+		kept := decodeAs[store.Attestation](t, env.request(http.MethodPost, "/enrollments/dev-a/attestationmechanism", nil, nil))
+		if *kept.SymmetricKey != *k || u.IoTHubHostName != "hub1.example.net" ||
 			u.ProvisioningStatus != store.StatusDisabled || u.ETag == e.ETag {
 			t.Fatalf("update with If-Match %s: %+v", m, u)
 		}
@@ -276,7 +281,10 @@ func TestBulkPartialFailure(t *testing.T) {
 		t.Fatalf("conflict result %+v", res)
 	}
 	// updateIfMatchETag with a stale etag fails that item only.
-	cur := decodeAs[store.Enrollment](t, env.request(http.MethodGet, "/enrollments/ok-2", nil, nil))
+	cur, err := env.st.GetEnrollment(t.Context(), "ok-2")
+	if err != nil {
+		t.Fatal(err)
+	}
 	stale := symEnrollment("ok-1")
 	stale["etag"] = "stale"
 	fresh := symEnrollment("ok-2")
@@ -287,7 +295,7 @@ func TestBulkPartialFailure(t *testing.T) {
 	if len(res.Errors) != 1 || res.Errors[0].RegistrationID != "ok-1" || res.Errors[0].ErrorCode != codePreconditionFailed {
 		t.Fatalf("updateIfMatchETag result %+v", res)
 	}
-	if got := decodeAs[store.Enrollment](t, env.request(http.MethodGet, "/enrollments/ok-2", nil, nil)); got.ProvisioningStatus != "disabled" ||
+	if got, err := env.st.GetEnrollment(t.Context(), "ok-2"); err != nil || got.ProvisioningStatus != "disabled" ||
 		got.Attestation.SymmetricKey.PrimaryKey != cur.Attestation.SymmetricKey.PrimaryKey {
 		t.Fatalf("ok-2 after update: %+v", got)
 	}

@@ -1,8 +1,6 @@
 package api
 
 import (
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -28,6 +26,7 @@ const (
 	codeGroupNotFound       = 404202
 	codeRegistrationMissing = 404203
 	codeMethodNotAllowed    = 405000
+	codeRequestTimeout      = 408000
 	codeConflict            = 409201
 	codePreconditionFailed  = 412002
 	codeTooLarge            = 413001
@@ -96,15 +95,6 @@ func storeError(err error, notFound int, what string) *apiError {
 	default:
 		return &apiError{code: codeInternal, msg: "internal error", err: err}
 	}
-}
-
-// newTrackingID returns a random identifier that ties a response to its log lines.
-func newTrackingID() string {
-	var b [16]byte
-	if _, err := rand.Read(b[:]); err != nil {
-		return "00000000000000000000000000000000"
-	}
-	return hex.EncodeToString(b[:])
 }
 
 // writeError answers with the DPS error shape. Internal details are logged, not sent.

@@ -24,7 +24,7 @@ func DecodeGroup(data []byte) (*store.Group, error) {
 	}
 	var in groupIn
 	if err := json.Unmarshal(data, &in); err != nil {
-		return nil, &apiError{code: codeMalformedJSON, msg: "malformed enrollment group JSON: " + err.Error(), err: err}
+		return nil, jsonError("enrollment group", err)
 	}
 	g := in.Group
 	return &g, nil
@@ -81,11 +81,11 @@ func ValidateGroup(g *store.Group, pathID string, prev *store.Group, rnd io.Read
 }
 
 func (h *handler) getGroup(w http.ResponseWriter, r *http.Request, rq *request, id string) {
-	getRecord(h, w, r, rq, id, h.store.GetGroup, groupETag, codeGroupNotFound, "enrollment group")
+	getRecord(h, w, r, rq, id, h.store.GetGroup, groupWithoutKeys, groupETag, codeGroupNotFound, "enrollment group")
 }
 
 func (h *handler) putGroup(w http.ResponseWriter, r *http.Request, rq *request, id string) {
-	putRecord(h, w, r, rq, id, DecodeGroup, h.writeGroup, groupETag)
+	putRecord(h, w, r, rq, id, DecodeGroup, h.writeGroup, groupWithoutKeys, groupETag)
 }
 
 // groupETag is the etag of g.
@@ -117,5 +117,5 @@ func (h *handler) deleteGroup(w http.ResponseWriter, r *http.Request, rq *reques
 }
 
 func (h *handler) queryGroups(w http.ResponseWriter, r *http.Request, rq *request) {
-	queryRecords(h, w, r, rq, h.store.ListGroups, "EnrollmentGroup")
+	queryRecords(h, w, r, rq, h.store.ListGroups, groupWithoutKeys, "EnrollmentGroup")
 }

@@ -16,9 +16,9 @@ import (
 // ("enrollmentGroup").
 
 // getRecord answers GET of one record: the path id is checked, the record
-// read with get and returned with its etag.
+// read with get and returned, as view shows it, with its etag.
 func getRecord[T any](h *handler, w http.ResponseWriter, r *http.Request, rq *request, id string,
-	get func(context.Context, string) (T, error), etag func(T) string, notFound int, what string) {
+	get func(context.Context, string) (T, error), view func(T) T, etag func(T) string, notFound int, what string) {
 	if err := checkPathID(id); err != nil {
 		h.writeError(w, rq, err)
 		return
@@ -29,15 +29,16 @@ func getRecord[T any](h *handler, w http.ResponseWriter, r *http.Request, rq *re
 		return
 	}
 	setETag(w, etag(v))
-	h.writeJSON(w, http.StatusOK, v)
+	h.writeJSON(w, http.StatusOK, view(v))
 }
 
 // putRecord answers PUT of one record: the path id is checked, the body
-// read and decoded, and write validates and stores it under If-Match.
+// read and decoded, and write validates and stores it under If-Match. The
+// answer is the stored record as view shows it.
 func putRecord[T any](h *handler, w http.ResponseWriter, r *http.Request, rq *request, id string,
 	decode func([]byte) (T, error),
 	write func(r *http.Request, rq *request, v T, pathID, etag string, mustCreate bool) (T, *apiError),
-	etag func(T) string) {
+	view func(T) T, etag func(T) string) {
 	if err := checkPathID(id); err != nil {
 		h.writeError(w, rq, err)
 		return
@@ -58,7 +59,7 @@ func putRecord[T any](h *handler, w http.ResponseWriter, r *http.Request, rq *re
 		return
 	}
 	setETag(w, etag(stored))
-	h.writeJSON(w, http.StatusOK, stored)
+	h.writeJSON(w, http.StatusOK, view(stored))
 }
 
 // findPrevious returns the stored record that a write of pathID (or, when
@@ -108,9 +109,10 @@ func (h *handler) serveDelete(w http.ResponseWriter, r *http.Request, rq *reques
 	w.WriteHeader(http.StatusNoContent)
 }
 
-// queryRecords answers a "*" query of a collection with one page of list.
+// queryRecords answers a "*" query of a collection with one page of list,
+// each item as view shows it.
 func queryRecords[T any](h *handler, w http.ResponseWriter, r *http.Request, rq *request,
-	list func(context.Context, store.Query) (store.Page[T], error), itemType string) {
+	list func(context.Context, store.Query) (store.Page[T], error), view func(T) T, itemType string) {
 	body, err := readBody(w, r, h.cfg.MaxBodyBytes)
 	if err == nil {
 		err = checkQuerySpec(body)
@@ -128,6 +130,9 @@ func queryRecords[T any](h *handler, w http.ResponseWriter, r *http.Request, rq 
 	if err != nil {
 		h.writeError(w, rq, listError(err))
 		return
+	}
+	for i := range p.Items {
+		p.Items[i] = view(p.Items[i])
 	}
 	writePage(h, w, itemType, p)
 }

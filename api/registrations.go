@@ -7,8 +7,12 @@ import (
 )
 
 func (h *handler) getRegistration(w http.ResponseWriter, r *http.Request, rq *request, id string) {
-	getRecord(h, w, r, rq, id, h.store.GetRegistration, registrationETag, codeRegistrationMissing, "registration")
+	getRecord(h, w, r, rq, id, h.store.GetRegistration, registrationView, registrationETag, codeRegistrationMissing, "registration")
 }
+
+// registrationView is reg as answers carry it: a registration holds no
+// secret in its JSON form (its hub key is never serialised).
+func registrationView(reg *store.Registration) *store.Registration { return reg }
 
 // registrationETag is the etag of reg.
 func registrationETag(reg *store.Registration) string { return reg.ETag }

@@ -14,23 +14,19 @@ import (
 	"github.com/tpmdps/dpsd/store"
 )
 
-// Symmetric key size bounds (decoded bytes) and the size of a generated key.
+// The size of a generated symmetric key (decoded bytes) and other bounds.
 const (
-	minSymmetricKey   = 16
-	maxSymmetricKey   = 64
 	generatedKeyBytes = 32
 	maxIDLength       = attest.MaxRegistrationIDLen
 	maxHostNameLength = 253
 )
 
 // ValidateID checks the DPS rules for a registration id or enrollment group id
-// (docs/protocol.md section 2, attest.ValidateRegistrationID). Ids are
-// case-insensitive; the service stores them lowercased.
+// (docs/protocol.md section 2): its error is attest.ValidateRegistrationID's
+// (attest.ErrInvalidRegistrationID). Ids are case-insensitive; the service
+// stores them lowercased.
 func ValidateID(id string) error {
-	if err := attest.ValidateRegistrationID(id); err != nil {
-		return fmt.Errorf("invalid id: %w", err)
-	}
-	return nil
+	return attest.ValidateRegistrationID(id)
 }
 
 // validateDeviceID checks the IoT Hub device id rules: up to 128 ASCII
@@ -128,13 +124,14 @@ func validateTPM(t *store.TPMAttestation) error {
 			return &apiError{code: codeInvalidArgument, msg: "attestation.tpm." + k.name + " is not base64", err: err}
 		}
 		if _, err := attest.ParsePublic(raw); err != nil {
-			return &apiError{code: codeInvalidArgument, msg: "attestation.tpm." + k.name + " is not a valid TPM2B_PUBLIC: " + err.Error(), err: err}
+			return &apiError{code: codeInvalidArgument, msg: "attestation.tpm." + k.name + " is not a valid TPM2B_PUBLIC: " + plain(err), err: err}
 		}
 	}
 	return nil
 }
 
-// validateSymmetricKey checks base64 keys of 16-64 bytes and generates the
+// validateSymmetricKey checks keys with the devices' decoder
+// (attest.DecodeSymmetricKey: canonical base64 of 16-64 bytes) and generates the
 // missing ones (keeping those of prev, the record being replaced, if any).
 func validateSymmetricKey(s **store.SymmetricKeyAttestation, prev *store.SymmetricKeyAttestation, rnd io.Reader) error {
 	if *s == nil {
@@ -156,12 +153,12 @@ func validateSymmetricKey(s **store.SymmetricKeyAttestation, prev *store.Symmetr
 			*f.v = key
 			continue
 		}
-		raw, err := base64.StdEncoding.DecodeString(*f.v)
-		if err != nil {
-			return invalid("attestation.symmetricKey.%s is not base64", f.name)
-		}
-		if len(raw) < minSymmetricKey || len(raw) > maxSymmetricKey {
-			return invalid("attestation.symmetricKey.%s must be %d-%d bytes", f.name, minSymmetricKey, maxSymmetricKey)
+		// The devices' decoder: a key it refuses could never authenticate.
+		if _, err := attest.DecodeSymmetricKey(*f.v); err != nil {
+			reason := strings.TrimPrefix(err.Error(), attest.ErrInvalidSymmetricKey.Error()+": ")
+			return &apiError{code: codeInvalidArgument, err: err, msg: fmt.Sprintf(
+				"attestation.symmetricKey.%s is not a valid key: %s (give canonical standard padded base64 of %d-%d bytes, on one line)",
+				f.name, reason, attest.MinSymmetricKeyLen, attest.MaxSymmetricKeyLen)}
 		}
 	}
 	return nil
@@ -201,7 +198,7 @@ func validateCertificates(field string, c *store.X509Certificates) error {
 		}
 		cert, err := attest.ParseCertificate(x.v.Certificate)
 		if err != nil {
-			return &apiError{code: codeInvalidArgument, msg: fmt.Sprintf("%s.%s.certificate: %v", field, x.name, err), err: err}
+			return &apiError{code: codeInvalidArgument, msg: fmt.Sprintf("%s.%s.certificate: %s", field, x.name, plain(err)), err: err}
 		}
 		x.v.Info = store.NewX509CertificateInfo(cert)
 	}

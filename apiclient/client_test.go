@@ -90,17 +90,29 @@ func TestClientEnrollments(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if e.RegistrationID != "dev-1" || e.Attestation.SymmetricKey.PrimaryKey == "" || e.ETag == "" {
+	if e.RegistrationID != "dev-1" || e.Attestation.Type != store.AttestationSymmetricKey || e.ETag == "" {
 		t.Fatalf("put %+v", e)
 	}
+	// Keys come only from the attestation mechanism, and only for the write right.
+	keys, err := c.GetEnrollmentAttestation(ctx, "DEV-1")
+	if err != nil || keys.SymmetricKey == nil || keys.SymmetricKey.PrimaryKey == "" || keys.SymmetricKey.SecondaryKey == "" {
+		t.Fatalf("attestation %+v %v", keys, err)
+	}
+	if _, err := newClient(t, srv, reader).GetEnrollmentAttestation(ctx, "dev-1"); !IsStatus(err, 403) {
+		t.Fatalf("reader attestation: %v", err)
+	}
 	got, err := c.GetEnrollment(ctx, "dev-1")
-	if err != nil || got.ETag != e.ETag {
+	if err != nil || got.ETag != e.ETag || got.Attestation.SymmetricKey == nil || got.Attestation.SymmetricKey.PrimaryKey != "" {
 		t.Fatalf("get %+v %v", got, err)
 	}
 	got.ProvisioningStatus = store.StatusDisabled
 	upd, err := c.PutEnrollment(ctx, got, got.ETag)
 	if err != nil || upd.ProvisioningStatus != store.StatusDisabled {
 		t.Fatalf("conditional put %+v %v", upd, err)
+	}
+	// The record read without keys and written back keeps its keys.
+	if kept, err := c.GetEnrollmentAttestation(ctx, "dev-1"); err != nil || *kept.SymmetricKey != *keys.SymmetricKey {
+		t.Fatalf("keys after a get/put round trip: %+v %v", kept, err)
 	}
 	// Stale etag: typed 412.
 	_, err = c.PutEnrollment(ctx, got, e.ETag)
@@ -184,8 +196,11 @@ func TestClientGroupsAndRegistrations(t *testing.T) {
 	c := newClient(t, srv, owner)
 	ctx := t.Context()
 	g, err := c.PutGroup(ctx, &store.Group{EnrollmentGroupID: "line-1", Attestation: store.Attestation{Type: store.AttestationSymmetricKey}}, "")
-	if err != nil || g.Attestation.SymmetricKey.PrimaryKey == "" {
+	if err != nil || g.Attestation.Type != store.AttestationSymmetricKey {
 		t.Fatalf("put group %+v %v", g, err)
+	}
+	if a, err := c.GetGroupAttestation(ctx, "line-1"); err != nil || a.SymmetricKey == nil || a.SymmetricKey.PrimaryKey == "" {
+		t.Fatalf("group attestation %+v %v", a, err)
 	}
 	if got, err := c.GetGroup(ctx, "line-1"); err != nil || got.ETag != g.ETag {
 		t.Fatalf("get group %+v %v", got, err)

@@ -28,7 +28,8 @@ type BulkResult = api.BulkResult
 // package api's wire type.
 type BulkError = api.BulkError
 
-// GetEnrollment returns the individual enrollment of registrationID.
+// GetEnrollment returns the individual enrollment of registrationID, without
+// symmetric keys (see GetEnrollmentAttestation).
 func (c *Client) GetEnrollment(ctx context.Context, registrationID string) (*store.Enrollment, error) {
 	r, err := c.do(ctx, http.MethodGet, "/enrollments/"+escape(registrationID), nil, nil)
 	if err != nil {
@@ -37,8 +38,22 @@ func (c *Client) GetEnrollment(ctx context.Context, registrationID string) (*sto
 	return decode[*store.Enrollment](r, "enrollment")
 }
 
+// GetEnrollmentAttestation returns the attestation of registrationID's
+// enrollment with its symmetric keys (POST .../attestationmechanism, the
+// DPS "Get Attestation Mechanism" operation). GetEnrollment and the queries
+// return records without keys; this call needs a policy with the write right.
+func (c *Client) GetEnrollmentAttestation(ctx context.Context, registrationID string) (*store.Attestation, error) {
+	r, err := c.do(ctx, http.MethodPost, "/enrollments/"+escape(registrationID)+"/attestationmechanism", nil, nil)
+	if err != nil {
+		return nil, err
+	}
+	return decode[*store.Attestation](r, "attestation mechanism")
+}
+
 // PutEnrollment creates or replaces e; ifMatch ("" for none, "*" or an etag)
-// makes the replacement conditional. It returns the enrollment as stored.
+// makes the replacement conditional. It returns the enrollment as stored,
+// without symmetric keys. An enrollment of type symmetricKey sent without
+// keys keeps its stored keys (or gets generated ones when new).
 func (c *Client) PutEnrollment(ctx context.Context, e *store.Enrollment, ifMatch string) (*store.Enrollment, error) {
 	r, err := c.do(ctx, http.MethodPut, "/enrollments/"+escape(e.RegistrationID), e, etagHeader(ifMatch))
 	if err != nil {
@@ -78,13 +93,24 @@ func (c *Client) BulkEnrollments(ctx context.Context, mode string, es []*store.E
 	return decode[*BulkResult](r, "bulk result")
 }
 
-// GetGroup returns an enrollment group.
+// GetGroup returns an enrollment group, without symmetric keys (see
+// GetGroupAttestation).
 func (c *Client) GetGroup(ctx context.Context, groupID string) (*store.Group, error) {
 	r, err := c.do(ctx, http.MethodGet, "/enrollmentGroups/"+escape(groupID), nil, nil)
 	if err != nil {
 		return nil, err
 	}
 	return decode[*store.Group](r, "enrollment group")
+}
+
+// GetGroupAttestation returns the attestation of an enrollment group with
+// its symmetric keys, like GetEnrollmentAttestation (write right needed).
+func (c *Client) GetGroupAttestation(ctx context.Context, groupID string) (*store.Attestation, error) {
+	r, err := c.do(ctx, http.MethodPost, "/enrollmentGroups/"+escape(groupID)+"/attestationmechanism", nil, nil)
+	if err != nil {
+		return nil, err
+	}
+	return decode[*store.Attestation](r, "attestation mechanism")
 }
 
 // PutGroup creates or replaces g (conditionally when ifMatch is not "").

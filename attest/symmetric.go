@@ -26,17 +26,21 @@ const (
 var ErrInvalidSymmetricKey = errors.New("attest: invalid symmetric key")
 
 // DecodeSymmetricKey decodes an enrollment key or group key as DPS stores
-// it: standard base64 with padding, 16-64 bytes once decoded.
+// it: canonical standard base64 with padding (no line breaks, unused
+// trailing bits zero), 16-64 bytes once decoded. It is the one decoder of
+// symmetric keys: the service API checks keys with it before storing them
+// and the provisioning service decodes them with it, so a key the API
+// accepts always works for a device.
 func DecodeSymmetricKey(b64 string) ([]byte, error) {
 	if len(b64) > base64.StdEncoding.EncodedLen(MaxSymmetricKeyLen) {
 		return nil, fmt.Errorf("%w: longer than %d bytes", ErrInvalidSymmetricKey, MaxSymmetricKeyLen)
 	}
-	if strings.ContainsAny(b64, "\r\n") { // Go's decoder would skip them
+	if strings.ContainsAny(b64, "\r\n") { // Go's decoders, even strict ones, skip them
 		return nil, fmt.Errorf("%w: contains a line break", ErrInvalidSymmetricKey)
 	}
-	key, err := base64.StdEncoding.DecodeString(b64)
+	key, err := base64.StdEncoding.Strict().DecodeString(b64)
 	if err != nil {
-		return nil, fmt.Errorf("%w: not standard padded base64", ErrInvalidSymmetricKey)
+		return nil, fmt.Errorf("%w: not canonical standard padded base64", ErrInvalidSymmetricKey)
 	}
 	if len(key) < MinSymmetricKeyLen || len(key) > MaxSymmetricKeyLen {
 		return nil, fmt.Errorf("%w: %d bytes, want %d-%d",

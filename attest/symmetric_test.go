@@ -100,6 +100,8 @@ func TestDecodeSymmetricKey(t *testing.T) {
 		"url alphabet":  strings.ReplaceAll(strings.ReplaceAll(symTestGroupKey, "/", "_"), "+", "-"),
 		"not base64":    "this is not base64 at all!!",
 		"trailing LF":   symTestDevKey + "\n",
+		"inner CRLF":    symTestDevKey[:10] + "\r\n" + symTestDevKey[10:],
+		"non-canonical": nonCanonical(symTestDevKey),
 		"inner space":   symTestDevKey[:10] + " " + symTestDevKey[10:],
 		"bad character": "zz!" + strings.Repeat("0", 41),
 	}
@@ -122,4 +124,14 @@ func TestDecodeSymmetricKey(t *testing.T) {
 // sasTestTime returns the test clock (sasTestNow) plus offset seconds.
 func sasTestTime(offset int64) time.Time {
 	return time.Unix(sasTestNow+offset, 0)
+}
+
+// nonCanonical returns the padded base64 text k with one of the unused
+// trailing bits of its last data character set: the lenient decoder reads
+// the same bytes from it, the strict one refuses it.
+func nonCanonical(k string) string {
+	const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+	data := strings.TrimRight(k, "=")
+	i := len(data) - 1
+	return data[:i] + string(alphabet[strings.IndexByte(alphabet, data[i])|1]) + k[len(data):]
 }

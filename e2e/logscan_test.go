@@ -185,7 +185,10 @@ func TestLogsHoldNoSecrets(t *testing.T) {
 	if err != nil {
 		t.Fatalf("PutEnrollment TPM: %v", err)
 	}
-	if _, err := api.GetEnrollment(ctx, "logscan-sym"); err != nil { // the API returns keys: still not logged
+	if _, err := api.GetEnrollment(ctx, "logscan-sym"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := api.GetEnrollmentAttestation(ctx, "logscan-sym"); err != nil { // the API returns keys: still not logged
 		t.Fatal(err)
 	}
 

@@ -12,10 +12,8 @@ package hooks
 
 import (
 	"context"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -28,6 +26,7 @@ import (
 
 	"github.com/tpmdps/dpsd/internal/ratelimit"
 	"github.com/tpmdps/dpsd/internal/refusal"
+	"github.com/tpmdps/dpsd/internal/trackid"
 	"github.com/tpmdps/dpsd/provision"
 )
 
@@ -347,15 +346,6 @@ type connectionStater interface {
 	ConnectionState() tls.ConnectionState
 }
 
-// NewTrackingID returns a random id that ties the log lines of one request
-// (or connection) together and is returned to devices in error bodies.
-func NewTrackingID() string {
-	var b [16]byte
-	_, _ = rand.Read(b[:])
-	s := hex.EncodeToString(b[:])
-	return s[0:8] + "-" + s[8:12] + "-" + s[12:16] + "-" + s[16:20] + "-" + s[20:]
-}
-
 // OnConnectAuthenticate authenticates a CONNECT with the service, applies the
 // failed-authentication budget of the address, the restricted session caps
 // and the takeover rule, and remembers the identity for the connection. A
@@ -380,7 +370,7 @@ func (h *Hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 		ClientID:   pk.Connect.ClientIdentifier,
 		Username:   string(pk.Connect.Username),
 		RemoteAddr: cl.Net.Remote,
-		TrackingID: NewTrackingID(),
+		TrackingID: trackid.New(),
 	}
 	if pk.Connect.PasswordFlag {
 		c.Password = append([]byte{}, pk.Connect.Password...)
@@ -677,7 +667,7 @@ func (h *Hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 		cl.Stop(ErrShuttingDown)
 		return pk, packets.ErrRejectPacket
 	}
-	req := request{topic: rt, body: pk.Payload, trackingID: NewTrackingID()}
+	req := request{topic: rt, body: pk.Payload, trackingID: trackid.New()}
 	if pk.FixedHeader.Qos > 0 {
 		req.ackID = pk.PacketID
 	}

@@ -1,6 +1,7 @@
 package interop
 
 import (
+	"bytes"
 	"context"
 	"encoding/base64"
 	"encoding/json"
@@ -100,7 +101,9 @@ func decode[T any](t *testing.T, what string, raw json.RawMessage) T {
 // ProvisioningServiceClient.fromConnectionString against the service API on
 // https://localhost:443 creates, reads, updates (with If-Match), queries and
 // deletes a TPM individual enrollment (EK fixture from testdata/tpm) and a
-// symmetric-key enrollment group; the store sees each change.
+// symmetric-key enrollment group; the store sees each change. Reads and
+// queries carry no symmetric key; the SDK's attestation mechanism calls
+// return the keys.
 func TestServiceClient(t *testing.T) {
 	needPorts(t, httpsAddr)
 	s := dpsdtest.Start(t, dpsdtest.Options{APIAddr: httpsAddr})
@@ -121,6 +124,7 @@ func TestServiceClient(t *testing.T) {
 	var created struct {
 		CreateEnrollment, GetEnrollment, UpdateEnrollment, StaleUpdateEnrollment, QueryEnrollments *callResult
 		CreateGroup, GetGroup, QueryGroups                                                         *callResult
+		EnrollmentAttestation, GroupAttestation                                                    *callResult
 		ScriptError                                                                                string
 	}
 	node.run(t, "service.js", spec, &created)
@@ -158,6 +162,32 @@ func TestServiceClient(t *testing.T) {
 	created.QueryGroups.ok(t, "query groups", 200)
 	if q := decode[[]groupView](t, "query groups", created.QueryGroups.Body); len(q) != 1 || q[0].EnrollmentGroupID != spec.Group.EnrollmentGroupID {
 		t.Fatalf("query groups: %s", created.QueryGroups.Body)
+	}
+	for _, c := range []*callResult{created.GetGroup, created.QueryGroups} {
+		if bytes.Contains(c.Body, []byte(spec.Group.PrimaryKey)) || bytes.Contains(c.Body, []byte(spec.Group.SecondaryKey)) {
+			t.Fatalf("a read carries the group key: %s", c.Body)
+		}
+	}
+	created.EnrollmentAttestation.ok(t, "enrollment attestation mechanism", 200)
+	ea := decode[struct {
+		Type string `json:"type"`
+		TPM  *struct {
+			EndorsementKey string `json:"endorsementKey"`
+		} `json:"tpm"`
+	}](t, "enrollment attestation mechanism", created.EnrollmentAttestation.Body)
+	if ea.Type != "tpm" || ea.TPM == nil || ea.TPM.EndorsementKey != got.Attestation.TPM.EndorsementKey {
+		t.Fatalf("enrollment attestation mechanism: %s", created.EnrollmentAttestation.Body)
+	}
+	created.GroupAttestation.ok(t, "group attestation mechanism", 200)
+	ga := decode[struct {
+		Type         string `json:"type"`
+		SymmetricKey *struct {
+			PrimaryKey   string `json:"primaryKey"`
+			SecondaryKey string `json:"secondaryKey"`
+		} `json:"symmetricKey"`
+	}](t, "group attestation mechanism", created.GroupAttestation.Body)
+	if ga.Type != "symmetricKey" || ga.SymmetricKey == nil || ga.SymmetricKey.PrimaryKey != spec.Group.PrimaryKey || ga.SymmetricKey.SecondaryKey != spec.Group.SecondaryKey {
+		t.Fatalf("group attestation mechanism: %s", created.GroupAttestation.Body)
 	}
 
 	// The store holds what the SDK wrote.

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/tpmdps/dpsd/internal/trackid"
 	"github.com/tpmdps/dpsd/store"
 )
 
@@ -15,7 +16,7 @@ import (
 // learns nothing about others. A restricted session may not poll (401).
 func (s *Service) Poll(ctx context.Context, id Identity, operationID, trackingID string) Response {
 	if trackingID == "" {
-		trackingID = newTrackingID(s.cfg.Rand)
+		trackingID = trackid.New()
 	}
 	if id.Method == AuthRestricted {
 		return s.unauthorized(ctx, trackingID, id, "restricted session may not poll")

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/tpmdps/dpsd/attest"
+	"github.com/tpmdps/dpsd/internal/trackid"
 	"github.com/tpmdps/dpsd/store"
 )
 
@@ -38,7 +39,7 @@ type source struct {
 // answers 202 with the operation id to poll.
 func (s *Service) Register(ctx context.Context, id Identity, req RegisterRequest, trackingID string) Response {
 	if trackingID == "" {
-		trackingID = newTrackingID(s.cfg.Rand)
+		trackingID = trackid.New()
 	}
 	if req.RegistrationID != "" && !strings.EqualFold(req.RegistrationID, id.RegistrationID) {
 		return s.badRequest(ctx, trackingID, id, "the body's registrationId does not match the connection's")

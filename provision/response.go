@@ -11,6 +11,7 @@ import (
 	"unicode/utf16"
 	"unicode/utf8"
 
+	"github.com/tpmdps/dpsd/internal/trackid"
 	"github.com/tpmdps/dpsd/store"
 )
 
@@ -106,7 +107,7 @@ func formatTime(t time.Time) string {
 // (throttling, malformed requests) so that every error has one shape.
 func (s *Service) ErrorResponse(errorCode int, message, trackingID string, retryAfter time.Duration) Response {
 	if trackingID == "" {
-		trackingID = newTrackingID(s.cfg.Rand)
+		trackingID = trackid.New()
 	}
 	return Response{
 		Status:     errorCode / 1000,
@@ -118,15 +119,6 @@ func (s *Service) ErrorResponse(errorCode int, message, trackingID string, retry
 			TimestampUTC: formatTime(s.cfg.Now()),
 		},
 	}
-}
-
-// newTrackingID returns a random tracking id for answers whose caller gave none.
-func newTrackingID(rand io.Reader) string {
-	var b [16]byte
-	if _, err := io.ReadFull(rand, b[:]); err != nil {
-		return "untracked"
-	}
-	return hex.EncodeToString(b[:])
 }
 
 // newOperationID returns an unguessable operation id: "4." + 32 hex digits

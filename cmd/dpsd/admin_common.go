@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/tpmdps/dpsd/apiclient"
+	"github.com/tpmdps/dpsd/store"
 )
 
 // Environment variables read by the admin commands when the flag is not given.
@@ -221,10 +222,19 @@ func adminDispatch(ctx context.Context, group string, args []string, stdout, std
 }
 
 // adminShow is the show subcommand of a record kind: it reads the record
-// named by the one argument (idName in the usage line) and prints it.
+// named by the one argument (idName in the usage line) and prints it. When
+// withKeys is not nil the subcommand has --show-keys, which fills in the
+// record's symmetric keys with withKeys (the service's reads never carry them).
 func adminShow[T any](ctx context.Context, c *adminCmd, args []string, idName string,
-	get func(*apiclient.Client, context.Context, string) (T, error), print func(*adminCmd, T) error) error {
-	pos, err := c.parse(args, "show "+idName+" [--json]", 1, 1)
+	get func(*apiclient.Client, context.Context, string) (T, error),
+	withKeys func(context.Context, *apiclient.Client, T) error, print func(*adminCmd, T) error) error {
+	usage := "show " + idName + " [--json]"
+	var showKeys *bool
+	if withKeys != nil {
+		showKeys = c.fs.Bool("show-keys", false, "also show the symmetric keys (needs a connection string whose policy has the write right)")
+		usage += " [--show-keys]"
+	}
+	pos, err := c.parse(args, usage, 1, 1)
 	if err != nil {
 		return err
 	}
@@ -236,7 +246,23 @@ func adminShow[T any](ctx context.Context, c *adminCmd, args []string, idName st
 	if err != nil {
 		return err
 	}
+	if showKeys != nil && *showKeys {
+		if err := withKeys(ctx, cl, v); err != nil {
+			return err
+		}
+	}
 	return print(c, v)
+}
+
+// adminPrintKeys adds the rows of symmetric keys to a field list: the keys
+// when k holds them, else a pointer to --show-keys.
+func adminPrintKeys(t *adminTable, k *store.SymmetricKeyAttestation) {
+	if k.PrimaryKey == "" && k.SecondaryKey == "" {
+		t.row("keys:", "not shown (--show-keys)")
+		return
+	}
+	t.row("primaryKey:", k.PrimaryKey)
+	t.row("secondaryKey:", k.SecondaryKey)
 }
 
 // adminDelete is the delete subcommand of a record kind (what names it in

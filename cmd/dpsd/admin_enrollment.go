@@ -151,6 +151,10 @@ func adminEnrollmentAdd(ctx context.Context, c *adminCmd, args []string) error {
 	if err != nil {
 		return err
 	}
+	// The device needs its keys (perhaps generated just now): show them.
+	if err := adminEnrollmentKeys(ctx, cl, out); err != nil {
+		return err
+	}
 	return adminPrintEnrollment(c, out)
 }
 
@@ -185,8 +189,7 @@ func adminPrintEnrollment(c *adminCmd, e *store.Enrollment) error {
 	case a.TPM != nil:
 		t.row("endorsementKey:", adminAbbreviate(a.TPM.EndorsementKey))
 	case a.SymmetricKey != nil:
-		t.row("primaryKey:", a.SymmetricKey.PrimaryKey)
-		t.row("secondaryKey:", a.SymmetricKey.SecondaryKey)
+		adminPrintKeys(t, a.SymmetricKey)
 	case a.X509 != nil && a.X509.ClientCertificates != nil && a.X509.ClientCertificates.Primary != nil:
 		if info := a.X509.ClientCertificates.Primary.Info; info != nil {
 			t.row("certificate:", info.SubjectName)
@@ -220,7 +223,22 @@ func adminAbbreviate(s string) string {
 }
 
 func adminEnrollmentShow(ctx context.Context, c *adminCmd, args []string) error {
-	return adminShow(ctx, c, args, "REGISTRATION_ID", (*apiclient.Client).GetEnrollment, adminPrintEnrollment)
+	return adminShow(ctx, c, args, "REGISTRATION_ID", (*apiclient.Client).GetEnrollment, adminEnrollmentKeys, adminPrintEnrollment)
+}
+
+// adminEnrollmentKeys fills in e's symmetric keys from the service's
+// attestation mechanism (reads never carry them). Other attestations are
+// complete already.
+func adminEnrollmentKeys(ctx context.Context, cl *apiclient.Client, e *store.Enrollment) error {
+	if e.Attestation.Type != store.AttestationSymmetricKey {
+		return nil
+	}
+	a, err := cl.GetEnrollmentAttestation(ctx, e.RegistrationID)
+	if err != nil {
+		return fmt.Errorf("reading the keys of %s: %w", e.RegistrationID, err)
+	}
+	e.Attestation = *a
+	return nil
 }
 
 func adminEnrollmentList(ctx context.Context, c *adminCmd, args []string) error {

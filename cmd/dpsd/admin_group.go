@@ -87,13 +87,36 @@ func adminGroupAdd(ctx context.Context, c *adminCmd, args []string) error {
 		if err != nil {
 			return err
 		}
-		return adminPrintGroup(c, out)
+		return adminPrintGroupWithKeys(ctx, c, cl, out)
 	}
 	out, err := cl.PutGroup(ctx, g, "")
 	if err != nil {
 		return err
 	}
-	return adminPrintGroup(c, out)
+	return adminPrintGroupWithKeys(ctx, c, cl, out)
+}
+
+// adminPrintGroupWithKeys prints a group just added with its keys (perhaps
+// generated just now), which its devices' keys are derived from.
+func adminPrintGroupWithKeys(ctx context.Context, c *adminCmd, cl *apiclient.Client, g *store.Group) error {
+	if err := adminGroupKeys(ctx, cl, g); err != nil {
+		return err
+	}
+	return adminPrintGroup(c, g)
+}
+
+// adminGroupKeys fills in g's symmetric keys from the service's attestation
+// mechanism (reads never carry them).
+func adminGroupKeys(ctx context.Context, cl *apiclient.Client, g *store.Group) error {
+	if g.Attestation.Type != store.AttestationSymmetricKey {
+		return nil
+	}
+	a, err := cl.GetGroupAttestation(ctx, g.EnrollmentGroupID)
+	if err != nil {
+		return fmt.Errorf("reading the keys of group %s: %w", g.EnrollmentGroupID, err)
+	}
+	g.Attestation = *a
+	return nil
 }
 
 // adminPrintGroup shows one enrollment group as JSON or as a field list.
@@ -107,8 +130,7 @@ func adminPrintGroup(c *adminCmd, g *store.Group) error {
 	a := g.Attestation
 	switch {
 	case a.SymmetricKey != nil:
-		t.row("primaryKey:", a.SymmetricKey.PrimaryKey)
-		t.row("secondaryKey:", a.SymmetricKey.SecondaryKey)
+		adminPrintKeys(t, a.SymmetricKey)
 	case a.X509 != nil && a.X509.CAReferences != nil:
 		t.row("caReference:", a.X509.CAReferences.Primary)
 	case a.X509 != nil && a.X509.SigningCertificates != nil && a.X509.SigningCertificates.Primary != nil:
@@ -133,7 +155,7 @@ func adminPrintGroup(c *adminCmd, g *store.Group) error {
 }
 
 func adminGroupShow(ctx context.Context, c *adminCmd, args []string) error {
-	return adminShow(ctx, c, args, "GROUP_ID", (*apiclient.Client).GetGroup, adminPrintGroup)
+	return adminShow(ctx, c, args, "GROUP_ID", (*apiclient.Client).GetGroup, adminGroupKeys, adminPrintGroup)
 }
 
 func adminGroupList(ctx context.Context, c *adminCmd, args []string) error {

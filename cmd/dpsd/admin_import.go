@@ -424,8 +424,8 @@ func adminCheckImportRow(e *store.Enrollment) error {
 	}
 	if a.SymmetricKey != nil {
 		for _, k := range []string{a.SymmetricKey.PrimaryKey, a.SymmetricKey.SecondaryKey} {
-			if _, err := base64.StdEncoding.DecodeString(k); k != "" && err != nil {
-				return fmt.Errorf("symmetric key is not base64")
+			if _, err := attest.DecodeSymmetricKey(k); k != "" && err != nil {
+				return fmt.Errorf("symmetric key: %w", err) // the reason, never the key
 			}
 		}
 	}

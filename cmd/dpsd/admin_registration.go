@@ -23,7 +23,7 @@ func runRegistrationCmd(ctx context.Context, args []string, stdout, stderr io.Wr
 }
 
 func adminRegistrationShow(ctx context.Context, c *adminCmd, args []string) error {
-	return adminShow(ctx, c, args, "REGISTRATION_ID", (*apiclient.Client).GetRegistration, adminPrintRegistration)
+	return adminShow(ctx, c, args, "REGISTRATION_ID", (*apiclient.Client).GetRegistration, nil, adminPrintRegistration)
 }
 
 // adminPrintRegistration prints a registration as JSON or a field list.

@@ -36,6 +36,8 @@ type adminEnv struct {
 	flags []string
 	cs    string
 	dir   string
+	// readerCS is the connection string of a read-only policy.
+	readerCS string
 }
 
 func newAdminEnv(t *testing.T) *adminEnv { return newAdminEnvTB(t) }
@@ -49,10 +51,12 @@ func newAdminEnvTB(t testing.TB) *adminEnv {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	key := make([]byte, 32)
+	key, readerKey := make([]byte, 32), make([]byte, 32)
 	rand.Read(key)
+	rand.Read(readerKey)
 	h, err := api.New(api.Config{Store: st, HostName: adminTestHost,
-		Policies: []api.Policy{{Name: api.DefaultPolicyName, Key: key, Rights: api.RightAll}}})
+		Policies: []api.Policy{{Name: api.DefaultPolicyName, Key: key, Rights: api.RightAll},
+			{Name: api.ReadOnlyPolicyName, Key: readerKey, Rights: api.RightRead}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -63,7 +67,17 @@ func newAdminEnvTB(t testing.TB) *adminEnv {
 		t.Fatal(err)
 	}
 	cs := fmt.Sprintf("HostName=%s;SharedAccessKeyName=%s;SharedAccessKey=%s", adminTestHost, api.DefaultPolicyName, base64.StdEncoding.EncodeToString(key))
-	return &adminEnv{t: t, st: st, cs: cs, dir: dir, flags: []string{"--connection-string", cs, "--endpoint", srv.URL, "--ca-file", ca}}
+	readerCS := fmt.Sprintf("HostName=%s;SharedAccessKeyName=%s;SharedAccessKey=%s", adminTestHost, api.ReadOnlyPolicyName, base64.StdEncoding.EncodeToString(readerKey))
+	return &adminEnv{t: t, st: st, cs: cs, readerCS: readerCS, dir: dir,
+		flags: []string{"--connection-string", cs, "--endpoint", srv.URL, "--ca-file", ca}}
+}
+
+// runAsReader runs one admin command with the read-only connection string.
+func (e *adminEnv) runAsReader(fn func(context.Context, []string, io.Writer, io.Writer) int, args ...string) (int, string, string) {
+	e.t.Helper()
+	var out, errb bytes.Buffer
+	code := fn(e.t.Context(), append(append(args, "--connection-string", e.readerCS), e.flags[2:]...), &out, &errb)
+	return code, out.String(), errb.String()
 }
 
 // run runs one admin command in-process and returns its exit code and output.
@@ -105,6 +119,23 @@ func TestAdminEnrollmentCommands(t *testing.T) {
 	stored, err := e.st.GetEnrollment(t.Context(), "sensor-1")
 	if err != nil || stored.DeviceID != "Sensor-One" || !strings.Contains(out, stored.Attestation.SymmetricKey.PrimaryKey) {
 		t.Fatalf("stored %+v %v", stored, err)
+	}
+	// show hides the keys; --show-keys shows them, and only to the write right.
+	if out := e.must(runEnrollmentCmd, "show", "sensor-1"); strings.Contains(out, stored.Attestation.SymmetricKey.PrimaryKey) ||
+		!strings.Contains(out, "--show-keys") {
+		t.Fatalf("show without --show-keys:\n%s", out)
+	}
+	var withKeys store.Enrollment
+	if err := json.Unmarshal([]byte(e.must(runEnrollmentCmd, "show", "sensor-1", "--show-keys", "--json")), &withKeys); err != nil ||
+		*withKeys.Attestation.SymmetricKey != *stored.Attestation.SymmetricKey {
+		t.Fatalf("show --show-keys --json: %+v %v", withKeys.Attestation, err)
+	}
+	if code, out, errs := e.runAsReader(runEnrollmentCmd, "show", "sensor-1", "--show-keys"); code != 1 || !strings.Contains(errs, "403") ||
+		strings.Contains(out+errs, stored.Attestation.SymmetricKey.PrimaryKey) {
+		t.Fatalf("reader show --show-keys: %d %s %s", code, out, errs)
+	}
+	if code, out, _ := e.runAsReader(runEnrollmentCmd, "show", "sensor-1", "--json"); code != 0 || strings.Contains(out, stored.Attestation.SymmetricKey.PrimaryKey) {
+		t.Fatalf("reader show: %d %s", code, out)
 	}
 	// Adding again fails unless --replace.
 	if code, _, errs := e.run(runEnrollmentCmd, "add", "sensor-1"); code != 1 || !strings.Contains(errs, "already exists") {
@@ -208,9 +239,21 @@ func TestAdminGroupAndRegistrationCommands(t *testing.T) {
 	if out := e.must(runGroupCmd, "list"); !strings.Contains(out, "GROUP ID") || !strings.Contains(out, "line-1") {
 		t.Fatalf("group list:\n%s", out)
 	}
+	sg, err := e.st.GetGroup(t.Context(), "line-1")
+	if err != nil || !strings.Contains(out, sg.Attestation.SymmetricKey.PrimaryKey) {
+		t.Fatalf("group add does not show the generated key: %+v %v\n%s", sg, err, out)
+	}
 	var g store.Group
-	if err := json.Unmarshal([]byte(e.must(runGroupCmd, "show", "line-1", "--json")), &g); err != nil || g.Attestation.SymmetricKey.PrimaryKey == "" {
+	if err := json.Unmarshal([]byte(e.must(runGroupCmd, "show", "line-1", "--json")), &g); err != nil || g.Attestation.SymmetricKey == nil ||
+		g.Attestation.SymmetricKey.PrimaryKey != "" {
 		t.Fatalf("group show: %+v %v", g, err)
+	}
+	if err := json.Unmarshal([]byte(e.must(runGroupCmd, "show", "line-1", "--json", "--show-keys")), &g); err != nil ||
+		*g.Attestation.SymmetricKey != *sg.Attestation.SymmetricKey {
+		t.Fatalf("group show --show-keys: %+v %v", g, err)
+	}
+	if code, _, errs := e.runAsReader(runGroupCmd, "show", "line-1", "--show-keys"); code != 1 || !strings.Contains(errs, "403") {
+		t.Fatalf("reader group show --show-keys: %d %s", code, errs)
 	}
 	for _, id := range []string{"dev-a", "dev-b"} {
 		_, err := e.st.RecordRegistration(t.Context(), &store.Registration{RegistrationID: id, Status: store.RegistrationAssigned,

@@ -64,6 +64,9 @@ func startAPI(ctx context.Context, cfg config.Config, dir *datadir.Dir, parts ap
 			{Name: api.ReadOnlyPolicyName, Key: dir.Secrets.ServiceReadPolicyKey, Rights: api.RightRead},
 		},
 		Logger: log,
+		// /backup copies the store here before sending it: the store's own
+		// directory and protection (0700), and room for the store.
+		BackupDir: dir.Path,
 	}
 	dps, err := api.New(apiCfg)
 	if err != nil {
@@ -121,8 +124,14 @@ func startAPI(ctx context.Context, cfg config.Config, dir *datadir.Dir, parts ap
 			Handler:           h,
 			TLSConfig:         tc,
 			ReadHeaderTimeout: 10 * time.Second,
-			IdleTimeout:       2 * time.Minute,
-			ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+			// A request's body must arrive within ReadTimeout and its answer
+			// be written within WriteTimeout of its headers; /backup sets its
+			// own deadlines while it streams, and WebSocket upgrades clear
+			// both (apiHandler).
+			ReadTimeout:  cfg.APIReadTimeout,
+			WriteTimeout: cfg.APIWriteTimeout,
+			IdleTimeout:  2 * time.Minute,
+			ErrorLog:     slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 		},
 		addr: ln.Addr(),
 		done: make(chan struct{}),
@@ -153,6 +162,12 @@ func apiHandler(dps, backup, ws http.Handler, ready []api.Check, mx *metrics.Met
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch {
 		case ws != nil && websocket.IsWebSocketUpgrade(r):
+			// The connection becomes a long-lived MQTT connection: the HTTP
+			// server's read and write deadlines must not end it (the broker
+			// sets its own: CONNECT timeout, keep-alive, per-write timeout).
+			rc := http.NewResponseController(w)
+			_ = rc.SetReadDeadline(time.Time{})
+			_ = rc.SetWriteDeadline(time.Time{})
 			ws.ServeHTTP(w, r)
 		case r.URL.Path == api.HealthPath:
 			health.ServeHTTP(w, r)

@@ -29,14 +29,16 @@ const EnvPrefix = "DPSD_"
 // table in settings(), which documents it (and `dpsd serve --help` prints).
 type Config struct {
 	DataDir           string
-	IDScope           string // "" = generated and kept in the data directory
-	MQTTAddr          string // plain MQTT, "" = off
-	MQTTSAddr         string // MQTT over TLS, "" = off
-	WSSAddr           string // MQTT over secure WebSocket, "" = off
-	APIAddr           string // service API over HTTPS, "" = off
-	MetricsAddr       string // plain-HTTP /metrics listener, "" = /metrics on APIAddr
-	APIHostName       string // sr of service SAS tokens, HostName of the connection string
-	TLSCert, TLSKey   string // "" = the development CA's server certificate
+	IDScope           string        // "" = generated and kept in the data directory
+	MQTTAddr          string        // plain MQTT, "" = off
+	MQTTSAddr         string        // MQTT over TLS, "" = off
+	WSSAddr           string        // MQTT over secure WebSocket, "" = off
+	APIAddr           string        // service API over HTTPS, "" = off
+	MetricsAddr       string        // plain-HTTP /metrics listener, "" = /metrics on APIAddr
+	APIHostName       string        // sr of service SAS tokens, HostName of the connection string
+	APIReadTimeout    time.Duration // reading one API request, headers and body; 0 = none
+	APIWriteTimeout   time.Duration // from a request's headers to the end of its answer; 0 = none
+	TLSCert, TLSKey   string        // "" = the development CA's server certificate
 	TLSNames          []string
 	ChallengeLifetime time.Duration
 	Hubs              []string
@@ -147,6 +149,8 @@ func settings() []setting {
 		{"api-addr", ":8443", "HTTPS listen address of the service API (enrollments, groups, registrations, /backup), /metrics (unless metrics-addr is set), /healthz, /readyz and MQTT over WebSocket on any path, as the cloud's port 443 (empty: off)", str(func(c *Config) *string { return &c.APIAddr })},
 		{"metrics-addr", "", "a separate plain-HTTP listen address for /metrics alone, e.g. 127.0.0.1:9090; when set, /metrics is no longer served on api-addr (empty: /metrics is on api-addr, unauthenticated)", str(func(c *Config) *string { return &c.MetricsAddr })},
 		{"api-host-name", "localhost", "host name of the service API: the sr of service SAS tokens and the HostName of the connection string written to the data directory", str(func(c *Config) *string { return &c.APIHostName })},
+		{"api-read-timeout", "1m", "time to read one request on the API listener, headers and body (a slower body gets 408 and the connection is closed; 0s: none)", dur(func(c *Config) *time.Duration { return &c.APIReadTimeout })},
+		{"api-write-timeout", "2m", "time from a request's headers to the end of its answer on the API listener (keep it above api-read-timeout; /backup and WebSocket are not bound by it; 0s: none)", dur(func(c *Config) *time.Duration { return &c.APIWriteTimeout })},
 		{"tls-cert", "", "server certificate PEM file (default: issued by the development CA in the data directory)", str(func(c *Config) *string { return &c.TLSCert })},
 		{"tls-key", "", "server private key PEM file (with tls-cert)", str(func(c *Config) *string { return &c.TLSKey })},
 		{"tls-names", "localhost,127.0.0.1", "comma-separated DNS names and IPs of the development server certificate", list(func(c *Config) *[]string { return &c.TLSNames })},

@@ -6,7 +6,8 @@
 //    "tpm": {"registrationId", "deviceId", "endorsementKey"},
 //    "group": {"enrollmentGroupId", "primaryKey", "secondaryKey"}}
 // "create" creates, reads, updates (If-Match with the read etag) and queries
-// a TPM individual enrollment and a symmetric-key enrollment group; "delete"
+// a TPM individual enrollment and a symmetric-key enrollment group, and reads
+// their attestation mechanisms (the only answer that carries keys); "delete"
 // deletes both (the group with its etag) and reads them again.
 'use strict';
 
@@ -60,6 +61,8 @@ async function create(client, spec) {
   out.getGroup = await call(client.getEnrollmentGroup.bind(client), spec.group.enrollmentGroupId);
   const gq = client.createEnrollmentGroupQuery({ query: '*' });
   out.queryGroups = await call(gq.next.bind(gq));
+  out.enrollmentAttestation = await call(client.getIndividualEnrollmentAttestationMechanism.bind(client), spec.tpm.registrationId);
+  out.groupAttestation = await call(client.getEnrollmentGroupAttestationMechanism.bind(client), spec.group.enrollmentGroupId);
   return out;
 }
 
