@@ -24,6 +24,7 @@ import (
 
 	"github.com/tpmdps/dpsd/attest"
 	"github.com/tpmdps/dpsd/store"
+	"github.com/tpmdps/dpsd/store/bolt"
 )
 
 // backupEnv serves NewBackup over HTTPS on a store holding one enrollment.
@@ -37,7 +38,7 @@ func backupEnvWith(t *testing.T, set func(*Config)) (*testEnv, string) {
 	t.Helper()
 	dir := t.TempDir()
 	dbPath := filepath.Join(dir, "dps.db")
-	st, err := store.OpenBolt(dbPath, store.BoltOptions{Timeout: 5 * time.Second})
+	st, err := bolt.Open(dbPath, bolt.Options{Timeout: 5 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -107,7 +108,7 @@ func TestBackup(t *testing.T) {
 	if err := os.WriteFile(copyPath, body, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cp, err := store.OpenBolt(copyPath, store.BoltOptions{Timeout: time.Second, KeyFile: dbPath + ".key"})
+	cp, err := bolt.Open(copyPath, bolt.Options{Timeout: time.Second, KeyFile: dbPath + ".key"})
 	if err != nil {
 		t.Fatalf("open the copy: %v", err)
 	}
@@ -161,7 +162,7 @@ func TestBackupRefusals(t *testing.T) {
 }
 
 func TestHealthEndpoints(t *testing.T) {
-	st, err := store.OpenBolt(filepath.Join(t.TempDir(), "h.db"), store.BoltOptions{Timeout: 5 * time.Second})
+	st, err := bolt.Open(filepath.Join(t.TempDir(), "h.db"), bolt.Options{Timeout: 5 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}

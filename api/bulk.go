@@ -47,13 +47,6 @@ type bulkItem struct {
 	existed bool
 }
 
-// enrollmentBatcher is implemented by stores that write many enrollments in
-// one transaction (store.Bolt.PutEnrollments): one fsync for a whole bulk
-// request instead of one per coalesced batch. Unconditional writes only.
-type enrollmentBatcher interface {
-	PutEnrollments(ctx context.Context, es []*store.Enrollment) ([]*store.Enrollment, error)
-}
-
 // readBulk reads {"mode", key: [...]} and checks the mode and item count.
 func (h *handler) readBulk(w http.ResponseWriter, r *http.Request, key string) (string, []json.RawMessage, error) {
 	body, err := readBody(w, r, h.cfg.MaxBulkBytes)
@@ -160,7 +153,7 @@ func (h *handler) bulkEnrollments(w http.ResponseWriter, r *http.Request, rq *re
 		}
 	}
 	markDuplicates(items)
-	batcher, batch := h.store.(enrollmentBatcher)
+	batcher, batch := h.store.(store.EnrollmentBatcher)
 	batch = batch && (mode == BulkCreate || mode == BulkUpdate)
 	done := make([]bool, len(items))
 	runBulk(r.Context(), len(items), h.cfg.BulkWorkers, func(i int) {
@@ -255,7 +248,7 @@ func bulkResult(items []bulkItem, done []bool, groups bool) BulkResult {
 // commitEnrollments writes the validated items of a bulk create or update in
 // one store transaction. Between the existence check and this write another
 // writer may create the same id; the bulk write then replaces it, as a PUT would.
-func (h *handler) commitEnrollments(ctx context.Context, rq *request, b enrollmentBatcher, items []bulkItem, done []bool) {
+func (h *handler) commitEnrollments(ctx context.Context, rq *request, b store.EnrollmentBatcher, items []bulkItem, done []bool) {
 	var idx []int
 	var es []*store.Enrollment
 	for i := range items {

@@ -10,16 +10,16 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tpmdps/dpsd/store"
+	"github.com/tpmdps/dpsd/store/bolt"
 )
 
 // newLimitEnv is newTestEnv on a store that allows at most maxGroups
 // enrollment groups.
 func newLimitEnv(t *testing.T, maxGroups int) *testEnv {
 	t.Helper()
-	st, err := store.OpenBolt(filepath.Join(t.TempDir(), "dps.db"), store.BoltOptions{Timeout: 5 * time.Second, MaxGroups: maxGroups})
+	st, err := bolt.Open(filepath.Join(t.TempDir(), "dps.db"), bolt.Options{Timeout: 5 * time.Second, MaxGroups: maxGroups})
 	if err != nil {
-		t.Fatalf("OpenBolt: %v", err)
+		t.Fatalf("bolt.Open: %v", err)
 	}
 	t.Cleanup(func() { st.Close() })
 	env := &testEnv{t: t, st: st, ownerKey: randomBytes(t, 32), readerKey: randomBytes(t, 32), logs: &lockedBuffer{}}

@@ -24,7 +24,7 @@ import (
 
 	"github.com/google/go-tpm/tpm2"
 	"github.com/tpmdps/dpsd/attest"
-	"github.com/tpmdps/dpsd/store"
+	"github.com/tpmdps/dpsd/store/bolt"
 )
 
 const (
@@ -55,7 +55,7 @@ func (l *lockedBuffer) String() string {
 type testEnv struct {
 	t         testing.TB
 	srv       *httptest.Server
-	st        *store.Bolt
+	st        *bolt.Store
 	ownerKey  []byte
 	readerKey []byte
 	logs      *lockedBuffer
@@ -66,9 +66,9 @@ func newTestEnv(t *testing.T) *testEnv { return newBenchEnv(t) }
 // newBenchEnv is newTestEnv for tests and benchmarks.
 func newBenchEnv(t testing.TB) *testEnv {
 	t.Helper()
-	st, err := store.OpenBolt(filepath.Join(t.TempDir(), "dps.db"), store.BoltOptions{Timeout: 5 * time.Second})
+	st, err := bolt.Open(filepath.Join(t.TempDir(), "dps.db"), bolt.Options{Timeout: 5 * time.Second})
 	if err != nil {
-		t.Fatalf("OpenBolt: %v", err)
+		t.Fatalf("bolt.Open: %v", err)
 	}
 	t.Cleanup(func() { st.Close() })
 	env := &testEnv{t: t, st: st, ownerKey: randomBytes(t, 32), readerKey: randomBytes(t, 32), logs: &lockedBuffer{}}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/tpmdps/dpsd/api"
 	"github.com/tpmdps/dpsd/store"
+	"github.com/tpmdps/dpsd/store/bolt"
 )
 
 func TestClientBackup(t *testing.T) {
@@ -31,7 +32,7 @@ func TestClientBackup(t *testing.T) {
 	if err := os.WriteFile(path, buf.Bytes(), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cp, err := store.OpenBolt(path, store.BoltOptions{Timeout: 5 * time.Second, KeyFile: st.KeyFile()})
+	cp, err := bolt.Open(path, bolt.Options{Timeout: 5 * time.Second, KeyFile: st.KeyFile()})
 	if err != nil {
 		t.Fatalf("open the copy: %v", err)
 	}

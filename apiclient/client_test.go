@@ -14,6 +14,7 @@ import (
 
 	"github.com/tpmdps/dpsd/api"
 	"github.com/tpmdps/dpsd/store"
+	"github.com/tpmdps/dpsd/store/bolt"
 )
 
 const testHost = "dps.client.test"
@@ -21,9 +22,9 @@ const testHost = "dps.client.test"
 // server starts the real API (and its backup endpoint) over HTTPS on a bbolt
 // store and returns a connection string of the owner policy and one of a
 // read-only policy.
-func server(t *testing.T) (srv *httptest.Server, st *store.Bolt, owner, reader string) {
+func server(t *testing.T) (srv *httptest.Server, st *bolt.Store, owner, reader string) {
 	t.Helper()
-	st, err := store.OpenBolt(filepath.Join(t.TempDir(), "dps.db"), store.BoltOptions{Timeout: 5 * time.Second})
+	st, err := bolt.Open(filepath.Join(t.TempDir(), "dps.db"), bolt.Options{Timeout: 5 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -16,7 +16,7 @@ import (
 
 	"github.com/tpmdps/dpsd/hooks"
 	"github.com/tpmdps/dpsd/provision"
-	"github.com/tpmdps/dpsd/store"
+	"github.com/tpmdps/dpsd/store/bolt"
 )
 
 const testIDScope = "0ne00000001"
@@ -25,7 +25,7 @@ const testIDScope = "0ne00000001"
 // service over a bbolt store, stopped when the test ends.
 func newTestBroker(t *testing.T, cfg Config) *Broker {
 	t.Helper()
-	st, err := store.OpenBolt(filepath.Join(t.TempDir(), "dpsd.db"), store.BoltOptions{Timeout: 5 * time.Second})
+	st, err := bolt.Open(filepath.Join(t.TempDir(), "dpsd.db"), bolt.Options{Timeout: 5 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -26,7 +26,7 @@ import (
 	"github.com/tpmdps/dpsd/internal/dpsdtest"
 	"github.com/tpmdps/dpsd/internal/refusal"
 	"github.com/tpmdps/dpsd/provision"
-	"github.com/tpmdps/dpsd/store"
+	"github.com/tpmdps/dpsd/store/bolt"
 )
 
 // selfSignedClient returns a client certificate with CN id.
@@ -188,7 +188,7 @@ func (r *recordingMetrics) ConnectRefused(reason string) {
 // TestBrokerMetrics: Config.Metrics receives the CONNECT phase and the
 // hook's own refusals (here the restricted session cap).
 func TestBrokerMetrics(t *testing.T) {
-	st, err := store.OpenBolt(filepath.Join(t.TempDir(), "m.db"), store.BoltOptions{Timeout: 5 * time.Second})
+	st, err := bolt.Open(filepath.Join(t.TempDir(), "m.db"), bolt.Options{Timeout: 5 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}

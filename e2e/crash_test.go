@@ -16,13 +16,14 @@ import (
 	"github.com/tpmdps/dpsd/device"
 	"github.com/tpmdps/dpsd/internal/datadir"
 	"github.com/tpmdps/dpsd/store"
+	"github.com/tpmdps/dpsd/store/bolt"
 )
 
 // checkStore opens the stopped server's store, runs its consistency check
 // and returns it (closed by t.Cleanup).
-func checkStore(t testing.TB, dir string) *store.Bolt {
+func checkStore(t testing.TB, dir string) *bolt.Store {
 	t.Helper()
-	st, err := store.OpenBolt(filepath.Join(dir, datadir.DBFile), store.BoltOptions{Timeout: 5 * time.Second})
+	st, err := bolt.Open(filepath.Join(dir, datadir.DBFile), bolt.Options{Timeout: 5 * time.Second})
 	if err != nil {
 		t.Fatalf("opening the store after a kill: %v", err)
 	}

@@ -13,6 +13,7 @@ import (
 	"github.com/tpmdps/dpsd/attest"
 	"github.com/tpmdps/dpsd/provision"
 	"github.com/tpmdps/dpsd/store"
+	"github.com/tpmdps/dpsd/store/bolt"
 )
 
 // A symmetric-key device connects, registers and polls; a transport (the MQTT
@@ -24,7 +25,7 @@ func Example() {
 		panic(err)
 	}
 	defer os.RemoveAll(dir)
-	st, err := store.OpenBolt(filepath.Join(dir, "dps.db"), store.BoltOptions{Timeout: time.Second})
+	st, err := bolt.Open(filepath.Join(dir, "dps.db"), bolt.Options{Timeout: time.Second})
 	if err != nil {
 		panic(err)
 	}

@@ -36,7 +36,7 @@ import (
 // groups are listed, so a write during a rebuild leaves the snapshot tagged
 // with the older revision and the next attempt rebuilds again.
 //
-// The number of groups is bounded by the store (BoltOptions.MaxGroups,
+// The number of groups is bounded by the store (bolt.Options.MaxGroups,
 // dpsd's max-groups), which bounds the work of a refused symmetric-key
 // CONNECT.
 

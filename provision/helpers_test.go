@@ -14,6 +14,7 @@ import (
 
 	"github.com/tpmdps/dpsd/attest"
 	"github.com/tpmdps/dpsd/store"
+	"github.com/tpmdps/dpsd/store/bolt"
 )
 
 const testScope = "0ne00000A0A"
@@ -40,7 +41,7 @@ func (c *testClock) Advance(d time.Duration) {
 type env struct {
 	t     testing.TB
 	svc   *Service
-	st    *store.Bolt
+	st    *bolt.Store
 	clock *testClock
 	ctx   context.Context
 }
@@ -48,7 +49,7 @@ type env struct {
 func newEnv(t testing.TB, mods ...func(*Config)) *env {
 	t.Helper()
 	clock := &testClock{t: time.Now().UTC().Truncate(time.Second)}
-	st, err := store.OpenBolt(filepath.Join(t.TempDir(), "dps.db"), store.BoltOptions{Timeout: 5 * time.Second, Now: clock.Now})
+	st, err := bolt.Open(filepath.Join(t.TempDir(), "dps.db"), bolt.Options{Timeout: 5 * time.Second, Now: clock.Now})
 	if err != nil {
 		t.Fatalf("open store: %v", err)
 	}

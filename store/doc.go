@@ -1,156 +1,70 @@
-// Package store keeps all provisioning state behind one interface (Store)
-// and implements it on a single bbolt file (OpenBolt). This part describes
-// the bbolt implementation for operators and reviewers; the interface's
-// contract follows at the end.
+// Package store keeps all provisioning state behind one interface (Store):
+// individual enrollments, enrollment groups, registration records and
+// polling operations. It holds the interface, the record types and the
+// errors, and no engine: the embedded bbolt engine is store/bolt (a cluster
+// engine, etcd, is planned), and store/storetest is the conformance suite
+// that every engine passes. This part states what every engine promises;
+// each engine's package documents its layout, durability and operations.
 //
-// # The bbolt store (OpenBolt)
+// # Keys
 //
-// One process owns the database file: bbolt takes an exclusive flock when it
-// opens it, and OpenBolt waits BoltOptions.Timeout (default 5 s) for it, then
-// fails with ErrLocked naming the file. Two replicas cannot share one file or
-// one volume's copy of it; a distributed Store implementation is for that.
-//
-// # Files
-//
-//	dpsd.db      the bbolt database, mode 0600
-//	dpsd.db.key  the data key: exactly 32 random bytes (AES-256), mode 0600
-//
-// The key file is created (crypto/rand, written to a temporary file, synced,
-// then linked into place) on the first open of a new database, and checked
-// on every open: it must be a regular file of exactly 32 bytes with no
-// group or other permission bits, and it must be the key of that database
-// (meta/keycheck). A database that already holds a key check refuses to open
-// without its key file instead of creating a new one. Back the key file up
-// separately from the database: a copied database alone reveals no secret,
-// and without the key the secrets in it are lost.
-//
-// # Buckets, keys and values (schema version 2)
-//
-//	meta           "version"  -> uint64 big-endian schema version (2)
-//	               "keycheck" -> HMAC-SHA256(key, "dpsd store key check v1")[:16]
-//	               "groupsrev" -> uint64 big-endian, +1 with every group write (absent: 0)
-//	enrollments    lower(registrationId)   -> JSON Enrollment (DPS field names) + "sealed"
-//	groups         lower(enrollmentGroupId) -> JSON Group + "sealed"
-//	registrations  lower(registrationId)   -> JSON Registration + "sealed" (HubKey)
-//	                                          + "attestationHash" (base64, absent on older records)
-//	groupregs      lower(groupId) 0x00 lower(registrationId) -> empty (the group index)
-//	groupcounts    lower(groupId)          -> uint64 big-endian number of registrations
-//	counts         "enrollments" | "groups" | "registrations" -> uint64 big-endian
-//	operations     operationId (as given)  -> JSON Operation
-//	expiry         uint64 BE expiry (Unix ns) || 'o' || operationId -> empty
-//
-// meta/groupsrev is GroupsRevision: PutGroup and DeleteGroup add one in
-// their own transaction, so a process that keeps the groups in memory (the
-// provisioning service, for every CONNECT without an individual
-// enrollment) reads one key to know whether its copy is current. A file
-// from before it has none and reads 0 until the first group write; no
-// migration is needed. BoltOptions.MaxGroups bounds the number of groups:
-// PutGroup of a new group checks the counter in the same transaction, so
-// concurrent creates never overshoot, and a refused create writes nothing.
-//
-// Record keys are lowercased ids; the record keeps its id as given. Ids are
-// 1..512 bytes without NUL (ErrInvalidID). Zero counters are deleted.
-// groupregs, groupcounts, counts and expiry are derived: they are updated in
-// the same transaction as the records and can be rebuilt from them (the
-// version 0 migration does; Check compares them with the records).
-//
-// Values are JSON so that `bbolt get` is readable. Measured
-// (BenchmarkEnrollmentCodec, a 700-byte TPM enrollment, loaded 2-core VM)
-// encode takes 2-4 µs and decode 7-17 µs, small next to the 1-4 ms fsync of
-// every write and within the lookup budget, so a binary encoding would not
-// pay for its opacity.
+// Registration ids and enrollment group ids are compared
+// case-insensitively: an engine keys records by the lowercased id, and the
+// record keeps its id as given. Ids are 1..MaxIDLength bytes without NUL;
+// others are ErrInvalidID (Get and Delete wrap it together with
+// ErrNotFound: no such record can exist). Operation ids are case-sensitive.
 //
 // # Etags and times
 //
-// Every write of an enrollment, group or registration sets a new etag: 96
-// random bits in unpadded base64url (16 characters), unique per write, so an
-// etag from a deleted and recreated record never matches. An If-Match value
-// may be bare or HTTP-quoted ("..." or W/"..."). "" and "*" are
-// unconditional. Put with a specific etag on a missing record and Delete
-// with a stale etag give ErrPreconditionFailed; Delete of a missing record
-// gives ErrNotFound whatever the etag. createdDateTimeUtc is kept across
-// updates; lastUpdatedDateTimeUtc is the write time (BoltOptions.Now, UTC).
+// Every write of an enrollment, group or registration sets a new opaque
+// etag, unique per write, so an etag from a deleted and recreated record
+// never matches. Put and Delete take an If-Match value, bare or HTTP-quoted
+// ("..." or W/"..."): "" and "*" are unconditional; any other value must
+// equal the stored record's etag or ErrPreconditionFailed results, also
+// for a Put of a missing record (which then creates nothing). Delete of a
+// missing record is ErrNotFound whatever the etag. A write returns the
+// record as stored: its new etag, createdDateTimeUtc kept across updates and
+// lastUpdatedDateTimeUtc the write time (UTC). The caller's record is never
+// retained or modified.
 //
-// # Secrets at rest
+// # Secrets
 //
-// Enrollment and group symmetric keys (attestation.symmetricKey.primaryKey
-// and secondaryKey) and Registration.HubKey are never stored in the clear.
-// They are sealed with AES-256-GCM under the data key: "sealed" is
-// nonce(12) || ciphertext || tag, base64 in the JSON, and the stored record
-// keeps an empty symmetricKey object in their place. The GCM additional data
-// is "dpsd/store/v1" 0x00 bucket 0x00 key, so a ciphertext copied to another
-// record or bucket fails to open (ErrCorrupt), as does any modified byte.
-// Other fields (TPM endorsement keys, certificates, activation blobs that are
-// encrypted to a TPM) are public or useless without the device and stored as
-// they are.
+// Symmetric keys (attestation.symmetricKey) and Registration.HubKey are
+// secrets: they round-trip through the store, and an engine keeps them
+// encrypted at rest. Registration.AttestationHash is stored with its record
+// and returned by reads, but, like HubKey, never serialised to JSON (the
+// service API's shape).
 //
-// # Listings
+// # Listings and counts
 //
-// Listings are in key order. Query.MaxItems defaults to 100 and is capped at
-// 1000. The continuation token is unpadded base64url of a kind byte ('e'
-// enrollments, 'g' groups, 'r' group registrations) and the last key
-// returned (for 'r' the full groupregs key, which pins the group). A page
-// ends with an empty token exactly when nothing follows. Tokens of another
-// listing, another group, or garbage give ErrBadContinuation. Writes between
-// pages do not disturb paging: every record that exists throughout is seen
-// exactly once. Counts are O(1) counters.
-//
-// # Expiry
-//
-// Operations carry an expiry, indexed in the expiry bucket in time order
-// (the kind byte 'o' is the only kind; any other is reported by Check and
-// refused by Sweep as ErrCorrupt). GetOperation hides an operation from its
-// ExpiresAt on (now >= ExpiresAt). Sweep walks the index from the start and
-// deletes the operations that have expired, at most 10,000 per transaction.
-// Nothing else expires: the store keeps no record of issued or used TPM
-// challenges (the provisioning service checks their single use in memory).
-//
-// # Durability and concurrency
-//
-// Every write method returns after its transaction is committed and fsynced
-// (bbolt's default; NoSync is never set). A lone writer commits at once
-// (db.Update); when writes overlap they are coalesced by the store's own
-// group commit (bolt_group.go) into one transaction and one fsync: while
-// one batch commits, the writes that arrive queue up, and the next batch
-// takes all of them at once, with no timer, so a batch grows with the
-// commit time. A write function may run more than once (when one member of
-// a batch fails, the transaction is rolled back, the failing member is run
-// again alone and the others are retried without it), so etags, times and
-// ciphertexts are computed before the call, and expected refusals
-// (ErrPreconditionFailed, ErrNotFound) are reported without failing the
-// shared transaction. MaxBatchDelay (default 2 ms) is
-// only bbolt's db.Batch delay as set on the file; the store's writes do not
-// use db.Batch and wait for no delay. Measured with
-// BenchmarkRecordRegistration (registration + operation per write, noisy
-// shared VM): 16 writers 3,563 writes/s with db.Batch and a 2 ms delay,
-// 7,303 with group commit; 256 writers 22,057 and 29,232 (BENCHMARKS-load.md).
-// RecordRegistration writes the registration, the group index
-// and the operation in one transaction. Close waits for calls in flight;
-// later calls return ErrClosed.
-//
-// # Schema versions and upgrades
-//
-// meta/version is the layout version. A file from a newer build refuses to
-// open (ErrSchema, naming both versions). An older file is upgraded by the
-// migrations table (migrations in bolt_schema.go), all steps in one
-// transaction with the new version, so a crash leaves the old version.
-// Version 0 is a file without meta/version: the record buckets only, secrets
-// in the clear. Its migration creates the buckets, seals the secrets and
-// builds the derived buckets. bbolt does not scrub freed pages, so after
-// that upgrade compact the file (`bbolt compact`, offline) to drop the old
-// plaintext; OpenBolt logs a warning when it sealed any. Version 1 also kept
-// used TPM challenge references (a "challenges" bucket, reference -> expiry,
-// and expiry entries of kind 'c'); its migration deletes the bucket and those
-// entries, and nothing else. A version 1 file opened by this build can no
-// longer be opened by a version 1 build (ErrSchema): keep a backup from
-// before the upgrade to roll back.
+// Listings are in key order, one page per call: Query.MaxItems defaults to
+// DefaultMaxItems and is capped at MaxMaxItems. A page ends with an empty
+// continuation exactly when nothing follows. A continuation token of
+// another listing, another group, or garbage gives ErrBadContinuation.
+// Writes between pages do not disturb paging: every record that exists
+// throughout is seen exactly once. Counts are cheap (kept with the records).
+// ListGroupRegistrations and CountGroupRegistrations follow the group a
+// registration record names, also after the group is deleted.
 //
 // # Operations
 //
-// Backup writes a consistent snapshot (tx.WriteTo, writers are not blocked);
-// restore by opening the copy with the original key file. Check runs bbolt's
-// page consistency check and the derived-bucket check. The file never
-// shrinks; `bbolt compact` rewrites it offline.
+// RecordRegistration writes a registration record and the operation that
+// reports it in one durable step: both or neither. GetOperation hides an
+// operation from its ExpiresAt on (now >= ExpiresAt); Sweep deletes the
+// expired ones. Nothing else expires.
 //
-// # The interface
+// # Enrollment groups
+//
+// GroupsRevision changes with every PutGroup and DeleteGroup that writes,
+// and only then, so that a process that keeps the groups in memory knows
+// with one cheap read whether its copy is current. An engine may bound the
+// number of groups: PutGroup of a new group beyond the bound returns a
+// *LimitError (ErrLimit) and writes nothing.
+//
+// # Durability and concurrency
+//
+// Every method is safe for concurrent use. Every write returns after it is
+// durable: an acknowledged write survives a crash. Backup writes a
+// consistent copy of the whole store, from which the engine can restore.
+// Close waits for calls in flight; later calls return ErrClosed.
 package store

@@ -1,9 +1,3 @@
-// Package store keeps all provisioning state behind one interface: individual
-// enrollments, enrollment groups, registration records and polling operations.
-//
-// The interface speaks in the service's records and operations, never in
-// buckets or transactions, so that another backend (a distributed one) can sit
-// behind it unchanged. The default implementation is a bbolt file (OpenBolt).
 package store
 
 import (
@@ -27,10 +21,32 @@ var (
 	// ErrLimit: a write would create a record beyond a limit of the store
 	// (the number of enrollment groups). Errors wrapping it are *LimitError.
 	ErrLimit = errors.New("store: limit reached")
+	// ErrInvalidID: an id is empty, longer than MaxIDLength or contains a
+	// NUL byte. Get and Delete wrap it together with ErrNotFound (no such
+	// record can exist).
+	ErrInvalidID = errors.New("store: invalid id")
+	// ErrInvalidRecord: a record cannot be stored (nil, missing expiry, bad
+	// JSON in InitialTwin or Payload).
+	ErrInvalidRecord = errors.New("store: invalid record")
+	// ErrBadContinuation: a continuation token was not issued by this listing.
+	ErrBadContinuation = errors.New("store: bad continuation token")
+	// ErrCorrupt: a stored value could not be decoded or authenticated
+	// (tampering, a swapped ciphertext, or a wrong key).
+	ErrCorrupt = errors.New("store: corrupt record")
+)
+
+// Bounds every Store applies.
+const (
+	// DefaultMaxItems is the page size of a listing when Query.MaxItems is 0.
+	DefaultMaxItems = 100
+	// MaxMaxItems caps Query.MaxItems.
+	MaxMaxItems = 1000
+	// MaxIDLength bounds registration, group and operation ids (bytes).
+	MaxIDLength = 512
 )
 
 // LimitError reports a write refused because it would exceed a limit of
-// the store, such as BoltOptions.MaxGroups. It wraps ErrLimit.
+// the store, such as the bbolt engine's Options.MaxGroups. It wraps ErrLimit.
 type LimitError struct {
 	What  string // what is limited, plural: "enrollment groups"
 	Limit int    // how many may exist
@@ -281,4 +297,13 @@ type Store interface {
 	Backup(ctx context.Context, w io.Writer) (int64, error)
 	// Close releases the store; later calls return ErrClosed.
 	Close() error
+}
+
+// EnrollmentBatcher is implemented by engines that write many enrollments in
+// one transaction: one durable write for a whole bulk import instead of one
+// per enrollment. The writes are unconditional and all or nothing (one
+// invalid record writes none); of duplicate ids the last wins; each record
+// is returned as PutEnrollment returns it, in the order given.
+type EnrollmentBatcher interface {
+	PutEnrollments(ctx context.Context, es []*Enrollment) ([]*Enrollment, error)
 }

@@ -25,6 +25,7 @@ import (
 	"github.com/google/go-tpm/tpm2"
 	"github.com/tpmdps/dpsd/api"
 	"github.com/tpmdps/dpsd/store"
+	"github.com/tpmdps/dpsd/store/bolt"
 )
 
 const adminTestHost = "dps.admin.test"
@@ -32,7 +33,7 @@ const adminTestHost = "dps.admin.test"
 // adminEnv is a real API server (HTTPS, bbolt) and the flags to reach it.
 type adminEnv struct {
 	t     testing.TB
-	st    *store.Bolt
+	st    *bolt.Store
 	flags []string
 	cs    string
 	dir   string
@@ -46,7 +47,7 @@ func newAdminEnv(t *testing.T) *adminEnv { return newAdminEnvTB(t) }
 func newAdminEnvTB(t testing.TB) *adminEnv {
 	t.Helper()
 	dir := t.TempDir()
-	st, err := store.OpenBolt(filepath.Join(dir, "dps.db"), store.BoltOptions{Timeout: 5 * time.Second})
+	st, err := bolt.Open(filepath.Join(dir, "dps.db"), bolt.Options{Timeout: 5 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -21,7 +21,7 @@ import (
 	"github.com/tpmdps/dpsd/internal/devca"
 	"github.com/tpmdps/dpsd/internal/metrics"
 	"github.com/tpmdps/dpsd/provision"
-	"github.com/tpmdps/dpsd/store"
+	"github.com/tpmdps/dpsd/store/bolt"
 )
 
 // sweepInterval is how often expired operations are deleted.
@@ -89,7 +89,7 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger, stdout io.W
 	if scope == "" {
 		scope = dir.Secrets.IDScope
 	}
-	st, err := store.OpenBolt(dir.StorePath(), store.BoltOptions{Timeout: 5 * time.Second, Logger: log, MaxGroups: cfg.MaxGroups})
+	st, err := bolt.Open(dir.StorePath(), bolt.Options{Timeout: 5 * time.Second, Logger: log, MaxGroups: cfg.MaxGroups})
 	if err != nil {
 		return fmt.Errorf("opening store: %w", err)
 	}

@@ -25,7 +25,7 @@ import (
 	"github.com/tpmdps/dpsd/attest"
 	"github.com/tpmdps/dpsd/device"
 	"github.com/tpmdps/dpsd/internal/datadir"
-	"github.com/tpmdps/dpsd/store"
+	"github.com/tpmdps/dpsd/store/bolt"
 )
 
 // syncBuffer is a log sink safe for concurrent use.
@@ -314,7 +314,7 @@ func TestWebSocketAtRootAndAPIStillServed(t *testing.T) {
 }
 
 // TestHealthAndBackupCommands runs `dpsd health` and `dpsd backup` against
-// an in-process server, opens the backup with store.OpenBolt and finds the
+// an in-process server, opens the backup with bolt.Open and finds the
 // enrollment, then checks that health fails once the server is gone.
 func TestHealthAndBackupCommands(t *testing.T) {
 	p := serveInProcess(t, "127.0.0.1:0")
@@ -363,7 +363,7 @@ func TestHealthAndBackupCommands(t *testing.T) {
 
 	p.stop(t)
 	// Restore: the copy opens with the data directory's key file and holds the enrollment.
-	st, err := store.OpenBolt(file, store.BoltOptions{Timeout: time.Second, KeyFile: filepath.Join(p.dataDir, datadir.DBFile+".key")})
+	st, err := bolt.Open(file, bolt.Options{Timeout: time.Second, KeyFile: filepath.Join(p.dataDir, datadir.DBFile+".key")})
 	if err != nil {
 		t.Fatalf("open the backup: %v", err)
 	}

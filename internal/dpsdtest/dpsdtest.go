@@ -26,7 +26,7 @@ import (
 	"github.com/tpmdps/dpsd/hooks"
 	"github.com/tpmdps/dpsd/internal/devca"
 	"github.com/tpmdps/dpsd/provision"
-	"github.com/tpmdps/dpsd/store"
+	"github.com/tpmdps/dpsd/store/bolt"
 )
 
 // Defaults of Options.
@@ -94,7 +94,7 @@ type Server struct {
 	// ChallengeSecret is the service's TPM challenge secret.
 	ChallengeSecret []byte
 	// Store is the service's store: add enrollments to it directly.
-	Store *store.Bolt
+	Store *bolt.Store
 	// Service is the provisioning service.
 	Service *provision.Service
 	// Broker is the MQTT broker.
@@ -125,7 +125,7 @@ func Start(t testing.TB, opts Options) *Server {
 		opts.Hubs = []string{DefaultHub}
 	}
 	dir := t.TempDir()
-	st, err := store.OpenBolt(filepath.Join(dir, "dpsd.db"), store.BoltOptions{Timeout: 5 * time.Second, Logger: log})
+	st, err := bolt.Open(filepath.Join(dir, "dpsd.db"), bolt.Options{Timeout: 5 * time.Second, Logger: log})
 	if err != nil {
 		t.Fatalf("dpsdtest: opening store: %v", err)
 	}

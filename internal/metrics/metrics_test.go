@@ -15,6 +15,7 @@ import (
 	"github.com/tpmdps/dpsd/internal/refusal"
 	"github.com/tpmdps/dpsd/provision"
 	"github.com/tpmdps/dpsd/store"
+	"github.com/tpmdps/dpsd/store/bolt"
 )
 
 func scrape(t *testing.T, m *Metrics) string {
@@ -82,7 +83,7 @@ func TestMiddleware(t *testing.T) {
 
 func TestTimedStore(t *testing.T) {
 	m := New()
-	bolt, err := store.OpenBolt(filepath.Join(t.TempDir(), "s.db"), store.BoltOptions{Timeout: 5 * time.Second})
+	bolt, err := bolt.Open(filepath.Join(t.TempDir(), "s.db"), bolt.Options{Timeout: 5 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}

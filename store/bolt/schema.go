@@ -1,4 +1,4 @@
-package store
+package bolt
 
 import (
 	"bytes"
@@ -8,14 +8,16 @@ import (
 	"fmt"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
+	bbolt "go.etcd.io/bbolt"
+
+	"github.com/tpmdps/dpsd/store"
 )
 
 // SchemaVersion is the layout version this build writes (meta/version).
 // Version 0 is a file without meta/version (the pre-release layout: record
 // buckets only, secrets in plaintext); version 1 also kept used TPM
 // challenge references (a challenges bucket and 'c' expiry entries).
-// OpenBolt upgrades both.
+// Open upgrades both.
 const SchemaVersion = 2
 
 // Bucket names and fixed keys of the layout (see doc.go).
@@ -55,7 +57,7 @@ func allBuckets() []string {
 type migration struct {
 	from int
 	name string
-	fn   func(s *Bolt, tx *bolt.Tx) error
+	fn   func(s *Store, tx *bbolt.Tx) error
 }
 
 // migrations is the upgrade table: entry i takes version i to i+1.
@@ -68,17 +70,17 @@ func migrations() []migration {
 
 // readMeta returns the schema version (0 when absent) and the key check value
 // (nil when absent).
-func (s *Bolt) readMeta() (int, []byte, error) {
+func (s *Store) readMeta() (int, []byte, error) {
 	var version int
 	var check []byte
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.db.View(func(tx *bbolt.Tx) error {
 		m := tx.Bucket([]byte(bktMeta))
 		if m == nil {
 			return nil
 		}
 		if v := m.Get([]byte(metaVersion)); v != nil {
 			if len(v) != 8 {
-				return fmt.Errorf("%w: %s: meta/version is %d bytes, want 8", ErrCorrupt, s.path, len(v))
+				return fmt.Errorf("%w: %s: meta/version is %d bytes, want 8", store.ErrCorrupt, s.path, len(v))
 			}
 			u := binary.BigEndian.Uint64(v)
 			if u > 1<<31 {
@@ -92,7 +94,7 @@ func (s *Bolt) readMeta() (int, []byte, error) {
 		return nil
 	})
 	if err != nil {
-		if errors.Is(err, ErrSchema) || errors.Is(err, ErrCorrupt) {
+		if errors.Is(err, ErrSchema) || errors.Is(err, store.ErrCorrupt) {
 			return 0, nil, err
 		}
 		return 0, nil, fmt.Errorf("store: read meta of %s: %w", s.path, err)
@@ -103,8 +105,8 @@ func (s *Bolt) readMeta() (int, []byte, error) {
 // migrate runs every migration from version from to SchemaVersion, records
 // the new version and the key check, all in one transaction: a crash leaves
 // the old version intact.
-func (s *Bolt) migrate(from int, check []byte) error {
-	err := s.db.Update(func(tx *bolt.Tx) error {
+func (s *Store) migrate(from int, check []byte) error {
+	err := s.db.Update(func(tx *bbolt.Tx) error {
 		for _, m := range migrations() {
 			if m.from < from {
 				continue
@@ -132,7 +134,7 @@ func (s *Bolt) migrate(from int, check []byte) error {
 // migrateV0 upgrades the pre-release layout: it creates the missing buckets,
 // encrypts plaintext symmetric keys found in enrollments and groups, and
 // rebuilds the derived buckets (group index, expiry index, counters).
-func migrateV0(s *Bolt, tx *bolt.Tx) error {
+func migrateV0(s *Store, tx *bbolt.Tx) error {
 	for _, name := range allBuckets() {
 		if _, err := tx.CreateBucketIfNotExists([]byte(name)); err != nil {
 			return fmt.Errorf("create bucket %s: %w", name, err)
@@ -151,7 +153,7 @@ func migrateV0(s *Bolt, tx *bolt.Tx) error {
 // single use is now checked in memory by the provisioning service (a
 // reference names the broker run that issued it), so nothing replaces them.
 // A file without them (a version 0 file just migrated) passes unchanged.
-func migrateV1(s *Bolt, tx *bolt.Tx) error {
+func migrateV1(s *Store, tx *bbolt.Tx) error {
 	if tx.Bucket([]byte(v1BktChallenges)) != nil {
 		if err := tx.DeleteBucket([]byte(v1BktChallenges)); err != nil {
 			return fmt.Errorf("delete bucket %s: %w", v1BktChallenges, err)
@@ -185,23 +187,23 @@ func migrateV1(s *Bolt, tx *bolt.Tx) error {
 
 // sealPlaintextKeys rewrites records whose symmetric keys are stored in the
 // clear (version 0) into the sealed form.
-func sealPlaintextKeys(s *Bolt, b *bolt.Bucket, bucket []byte) error {
+func sealPlaintextKeys(s *Store, b *bbolt.Bucket, bucket []byte) error {
 	type rewrite struct{ k, v []byte }
 	var todo []rewrite
 	err := b.ForEach(func(k, v []byte) error {
 		var raw struct {
-			Attestation Attestation     `json:"attestation"`
-			Sealed      json.RawMessage `json:"sealed"`
+			Attestation store.Attestation `json:"attestation"`
+			Sealed      json.RawMessage   `json:"sealed"`
 		}
 		if err := json.Unmarshal(v, &raw); err != nil {
-			return fmt.Errorf("%w: %s/%q: %w", ErrCorrupt, bucket, k, err)
+			return fmt.Errorf("%w: %s/%q: %w", store.ErrCorrupt, bucket, k, err)
 		}
 		if raw.Sealed != nil || !hasSymmetricSecrets(raw.Attestation) {
 			return nil
 		}
 		var generic map[string]json.RawMessage
 		if err := json.Unmarshal(v, &generic); err != nil {
-			return fmt.Errorf("%w: %s/%q: %w", ErrCorrupt, bucket, k, err)
+			return fmt.Errorf("%w: %s/%q: %w", store.ErrCorrupt, bucket, k, err)
 		}
 		sealed, stripped, err := s.sealAttestation(bucket, k, raw.Attestation)
 		if err != nil {
@@ -241,7 +243,7 @@ func sealPlaintextKeys(s *Bolt, b *bolt.Bucket, bucket []byte) error {
 
 // rebuildDerived recreates the buckets that are functions of the record
 // buckets: groupregs, groupcounts, expiry and counts.
-func rebuildDerived(tx *bolt.Tx) error {
+func rebuildDerived(tx *bbolt.Tx) error {
 	for _, name := range []string{bktGroupRegs, bktGroupCounts, bktExpiry, bktCounts} {
 		if err := tx.DeleteBucket([]byte(name)); err != nil && tx.Bucket([]byte(name)) != nil {
 			return fmt.Errorf("reset bucket %s: %w", name, err)
@@ -267,7 +269,7 @@ func rebuildDerived(tx *bolt.Tx) error {
 
 // computeDerived returns what the derived buckets must hold given the record
 // buckets: bucket name -> key -> value.
-func computeDerived(tx *bolt.Tx) (map[string]map[string][]byte, error) {
+func computeDerived(tx *bbolt.Tx) (map[string]map[string][]byte, error) {
 	want := map[string]map[string][]byte{
 		bktGroupRegs: {}, bktGroupCounts: {}, bktExpiry: {}, bktCounts: {},
 	}
@@ -279,7 +281,7 @@ func computeDerived(tx *bolt.Tx) (map[string]map[string][]byte, error) {
 	err := tx.Bucket([]byte(bktRegistrations)).ForEach(func(k, v []byte) error {
 		var h recordHead
 		if err := json.Unmarshal(v, &h); err != nil {
-			return fmt.Errorf("%w: %s/%q: %w", ErrCorrupt, bktRegistrations, k, err)
+			return fmt.Errorf("%w: %s/%q: %w", store.ErrCorrupt, bktRegistrations, k, err)
 		}
 		if h.EnrollmentGroupID != "" {
 			g := lower(h.EnrollmentGroupID)
@@ -296,7 +298,7 @@ func computeDerived(tx *bolt.Tx) (map[string]map[string][]byte, error) {
 			ExpiresAt time.Time `json:"expiresAt"`
 		}
 		if err := json.Unmarshal(v, &h); err != nil {
-			return fmt.Errorf("%w: %s/%q: %w", ErrCorrupt, bktOperations, k, err)
+			return fmt.Errorf("%w: %s/%q: %w", store.ErrCorrupt, bktOperations, k, err)
 		}
 		want[bktExpiry][string(expiryKey(h.ExpiresAt, expiryOperation, k))] = []byte{}
 		return nil
@@ -317,7 +319,7 @@ func computeDerived(tx *bolt.Tx) (map[string]map[string][]byte, error) {
 
 // checkIndexes compares the derived buckets with what the record buckets
 // imply and reports every difference.
-func checkIndexes(tx *bolt.Tx) []error {
+func checkIndexes(tx *bbolt.Tx) []error {
 	for _, name := range allBuckets() {
 		if tx.Bucket([]byte(name)) == nil {
 			return []error{fmt.Errorf("bucket %s is missing", name)}

@@ -1,4 +1,4 @@
-package store
+package bolt
 
 import (
 	"bytes"
@@ -15,7 +15,9 @@ import (
 	"testing"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
+	bbolt "go.etcd.io/bbolt"
+
+	"github.com/tpmdps/dpsd/store"
 )
 
 // testClock is a settable clock for one test.
@@ -41,78 +43,78 @@ func (c *testClock) Advance(d time.Duration) {
 }
 
 // openTest opens a store in a fresh temporary directory and closes it at the end.
-func openTest(t testing.TB, clock *testClock) *Bolt {
+func openTest(t testing.TB, clock *testClock) *Store {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "dpsd.db")
 	return openAt(t, path, clock)
 }
 
-func openAt(t testing.TB, path string, clock *testClock) *Bolt {
+func openAt(t testing.TB, path string, clock *testClock) *Store {
 	t.Helper()
-	opts := BoltOptions{Timeout: time.Second}
+	opts := Options{Timeout: time.Second}
 	if clock != nil {
 		opts.Now = clock.Now
 	}
-	s, err := OpenBolt(path, opts)
+	s, err := Open(path, opts)
 	if err != nil {
-		t.Fatalf("OpenBolt(%s): %v", path, err)
+		t.Fatalf("Open(%s): %v", path, err)
 	}
 	t.Cleanup(func() { _ = s.Close() })
 	return s
 }
 
-func fullEnrollment(id string) *Enrollment {
-	return &Enrollment{
+func fullEnrollment(id string) *store.Enrollment {
+	return &store.Enrollment{
 		RegistrationID: id,
 		DeviceID:       "dev-" + id,
-		Attestation: Attestation{
-			Type:         AttestationSymmetricKey,
-			SymmetricKey: &SymmetricKeyAttestation{PrimaryKey: "cHJpbWFyeS1zZWNyZXQta2V5LTAxMjM0NTY3ODkwMTIz", SecondaryKey: "c2Vjb25kYXJ5LXNlY3JldC1rZXktOTg3NjU0MzIxMDk4"},
-			TPM:          &TPMAttestation{EndorsementKey: "AToAAQALAAMAsgAg", StorageRootKey: "AToAAQALAAMAcgAA"},
-			X509: &X509Attestation{
-				ClientCertificates: &X509Certificates{
-					Primary: &X509CertificateWithInfo{Certificate: "MIIB", Info: &X509CertificateInfo{
+		Attestation: store.Attestation{
+			Type:         store.AttestationSymmetricKey,
+			SymmetricKey: &store.SymmetricKeyAttestation{PrimaryKey: "cHJpbWFyeS1zZWNyZXQta2V5LTAxMjM0NTY3ODkwMTIz", SecondaryKey: "c2Vjb25kYXJ5LXNlY3JldC1rZXktOTg3NjU0MzIxMDk4"},
+			TPM:          &store.TPMAttestation{EndorsementKey: "AToAAQALAAMAsgAg", StorageRootKey: "AToAAQALAAMAcgAA"},
+			X509: &store.X509Attestation{
+				ClientCertificates: &store.X509Certificates{
+					Primary: &store.X509CertificateWithInfo{Certificate: "MIIB", Info: &store.X509CertificateInfo{
 						SubjectName: "CN=dev", SHA1Thumbprint: "AA", SHA256Thumbprint: "BB", IssuerName: "CN=ca",
 						NotBefore: time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC), NotAfter: time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC),
 						SerialNumber: "01", Version: 3}},
-					Secondary: &X509CertificateWithInfo{Certificate: "MIIC"},
+					Secondary: &store.X509CertificateWithInfo{Certificate: "MIIC"},
 				},
-				SigningCertificates: &X509Certificates{Primary: &X509CertificateWithInfo{Certificate: "MIID"}},
-				CAReferences:        &X509CAReferences{Primary: "ca1", Secondary: "ca2"},
+				SigningCertificates: &store.X509Certificates{Primary: &store.X509CertificateWithInfo{Certificate: "MIID"}},
+				CAReferences:        &store.X509CAReferences{Primary: "ca1", Secondary: "ca2"},
 			},
 		},
 		IoTHubHostName:             "hub1.example.net",
 		IoTHubs:                    []string{"hub1.example.net", "hub2.example.net"},
 		AllocationPolicy:           "hashed",
-		ProvisioningStatus:         StatusEnabled,
+		ProvisioningStatus:         store.StatusEnabled,
 		InitialTwin:                json.RawMessage(`{"tags":{"a":1},"properties":{"desired":{"b":"c"}}}`),
-		Capabilities:               &Capabilities{IoTEdge: true},
-		ReprovisionPolicy:          &ReprovisionPolicy{UpdateHubAssignment: true, MigrateDeviceData: true},
-		CustomAllocationDefinition: &CustomAllocationDefinition{WebhookURL: "https://alloc.example/x", APIVersion: "2019-03-31"},
+		Capabilities:               &store.Capabilities{IoTEdge: true},
+		ReprovisionPolicy:          &store.ReprovisionPolicy{UpdateHubAssignment: true, MigrateDeviceData: true},
+		CustomAllocationDefinition: &store.CustomAllocationDefinition{WebhookURL: "https://alloc.example/x", APIVersion: "2019-03-31"},
 	}
 }
 
-func fullGroup(id string) *Group {
+func fullGroup(id string) *store.Group {
 	e := fullEnrollment(id)
-	return &Group{
+	return &store.Group{
 		EnrollmentGroupID: id, Attestation: e.Attestation, IoTHubHostName: e.IoTHubHostName, IoTHubs: e.IoTHubs,
-		AllocationPolicy: e.AllocationPolicy, ProvisioningStatus: StatusDisabled, InitialTwin: e.InitialTwin,
+		AllocationPolicy: e.AllocationPolicy, ProvisioningStatus: store.StatusDisabled, InitialTwin: e.InitialTwin,
 		Capabilities: e.Capabilities, ReprovisionPolicy: e.ReprovisionPolicy, CustomAllocationDefinition: e.CustomAllocationDefinition,
 	}
 }
 
-func fullRegistration(id, group string) *Registration {
-	return &Registration{
-		RegistrationID: id, Status: RegistrationAssigned, Substatus: "initialAssignment", AssignedHub: "hub1.example.net",
-		DeviceID: "dev-" + id, ErrorCode: 400209, ErrorMessage: "none", AttestationType: AttestationTPM,
+func fullRegistration(id, group string) *store.Registration {
+	return &store.Registration{
+		RegistrationID: id, Status: store.RegistrationAssigned, Substatus: "initialAssignment", AssignedHub: "hub1.example.net",
+		DeviceID: "dev-" + id, ErrorCode: 400209, ErrorMessage: "none", AttestationType: store.AttestationTPM,
 		EnrollmentGroupID: group, Payload: json.RawMessage(`{"x":[1,2,3]}`),
 		HubKey:          []byte("hub-key-secret-0123456789abcdef!"),
 		AttestationHash: []byte("attestation-hash-0123456789abcde"),
 	}
 }
 
-func fullOperation(id, reg string, exp time.Time) *Operation {
-	return &Operation{ID: id, RegistrationID: reg, Status: RegistrationAssigned, ErrorCode: 401002, ErrorMessage: "msg",
+func fullOperation(id, reg string, exp time.Time) *store.Operation {
+	return &store.Operation{ID: id, RegistrationID: reg, Status: store.RegistrationAssigned, ErrorCode: 401002, ErrorMessage: "msg",
 		AuthenticationKey: []byte{1, 2, 3, 4, 5}, CreatedAt: exp.Add(-time.Minute).UTC(), ExpiresAt: exp.UTC()}
 }
 
@@ -177,7 +179,7 @@ func TestEnrollmentRoundTrip(t *testing.T) {
 		t.Fatalf("count = %d, %v", n, err)
 	}
 	// Minimal record without secrets round-trips too.
-	min := &Enrollment{RegistrationID: "tpm1", Attestation: Attestation{Type: AttestationTPM, TPM: &TPMAttestation{EndorsementKey: "ek"}}}
+	min := &store.Enrollment{RegistrationID: "tpm1", Attestation: store.Attestation{Type: store.AttestationTPM, TPM: &store.TPMAttestation{EndorsementKey: "ek"}}}
 	pm, err := s.PutEnrollment(ctx, min, "*")
 	if err != nil {
 		t.Fatal(err)
@@ -217,22 +219,22 @@ func TestGroupRoundTrip(t *testing.T) {
 	if err != nil || !put2.CreatedAt.Equal(put.CreatedAt) || put2.ETag == put.ETag {
 		t.Fatalf("update: %+v %v", put2, err)
 	}
-	if _, err := s.PutGroup(ctx, fullGroup("group-one"), put.ETag); !errors.Is(err, ErrPreconditionFailed) {
+	if _, err := s.PutGroup(ctx, fullGroup("group-one"), put.ETag); !errors.Is(err, store.ErrPreconditionFailed) {
 		t.Fatalf("stale put: %v", err)
 	}
 	if n, _ := s.CountGroups(ctx); n != 1 {
 		t.Fatalf("count %d", n)
 	}
-	if err := s.DeleteGroup(ctx, "group-one", put.ETag); !errors.Is(err, ErrPreconditionFailed) {
+	if err := s.DeleteGroup(ctx, "group-one", put.ETag); !errors.Is(err, store.ErrPreconditionFailed) {
 		t.Fatalf("stale delete: %v", err)
 	}
 	if err := s.DeleteGroup(ctx, "Group-One", put2.ETag); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.GetGroup(ctx, "group-one"); !errors.Is(err, ErrNotFound) {
+	if _, err := s.GetGroup(ctx, "group-one"); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("after delete: %v", err)
 	}
-	if err := s.DeleteGroup(ctx, "group-one", ""); !errors.Is(err, ErrNotFound) {
+	if err := s.DeleteGroup(ctx, "group-one", ""); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("delete missing: %v", err)
 	}
 	if n, _ := s.CountGroups(ctx); n != 0 {
@@ -280,7 +282,7 @@ func TestRegistrationAndOperationRoundTrip(t *testing.T) {
 	if !reflect.DeepEqual(gop, op) {
 		t.Fatalf("operation: %+v want %+v", gop, op)
 	}
-	if _, err := s.GetOperation(ctx, "OP-1"); !errors.Is(err, ErrNotFound) {
+	if _, err := s.GetOperation(ctx, "OP-1"); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("operation ids are case-sensitive: %v", err)
 	}
 	// Second registration: created preserved, group index moves.
@@ -303,11 +305,11 @@ func TestRegistrationAndOperationRoundTrip(t *testing.T) {
 	if n, _ := s.CountGroupRegistrations(ctx, "GROUP-B"); n != 1 {
 		t.Fatalf("group-b count %d", n)
 	}
-	p, err := s.ListGroupRegistrations(ctx, "group-a", Query{})
+	p, err := s.ListGroupRegistrations(ctx, "group-a", store.Query{})
 	if err != nil || len(p.Items) != 0 {
 		t.Fatalf("group-a list %v %v", p.Items, err)
 	}
-	p, err = s.ListGroupRegistrations(ctx, "Group-B", Query{})
+	p, err = s.ListGroupRegistrations(ctx, "Group-B", store.Query{})
 	if err != nil || len(p.Items) != 1 || p.Items[0].HubKey != nil || p.Items[0].EnrollmentGroupID != "group-b" {
 		t.Fatalf("group-b list %+v %v", p.Items, err)
 	}
@@ -323,7 +325,7 @@ func TestRegistrationAndOperationRoundTrip(t *testing.T) {
 		t.Fatal(err)
 	}
 	cur, _ := s.GetRegistration(ctx, "reg-1")
-	if err := s.DeleteRegistration(ctx, "reg-1", got.ETag); !errors.Is(err, ErrPreconditionFailed) {
+	if err := s.DeleteRegistration(ctx, "reg-1", got.ETag); !errors.Is(err, store.ErrPreconditionFailed) {
 		t.Fatalf("stale delete: %v", err)
 	}
 	if err := s.DeleteRegistration(ctx, "REG-1", `"`+cur.ETag+`"`); err != nil {
@@ -332,10 +334,10 @@ func TestRegistrationAndOperationRoundTrip(t *testing.T) {
 	if n, _ := s.CountGroupRegistrations(ctx, "group-a"); n != 0 {
 		t.Fatalf("group-a count after delete %d", n)
 	}
-	if _, err := s.GetRegistration(ctx, "reg-1"); !errors.Is(err, ErrNotFound) {
+	if _, err := s.GetRegistration(ctx, "reg-1"); !errors.Is(err, store.ErrNotFound) {
 		t.Fatal(err)
 	}
-	if err := s.DeleteRegistration(ctx, "reg-1", ""); !errors.Is(err, ErrNotFound) {
+	if err := s.DeleteRegistration(ctx, "reg-1", ""); !errors.Is(err, store.ErrNotFound) {
 		t.Fatal(err)
 	}
 	if err := s.Check(); err != nil {
@@ -347,10 +349,10 @@ func TestETagConflicts(t *testing.T) {
 	ctx := context.Background()
 	s := openTest(t, nil)
 	// Put-if-absent semantics: a specific etag on a missing record fails and creates nothing.
-	if _, err := s.PutEnrollment(ctx, fullEnrollment("e1"), "some-etag"); !errors.Is(err, ErrPreconditionFailed) {
+	if _, err := s.PutEnrollment(ctx, fullEnrollment("e1"), "some-etag"); !errors.Is(err, store.ErrPreconditionFailed) {
 		t.Fatalf("etag on missing: %v", err)
 	}
-	if _, err := s.GetEnrollment(ctx, "e1"); !errors.Is(err, ErrNotFound) {
+	if _, err := s.GetEnrollment(ctx, "e1"); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("created anyway: %v", err)
 	}
 	v1, err := s.PutEnrollment(ctx, fullEnrollment("e1"), "")
@@ -361,10 +363,10 @@ func TestETagConflicts(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.PutEnrollment(ctx, fullEnrollment("e1"), v1.ETag); !errors.Is(err, ErrPreconditionFailed) {
+	if _, err := s.PutEnrollment(ctx, fullEnrollment("e1"), v1.ETag); !errors.Is(err, store.ErrPreconditionFailed) {
 		t.Fatalf("stale put: %v", err)
 	}
-	if err := s.DeleteEnrollment(ctx, "e1", v1.ETag); !errors.Is(err, ErrPreconditionFailed) {
+	if err := s.DeleteEnrollment(ctx, "e1", v1.ETag); !errors.Is(err, store.ErrPreconditionFailed) {
 		t.Fatalf("stale delete: %v", err)
 	}
 	if got, _ := s.GetEnrollment(ctx, "e1"); got.ETag != v2.ETag {
@@ -373,7 +375,7 @@ func TestETagConflicts(t *testing.T) {
 	if err := s.DeleteEnrollment(ctx, "E1", v2.ETag); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.DeleteEnrollment(ctx, "e1", v2.ETag); !errors.Is(err, ErrNotFound) {
+	if err := s.DeleteEnrollment(ctx, "e1", v2.ETag); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("delete missing: %v", err)
 	}
 	// An etag of a deleted incarnation does not match the next one.
@@ -381,7 +383,7 @@ func TestETagConflicts(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.PutEnrollment(ctx, fullEnrollment("e1"), v2.ETag); !errors.Is(err, ErrPreconditionFailed) {
+	if _, err := s.PutEnrollment(ctx, fullEnrollment("e1"), v2.ETag); !errors.Is(err, store.ErrPreconditionFailed) {
 		t.Fatalf("old incarnation etag: %v", err)
 	}
 	seen := map[string]bool{v1.ETag: true, v2.ETag: true, v3.ETag: true}
@@ -396,30 +398,30 @@ func TestETagConflicts(t *testing.T) {
 func TestInvalidInput(t *testing.T) {
 	ctx := context.Background()
 	s := openTest(t, nil)
-	for _, id := range []string{"", "a\x00b", strings.Repeat("x", MaxIDLength+1)} {
-		if _, err := s.PutEnrollment(ctx, &Enrollment{RegistrationID: id}, ""); !errors.Is(err, ErrInvalidID) {
+	for _, id := range []string{"", "a\x00b", strings.Repeat("x", store.MaxIDLength+1)} {
+		if _, err := s.PutEnrollment(ctx, &store.Enrollment{RegistrationID: id}, ""); !errors.Is(err, store.ErrInvalidID) {
 			t.Errorf("put %q: %v", id, err)
 		}
-		if _, err := s.GetGroup(ctx, id); !errors.Is(err, ErrInvalidID) || !errors.Is(err, ErrNotFound) {
+		if _, err := s.GetGroup(ctx, id); !errors.Is(err, store.ErrInvalidID) || !errors.Is(err, store.ErrNotFound) {
 			t.Errorf("get group %q: %v", id, err)
 		}
-		if err := s.DeleteEnrollment(ctx, id, ""); !errors.Is(err, ErrInvalidID) || !errors.Is(err, ErrNotFound) {
+		if err := s.DeleteEnrollment(ctx, id, ""); !errors.Is(err, store.ErrInvalidID) || !errors.Is(err, store.ErrNotFound) {
 			t.Errorf("delete enrollment %q: %v", id, err)
 		}
 	}
-	if _, err := s.PutEnrollment(ctx, nil, ""); !errors.Is(err, ErrInvalidRecord) {
+	if _, err := s.PutEnrollment(ctx, nil, ""); !errors.Is(err, store.ErrInvalidRecord) {
 		t.Errorf("nil: %v", err)
 	}
-	if _, err := s.PutEnrollment(ctx, &Enrollment{RegistrationID: "x", InitialTwin: json.RawMessage("{bad")}, ""); !errors.Is(err, ErrInvalidRecord) {
+	if _, err := s.PutEnrollment(ctx, &store.Enrollment{RegistrationID: "x", InitialTwin: json.RawMessage("{bad")}, ""); !errors.Is(err, store.ErrInvalidRecord) {
 		t.Errorf("bad twin: %v", err)
 	}
-	if err := s.PutOperation(ctx, &Operation{ID: "op"}); !errors.Is(err, ErrInvalidRecord) {
+	if err := s.PutOperation(ctx, &store.Operation{ID: "op"}); !errors.Is(err, store.ErrInvalidRecord) {
 		t.Errorf("no expiry: %v", err)
 	}
-	if _, err := s.RecordRegistration(ctx, fullRegistration("r", ""), &Operation{ID: "op"}); !errors.Is(err, ErrInvalidRecord) {
+	if _, err := s.RecordRegistration(ctx, fullRegistration("r", ""), &store.Operation{ID: "op"}); !errors.Is(err, store.ErrInvalidRecord) {
 		t.Errorf("record with bad op: %v", err)
 	}
-	if _, err := s.GetRegistration(ctx, "r"); !errors.Is(err, ErrNotFound) {
+	if _, err := s.GetRegistration(ctx, "r"); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("registration written despite bad op: %v", err)
 	}
 	cctx, cancel := context.WithCancel(ctx)
@@ -427,16 +429,16 @@ func TestInvalidInput(t *testing.T) {
 	if _, err := s.PutEnrollment(cctx, fullEnrollment("c"), ""); !errors.Is(err, context.Canceled) {
 		t.Errorf("cancelled ctx: %v", err)
 	}
-	if _, err := s.GetEnrollment(ctx, "c"); !errors.Is(err, ErrNotFound) {
+	if _, err := s.GetEnrollment(ctx, "c"); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("cancelled put wrote: %v", err)
 	}
 }
 
 // pageAll walks a listing page by page and returns every id seen.
-func pageAll[T any](t *testing.T, max int, list func(Query) (Page[T], error), id func(T) string) []string {
+func pageAll[T any](t *testing.T, max int, list func(store.Query) (store.Page[T], error), id func(T) string) []string {
 	t.Helper()
 	var ids []string
-	q := Query{MaxItems: max}
+	q := store.Query{MaxItems: max}
 	for pages := 0; ; pages++ {
 		if pages > 100000 {
 			t.Fatal("listing does not end")
@@ -447,7 +449,7 @@ func pageAll[T any](t *testing.T, max int, list func(Query) (Page[T], error), id
 		}
 		limit := max
 		if limit <= 0 {
-			limit = DefaultMaxItems
+			limit = store.DefaultMaxItems
 		}
 		if len(p.Items) > limit {
 			t.Fatalf("page of %d items, max %d", len(p.Items), limit)
@@ -487,10 +489,10 @@ func TestPaging(t *testing.T) {
 	s := openTest(t, nil)
 	const n = 3001
 	wantE, wantG, wantR := map[string]bool{}, map[string]bool{}, map[string]bool{}
-	var es []*Enrollment
+	var es []*store.Enrollment
 	for i := range n {
 		id := fmt.Sprintf("Dev-%05d", i*7919%n)
-		es = append(es, &Enrollment{RegistrationID: id, Attestation: Attestation{Type: AttestationTPM, TPM: &TPMAttestation{EndorsementKey: "ek"}}})
+		es = append(es, &store.Enrollment{RegistrationID: id, Attestation: store.Attestation{Type: store.AttestationTPM, TPM: &store.TPMAttestation{EndorsementKey: "ek"}}})
 		wantE[id] = true
 	}
 	if _, err := s.PutEnrollments(ctx, es); err != nil {
@@ -505,7 +507,7 @@ func TestPaging(t *testing.T) {
 			defer wg.Done()
 			for i := w; i < 1500; i += 8 {
 				gid := fmt.Sprintf("grp-%04d", i)
-				if _, err := s.PutGroup(ctx, &Group{EnrollmentGroupID: gid}, ""); err != nil {
+				if _, err := s.PutGroup(ctx, &store.Group{EnrollmentGroupID: gid}, ""); err != nil {
 					errs <- err
 					return
 				}
@@ -515,7 +517,7 @@ func TestPaging(t *testing.T) {
 				if i%5 == 0 {
 					grp = "big0" // shares a prefix with "big": must not leak into big's listing
 				}
-				if _, err := s.RecordRegistration(ctx, &Registration{RegistrationID: rid, Status: RegistrationAssigned, EnrollmentGroupID: grp}, nil); err != nil {
+				if _, err := s.RecordRegistration(ctx, &store.Registration{RegistrationID: rid, Status: store.RegistrationAssigned, EnrollmentGroupID: grp}, nil); err != nil {
 					errs <- err
 					return
 				}
@@ -534,15 +536,17 @@ func TestPaging(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, max := range []int{0, 1, 7, 1000, 5000} {
-		ids := pageAll(t, max, func(q Query) (Page[*Enrollment], error) { return s.ListEnrollments(ctx, q) },
-			func(e *Enrollment) string { return e.RegistrationID })
+		ids := pageAll(t, max, func(q store.Query) (store.Page[*store.Enrollment], error) { return s.ListEnrollments(ctx, q) },
+			func(e *store.Enrollment) string { return e.RegistrationID })
 		checkExactlyOnce(t, fmt.Sprintf("enrollments max=%d", max), ids, wantE)
 	}
-	gids := pageAll(t, 13, func(q Query) (Page[*Group], error) { return s.ListGroups(ctx, q) },
-		func(g *Group) string { return g.EnrollmentGroupID })
+	gids := pageAll(t, 13, func(q store.Query) (store.Page[*store.Group], error) { return s.ListGroups(ctx, q) },
+		func(g *store.Group) string { return g.EnrollmentGroupID })
 	checkExactlyOnce(t, "groups", gids, wantG)
-	rids := pageAll(t, 17, func(q Query) (Page[*Registration], error) { return s.ListGroupRegistrations(ctx, "BIG", q) },
-		func(r *Registration) string { return r.RegistrationID })
+	rids := pageAll(t, 17, func(q store.Query) (store.Page[*store.Registration], error) {
+		return s.ListGroupRegistrations(ctx, "BIG", q)
+	},
+		func(r *store.Registration) string { return r.RegistrationID })
 	checkExactlyOnce(t, "group registrations", rids, wantR)
 	if c, _ := s.CountEnrollments(ctx); c != n {
 		t.Fatalf("enrollment count %d", c)
@@ -557,11 +561,11 @@ func TestPaging(t *testing.T) {
 		t.Fatalf("big0 count %d", c)
 	}
 	// The last page exactly filled: no dangling continuation.
-	p, err := s.ListGroups(ctx, Query{MaxItems: 1000})
+	p, err := s.ListGroups(ctx, store.Query{MaxItems: 1000})
 	if err != nil || p.Continuation == "" {
 		t.Fatal(err)
 	}
-	p, err = s.ListGroups(ctx, Query{MaxItems: 1000, Continuation: p.Continuation})
+	p, err = s.ListGroups(ctx, store.Query{MaxItems: 1000, Continuation: p.Continuation})
 	if err != nil || len(p.Items) != 500 || p.Continuation != "" {
 		t.Fatalf("last page: %d items, %q, %v", len(p.Items), p.Continuation, err)
 	}
@@ -574,34 +578,34 @@ func TestBadContinuation(t *testing.T) {
 	ctx := context.Background()
 	s := openTest(t, nil)
 	for i := range 3 {
-		if _, err := s.RecordRegistration(ctx, &Registration{RegistrationID: fmt.Sprint("r", i), EnrollmentGroupID: "g"}, nil); err != nil {
+		if _, err := s.RecordRegistration(ctx, &store.Registration{RegistrationID: fmt.Sprint("r", i), EnrollmentGroupID: "g"}, nil); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := s.PutEnrollment(ctx, &Enrollment{RegistrationID: fmt.Sprint("e", i)}, ""); err != nil {
+		if _, err := s.PutEnrollment(ctx, &store.Enrollment{RegistrationID: fmt.Sprint("e", i)}, ""); err != nil {
 			t.Fatal(err)
 		}
 	}
-	p, err := s.ListEnrollments(ctx, Query{MaxItems: 1})
+	p, err := s.ListEnrollments(ctx, store.Query{MaxItems: 1})
 	if err != nil || p.Continuation == "" {
 		t.Fatal(err)
 	}
-	gp, err := s.ListGroupRegistrations(ctx, "g", Query{MaxItems: 1})
+	gp, err := s.ListGroupRegistrations(ctx, "g", store.Query{MaxItems: 1})
 	if err != nil || gp.Continuation == "" {
 		t.Fatal(err)
 	}
 	bad := []string{"!!!", "%%", base64.RawURLEncoding.EncodeToString([]byte("x")), p.Continuation + "=", gp.Continuation}
 	for _, tok := range bad {
-		if _, err := s.ListEnrollments(ctx, Query{Continuation: tok}); !errors.Is(err, ErrBadContinuation) {
+		if _, err := s.ListEnrollments(ctx, store.Query{Continuation: tok}); !errors.Is(err, store.ErrBadContinuation) {
 			t.Errorf("enrollments with %q: %v", tok, err)
 		}
 	}
-	if _, err := s.ListGroups(ctx, Query{Continuation: p.Continuation}); !errors.Is(err, ErrBadContinuation) {
+	if _, err := s.ListGroups(ctx, store.Query{Continuation: p.Continuation}); !errors.Is(err, store.ErrBadContinuation) {
 		t.Errorf("enrollment token accepted by groups: %v", err)
 	}
-	if _, err := s.ListGroupRegistrations(ctx, "other", Query{Continuation: gp.Continuation}); !errors.Is(err, ErrBadContinuation) {
+	if _, err := s.ListGroupRegistrations(ctx, "other", store.Query{Continuation: gp.Continuation}); !errors.Is(err, store.ErrBadContinuation) {
 		t.Errorf("token of group g accepted for group other: %v", err)
 	}
-	if _, err := s.ListGroupRegistrations(ctx, "G", Query{Continuation: gp.Continuation}); err != nil {
+	if _, err := s.ListGroupRegistrations(ctx, "G", store.Query{Continuation: gp.Continuation}); err != nil {
 		t.Errorf("token of group g refused for G: %v", err)
 	}
 }
@@ -628,7 +632,7 @@ func TestOperationExpiryAndSweep(t *testing.T) {
 		t.Fatalf("early sweep: %d %v", n, err)
 	}
 	clock.Advance(time.Minute) // now == exp: expired
-	if _, err := s.GetOperation(ctx, "op-a"); !errors.Is(err, ErrNotFound) {
+	if _, err := s.GetOperation(ctx, "op-a"); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("expired operation: %v", err)
 	}
 	if _, err := s.GetOperation(ctx, "op-c"); err != nil {
@@ -651,13 +655,13 @@ func TestOperationExpiryAndSweep(t *testing.T) {
 	if err != nil || n != 2 { // op-b, op-c
 		t.Fatalf("final sweep: %d %v", n, err)
 	}
-	if _, err := s.GetOperation(ctx, "op-b"); !errors.Is(err, ErrNotFound) {
+	if _, err := s.GetOperation(ctx, "op-b"); !errors.Is(err, store.ErrNotFound) {
 		t.Fatal(err)
 	}
 	if err := s.Check(); err != nil {
 		t.Fatal(err)
 	}
-	err = s.db.View(func(tx *bolt.Tx) error {
+	err = s.db.View(func(tx *bbolt.Tx) error {
 		for _, b := range []string{bktExpiry, bktOperations} {
 			if k := tx.Bucket([]byte(b)).Stats().KeyN; k != 0 {
 				return fmt.Errorf("%s has %d keys", b, k)
@@ -675,7 +679,7 @@ func TestSweepManyChunks(t *testing.T) {
 	clock := newTestClock()
 	s := openTest(t, clock)
 	const n = sweepChunk + 2345
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.db.Update(func(tx *bbolt.Tx) error {
 		for i := range n {
 			op := fullOperation(fmt.Sprint("op", i), "r", clock.Now().Add(time.Duration(i)*time.Millisecond))
 			k, v, exp, err := encodeOperation(op)
@@ -723,7 +727,7 @@ func TestEncryptionAtRest(t *testing.T) {
 	s := openAt(t, path, nil)
 	e := fullEnrollment("enc-e")
 	g := fullGroup("enc-g")
-	g.Attestation.SymmetricKey = &SymmetricKeyAttestation{PrimaryKey: "Z3JvdXAtcHJpbWFyeS1rZXktc2VjcmV0LTAwMDAwMA==", SecondaryKey: "Z3JvdXAtc2Vjb25kYXJ5LWtleS1zZWNyZXQtMTExMQ=="}
+	g.Attestation.SymmetricKey = &store.SymmetricKeyAttestation{PrimaryKey: "Z3JvdXAtcHJpbWFyeS1rZXktc2VjcmV0LTAwMDAwMA==", SecondaryKey: "Z3JvdXAtc2Vjb25kYXJ5LWtleS1zZWNyZXQtMTExMQ=="}
 	r := fullRegistration("enc-r", "enc-g")
 	if _, err := s.PutEnrollment(ctx, e, ""); err != nil {
 		t.Fatal(err)
@@ -783,7 +787,7 @@ func TestEncryptionAtRest(t *testing.T) {
 	if err := os.WriteFile(copyPath, data, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := OpenBolt(copyPath, BoltOptions{Timeout: time.Second}); !errors.Is(err, ErrKeyFile) {
+	if _, err := Open(copyPath, Options{Timeout: time.Second}); !errors.Is(err, ErrKeyFile) {
 		t.Fatalf("copy opened without its key: %v", err)
 	}
 	if _, err := os.Stat(copyPath + ".key"); !errors.Is(err, os.ErrNotExist) {
@@ -794,7 +798,7 @@ func TestEncryptionAtRest(t *testing.T) {
 	if err := os.WriteFile(other, bytes.Repeat([]byte{7}, DataKeySize), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := OpenBolt(copyPath, BoltOptions{Timeout: time.Second, KeyFile: other}); !errors.Is(err, ErrKeyFile) || !strings.Contains(err.Error(), other) {
+	if _, err := Open(copyPath, Options{Timeout: time.Second, KeyFile: other}); !errors.Is(err, ErrKeyFile) || !strings.Contains(err.Error(), other) {
 		t.Fatalf("wrong key: %v", err)
 	}
 }
@@ -820,7 +824,7 @@ func TestKeyFileChecks(t *testing.T) {
 		if err := os.Chmod(keyPath, c.mode); err != nil {
 			t.Fatal(err)
 		}
-		_, err := OpenBolt(path, BoltOptions{Timeout: time.Second, KeyFile: keyPath})
+		_, err := Open(path, Options{Timeout: time.Second, KeyFile: keyPath})
 		if !errors.Is(err, ErrKeyFile) || !strings.Contains(err.Error(), keyPath) {
 			t.Errorf("%s: %v", c.name, err)
 		}
@@ -841,7 +845,7 @@ func TestTamperedCiphertext(t *testing.T) {
 	}
 	rewrite := func(bucket, key string, f func(rec map[string]any)) {
 		t.Helper()
-		err := s.db.Update(func(tx *bolt.Tx) error {
+		err := s.db.Update(func(tx *bbolt.Tx) error {
 			b := tx.Bucket([]byte(bucket))
 			var rec map[string]any
 			if err := json.Unmarshal(b.Get([]byte(key)), &rec); err != nil {
@@ -861,22 +865,22 @@ func TestTamperedCiphertext(t *testing.T) {
 		sealed[len(sealed)-1] ^= 1
 		rec["sealed"] = base64.StdEncoding.EncodeToString(sealed)
 	})
-	if _, err := s.GetRegistration(ctx, "a"); !errors.Is(err, ErrCorrupt) {
+	if _, err := s.GetRegistration(ctx, "a"); !errors.Is(err, store.ErrCorrupt) {
 		t.Fatalf("tampered hub key: %v", err)
 	}
 	// Move b's sealed keys into a: bound to b, so a fails.
 	var sealedB any
-	_ = s.db.View(func(tx *bolt.Tx) error {
+	_ = s.db.View(func(tx *bbolt.Tx) error {
 		var rec map[string]any
 		_ = json.Unmarshal(tx.Bucket([]byte(bktEnrollments)).Get([]byte("b")), &rec)
 		sealedB = rec["sealed"]
 		return nil
 	})
 	rewrite(bktEnrollments, "a", func(rec map[string]any) { rec["sealed"] = sealedB })
-	if _, err := s.GetEnrollment(ctx, "a"); !errors.Is(err, ErrCorrupt) {
+	if _, err := s.GetEnrollment(ctx, "a"); !errors.Is(err, store.ErrCorrupt) {
 		t.Fatalf("swapped ciphertext: %v", err)
 	}
-	if _, err := s.ListEnrollments(ctx, Query{}); !errors.Is(err, ErrCorrupt) {
+	if _, err := s.ListEnrollments(ctx, store.Query{}); !errors.Is(err, store.ErrCorrupt) {
 		t.Fatalf("list with a swapped ciphertext: %v", err)
 	}
 	if _, err := s.GetEnrollment(ctx, "b"); err != nil {
@@ -894,7 +898,7 @@ func TestTamperedCiphertext(t *testing.T) {
 func TestLockTimeoutNamesFile(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "locked.db")
 	s := openAt(t, path, nil)
-	_, err := OpenBolt(path, BoltOptions{Timeout: 200 * time.Millisecond})
+	_, err := Open(path, Options{Timeout: 200 * time.Millisecond})
 	if err == nil {
 		t.Fatal("second open of a locked file succeeded")
 	}
@@ -922,8 +926,8 @@ func TestCloseWaitsAndRefuses(t *testing.T) {
 			defer wg.Done()
 			for i := 0; ; i++ {
 				id := fmt.Sprintf("w%d-%d", w, i)
-				if _, err := s.RecordRegistration(ctx, &Registration{RegistrationID: id}, nil); err != nil {
-					if !errors.Is(err, ErrClosed) {
+				if _, err := s.RecordRegistration(ctx, &store.Registration{RegistrationID: id}, nil); err != nil {
+					if !errors.Is(err, store.ErrClosed) {
 						t.Errorf("record: %v", err)
 					}
 					return
@@ -940,13 +944,13 @@ func TestCloseWaitsAndRefuses(t *testing.T) {
 		t.Fatal(err)
 	}
 	wg.Wait()
-	if _, err := s.GetEnrollment(ctx, "x"); !errors.Is(err, ErrClosed) {
+	if _, err := s.GetEnrollment(ctx, "x"); !errors.Is(err, store.ErrClosed) {
 		t.Fatalf("after close: %v", err)
 	}
-	if err := s.Close(); !errors.Is(err, ErrClosed) {
+	if err := s.Close(); !errors.Is(err, store.ErrClosed) {
 		t.Fatalf("second close: %v", err)
 	}
-	if err := s.Check(); !errors.Is(err, ErrClosed) {
+	if err := s.Check(); !errors.Is(err, store.ErrClosed) {
 		t.Fatalf("check after close: %v", err)
 	}
 	// Everything acknowledged before Close is there.
@@ -965,18 +969,18 @@ func TestSchemaNewerRefused(t *testing.T) {
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second})
+	db, err := bbolt.Open(path, 0o600, &bbolt.Options{Timeout: time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
-	err = db.Update(func(tx *bolt.Tx) error {
+	err = db.Update(func(tx *bbolt.Tx) error {
 		return tx.Bucket([]byte(bktMeta)).Put([]byte(metaVersion), u64(SchemaVersion+41))
 	})
 	_ = db.Close()
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = OpenBolt(path, BoltOptions{Timeout: time.Second})
+	_, err = Open(path, Options{Timeout: time.Second})
 	if !errors.Is(err, ErrSchema) {
 		t.Fatalf("newer schema: %v", err)
 	}
@@ -991,19 +995,19 @@ func TestSchemaUpgradeFromVersion0(t *testing.T) {
 	ctx := context.Background()
 	path := filepath.Join(t.TempDir(), "v0.db")
 	// A version 0 file: record buckets only, no meta, secrets in the clear.
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second})
+	db, err := bbolt.Open(path, 0o600, &bbolt.Options{Timeout: time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
 	e := fullEnrollment("Old-Dev")
 	e.ETag = "v0etag"
 	g := fullGroup("old-group")
-	regs := []*Registration{
-		{RegistrationID: "r1", Status: RegistrationAssigned, EnrollmentGroupID: "Old-Group", ETag: "x"},
-		{RegistrationID: "r2", Status: RegistrationAssigned, EnrollmentGroupID: "old-group", ETag: "y"},
-		{RegistrationID: "r3", Status: RegistrationAssigned, ETag: "z"},
+	regs := []*store.Registration{
+		{RegistrationID: "r1", Status: store.RegistrationAssigned, EnrollmentGroupID: "Old-Group", ETag: "x"},
+		{RegistrationID: "r2", Status: store.RegistrationAssigned, EnrollmentGroupID: "old-group", ETag: "y"},
+		{RegistrationID: "r3", Status: store.RegistrationAssigned, ETag: "z"},
 	}
-	err = db.Update(func(tx *bolt.Tx) error {
+	err = db.Update(func(tx *bbolt.Tx) error {
 		put := func(bucket, key string, v any) error {
 			b, err := tx.CreateBucketIfNotExists([]byte(bucket))
 			if err != nil {
@@ -1061,7 +1065,7 @@ func TestSchemaUpgradeFromVersion0(t *testing.T) {
 	if n, _ := s.CountEnrollments(ctx); n != 1 {
 		t.Fatalf("enrollments after upgrade: %d", n)
 	}
-	err = s.db.View(func(tx *bolt.Tx) error {
+	err = s.db.View(func(tx *bbolt.Tx) error {
 		if v := tx.Bucket([]byte(bktMeta)).Get([]byte(metaVersion)); !bytes.Equal(v, u64(SchemaVersion)) {
 			return fmt.Errorf("version %x", v)
 		}
@@ -1078,11 +1082,11 @@ func TestSchemaUpgradeFromVersion0(t *testing.T) {
 	}
 	// The live record must be sealed. (bbolt does not scrub freed pages: the
 	// migration logs a warning to compact the file; see doc.go.)
-	db, err = bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second})
+	db, err = bbolt.Open(path, 0o600, &bbolt.Options{Timeout: time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
-	err = db.View(func(tx *bolt.Tx) error {
+	err = db.View(func(tx *bbolt.Tx) error {
 		v := tx.Bucket([]byte(bktEnrollments)).Get([]byte("old-dev"))
 		if bytes.Contains(v, []byte(e.Attestation.SymmetricKey.PrimaryKey)) || !bytes.Contains(v, []byte(`"sealed"`)) {
 			return fmt.Errorf("record not sealed after upgrade: %s", v)
@@ -1179,7 +1183,7 @@ func TestPutEnrollmentsBulk(t *testing.T) {
 		t.Fatal(err)
 	}
 	clock.Advance(time.Minute)
-	in := []*Enrollment{fullEnrollment("z"), fullEnrollment("M"), fullEnrollment("a"), fullEnrollment("Z")}
+	in := []*store.Enrollment{fullEnrollment("z"), fullEnrollment("M"), fullEnrollment("a"), fullEnrollment("Z")}
 	in[3].DeviceID = "last-wins"
 	out, err := s.PutEnrollments(ctx, in)
 	if err != nil {
@@ -1201,10 +1205,10 @@ func TestPutEnrollmentsBulk(t *testing.T) {
 		t.Fatalf("count %d", n)
 	}
 	// All or nothing: one bad item writes nothing.
-	if _, err := s.PutEnrollments(ctx, []*Enrollment{fullEnrollment("new"), {RegistrationID: ""}}); !errors.Is(err, ErrInvalidID) {
+	if _, err := s.PutEnrollments(ctx, []*store.Enrollment{fullEnrollment("new"), {RegistrationID: ""}}); !errors.Is(err, store.ErrInvalidID) {
 		t.Fatalf("bad item: %v", err)
 	}
-	if _, err := s.GetEnrollment(ctx, "new"); !errors.Is(err, ErrNotFound) {
+	if _, err := s.GetEnrollment(ctx, "new"); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("partial bulk write: %v", err)
 	}
 	if err := s.Check(); err != nil {
@@ -1227,7 +1231,7 @@ func TestCheckDetectsDamage(t *testing.T) {
 		{"group index entry", bktGroupRegs, "g1\x00r1", bktGroupRegs},
 		{"registration counter", bktCounts, bktRegistrations, bktCounts},
 	} {
-		err := s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket([]byte(c.bucket)).Delete([]byte(c.key)) })
+		err := s.db.Update(func(tx *bbolt.Tx) error { return tx.Bucket([]byte(c.bucket)).Delete([]byte(c.key)) })
 		if err != nil {
 			t.Fatal(err)
 		}

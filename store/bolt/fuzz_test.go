@@ -1,4 +1,4 @@
-package store
+package bolt
 
 import (
 	"context"
@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/tpmdps/dpsd/store"
 )
 
 // FuzzContinuation feeds arbitrary continuation tokens (they arrive in the
@@ -14,24 +16,24 @@ import (
 // returns a page within the size limit or ErrBadContinuation, never panics.
 func FuzzContinuation(f *testing.F) {
 	ctx := context.Background()
-	s, err := OpenBolt(filepath.Join(f.TempDir(), "fuzz.db"), BoltOptions{Timeout: time.Second})
+	s, err := Open(filepath.Join(f.TempDir(), "fuzz.db"), Options{Timeout: time.Second})
 	if err != nil {
 		f.Fatal(err)
 	}
 	f.Cleanup(func() { _ = s.Close() })
 	for i := range 5 {
-		if _, err := s.PutEnrollment(ctx, &Enrollment{RegistrationID: fmt.Sprint("e", i)}, ""); err != nil {
+		if _, err := s.PutEnrollment(ctx, &store.Enrollment{RegistrationID: fmt.Sprint("e", i)}, ""); err != nil {
 			f.Fatal(err)
 		}
-		if _, err := s.RecordRegistration(ctx, &Registration{RegistrationID: fmt.Sprint("r", i), EnrollmentGroupID: "g"}, nil); err != nil {
+		if _, err := s.RecordRegistration(ctx, &store.Registration{RegistrationID: fmt.Sprint("r", i), EnrollmentGroupID: "g"}, nil); err != nil {
 			f.Fatal(err)
 		}
 	}
-	p, err := s.ListEnrollments(ctx, Query{MaxItems: 2})
+	p, err := s.ListEnrollments(ctx, store.Query{MaxItems: 2})
 	if err != nil {
 		f.Fatal(err)
 	}
-	gp, err := s.ListGroupRegistrations(ctx, "g", Query{MaxItems: 2})
+	gp, err := s.ListGroupRegistrations(ctx, "g", store.Query{MaxItems: 2})
 	if err != nil {
 		f.Fatal(err)
 	}
@@ -44,18 +46,18 @@ func FuzzContinuation(f *testing.F) {
 	f.Fuzz(func(t *testing.T, tok string, max int) {
 		limit := max
 		if limit <= 0 {
-			limit = DefaultMaxItems
+			limit = store.DefaultMaxItems
 		}
-		limit = min(limit, MaxMaxItems)
-		ep, err := s.ListEnrollments(ctx, Query{MaxItems: max, Continuation: tok})
-		if err != nil && !errors.Is(err, ErrBadContinuation) {
+		limit = min(limit, store.MaxMaxItems)
+		ep, err := s.ListEnrollments(ctx, store.Query{MaxItems: max, Continuation: tok})
+		if err != nil && !errors.Is(err, store.ErrBadContinuation) {
 			t.Fatalf("enrollments: %v", err)
 		}
 		if len(ep.Items) > limit {
 			t.Fatalf("enrollments: %d items > %d", len(ep.Items), limit)
 		}
-		rp, err := s.ListGroupRegistrations(ctx, "g", Query{MaxItems: max, Continuation: tok})
-		if err != nil && !errors.Is(err, ErrBadContinuation) {
+		rp, err := s.ListGroupRegistrations(ctx, "g", store.Query{MaxItems: max, Continuation: tok})
+		if err != nil && !errors.Is(err, store.ErrBadContinuation) {
 			t.Fatalf("group registrations: %v", err)
 		}
 		for _, r := range rp.Items {

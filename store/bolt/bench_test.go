@@ -1,4 +1,4 @@
-package store
+package bolt
 
 import (
 	"context"
@@ -14,22 +14,24 @@ import (
 	"testing"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
+	bbolt "go.etcd.io/bbolt"
+
+	"github.com/tpmdps/dpsd/store"
 )
 
 // benchEnrollment is a realistic TPM or symmetric-key enrollment.
-func benchEnrollment(i int) *Enrollment {
+func benchEnrollment(i int) *store.Enrollment {
 	id := fmt.Sprintf("device-%08d", i)
-	e := &Enrollment{RegistrationID: id, DeviceID: id, ProvisioningStatus: StatusEnabled, IoTHubHostName: "hub.example.net"}
+	e := &store.Enrollment{RegistrationID: id, DeviceID: id, ProvisioningStatus: store.StatusEnabled, IoTHubHostName: "hub.example.net"}
 	if i%2 == 0 {
 		// A TPM2B_PUBLIC RSA-2048 EK in base64 is about 420 characters.
 		ek := make([]byte, 314)
 		for j := range ek {
 			ek[j] = byte(i + j)
 		}
-		e.Attestation = Attestation{Type: AttestationTPM, TPM: &TPMAttestation{EndorsementKey: b64(ek)}}
+		e.Attestation = store.Attestation{Type: store.AttestationTPM, TPM: &store.TPMAttestation{EndorsementKey: b64(ek)}}
 	} else {
-		e.Attestation = Attestation{Type: AttestationSymmetricKey, SymmetricKey: &SymmetricKeyAttestation{
+		e.Attestation = store.Attestation{Type: store.AttestationSymmetricKey, SymmetricKey: &store.SymmetricKeyAttestation{
 			PrimaryKey: b64([]byte(fmt.Sprintf("primary-%026d", i))), SecondaryKey: b64([]byte(fmt.Sprintf("second-%027d", i)))}}
 	}
 	return e
@@ -44,7 +46,7 @@ func BenchmarkGetEnrollment(b *testing.B) {
 	ctx := context.Background()
 	s := openTest(b, nil)
 	const n = 10000
-	es := make([]*Enrollment, n)
+	es := make([]*store.Enrollment, n)
 	for i := range es {
 		es[i] = benchEnrollment(i)
 	}
@@ -81,7 +83,7 @@ func BenchmarkPutEnrollment(b *testing.B) {
 // 1, 16 and 256 concurrent writers: each write is a registration plus its
 // operation, fsynced before it returns. "nobatch" commits every write alone
 // (db.Update), the baseline; the other variants use the group commit, under
-// several BoltOptions.MaxBatchDelay values (the group commit has no timer, so
+// several Options.MaxBatchDelay values (the group commit has no timer, so
 // they should not differ: the figures show it).
 func BenchmarkRecordRegistration(b *testing.B) {
 	for _, delay := range []time.Duration{0, time.Millisecond, 2 * time.Millisecond, 10 * time.Millisecond} {
@@ -100,7 +102,7 @@ func BenchmarkRecordRegistration(b *testing.B) {
 func benchRecord(b *testing.B, writers int, delay time.Duration) {
 	ctx := context.Background()
 	path := filepath.Join(b.TempDir(), "bench.db")
-	s, err := OpenBolt(path, BoltOptions{MaxBatchDelay: delay})
+	s, err := Open(path, Options{MaxBatchDelay: delay})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -121,9 +123,9 @@ func benchRecord(b *testing.B, writers int, delay time.Duration) {
 					return
 				}
 				id := fmt.Sprintf("reg-%d", i)
-				r := &Registration{RegistrationID: id, Status: RegistrationAssigned, AssignedHub: "hub.example.net",
+				r := &store.Registration{RegistrationID: id, Status: store.RegistrationAssigned, AssignedHub: "hub.example.net",
 					DeviceID: id, EnrollmentGroupID: "g1", HubKey: []byte("0123456789abcdef0123456789abcdef")}
-				op := &Operation{ID: "op-" + id, RegistrationID: id, Status: RegistrationAssigned, ExpiresAt: exp}
+				op := &store.Operation{ID: "op-" + id, RegistrationID: id, Status: store.RegistrationAssigned, ExpiresAt: exp}
 				if _, err := s.RecordRegistration(ctx, r, op); err != nil {
 					b.Error(err)
 					return
@@ -152,7 +154,7 @@ func BenchmarkEnrollmentCodec(b *testing.B) {
 	b.Run("decode", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
-			rec := enrollmentRecord{Enrollment: &Enrollment{}}
+			rec := enrollmentRecord{Enrollment: &store.Enrollment{}}
 			if err := json.Unmarshal(data, &rec); err != nil {
 				b.Fatal(err)
 			}
@@ -179,12 +181,12 @@ func BenchmarkMillionEnrollments(b *testing.B) {
 	ctx := context.Background()
 	for b.Loop() {
 		path := filepath.Join(b.TempDir(), "million.db")
-		s, err := OpenBolt(path, BoltOptions{})
+		s, err := Open(path, Options{})
 		if err != nil {
 			b.Fatal(err)
 		}
 		start := time.Now()
-		batch := make([]*Enrollment, 0, chunk)
+		batch := make([]*store.Enrollment, 0, chunk)
 		for i := range total {
 			batch = append(batch, benchEnrollment(i))
 			if len(batch) == chunk {
@@ -198,8 +200,8 @@ func BenchmarkMillionEnrollments(b *testing.B) {
 		if n, err := s.CountEnrollments(ctx); err != nil || n != total {
 			b.Fatalf("count %d, %v", n, err)
 		}
-		var bs bolt.BucketStats
-		_ = s.db.View(func(tx *bolt.Tx) error {
+		var bs bbolt.BucketStats
+		_ = s.db.View(func(tx *bbolt.Tx) error {
 			bs = tx.Bucket([]byte(bktEnrollments)).Stats()
 			return nil
 		})
@@ -212,7 +214,7 @@ func BenchmarkMillionEnrollments(b *testing.B) {
 			b.Fatal(err)
 		}
 		start = time.Now()
-		s, err = OpenBolt(path, BoltOptions{})
+		s, err = Open(path, Options{})
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -229,7 +231,7 @@ func BenchmarkMillionEnrollments(b *testing.B) {
 		}
 		slices.Sort(lat)
 		start = time.Now()
-		p, err := s.ListEnrollments(ctx, Query{MaxItems: 1000, Continuation: ""})
+		p, err := s.ListEnrollments(ctx, store.Query{MaxItems: 1000, Continuation: ""})
 		if err != nil || len(p.Items) != 1000 {
 			b.Fatal(err)
 		}

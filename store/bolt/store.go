@@ -1,11 +1,10 @@
-package store
+package bolt
 
 import (
 	"context"
 	"crypto/cipher"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -13,53 +12,39 @@ import (
 	"sync/atomic"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
+	bbolt "go.etcd.io/bbolt"
+
+	"github.com/tpmdps/dpsd/store"
 	berrors "go.etcd.io/bbolt/errors"
 )
 
-// Errors specific to the bbolt implementation (and to bad input any Store may
-// reject). Callers test them with errors.Is.
+// Errors of the bbolt engine. Callers test them with errors.Is. The errors
+// every engine shares (ErrNotFound, ErrInvalidID, ErrCorrupt, ...) are the
+// store package's.
 var (
 	// ErrLocked: another process (or another open in this process) holds the
 	// database file's exclusive lock and did not release it within
-	// BoltOptions.Timeout. bbolt allows one writer per file.
+	// Options.Timeout. bbolt allows one writer per file.
 	ErrLocked = errors.New("store: database file is locked")
-	// ErrInvalidID: an id is empty, too long or contains a NUL byte. Get and
-	// Delete wrap it together with ErrNotFound (no such record can exist).
-	ErrInvalidID = errors.New("store: invalid id")
-	// ErrInvalidRecord: a record cannot be stored (nil, missing expiry, bad
-	// JSON in InitialTwin or Payload).
-	ErrInvalidRecord = errors.New("store: invalid record")
-	// ErrBadContinuation: a continuation token was not issued by this listing.
-	ErrBadContinuation = errors.New("store: bad continuation token")
 	// ErrSchema: the file's schema version is newer than this build supports.
 	ErrSchema = errors.New("store: unsupported schema version")
 	// ErrKeyFile: the data key file is missing, malformed, too permissive or
 	// belongs to another database.
 	ErrKeyFile = errors.New("store: bad key file")
-	// ErrCorrupt: a stored value could not be decoded or authenticated
-	// (tampering, a swapped ciphertext, or a wrong key).
-	ErrCorrupt = errors.New("store: corrupt record")
 )
 
-// Defaults of BoltOptions and of listing queries.
+// Defaults of Options.
 const (
-	// DefaultLockTimeout is how long OpenBolt waits for the file lock.
+	// DefaultLockTimeout is how long Open waits for the file lock.
 	DefaultLockTimeout = 5 * time.Second
 	// DefaultMaxBatchDelay is bbolt's db.Batch delay as set on the file.
 	// The store's own writes no longer use db.Batch: concurrent writes are
-	// coalesced by group commit (bolt_group.go), which waits for no timer.
+	// coalesced by group commit (groupcommit.go), which waits for no timer.
 	DefaultMaxBatchDelay = 2 * time.Millisecond
-	// DefaultMaxItems is the page size of a listing when Query.MaxItems is 0.
-	DefaultMaxItems = 100
-	// MaxMaxItems caps Query.MaxItems.
-	MaxMaxItems = 1000
-	// MaxIDLength bounds registration, group and operation ids (bytes).
-	MaxIDLength = 512
 )
 
-// BoltOptions configures OpenBolt. The zero value is usable.
-type BoltOptions struct {
+// Options configures Open. The zero value is usable.
+type Options struct {
 	// Timeout is how long to wait for the file lock (default 5 s). bbolt would
 	// otherwise wait forever when another process holds the file.
 	Timeout time.Duration
@@ -80,31 +65,31 @@ type BoltOptions struct {
 	MaxGroups int
 }
 
-// Bolt is the default Store: one bbolt file plus a data key file. It is safe
+// Store is the default Store: one bbolt file plus a data key file. It is safe
 // for concurrent use; concurrent writes are coalesced by group commit and every
 // acknowledged write has been fsynced.
-type Bolt struct {
-	db      *bolt.DB
+type Store struct {
+	db      *bbolt.DB
 	path    string
 	keyPath string
 	aead    cipher.AEAD
 	log     *slog.Logger
 	now     func() time.Time
-	// maxGroups is BoltOptions.MaxGroups (0: no limit).
+	// maxGroups is Options.MaxGroups (0: no limit).
 	maxGroups int
 
 	leave    func()       // inflight.Done, bound once (enter returns it on every call)
 	writers  atomic.Int32 // write calls in flight: 1 commits alone, more batch
 	noBatch  bool         // benchmarks only: never coalesce (what Batch buys)
-	group    groupCommit  // coalesces concurrent writes (bolt_group.go)
+	group    groupCommit  // coalesces concurrent writes (groupcommit.go)
 	mu       sync.RWMutex // guards closed against inflight.Add
 	closed   bool
 	inflight sync.WaitGroup
 }
 
-var _ Store = (*Bolt)(nil)
+var _ store.Store = (*Store)(nil)
 
-// lockedError names the locked file and how long OpenBolt waited.
+// lockedError names the locked file and how long Open waited.
 type lockedError struct {
 	path   string
 	waited time.Duration
@@ -116,10 +101,10 @@ func (e *lockedError) Error() string {
 
 func (e *lockedError) Unwrap() []error { return []error{ErrLocked, berrors.ErrTimeout} }
 
-// OpenBolt opens (creating if needed) the bbolt database at path and its data
+// Open opens (creating if needed) the bbolt database at path and its data
 // key file, upgrades an older schema in one transaction, and refuses a file
 // written by a newer version. The database file is created with mode 0600.
-func OpenBolt(path string, opts BoltOptions) (*Bolt, error) {
+func Open(path string, opts Options) (*Store, error) {
 	if opts.Timeout <= 0 {
 		opts.Timeout = DefaultLockTimeout
 	}
@@ -138,7 +123,7 @@ func OpenBolt(path string, opts BoltOptions) (*Bolt, error) {
 	_, statErr := os.Stat(path)
 	created := errors.Is(statErr, os.ErrNotExist)
 
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: opts.Timeout, FreelistType: bolt.FreelistMapType})
+	db, err := bbolt.Open(path, 0o600, &bbolt.Options{Timeout: opts.Timeout, FreelistType: bbolt.FreelistMapType})
 	if err != nil {
 		if errors.Is(err, berrors.ErrTimeout) {
 			return nil, &lockedError{path: path, waited: opts.Timeout}
@@ -146,7 +131,7 @@ func OpenBolt(path string, opts BoltOptions) (*Bolt, error) {
 		return nil, fmt.Errorf("store: open %s: %w", path, err)
 	}
 	db.MaxBatchDelay = opts.MaxBatchDelay
-	s := &Bolt{db: db, path: path, keyPath: opts.KeyFile, log: opts.Logger, now: opts.Now, maxGroups: max(opts.MaxGroups, 0)}
+	s := &Store{db: db, path: path, keyPath: opts.KeyFile, log: opts.Logger, now: opts.Now, maxGroups: max(opts.MaxGroups, 0)}
 	s.leave = s.inflight.Done
 	if err := s.init(created); err != nil {
 		_ = db.Close()
@@ -165,7 +150,7 @@ func OpenBolt(path string, opts BoltOptions) (*Bolt, error) {
 
 // init checks the schema version, loads or creates the data key and runs the
 // migrations.
-func (s *Bolt) init(created bool) error {
+func (s *Store) init(created bool) error {
 	version, check, err := s.readMeta()
 	if err != nil {
 		return err
@@ -208,21 +193,21 @@ func syncDir(dir string) {
 }
 
 // Path returns the database file's path.
-func (s *Bolt) Path() string { return s.path }
+func (s *Store) Path() string { return s.path }
 
 // KeyFile returns the data key file's path.
-func (s *Bolt) KeyFile() string { return s.keyPath }
+func (s *Store) KeyFile() string { return s.keyPath }
 
 // enter admits one call: it fails on a cancelled ctx or a closed store, and
 // otherwise registers the call so that Close waits for it.
-func (s *Bolt) enter(ctx context.Context) (func(), error) {
+func (s *Store) enter(ctx context.Context) (func(), error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	if s.closed {
-		return nil, ErrClosed
+		return nil, store.ErrClosed
 	}
 	s.inflight.Add(1)
 	return s.leave, nil
@@ -230,11 +215,11 @@ func (s *Bolt) enter(ctx context.Context) (func(), error) {
 
 // Close waits for in-flight calls and closes the file. Later calls, Close
 // included, return ErrClosed.
-func (s *Bolt) Close() error {
+func (s *Store) Close() error {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
-		return ErrClosed
+		return store.ErrClosed
 	}
 	s.closed = true
 	s.mu.Unlock()
@@ -250,7 +235,7 @@ func (s *Bolt) Close() error {
 // (the group index and the expiry index point at existing records, and the
 // counters match). Writers wait while it runs. It returns all problems
 // joined, or nil.
-func (s *Bolt) Check() error {
+func (s *Store) Check() error {
 	done, err := s.enter(context.Background())
 	if err != nil {
 		return err
@@ -272,38 +257,4 @@ func (s *Bolt) Check() error {
 		return fmt.Errorf("store: check %s: %w", s.path, errors.Join(errs...))
 	}
 	return nil
-}
-
-// Backup writes a consistent snapshot of the whole file to w (tx.WriteTo in
-// a read transaction: writers are not blocked). Restoring is opening the
-// copy with the same key file. Cancelling ctx stops the copy at the next write.
-func (s *Bolt) Backup(ctx context.Context, w io.Writer) (int64, error) {
-	done, err := s.enter(ctx)
-	if err != nil {
-		return 0, fmt.Errorf("store: backup: %w", err)
-	}
-	defer done()
-	var n int64
-	err = s.db.View(func(tx *bolt.Tx) error {
-		var err error
-		n, err = tx.WriteTo(ctxWriter{ctx: ctx, w: w})
-		return err
-	})
-	if err != nil {
-		return n, fmt.Errorf("store: backup %s: %w", s.path, err)
-	}
-	return n, nil
-}
-
-// ctxWriter fails writes once ctx is done.
-type ctxWriter struct {
-	ctx context.Context
-	w   io.Writer
-}
-
-func (c ctxWriter) Write(p []byte) (int, error) {
-	if err := c.ctx.Err(); err != nil {
-		return 0, err
-	}
-	return c.w.Write(p)
 }

@@ -1,4 +1,4 @@
-package store
+package bolt
 
 import (
 	"context"
@@ -8,6 +8,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/tpmdps/dpsd/store"
 )
 
 // TestConcurrentWriters runs many goroutines that record registrations (some
@@ -28,14 +30,14 @@ func TestConcurrentWriters(t *testing.T) {
 	)
 	etags := make([]string, contested)
 	for j := range etags {
-		e, err := s.PutEnrollment(ctx, &Enrollment{RegistrationID: fmt.Sprint("enr-", j)}, "")
+		e, err := s.PutEnrollment(ctx, &store.Enrollment{RegistrationID: fmt.Sprint("enr-", j)}, "")
 		if err != nil {
 			t.Fatal(err)
 		}
 		etags[j] = e.ETag
 	}
 	wins := make([]atomic.Int32, contested)
-	winners := make([]atomic.Pointer[Enrollment], contested)
+	winners := make([]atomic.Pointer[store.Enrollment], contested)
 	var wg sync.WaitGroup
 	errs := make(chan error, workers)
 	start := make(chan struct{})
@@ -47,8 +49,8 @@ func TestConcurrentWriters(t *testing.T) {
 			<-start
 			for i := range perWorker {
 				id := fmt.Sprintf("W%02d-%03d", w, i)
-				op := &Operation{ID: "op-" + id, RegistrationID: id, Status: RegistrationAssigned, ExpiresAt: exp}
-				got, err := s.RecordRegistration(ctx, &Registration{RegistrationID: id, Status: RegistrationAssigned,
+				op := &store.Operation{ID: "op-" + id, RegistrationID: id, Status: store.RegistrationAssigned, ExpiresAt: exp}
+				got, err := s.RecordRegistration(ctx, &store.Registration{RegistrationID: id, Status: store.RegistrationAssigned,
 					EnrollmentGroupID: fmt.Sprint("g", i%3), HubKey: []byte(id)}, op)
 				if err != nil {
 					errs <- err
@@ -59,7 +61,7 @@ func TestConcurrentWriters(t *testing.T) {
 					return
 				}
 				sh := fmt.Sprintf("shared-%02d", (i+w)%shared)
-				if _, err := s.RecordRegistration(ctx, &Registration{RegistrationID: sh, EnrollmentGroupID: fmt.Sprint("g", w%4)}, nil); err != nil {
+				if _, err := s.RecordRegistration(ctx, &store.Registration{RegistrationID: sh, EnrollmentGroupID: fmt.Sprint("g", w%4)}, nil); err != nil {
 					errs <- err
 					return
 				}
@@ -71,13 +73,13 @@ func TestConcurrentWriters(t *testing.T) {
 				if j%4 != w%4 {
 					continue
 				}
-				e := &Enrollment{RegistrationID: fmt.Sprint("ENR-", j), DeviceID: fmt.Sprint("by-", w)}
+				e := &store.Enrollment{RegistrationID: fmt.Sprint("ENR-", j), DeviceID: fmt.Sprint("by-", w)}
 				got, err := s.PutEnrollment(ctx, e, `"`+etags[j]+`"`)
 				switch {
 				case err == nil:
 					wins[j].Add(1)
 					winners[j].Store(got)
-				case errors.Is(err, ErrPreconditionFailed):
+				case errors.Is(err, store.ErrPreconditionFailed):
 				default:
 					errs <- err
 					return
@@ -127,10 +129,10 @@ func TestConcurrentWriters(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		p := pageAll(t, 50, func(q Query) (Page[*Registration], error) {
+		p := pageAll(t, 50, func(q store.Query) (store.Page[*store.Registration], error) {
 			return s.ListGroupRegistrations(ctx, fmt.Sprint("G", g), q)
 		},
-			func(r *Registration) string { return r.RegistrationID })
+			func(r *store.Registration) string { return r.RegistrationID })
 		if len(p) != n {
 			t.Fatalf("g%d: listed %d, counted %d", g, len(p), n)
 		}

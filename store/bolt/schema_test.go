@@ -1,4 +1,4 @@
-package store
+package bolt
 
 import (
 	"bytes"
@@ -11,17 +11,19 @@ import (
 	"testing"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
+	bbolt "go.etcd.io/bbolt"
+
+	"github.com/tpmdps/dpsd/store"
 )
 
 // setVersion rewrites meta/version of a closed file with raw bbolt.
 func setVersion(t *testing.T, path string, v uint64) {
 	t.Helper()
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second})
+	db, err := bbolt.Open(path, 0o600, &bbolt.Options{Timeout: time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
-	err = db.Update(func(tx *bolt.Tx) error {
+	err = db.Update(func(tx *bbolt.Tx) error {
 		return tx.Bucket([]byte(bktMeta)).Put([]byte(metaVersion), u64(v))
 	})
 	if cerr := db.Close(); err == nil {
@@ -33,7 +35,7 @@ func setVersion(t *testing.T, path string, v uint64) {
 }
 
 // expiryKinds counts the expiry index entries of each kind byte.
-func expiryKinds(tx *bolt.Tx) map[byte]int {
+func expiryKinds(tx *bbolt.Tx) map[byte]int {
 	kinds := map[byte]int{}
 	_ = tx.Bucket([]byte(bktExpiry)).ForEach(func(k, _ []byte) error {
 		if len(k) >= 9 {
@@ -64,7 +66,7 @@ func TestSchemaUpgradeFromVersion1(t *testing.T) {
 		t.Fatal(err)
 	}
 	const ops = 5
-	var regs []*Registration
+	var regs []*store.Registration
 	for i := range ops {
 		id := fmt.Sprint("reg-", i)
 		r, err := s.RecordRegistration(ctx, fullRegistration(id, "grp"), fullOperation("op-"+id, id, now.Add(time.Duration(i+1)*10*time.Minute)))
@@ -80,11 +82,11 @@ func TestSchemaUpgradeFromVersion1(t *testing.T) {
 	// Turn it into a version 1 file with used challenge references, some
 	// expired and some not, spread over the operations' expiry range.
 	const refs = 2500
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second})
+	db, err := bbolt.Open(path, 0o600, &bbolt.Options{Timeout: time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
-	err = db.Update(func(tx *bolt.Tx) error {
+	err = db.Update(func(tx *bbolt.Tx) error {
 		if err := tx.Bucket([]byte(bktMeta)).Put([]byte(metaVersion), u64(1)); err != nil {
 			return err
 		}
@@ -119,7 +121,7 @@ func TestSchemaUpgradeFromVersion1(t *testing.T) {
 	if err := s.Check(); err != nil {
 		t.Fatalf("after upgrade: %v", err)
 	}
-	err = s.db.View(func(tx *bolt.Tx) error {
+	err = s.db.View(func(tx *bbolt.Tx) error {
 		if v := tx.Bucket([]byte(bktMeta)).Get([]byte(metaVersion)); !bytes.Equal(v, u64(SchemaVersion)) {
 			return fmt.Errorf("version %x, want %d", v, SchemaVersion)
 		}
@@ -177,7 +179,7 @@ func TestSchemaUpgradeFromVersion1(t *testing.T) {
 
 	// A file from a newer build is still refused, and left as it was.
 	setVersion(t, path, SchemaVersion+1)
-	_, err = OpenBolt(path, BoltOptions{Timeout: time.Second})
+	_, err = Open(path, Options{Timeout: time.Second})
 	if !errors.Is(err, ErrSchema) {
 		t.Fatalf("newer schema: %v", err)
 	}
@@ -186,12 +188,12 @@ func TestSchemaUpgradeFromVersion1(t *testing.T) {
 			t.Errorf("error %q does not name %q", err, want)
 		}
 	}
-	db, err = bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second, ReadOnly: true})
+	db, err = bbolt.Open(path, 0o600, &bbolt.Options{Timeout: time.Second, ReadOnly: true})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer db.Close()
-	err = db.View(func(tx *bolt.Tx) error {
+	err = db.View(func(tx *bbolt.Tx) error {
 		if v := tx.Bucket([]byte(bktMeta)).Get([]byte(metaVersion)); !bytes.Equal(v, u64(SchemaVersion+1)) {
 			return fmt.Errorf("refused file's version rewritten: %x", v)
 		}
@@ -209,7 +211,7 @@ func TestExpiryUnknownKind(t *testing.T) {
 	ctx := context.Background()
 	clock := newTestClock()
 	s := openTest(t, clock)
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.db.Update(func(tx *bbolt.Tx) error {
 		return tx.Bucket([]byte(bktExpiry)).Put(expiryKey(clock.Now(), v1ExpiryChallenge, []byte("ref")), []byte{})
 	})
 	if err != nil {
@@ -218,7 +220,7 @@ func TestExpiryUnknownKind(t *testing.T) {
 	if err := s.Check(); err == nil || !strings.Contains(err.Error(), "stale entry") {
 		t.Fatalf("Check() with a challenge expiry entry = %v", err)
 	}
-	if _, err := s.Sweep(ctx, clock.Now().Add(time.Hour)); !errors.Is(err, ErrCorrupt) {
+	if _, err := s.Sweep(ctx, clock.Now().Add(time.Hour)); !errors.Is(err, store.ErrCorrupt) {
 		t.Fatalf("Sweep with a challenge expiry entry = %v", err)
 	}
 }

@@ -1,4 +1,4 @@
-package store
+package bolt
 
 import (
 	"crypto/aes"
@@ -12,6 +12,8 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+
+	"github.com/tpmdps/dpsd/store"
 )
 
 // DataKeySize is the size of the data key file: an AES-256 key.
@@ -124,7 +126,7 @@ func additionalData(bucket, key []byte) []byte {
 }
 
 // seal encrypts plaintext for the record (bucket, key): nonce || ciphertext || tag.
-func (s *Bolt) seal(bucket, key, plaintext []byte) []byte {
+func (s *Store) seal(bucket, key, plaintext []byte) []byte {
 	nonce := make([]byte, s.aead.NonceSize(), s.aead.NonceSize()+len(plaintext)+s.aead.Overhead())
 	if _, err := rand.Read(nonce); err != nil {
 		panic(fmt.Sprintf("store: crypto/rand failed: %v", err)) // crypto/rand never fails on supported platforms
@@ -133,14 +135,14 @@ func (s *Bolt) seal(bucket, key, plaintext []byte) []byte {
 }
 
 // open decrypts a sealed value of the record (bucket, key).
-func (s *Bolt) open(bucket, key, sealed []byte) ([]byte, error) {
+func (s *Store) open(bucket, key, sealed []byte) ([]byte, error) {
 	ns := s.aead.NonceSize()
 	if len(sealed) < ns+s.aead.Overhead() {
-		return nil, fmt.Errorf("%w: %s/%q: sealed value too short", ErrCorrupt, bucket, key)
+		return nil, fmt.Errorf("%w: %s/%q: sealed value too short", store.ErrCorrupt, bucket, key)
 	}
 	pt, err := s.aead.Open(nil, sealed[:ns], sealed[ns:], additionalData(bucket, key))
 	if err != nil {
-		return nil, fmt.Errorf("%w: %s/%q: secrets fail authentication (tampered, moved, or wrong key file)", ErrCorrupt, bucket, key)
+		return nil, fmt.Errorf("%w: %s/%q: secrets fail authentication (tampered, moved, or wrong key file)", store.ErrCorrupt, bucket, key)
 	}
 	return pt, nil
 }

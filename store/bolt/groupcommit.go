@@ -1,10 +1,10 @@
-package store
+package bolt
 
 import (
 	"fmt"
 	"sync"
 
-	bolt "go.etcd.io/bbolt"
+	bbolt "go.etcd.io/bbolt"
 )
 
 // groupCommit coalesces concurrent write transactions into one bbolt
@@ -25,7 +25,7 @@ type groupCommit struct {
 // the call's outcome is in err, or true when the call must lead the next
 // batch.
 type groupCall struct {
-	fn   func(*bolt.Tx) error
+	fn   func(*bbolt.Tx) error
 	err  error
 	wake chan bool
 }
@@ -38,7 +38,7 @@ type groupCall struct {
 // As with db.Batch, fn may run more than once: when one function of a batch
 // fails, the transaction is rolled back, the failing function is run again
 // alone (its error is its own) and the others are retried without it.
-func (g *groupCommit) do(db *bolt.DB, fn func(*bolt.Tx) error) error {
+func (g *groupCommit) do(db *bbolt.DB, fn func(*bbolt.Tx) error) error {
 	c := &groupCall{fn: fn, wake: make(chan bool, 1)}
 	g.mu.Lock()
 	g.queue = append(g.queue, c)
@@ -64,10 +64,10 @@ func (g *groupCommit) do(db *bolt.DB, fn func(*bolt.Tx) error) error {
 }
 
 // commitCalls runs calls in one transaction and delivers each outcome.
-func commitCalls(db *bolt.DB, calls []*groupCall) {
+func commitCalls(db *bbolt.DB, calls []*groupCall) {
 	for len(calls) > 0 {
 		failed := -1
-		err := db.Update(func(tx *bolt.Tx) error {
+		err := db.Update(func(tx *bbolt.Tx) error {
 			for i, c := range calls {
 				if err := safeCall(c.fn, tx); err != nil {
 					failed = i
@@ -78,7 +78,7 @@ func commitCalls(db *bolt.DB, calls []*groupCall) {
 		})
 		if failed >= 0 {
 			c := calls[failed]
-			c.err = db.Update(func(tx *bolt.Tx) error { return safeCall(c.fn, tx) })
+			c.err = db.Update(func(tx *bbolt.Tx) error { return safeCall(c.fn, tx) })
 			c.wake <- false
 			rest := make([]*groupCall, 0, len(calls)-1)
 			rest = append(rest, calls[:failed]...)
@@ -95,7 +95,7 @@ func commitCalls(db *bolt.DB, calls []*groupCall) {
 
 // safeCall runs fn, turning a panic into an error so that one bad write
 // cannot take the committing goroutine (and every waiter) down.
-func safeCall(fn func(*bolt.Tx) error, tx *bolt.Tx) (err error) {
+func safeCall(fn func(*bbolt.Tx) error, tx *bbolt.Tx) (err error) {
 	defer func() {
 		if p := recover(); p != nil {
 			err = fmt.Errorf("store: panic in write transaction: %v", p)

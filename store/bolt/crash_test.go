@@ -1,4 +1,4 @@
-package store
+package bolt
 
 import (
 	"bufio"
@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/tpmdps/dpsd/store"
 )
 
 // Environment of the crash child: the test binary re-executed by
@@ -35,7 +37,7 @@ func TestMain(m *testing.M) {
 // (that operation replaced), "E id" (enrollment) or "G id" (group). It stops
 // by itself after a minute in case its parent is gone.
 func crashChild(path, prefix string) int {
-	s, err := OpenBolt(path, BoltOptions{Timeout: 10 * time.Second})
+	s, err := Open(path, Options{Timeout: 10 * time.Second})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "crash child:", err)
 		return 2
@@ -58,12 +60,12 @@ func crashChild(path, prefix string) int {
 				var err error
 				switch i % 4 {
 				case 0, 1:
-					op := &Operation{ID: "op-" + id, RegistrationID: id, Status: RegistrationAssigning, ExpiresAt: time.Now().Add(time.Hour)}
-					_, err = s.RecordRegistration(ctx, &Registration{RegistrationID: id, Status: RegistrationAssigned,
+					op := &store.Operation{ID: "op-" + id, RegistrationID: id, Status: store.RegistrationAssigning, ExpiresAt: time.Now().Add(time.Hour)}
+					_, err = s.RecordRegistration(ctx, &store.Registration{RegistrationID: id, Status: store.RegistrationAssigned,
 						EnrollmentGroupID: fmt.Sprint("g", w%2), HubKey: []byte(id)}, op)
 					if err == nil {
 						ack("R", id)
-						op.Status = RegistrationAssigned
+						op.Status = store.RegistrationAssigned
 						op.ExpiresAt = time.Now().Add(2 * time.Hour) // moves its expiry entry
 						if err = s.PutOperation(ctx, op); err == nil {
 							ack("O", id)
@@ -166,7 +168,7 @@ func runCrashChild(t *testing.T, path, prefix string, target int) ([]string, str
 func verifyCrashFile(t *testing.T, path string, acked map[string][]string, round int) {
 	t.Helper()
 	ctx := context.Background()
-	s, err := OpenBolt(path, BoltOptions{Timeout: 5 * time.Second})
+	s, err := Open(path, Options{Timeout: 5 * time.Second})
 	if err != nil {
 		t.Fatalf("round %d: reopen: %v", round, err)
 	}
@@ -185,7 +187,7 @@ func verifyCrashFile(t *testing.T, path string, acked map[string][]string, round
 	}
 	for _, id := range acked["O"] {
 		op, err := s.GetOperation(ctx, "op-"+id)
-		if err != nil || op.Status != RegistrationAssigned {
+		if err != nil || op.Status != store.RegistrationAssigned {
 			t.Fatalf("round %d: acknowledged operation update %s: %+v %v", round, id, op, err)
 		}
 	}

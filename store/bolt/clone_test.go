@@ -1,4 +1,4 @@
-package store
+package bolt
 
 import (
 	"encoding/json"
@@ -6,11 +6,13 @@ import (
 	"reflect"
 	"testing"
 	"time"
+
+	"github.com/tpmdps/dpsd/store"
 )
 
 // sameClone checks that cloneRegistration(r) equals the JSON round trip
 // cloneJSON(r) it replaces, errors included, and leaves r unshared.
-func sameClone(t *testing.T, r *Registration) {
+func sameClone(t *testing.T, r *store.Registration) {
 	t.Helper()
 	want, wantErr := cloneJSON(r)
 	got, err := cloneRegistration(r)
@@ -18,8 +20,8 @@ func sameClone(t *testing.T, r *Registration) {
 		t.Fatalf("%+v: cloneRegistration error %v, round trip error %v", r, err, wantErr)
 	}
 	if err != nil {
-		if !errors.Is(err, ErrInvalidRecord) {
-			t.Fatalf("%+v: error %v is not ErrInvalidRecord", r, err)
+		if !errors.Is(err, store.ErrInvalidRecord) {
+			t.Fatalf("%+v: error %v is not store.ErrInvalidRecord", r, err)
 		}
 		return
 	}
@@ -35,7 +37,7 @@ func TestCloneRegistrationMatchesJSON(t *testing.T) {
 	at := time.Date(2026, 3, 1, 12, 0, 0, 5, time.UTC)
 	full := fullRegistration("Dev-1", "Grp")
 	full.ETag, full.CreatedAt, full.UpdatedAt = "etag", at, at
-	for _, r := range []*Registration{
+	for _, r := range []*store.Registration{
 		full,
 		{RegistrationID: "r"},
 		{RegistrationID: "r", Payload: json.RawMessage{}},
@@ -60,7 +62,7 @@ func FuzzCloneRegistration(f *testing.F) {
 	f.Add("", "", []byte(`{bad`), -1)
 	f.Add("r", "\x00", []byte("null"), 1)
 	f.Fuzz(func(t *testing.T, id, msg string, payload []byte, code int) {
-		sameClone(t, &Registration{RegistrationID: id, ErrorMessage: msg, Payload: payload, ErrorCode: code,
-			Status: RegistrationAssigned, EnrollmentGroupID: msg, HubKey: payload})
+		sameClone(t, &store.Registration{RegistrationID: id, ErrorMessage: msg, Payload: payload, ErrorCode: code,
+			Status: store.RegistrationAssigned, EnrollmentGroupID: msg, HubKey: payload})
 	})
 }

@@ -1,4 +1,4 @@
-package store
+package bolt
 
 import (
 	"context"
@@ -8,6 +8,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/tpmdps/dpsd/store"
 )
 
 // TestGroupsRevision: every successful group write, and only those, moves
@@ -52,7 +54,7 @@ func TestGroupsRevision(t *testing.T) {
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.GroupsRevision(ctx); !errors.Is(err, ErrClosed) {
+	if _, err := s.GroupsRevision(ctx); !errors.Is(err, store.ErrClosed) {
 		t.Fatalf("closed store: %v", err)
 	}
 	s = openAt(t, path, nil)
@@ -69,7 +71,7 @@ func TestGroupsRevision(t *testing.T) {
 // updates of existing groups go on; concurrent creates never overshoot.
 func TestGroupLimit(t *testing.T) {
 	ctx := context.Background()
-	s, err := OpenBolt(filepath.Join(t.TempDir(), "dpsd.db"), BoltOptions{Timeout: time.Second, MaxGroups: 10})
+	s, err := Open(filepath.Join(t.TempDir(), "dpsd.db"), Options{Timeout: time.Second, MaxGroups: 10})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -83,11 +85,11 @@ func TestGroupLimit(t *testing.T) {
 	wg.Wait()
 	var ok, limited int
 	for _, err := range errs {
-		var le *LimitError
+		var le *store.LimitError
 		switch {
 		case err == nil:
 			ok++
-		case errors.Is(err, ErrLimit) && errors.As(err, &le) && le.Limit == 10 && le.What == "enrollment groups":
+		case errors.Is(err, store.ErrLimit) && errors.As(err, &le) && le.Limit == 10 && le.What == "enrollment groups":
 			limited++
 		default:
 			t.Fatalf("unexpected error %v", err)
@@ -97,21 +99,21 @@ func TestGroupLimit(t *testing.T) {
 		t.Fatalf("%d created, %d refused, %d stored; want 10, 20, 10", ok, limited, n)
 	}
 	rev, _ := s.GroupsRevision(ctx)
-	if _, err := s.PutGroup(ctx, fullGroup("one-too-many"), ""); !errors.Is(err, ErrLimit) {
+	if _, err := s.PutGroup(ctx, fullGroup("one-too-many"), ""); !errors.Is(err, store.ErrLimit) {
 		t.Fatalf("11th group: %v", err)
 	}
-	if _, err := s.GetGroup(ctx, "one-too-many"); !errors.Is(err, ErrNotFound) {
+	if _, err := s.GetGroup(ctx, "one-too-many"); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("a refused group was stored: %v", err)
 	}
 	if r, _ := s.GroupsRevision(ctx); r != rev {
 		t.Fatal("a refused create moved the revision")
 	}
 	// An etag for a missing group is a failed precondition first.
-	if _, err := s.PutGroup(ctx, fullGroup("one-too-many"), `"abc"`); !errors.Is(err, ErrPreconditionFailed) {
+	if _, err := s.PutGroup(ctx, fullGroup("one-too-many"), `"abc"`); !errors.Is(err, store.ErrPreconditionFailed) {
 		t.Fatalf("conditional create at the limit: %v", err)
 	}
 	// Updating an existing group at the limit works.
-	p, err := s.ListGroups(ctx, Query{})
+	p, err := s.ListGroups(ctx, store.Query{})
 	if err != nil || len(p.Items) != 10 {
 		t.Fatalf("list: %v", err)
 	}
