@@ -10,11 +10,9 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"time"
-
-	bolt "go.etcd.io/bbolt"
 
 	"github.com/tpmdps/dpsd/apiclient"
+	"github.com/tpmdps/dpsd/store/bolt"
 )
 
 // runBackup is `dpsd backup FILE`: a consistent hot copy of the store
@@ -34,7 +32,8 @@ func runBackup(ctx context.Context, args []string, stdout, stderr io.Writer) int
 }
 
 // backupTo downloads the backup into a temporary file beside path, checks
-// it against the trailers and that bbolt opens it, and renames it to path.
+// it against the trailers and that it is a readable copy of a store
+// (bolt.VerifyCopy), and renames it to path.
 func backupTo(ctx context.Context, o *adminOpts, path string) (int64, string, error) {
 	cl, err := o.client()
 	if err != nil {
@@ -69,8 +68,8 @@ func backupTo(ctx context.Context, o *adminOpts, path string) (int64, string, er
 	if err := tmp.Close(); err != nil {
 		return 0, "", fmt.Errorf("closing the backup file: %w", err)
 	}
-	if err := checkBolt(tmpName); err != nil {
-		return 0, "", err
+	if err := bolt.VerifyCopy(tmpName); err != nil {
+		return 0, "", fmt.Errorf("%w: %w", apiclient.ErrBackupIncomplete, err)
 	}
 	if err := os.Rename(tmpName, path); err != nil {
 		return 0, "", fmt.Errorf("renaming the backup into place: %w", err)
@@ -81,13 +80,4 @@ func backupTo(ctx context.Context, o *adminOpts, path string) (int64, string, er
 		_ = d.Close()
 	}
 	return n, sum, nil
-}
-
-// checkBolt opens a downloaded copy read-only: bbolt checks its meta pages.
-func checkBolt(path string) error {
-	db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true, Timeout: 5 * time.Second})
-	if err != nil {
-		return fmt.Errorf("%w: the copy is not a readable bbolt file: %w", apiclient.ErrBackupIncomplete, err)
-	}
-	return db.Close()
 }

@@ -61,7 +61,7 @@
 // Files by what they hold: store.go (Open, Options, Close, Check),
 // records.go (what every record kind shares), enrollments.go, groups.go,
 // registrations.go, operations.go (operations, expiry and Sweep),
-// listing.go (paging), backup.go, groupcommit.go,
+// listing.go (paging), backup.go (Backup, VerifyCopy), groupcommit.go,
 // crypto.go (the data key and sealing), schema.go (layout and migrations).
 //
 // # Etags and times
@@ -142,7 +142,9 @@
 // # Operations
 //
 // Backup writes a consistent snapshot (tx.WriteTo, writers are not blocked);
-// restore by opening the copy with the original key file. Check runs bbolt's page consistency check and the
+// restore by opening the copy with the original key file. VerifyCopy checks
+// a copy before it replaces another (`dpsd backup` runs it on what it
+// downloaded). Check runs bbolt's page consistency check and the
 // derived-bucket check. The file never shrinks; `bbolt compact` rewrites it
 // offline.
 package bolt
