@@ -12,6 +12,7 @@ import (
 	bbolt "go.etcd.io/bbolt"
 
 	"github.com/tpmdps/dpsd/store"
+	"github.com/tpmdps/dpsd/store/storetest"
 )
 
 // TestVerifyCopy: a backup passes; a cut copy, bytes that are no bbolt file
@@ -19,7 +20,7 @@ import (
 func TestVerifyCopy(t *testing.T) {
 	ctx := context.Background()
 	s := openTest(t, nil)
-	if _, err := s.PutEnrollment(ctx, fullEnrollment("e1"), ""); err != nil {
+	if _, err := s.PutEnrollment(ctx, storetest.FullEnrollment("e1"), ""); err != nil {
 		t.Fatal(err)
 	}
 	var buf bytes.Buffer

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/tpmdps/dpsd/store"
+	"github.com/tpmdps/dpsd/store/storetest"
 )
 
 // sameClone checks that cloneRegistration(r) equals the JSON round trip
@@ -35,7 +36,7 @@ func sameClone(t *testing.T, r *store.Registration) {
 
 func TestCloneRegistrationMatchesJSON(t *testing.T) {
 	at := time.Date(2026, 3, 1, 12, 0, 0, 5, time.UTC)
-	full := fullRegistration("Dev-1", "Grp")
+	full := storetest.FullRegistration("Dev-1", "Grp")
 	full.ETag, full.CreatedAt, full.UpdatedAt = "etag", at, at
 	for _, r := range []*store.Registration{
 		full,

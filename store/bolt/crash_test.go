@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/tpmdps/dpsd/store"
+	"github.com/tpmdps/dpsd/store/storetest"
 )
 
 // Environment of the crash child: the test binary re-executed by
@@ -72,11 +73,11 @@ func crashChild(path, prefix string) int {
 						}
 					}
 				case 2:
-					if _, err = s.PutEnrollment(ctx, fullEnrollment(id), ""); err == nil {
+					if _, err = s.PutEnrollment(ctx, storetest.FullEnrollment(id), ""); err == nil {
 						ack("E", id)
 					}
 				case 3:
-					if _, err = s.PutGroup(ctx, fullGroup(id), ""); err == nil {
+					if _, err = s.PutGroup(ctx, storetest.FullGroup(id), ""); err == nil {
 						ack("G", id)
 					}
 				}

@@ -14,6 +14,7 @@ import (
 	bbolt "go.etcd.io/bbolt"
 
 	"github.com/tpmdps/dpsd/store"
+	"github.com/tpmdps/dpsd/store/storetest"
 )
 
 // setVersion rewrites meta/version of a closed file with raw bbolt.
@@ -57,11 +58,11 @@ func TestSchemaUpgradeFromVersion1(t *testing.T) {
 
 	// The records, written by this build (version 1 records have the same form).
 	s := openAt(t, path, nil)
-	e, err := s.PutEnrollment(ctx, fullEnrollment("Dev-1"), "")
+	e, err := s.PutEnrollment(ctx, storetest.FullEnrollment("Dev-1"), "")
 	if err != nil {
 		t.Fatal(err)
 	}
-	g, err := s.PutGroup(ctx, fullGroup("Grp"), "")
+	g, err := s.PutGroup(ctx, storetest.FullGroup("Grp"), "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -69,7 +70,7 @@ func TestSchemaUpgradeFromVersion1(t *testing.T) {
 	var regs []*store.Registration
 	for i := range ops {
 		id := fmt.Sprint("reg-", i)
-		r, err := s.RecordRegistration(ctx, fullRegistration(id, "grp"), fullOperation("op-"+id, id, now.Add(time.Duration(i+1)*10*time.Minute)))
+		r, err := s.RecordRegistration(ctx, storetest.FullRegistration(id, "grp"), storetest.FullOperation("op-"+id, id, now.Add(time.Duration(i+1)*10*time.Minute)))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -140,12 +141,12 @@ func TestSchemaUpgradeFromVersion1(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sameJSON(t, "enrollment after upgrade", got, e)
+	storetest.SameJSON(t, "enrollment after upgrade", got, e)
 	gg, err := s.GetGroup(ctx, "GRP")
 	if err != nil {
 		t.Fatal(err)
 	}
-	sameJSON(t, "group after upgrade", gg, g)
+	storetest.SameJSON(t, "group after upgrade", gg, g)
 	for _, r := range regs {
 		got, err := s.GetRegistration(ctx, r.RegistrationID)
 		if err != nil {
@@ -209,7 +210,7 @@ func TestSchemaUpgradeFromVersion1(t *testing.T) {
 // reports and Sweep refuses to guess about.
 func TestExpiryUnknownKind(t *testing.T) {
 	ctx := context.Background()
-	clock := newTestClock()
+	clock := storetest.NewClock()
 	s := openTest(t, clock)
 	err := s.db.Update(func(tx *bbolt.Tx) error {
 		return tx.Bucket([]byte(bktExpiry)).Put(expiryKey(clock.Now(), v1ExpiryChallenge, []byte("ref")), []byte{})
