@@ -64,8 +64,10 @@ func backupEnvWith(t *testing.T, set func(*Config)) (*testEnv, string) {
 	t.Cleanup(env.srv.Close)
 	if _, err := st.PutEnrollment(context.Background(), &store.Enrollment{
 		RegistrationID: "backed-up",
-		Attestation: store.Attestation{Type: store.AttestationSymmetricKey,
-			SymmetricKey: &store.SymmetricKeyAttestation{PrimaryKey: "c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0"}},
+		EnrollmentSettings: store.EnrollmentSettings{
+			Attestation: store.Attestation{Type: store.AttestationSymmetricKey,
+				SymmetricKey: &store.SymmetricKeyAttestation{PrimaryKey: "c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0"}},
+		},
 	}, ""); err != nil {
 		t.Fatal(err)
 	}
@@ -221,8 +223,8 @@ func TestBackupStalledClient(t *testing.T) {
 	twin := json.RawMessage(`{"tags":{"pad":"` + strings.Repeat("x", 1024) + `"}}`)
 	es := make([]*store.Enrollment, 10000)
 	for i := range es {
-		es[i] = &store.Enrollment{RegistrationID: fmt.Sprintf("fill-%05d", i), InitialTwin: twin,
-			Attestation: store.Attestation{Type: store.AttestationSymmetricKey, SymmetricKey: &store.SymmetricKeyAttestation{PrimaryKey: "c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0"}}}
+		es[i] = &store.Enrollment{RegistrationID: fmt.Sprintf("fill-%05d", i), EnrollmentSettings: store.EnrollmentSettings{InitialTwin: twin,
+			Attestation: store.Attestation{Type: store.AttestationSymmetricKey, SymmetricKey: &store.SymmetricKeyAttestation{PrimaryKey: "c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0"}}}}
 	}
 	if _, err := env.st.PutEnrollments(t.Context(), es); err != nil {
 		t.Fatal(err)

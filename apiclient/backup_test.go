@@ -19,7 +19,7 @@ func TestClientBackup(t *testing.T) {
 	srv, st, owner, reader := server(t)
 	c := newClient(t, srv, owner)
 	ctx := t.Context()
-	if _, err := c.PutEnrollment(ctx, &store.Enrollment{RegistrationID: "backed-up", Attestation: store.Attestation{Type: store.AttestationSymmetricKey}}, ""); err != nil {
+	if _, err := c.PutEnrollment(ctx, &store.Enrollment{RegistrationID: "backed-up", EnrollmentSettings: store.EnrollmentSettings{Attestation: store.Attestation{Type: store.AttestationSymmetricKey}}}, ""); err != nil {
 		t.Fatal(err)
 	}
 

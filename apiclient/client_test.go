@@ -87,7 +87,7 @@ func TestClientEnrollments(t *testing.T) {
 	c := newClient(t, srv, owner)
 	ctx := t.Context()
 
-	e, err := c.PutEnrollment(ctx, &store.Enrollment{RegistrationID: "Dev-1", Attestation: store.Attestation{Type: store.AttestationSymmetricKey}}, "")
+	e, err := c.PutEnrollment(ctx, &store.Enrollment{RegistrationID: "Dev-1", EnrollmentSettings: store.EnrollmentSettings{Attestation: store.Attestation{Type: store.AttestationSymmetricKey}}}, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -160,9 +160,9 @@ func TestClientBulkAndPaging(t *testing.T) {
 	const n = 1500
 	var es []*store.Enrollment
 	for i := range n {
-		es = append(es, &store.Enrollment{RegistrationID: fmt.Sprintf("dev-%04d", i), Attestation: store.Attestation{Type: store.AttestationSymmetricKey}})
+		es = append(es, &store.Enrollment{RegistrationID: fmt.Sprintf("dev-%04d", i), EnrollmentSettings: store.EnrollmentSettings{Attestation: store.Attestation{Type: store.AttestationSymmetricKey}}})
 	}
-	es = append(es, &store.Enrollment{RegistrationID: "bad/id", Attestation: store.Attestation{Type: store.AttestationSymmetricKey}})
+	es = append(es, &store.Enrollment{RegistrationID: "bad/id", EnrollmentSettings: store.EnrollmentSettings{Attestation: store.Attestation{Type: store.AttestationSymmetricKey}}})
 	res, err := c.BulkEnrollments(ctx, BulkCreate, es)
 	if err != nil {
 		t.Fatal(err)
@@ -196,7 +196,7 @@ func TestClientGroupsAndRegistrations(t *testing.T) {
 	srv, st, owner, _ := server(t)
 	c := newClient(t, srv, owner)
 	ctx := t.Context()
-	g, err := c.PutGroup(ctx, &store.Group{EnrollmentGroupID: "line-1", Attestation: store.Attestation{Type: store.AttestationSymmetricKey}}, "")
+	g, err := c.PutGroup(ctx, &store.Group{EnrollmentGroupID: "line-1", EnrollmentSettings: store.EnrollmentSettings{Attestation: store.Attestation{Type: store.AttestationSymmetricKey}}}, "")
 	if err != nil || g.Attestation.Type != store.AttestationSymmetricKey {
 		t.Fatalf("put group %+v %v", g, err)
 	}
@@ -206,8 +206,8 @@ func TestClientGroupsAndRegistrations(t *testing.T) {
 	if got, err := c.GetGroup(ctx, "line-1"); err != nil || got.ETag != g.ETag {
 		t.Fatalf("get group %+v %v", got, err)
 	}
-	res, err := c.BulkGroups(ctx, BulkCreate, []*store.Group{{EnrollmentGroupID: "line-1", Attestation: store.Attestation{Type: store.AttestationSymmetricKey}},
-		{EnrollmentGroupID: "line-2", Attestation: store.Attestation{Type: store.AttestationSymmetricKey}}})
+	res, err := c.BulkGroups(ctx, BulkCreate, []*store.Group{{EnrollmentGroupID: "line-1", EnrollmentSettings: store.EnrollmentSettings{Attestation: store.Attestation{Type: store.AttestationSymmetricKey}}},
+		{EnrollmentGroupID: "line-2", EnrollmentSettings: store.EnrollmentSettings{Attestation: store.Attestation{Type: store.AttestationSymmetricKey}}}})
 	if err != nil || len(res.Errors) != 1 || res.Errors[0].EnrollmentGroupID != "line-1" || res.Errors[0].ErrorCode/1000 != 409 {
 		t.Fatalf("bulk groups %+v %v", res, err)
 	}

@@ -91,10 +91,12 @@ func enrollTPMTB(t testing.TB, srv *dpsdtest.Server, regID string, ek []byte) st
 	}
 	_, err := srv.Store.PutEnrollment(context.Background(), &store.Enrollment{
 		RegistrationID: regID,
-		Attestation: store.Attestation{Type: store.AttestationTPM,
-			TPM: &store.TPMAttestation{EndorsementKey: base64.StdEncoding.EncodeToString(ek)}},
-		IoTHubHostName:     dpsdtest.DefaultHub,
-		ProvisioningStatus: store.StatusEnabled,
+		EnrollmentSettings: store.EnrollmentSettings{
+			Attestation: store.Attestation{Type: store.AttestationTPM,
+				TPM: &store.TPMAttestation{EndorsementKey: base64.StdEncoding.EncodeToString(ek)}},
+			IoTHubHostName:     dpsdtest.DefaultHub,
+			ProvisioningStatus: store.StatusEnabled,
+		},
 	}, "")
 	if err != nil {
 		t.Fatalf("PutEnrollment: %v", err)
@@ -193,9 +195,11 @@ func transientObjects(t *testing.T, tpm transport.TPM) int {
 func storeSymEnrollment(regID string, key []byte) *store.Enrollment {
 	return &store.Enrollment{
 		RegistrationID: regID,
-		Attestation: store.Attestation{Type: store.AttestationSymmetricKey,
-			SymmetricKey: &store.SymmetricKeyAttestation{PrimaryKey: base64.StdEncoding.EncodeToString(key)}},
-		IoTHubHostName:     dpsdtest.DefaultHub,
-		ProvisioningStatus: store.StatusEnabled,
+		EnrollmentSettings: store.EnrollmentSettings{
+			Attestation: store.Attestation{Type: store.AttestationSymmetricKey,
+				SymmetricKey: &store.SymmetricKeyAttestation{PrimaryKey: base64.StdEncoding.EncodeToString(key)}},
+			IoTHubHostName:     dpsdtest.DefaultHub,
+			ProvisioningStatus: store.StatusEnabled,
+		},
 	}
 }

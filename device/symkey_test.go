@@ -51,15 +51,15 @@ func TestE2ESymmetricKeyKinds(t *testing.T) {
 	ctx := context.Background()
 	b64 := base64.StdEncoding.EncodeToString
 	if _, err := srv.Store.PutEnrollment(ctx, &store.Enrollment{RegistrationID: "sym-ind",
-		Attestation: store.Attestation{Type: store.AttestationSymmetricKey, SymmetricKey: &store.SymmetricKeyAttestation{
+		EnrollmentSettings: store.EnrollmentSettings{Attestation: store.Attestation{Type: store.AttestationSymmetricKey, SymmetricKey: &store.SymmetricKeyAttestation{
 			PrimaryKey: b64(primary), SecondaryKey: b64(secondary)}},
-		ProvisioningStatus: store.StatusEnabled}, ""); err != nil {
+			ProvisioningStatus: store.StatusEnabled}}, ""); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := srv.Store.PutGroup(ctx, &store.Group{EnrollmentGroupID: "sym-fleet",
-		Attestation: store.Attestation{Type: store.AttestationSymmetricKey, SymmetricKey: &store.SymmetricKeyAttestation{
+		EnrollmentSettings: store.EnrollmentSettings{Attestation: store.Attestation{Type: store.AttestationSymmetricKey, SymmetricKey: &store.SymmetricKeyAttestation{
 			PrimaryKey: b64(groupKey), SecondaryKey: b64(bytes.Repeat([]byte{4}, 32))}},
-		ProvisioningStatus: store.StatusEnabled}, ""); err != nil {
+			ProvisioningStatus: store.StatusEnabled}}, ""); err != nil {
 		t.Fatal(err)
 	}
 	derived, err := NewGroupSymmetricKey(groupKey, "Sym-Member-1")

@@ -91,9 +91,11 @@ func TestE2EX509Group(t *testing.T) {
 	root, certPEM, keyPEM := x509Chain(t, "cam-1")
 	if _, err := srv.Store.PutGroup(context.Background(), &store.Group{
 		EnrollmentGroupID: "cams",
-		Attestation: store.Attestation{Type: store.AttestationX509, X509: &store.X509Attestation{
-			SigningCertificates: &store.X509Certificates{Primary: &store.X509CertificateWithInfo{Certificate: string(root.CertPEM())}}}},
-		ProvisioningStatus: store.StatusEnabled,
+		EnrollmentSettings: store.EnrollmentSettings{
+			Attestation: store.Attestation{Type: store.AttestationX509, X509: &store.X509Attestation{
+				SigningCertificates: &store.X509Certificates{Primary: &store.X509CertificateWithInfo{Certificate: string(root.CertPEM())}}}},
+			ProvisioningStatus: store.StatusEnabled,
+		},
 	}, ""); err != nil {
 		t.Fatal(err)
 	}

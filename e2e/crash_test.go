@@ -83,9 +83,11 @@ func TestCrashSafety(t *testing.T) {
 		keys[id] = randomKey(t, 32)
 		es = append(es, &store.Enrollment{
 			RegistrationID: id,
-			Attestation: store.Attestation{Type: store.AttestationSymmetricKey,
-				SymmetricKey: &store.SymmetricKeyAttestation{PrimaryKey: base64.StdEncoding.EncodeToString(keys[id])}},
-			ProvisioningStatus: store.StatusEnabled,
+			EnrollmentSettings: store.EnrollmentSettings{
+				Attestation: store.Attestation{Type: store.AttestationSymmetricKey,
+					SymmetricKey: &store.SymmetricKeyAttestation{PrimaryKey: base64.StdEncoding.EncodeToString(keys[id])}},
+				ProvisioningStatus: store.StatusEnabled,
+			},
 		})
 	}
 	att := &device.TPM{Device: simulator(t)}
@@ -96,9 +98,11 @@ func TestCrashSafety(t *testing.T) {
 	tpmID := attest.RegistrationID(ek)
 	es = append(es, &store.Enrollment{
 		RegistrationID: tpmID,
-		Attestation: store.Attestation{Type: store.AttestationTPM,
-			TPM: &store.TPMAttestation{EndorsementKey: base64.StdEncoding.EncodeToString(ek)}},
-		ProvisioningStatus: store.StatusEnabled,
+		EnrollmentSettings: store.EnrollmentSettings{
+			Attestation: store.Attestation{Type: store.AttestationTPM,
+				TPM: &store.TPMAttestation{EndorsementKey: base64.StdEncoding.EncodeToString(ek)}},
+			ProvisioningStatus: store.StatusEnabled,
+		},
 	})
 	if res, err := api.BulkEnrollments(ctx, apiclient.BulkCreate, es); err != nil || !res.IsSuccessful {
 		t.Fatalf("bulk enrollment: %+v %v", res, err)

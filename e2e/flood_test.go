@@ -53,10 +53,12 @@ func enrollSym(t testing.TB, srv *dpsdtest.Server, id string) symDevice {
 	key := randomKey(t, 32)
 	_, err := srv.Store.PutEnrollment(context.Background(), &store.Enrollment{
 		RegistrationID: id,
-		Attestation: store.Attestation{Type: store.AttestationSymmetricKey,
-			SymmetricKey: &store.SymmetricKeyAttestation{PrimaryKey: base64.StdEncoding.EncodeToString(key)}},
-		IoTHubHostName:     dpsdtest.DefaultHub,
-		ProvisioningStatus: store.StatusEnabled,
+		EnrollmentSettings: store.EnrollmentSettings{
+			Attestation: store.Attestation{Type: store.AttestationSymmetricKey,
+				SymmetricKey: &store.SymmetricKeyAttestation{PrimaryKey: base64.StdEncoding.EncodeToString(key)}},
+			IoTHubHostName:     dpsdtest.DefaultHub,
+			ProvisioningStatus: store.StatusEnabled,
+		},
 	}, "")
 	if err != nil {
 		t.Fatalf("PutEnrollment: %v", err)
@@ -219,10 +221,12 @@ func enrollTPMDevice(t testing.TB, srv *dpsdtest.Server, att *device.TPM, id str
 	}
 	_, err = srv.Store.PutEnrollment(context.Background(), &store.Enrollment{
 		RegistrationID: id,
-		Attestation: store.Attestation{Type: store.AttestationTPM,
-			TPM: &store.TPMAttestation{EndorsementKey: base64.StdEncoding.EncodeToString(ek)}},
-		IoTHubHostName:     dpsdtest.DefaultHub,
-		ProvisioningStatus: store.StatusEnabled,
+		EnrollmentSettings: store.EnrollmentSettings{
+			Attestation: store.Attestation{Type: store.AttestationTPM,
+				TPM: &store.TPMAttestation{EndorsementKey: base64.StdEncoding.EncodeToString(ek)}},
+			IoTHubHostName:     dpsdtest.DefaultHub,
+			ProvisioningStatus: store.StatusEnabled,
+		},
 	}, "")
 	if err != nil {
 		t.Fatalf("PutEnrollment: %v", err)

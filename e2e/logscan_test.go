@@ -154,18 +154,22 @@ func TestLogsHoldNoSecrets(t *testing.T) {
 	}
 	_, err = api.PutEnrollment(ctx, &store.Enrollment{
 		RegistrationID: "logscan-sym",
-		Attestation: store.Attestation{Type: store.AttestationSymmetricKey, SymmetricKey: &store.SymmetricKeyAttestation{
-			PrimaryKey: base64.StdEncoding.EncodeToString(symKey), SecondaryKey: base64.StdEncoding.EncodeToString(symKey2)}},
-		ProvisioningStatus: store.StatusEnabled,
+		EnrollmentSettings: store.EnrollmentSettings{
+			Attestation: store.Attestation{Type: store.AttestationSymmetricKey, SymmetricKey: &store.SymmetricKeyAttestation{
+				PrimaryKey: base64.StdEncoding.EncodeToString(symKey), SecondaryKey: base64.StdEncoding.EncodeToString(symKey2)}},
+			ProvisioningStatus: store.StatusEnabled,
+		},
 	}, "")
 	if err != nil {
 		t.Fatalf("PutEnrollment: %v", err)
 	}
 	_, err = api.PutGroup(ctx, &store.Group{
 		EnrollmentGroupID: "logscan-group",
-		Attestation: store.Attestation{Type: store.AttestationSymmetricKey, SymmetricKey: &store.SymmetricKeyAttestation{
-			PrimaryKey: base64.StdEncoding.EncodeToString(groupKey), SecondaryKey: base64.StdEncoding.EncodeToString(groupKey2)}},
-		ProvisioningStatus: store.StatusEnabled,
+		EnrollmentSettings: store.EnrollmentSettings{
+			Attestation: store.Attestation{Type: store.AttestationSymmetricKey, SymmetricKey: &store.SymmetricKeyAttestation{
+				PrimaryKey: base64.StdEncoding.EncodeToString(groupKey), SecondaryKey: base64.StdEncoding.EncodeToString(groupKey2)}},
+			ProvisioningStatus: store.StatusEnabled,
+		},
 	}, "")
 	if err != nil {
 		t.Fatalf("PutGroup: %v", err)
@@ -178,9 +182,11 @@ func TestLogsHoldNoSecrets(t *testing.T) {
 	tpmID := attest.RegistrationID(ek)
 	_, err = api.PutEnrollment(ctx, &store.Enrollment{
 		RegistrationID: tpmID,
-		Attestation: store.Attestation{Type: store.AttestationTPM,
-			TPM: &store.TPMAttestation{EndorsementKey: base64.StdEncoding.EncodeToString(ek)}},
-		ProvisioningStatus: store.StatusEnabled,
+		EnrollmentSettings: store.EnrollmentSettings{
+			Attestation: store.Attestation{Type: store.AttestationTPM,
+				TPM: &store.TPMAttestation{EndorsementKey: base64.StdEncoding.EncodeToString(ek)}},
+			ProvisioningStatus: store.StatusEnabled,
+		},
 	}, "")
 	if err != nil {
 		t.Fatalf("PutEnrollment TPM: %v", err)

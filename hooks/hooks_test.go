@@ -33,9 +33,11 @@ func enrollSymmetric(t testing.TB, s *dpsdtest.Server, id string) symDevice {
 	key := make([]byte, 32)
 	rand.Read(key)
 	_, err := s.Store.PutEnrollment(context.Background(), &store.Enrollment{
-		RegistrationID:     id,
-		Attestation:        store.Attestation{Type: store.AttestationSymmetricKey, SymmetricKey: &store.SymmetricKeyAttestation{PrimaryKey: base64.StdEncoding.EncodeToString(key)}},
-		ProvisioningStatus: store.StatusEnabled,
+		RegistrationID: id,
+		EnrollmentSettings: store.EnrollmentSettings{
+			Attestation:        store.Attestation{Type: store.AttestationSymmetricKey, SymmetricKey: &store.SymmetricKeyAttestation{PrimaryKey: base64.StdEncoding.EncodeToString(key)}},
+			ProvisioningStatus: store.StatusEnabled,
+		},
 	}, "")
 	if err != nil {
 		t.Fatal(err)

@@ -214,9 +214,9 @@ func TestMosquittoClientCertificate(t *testing.T) {
 		t.Fatal(err)
 	}
 	if _, err := m.srv.Store.PutGroup(context.Background(), &store.Group{EnrollmentGroupID: "mosq-fleet",
-		Attestation: store.Attestation{Type: store.AttestationX509, X509: &store.X509Attestation{
+		EnrollmentSettings: store.EnrollmentSettings{Attestation: store.Attestation{Type: store.AttestationX509, X509: &store.X509Attestation{
 			SigningCertificates: &store.X509Certificates{Primary: &store.X509CertificateWithInfo{Certificate: string(root.CertPEM())}}}},
-		ProvisioningStatus: store.StatusEnabled}, ""); err != nil {
+			ProvisioningStatus: store.StatusEnabled}}, ""); err != nil {
 		t.Fatal(err)
 	}
 	writePair := func(name string, certPEM, keyPEM []byte) []string {

@@ -63,9 +63,11 @@ func tpmKeys(t *testing.T, tpm transport.TPM, alg devtpm.Alg, srkT devtpm.SRKTem
 func enrollTPM(t *testing.T, s *dpsdtest.Server, id string, ekPub []byte) {
 	t.Helper()
 	_, err := s.Store.PutEnrollment(context.Background(), &store.Enrollment{
-		RegistrationID:     id,
-		Attestation:        store.Attestation{Type: store.AttestationTPM, TPM: &store.TPMAttestation{EndorsementKey: base64.StdEncoding.EncodeToString(ekPub)}},
-		ProvisioningStatus: store.StatusEnabled,
+		RegistrationID: id,
+		EnrollmentSettings: store.EnrollmentSettings{
+			Attestation:        store.Attestation{Type: store.AttestationTPM, TPM: &store.TPMAttestation{EndorsementKey: base64.StdEncoding.EncodeToString(ekPub)}},
+			ProvisioningStatus: store.StatusEnabled,
+		},
 	}, "")
 	if err != nil {
 		t.Fatal(err)

@@ -84,8 +84,10 @@ func wantRecord(t *testing.T, s *dpsdtest.Server, regID, attestation, group stri
 func symmetricEnrollment(regID, key string) *store.Enrollment {
 	return &store.Enrollment{
 		RegistrationID: regID,
-		Attestation: store.Attestation{Type: store.AttestationSymmetricKey,
-			SymmetricKey: &store.SymmetricKeyAttestation{PrimaryKey: key}},
+		EnrollmentSettings: store.EnrollmentSettings{
+			Attestation: store.Attestation{Type: store.AttestationSymmetricKey,
+				SymmetricKey: &store.SymmetricKeyAttestation{PrimaryKey: key}},
+		},
 	}
 }
 
@@ -143,8 +145,8 @@ func TestSymmetricKeyGroup(t *testing.T) {
 	const group, regID = "node-group", "node-group-device-1"
 	groupKey := randomKey(t)
 	putGroup(t, s, &store.Group{EnrollmentGroupID: group,
-		Attestation: store.Attestation{Type: store.AttestationSymmetricKey,
-			SymmetricKey: &store.SymmetricKeyAttestation{PrimaryKey: groupKey, SecondaryKey: randomKey(t)}}})
+		EnrollmentSettings: store.EnrollmentSettings{Attestation: store.Attestation{Type: store.AttestationSymmetricKey,
+			SymmetricKey: &store.SymmetricKeyAttestation{PrimaryKey: groupKey, SecondaryKey: randomKey(t)}}}})
 
 	res := node.register(t, deviceSpec{IDScope: s.IDScope, RegistrationID: regID, GroupKey: groupKey})
 	wantAssigned(t, res, regID)
@@ -273,8 +275,10 @@ func TestX509Individual(t *testing.T) {
 	dev := newCert(t, regID, nil, false)
 	putEnrollment(t, s, &store.Enrollment{
 		RegistrationID: regID,
-		Attestation: store.Attestation{Type: store.AttestationX509, X509: &store.X509Attestation{
-			ClientCertificates: &store.X509Certificates{Primary: &store.X509CertificateWithInfo{Certificate: string(dev.certPEM)}}}},
+		EnrollmentSettings: store.EnrollmentSettings{
+			Attestation: store.Attestation{Type: store.AttestationX509, X509: &store.X509Attestation{
+				ClientCertificates: &store.X509Certificates{Primary: &store.X509CertificateWithInfo{Certificate: string(dev.certPEM)}}}},
+		},
 	})
 
 	res := node.register(t, x509Spec(s, regID, dev))
@@ -296,8 +300,8 @@ func TestX509Group(t *testing.T) {
 	const group, regID = "node-x509-group", "node-x509-group-device"
 	ca := newCert(t, "interop device CA", nil, true)
 	putGroup(t, s, &store.Group{EnrollmentGroupID: group,
-		Attestation: store.Attestation{Type: store.AttestationX509, X509: &store.X509Attestation{
-			SigningCertificates: &store.X509Certificates{Primary: &store.X509CertificateWithInfo{Certificate: string(ca.certPEM)}}}}})
+		EnrollmentSettings: store.EnrollmentSettings{Attestation: store.Attestation{Type: store.AttestationX509, X509: &store.X509Attestation{
+			SigningCertificates: &store.X509Certificates{Primary: &store.X509CertificateWithInfo{Certificate: string(ca.certPEM)}}}}}})
 
 	res := node.register(t, x509Spec(s, regID, newCert(t, regID, ca, false)))
 	wantAssigned(t, res, regID)

@@ -265,8 +265,10 @@ func TestAPIPortWebSocket(t *testing.T) {
 	dev := newCert(t, x509ID, nil, false)
 	putEnrollment(t, s, &store.Enrollment{
 		RegistrationID: x509ID,
-		Attestation: store.Attestation{Type: store.AttestationX509, X509: &store.X509Attestation{
-			ClientCertificates: &store.X509Certificates{Primary: &store.X509CertificateWithInfo{Certificate: string(dev.certPEM)}}}},
+		EnrollmentSettings: store.EnrollmentSettings{
+			Attestation: store.Attestation{Type: store.AttestationX509, X509: &store.X509Attestation{
+				ClientCertificates: &store.X509Certificates{Primary: &store.X509CertificateWithInfo{Certificate: string(dev.certPEM)}}}},
+		},
 	})
 	ws := x509Spec(s, x509ID, dev)
 	ws.Transport = "mqttws"

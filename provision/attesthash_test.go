@@ -177,8 +177,8 @@ func TestAttestationHashPerMethod(t *testing.T) {
 		t.Fatal("the hash contains the key")
 	}
 	// Symmetric key through a group.
-	e.putGroup(&store.Group{EnrollmentGroupID: "g", Attestation: store.Attestation{Type: store.AttestationSymmetricKey,
-		SymmetricKey: &store.SymmetricKeyAttestation{PrimaryKey: b64(symKey(9))}}})
+	e.putGroup(&store.Group{EnrollmentGroupID: "g", EnrollmentSettings: store.EnrollmentSettings{Attestation: store.Attestation{Type: store.AttestationSymmetricKey,
+		SymmetricKey: &store.SymmetricKeyAttestation{PrimaryKey: b64(symKey(9))}}}})
 	hg := registerWith("grp-1", e.sas("grp-1", deriveKey(symKey(9), "grp-1"), ""))
 	if bytes.Equal(hg, h1) {
 		t.Fatal("group device and individual device share a hash")

@@ -41,9 +41,9 @@ func (e *env) putSymmetricGroups(n int) []byte {
 	for i := range n {
 		primary, secondary := symKey(byte(i)), symKey(byte(i>>8)|0x80)
 		primary[1], secondary[1] = byte(i>>8), byte(i)
-		e.putGroup(&store.Group{EnrollmentGroupID: fmt.Sprintf("sym-%04d", i), Attestation: store.Attestation{
+		e.putGroup(&store.Group{EnrollmentGroupID: fmt.Sprintf("sym-%04d", i), EnrollmentSettings: store.EnrollmentSettings{Attestation: store.Attestation{
 			Type: store.AttestationSymmetricKey, SymmetricKey: &store.SymmetricKeyAttestation{PrimaryKey: b64(primary), SecondaryKey: b64(secondary)}},
-			ProvisioningStatus: store.StatusEnabled})
+			ProvisioningStatus: store.StatusEnabled}})
 		last = primary
 	}
 	return last

@@ -34,9 +34,11 @@ func Example() {
 	deviceKey := bytes.Repeat([]byte{1}, 32)
 	if _, err := st.PutEnrollment(ctx, &store.Enrollment{
 		RegistrationID: "dev-1",
-		Attestation: store.Attestation{Type: store.AttestationSymmetricKey, SymmetricKey: &store.SymmetricKeyAttestation{
-			PrimaryKey: base64.StdEncoding.EncodeToString(deviceKey)}},
-		IoTHubHostName: "hub-1.azure-devices.net",
+		EnrollmentSettings: store.EnrollmentSettings{
+			Attestation: store.Attestation{Type: store.AttestationSymmetricKey, SymmetricKey: &store.SymmetricKeyAttestation{
+				PrimaryKey: base64.StdEncoding.EncodeToString(deviceKey)}},
+			IoTHubHostName: "hub-1.azure-devices.net",
+		},
 	}, ""); err != nil {
 		panic(err)
 	}

@@ -48,8 +48,8 @@ func newCountingEnv(t *testing.T) (*env, *countingStore) {
 }
 
 func symGroup(id string, primary []byte) *store.Group {
-	return &store.Group{EnrollmentGroupID: id, Attestation: store.Attestation{Type: store.AttestationSymmetricKey,
-		SymmetricKey: &store.SymmetricKeyAttestation{PrimaryKey: b64(primary)}}, ProvisioningStatus: store.StatusEnabled}
+	return &store.Group{EnrollmentGroupID: id, EnrollmentSettings: store.EnrollmentSettings{Attestation: store.Attestation{Type: store.AttestationSymmetricKey,
+		SymmetricKey: &store.SymmetricKeyAttestation{PrimaryKey: b64(primary)}}, ProvisioningStatus: store.StatusEnabled}}
 }
 
 // TestGroupCacheFollowsStoreWrites: groups are kept in memory, and a group

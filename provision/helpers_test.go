@@ -121,10 +121,12 @@ func b64(b []byte) string { return base64.StdEncoding.EncodeToString(b) }
 func symmetricEnrollment(regID string, primary, secondary []byte) *store.Enrollment {
 	return &store.Enrollment{
 		RegistrationID: regID,
-		Attestation: store.Attestation{Type: store.AttestationSymmetricKey, SymmetricKey: &store.SymmetricKeyAttestation{
-			PrimaryKey: b64(primary), SecondaryKey: b64(secondary),
-		}},
-		ProvisioningStatus: store.StatusEnabled,
+		EnrollmentSettings: store.EnrollmentSettings{
+			Attestation: store.Attestation{Type: store.AttestationSymmetricKey, SymmetricKey: &store.SymmetricKeyAttestation{
+				PrimaryKey: b64(primary), SecondaryKey: b64(secondary),
+			}},
+			ProvisioningStatus: store.StatusEnabled,
+		},
 	}
 }
 

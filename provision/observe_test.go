@@ -170,8 +170,8 @@ func TestAuthFailureLabelsHideEnrollments(t *testing.T) {
 	e.putEnrollment(tpmEnrollment("known-tpm", otherEK(t)))
 	pinned := e.selfSigned("known-x509")
 	e.putEnrollment(x509Enrollment("known-x509", withCert(pinned.pem), nil))
-	e.putGroup(&store.Group{EnrollmentGroupID: "fleet", Attestation: store.Attestation{Type: store.AttestationSymmetricKey,
-		SymmetricKey: &store.SymmetricKeyAttestation{PrimaryKey: b64(symKey(7))}}})
+	e.putGroup(&store.Group{EnrollmentGroupID: "fleet", EnrollmentSettings: store.EnrollmentSettings{Attestation: store.Attestation{Type: store.AttestationSymmetricKey,
+		SymmetricKey: &store.SymmetricKeyAttestation{PrimaryKey: b64(symKey(7))}}}})
 
 	refusals := []struct {
 		name  string

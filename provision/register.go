@@ -160,10 +160,16 @@ func enrollmentSource(e *store.Enrollment) source {
 		deviceID:        deviceID,
 		disabled:        strings.EqualFold(e.ProvisioningStatus, store.StatusDisabled),
 		createdAt:       e.CreatedAt,
-		target: allocationTarget{
-			policy: e.AllocationPolicy, hubHostName: e.IoTHubHostName,
-			hubs: e.IoTHubs, reprovision: e.ReprovisionPolicy,
-		},
+		target:          allocationTargetOf(&e.EnrollmentSettings),
+	}
+}
+
+// allocationTargetOf is where an enrollment's or a group's settings send
+// its devices.
+func allocationTargetOf(s *store.EnrollmentSettings) allocationTarget {
+	return allocationTarget{
+		policy: s.AllocationPolicy, hubHostName: s.IoTHubHostName,
+		hubs: s.IoTHubs, reprovision: s.ReprovisionPolicy,
 	}
 }
 
@@ -212,9 +218,6 @@ func (s *Service) credentialSource(ctx context.Context, id Identity, trackingID,
 		deviceID:        id.RegistrationID,
 		disabled:        strings.EqualFold(g.ProvisioningStatus, store.StatusDisabled),
 		createdAt:       g.CreatedAt,
-		target: allocationTarget{
-			policy: g.AllocationPolicy, hubHostName: g.IoTHubHostName,
-			hubs: g.IoTHubs, reprovision: g.ReprovisionPolicy,
-		},
+		target:          allocationTargetOf(&g.EnrollmentSettings),
 	}, Response{}, true
 }

@@ -70,10 +70,10 @@ func TestAuthenticateSymmetricRefusals(t *testing.T) {
 func TestAuthenticateSymmetricGroup(t *testing.T) {
 	e := newEnv(t)
 	groupKey := symKey(9)
-	e.putGroup(&store.Group{EnrollmentGroupID: "other", Attestation: store.Attestation{Type: store.AttestationSymmetricKey,
-		SymmetricKey: &store.SymmetricKeyAttestation{PrimaryKey: b64(symKey(8)), SecondaryKey: b64(symKey(7))}}})
-	e.putGroup(&store.Group{EnrollmentGroupID: "Fleet", Attestation: store.Attestation{Type: store.AttestationSymmetricKey,
-		SymmetricKey: &store.SymmetricKeyAttestation{PrimaryKey: b64(symKey(6)), SecondaryKey: b64(groupKey)}}})
+	e.putGroup(&store.Group{EnrollmentGroupID: "other", EnrollmentSettings: store.EnrollmentSettings{Attestation: store.Attestation{Type: store.AttestationSymmetricKey,
+		SymmetricKey: &store.SymmetricKeyAttestation{PrimaryKey: b64(symKey(8)), SecondaryKey: b64(symKey(7))}}}})
+	e.putGroup(&store.Group{EnrollmentGroupID: "Fleet", EnrollmentSettings: store.EnrollmentSettings{Attestation: store.Attestation{Type: store.AttestationSymmetricKey,
+		SymmetricKey: &store.SymmetricKeyAttestation{PrimaryKey: b64(symKey(6)), SecondaryKey: b64(groupKey)}}}})
 	// The device derives its key from the id exactly as it spells it.
 	devKey := attest.DeriveDeviceKey(groupKey, "Sensor-42")
 	id := e.mustConnect("Sensor-42", e.sas("Sensor-42", devKey, "registration"))
@@ -100,8 +100,8 @@ func TestAuthenticateSymmetricGroup(t *testing.T) {
 func TestIndividualOverridesGroup(t *testing.T) {
 	e := newEnv(t)
 	groupKey := symKey(9)
-	e.putGroup(&store.Group{EnrollmentGroupID: "fleet", Attestation: store.Attestation{Type: store.AttestationSymmetricKey,
-		SymmetricKey: &store.SymmetricKeyAttestation{PrimaryKey: b64(groupKey)}}})
+	e.putGroup(&store.Group{EnrollmentGroupID: "fleet", EnrollmentSettings: store.EnrollmentSettings{Attestation: store.Attestation{Type: store.AttestationSymmetricKey,
+		SymmetricKey: &store.SymmetricKeyAttestation{PrimaryKey: b64(groupKey)}}}})
 	e.putEnrollment(symmetricEnrollment("dev-1", symKey(1), nil))
 	if _, err := e.connect("dev-1", e.sas("dev-1", attest.DeriveDeviceKey(groupKey, "dev-1"), "")); !errors.Is(err, ErrNotAuthorized) {
 		t.Fatalf("group key accepted despite an individual enrollment: %v", err)
@@ -111,8 +111,8 @@ func TestIndividualOverridesGroup(t *testing.T) {
 		t.Fatalf("identity %+v", id)
 	}
 	// An individual TPM enrollment also rules the group out.
-	e.putEnrollment(&store.Enrollment{RegistrationID: "tpm-1", Attestation: store.Attestation{Type: store.AttestationTPM,
-		TPM: &store.TPMAttestation{EndorsementKey: "AAAA"}}})
+	e.putEnrollment(&store.Enrollment{RegistrationID: "tpm-1", EnrollmentSettings: store.EnrollmentSettings{Attestation: store.Attestation{Type: store.AttestationTPM,
+		TPM: &store.TPMAttestation{EndorsementKey: "AAAA"}}}})
 	if _, err := e.connect("tpm-1", e.sas("tpm-1", attest.DeriveDeviceKey(groupKey, "tpm-1"), "")); !errors.Is(err, ErrNotAuthorized) {
 		t.Fatalf("group key accepted for a TPM enrollment: %v", err)
 	}

@@ -19,9 +19,11 @@ import (
 
 func tpmEnrollment(regID string, ek []byte) *store.Enrollment {
 	return &store.Enrollment{
-		RegistrationID:     regID,
-		Attestation:        store.Attestation{Type: store.AttestationTPM, TPM: &store.TPMAttestation{EndorsementKey: b64(ek)}},
-		ProvisioningStatus: store.StatusEnabled,
+		RegistrationID: regID,
+		EnrollmentSettings: store.EnrollmentSettings{
+			Attestation:        store.Attestation{Type: store.AttestationTPM, TPM: &store.TPMAttestation{EndorsementKey: b64(ek)}},
+			ProvisioningStatus: store.StatusEnabled,
+		},
 	}
 }
 
@@ -331,8 +333,8 @@ func TestHashedAllocationEndToEnd(t *testing.T) {
 	hubs := []string{"hub-a.azure-devices.net", "hub-b.azure-devices.net", "hub-c.azure-devices.net"}
 	e := newEnv(t, func(c *Config) { c.Hubs = hubs })
 	groupKey := symKey(4)
-	e.putGroup(&store.Group{EnrollmentGroupID: "fleet", AllocationPolicy: "hashed", Attestation: store.Attestation{
-		Type: store.AttestationSymmetricKey, SymmetricKey: &store.SymmetricKeyAttestation{PrimaryKey: b64(groupKey)}}})
+	e.putGroup(&store.Group{EnrollmentGroupID: "fleet", EnrollmentSettings: store.EnrollmentSettings{AllocationPolicy: "hashed", Attestation: store.Attestation{
+		Type: store.AttestationSymmetricKey, SymmetricKey: &store.SymmetricKeyAttestation{PrimaryKey: b64(groupKey)}}}})
 	counts := map[string]int{}
 	first := map[string]string{}
 	for i := range 60 {

@@ -57,18 +57,22 @@ func (e *env) connectX509(regID string, chain ...*x509.Certificate) (Identity, e
 func x509Enrollment(regID string, primary, secondary *store.X509CertificateWithInfo) *store.Enrollment {
 	return &store.Enrollment{
 		RegistrationID: regID,
-		Attestation: store.Attestation{Type: store.AttestationX509, X509: &store.X509Attestation{
-			ClientCertificates: &store.X509Certificates{Primary: primary, Secondary: secondary}}},
-		ProvisioningStatus: store.StatusEnabled,
+		EnrollmentSettings: store.EnrollmentSettings{
+			Attestation: store.Attestation{Type: store.AttestationX509, X509: &store.X509Attestation{
+				ClientCertificates: &store.X509Certificates{Primary: primary, Secondary: secondary}}},
+			ProvisioningStatus: store.StatusEnabled,
+		},
 	}
 }
 
 func x509Group(id string, primary, secondary *store.X509CertificateWithInfo) *store.Group {
 	return &store.Group{
 		EnrollmentGroupID: id,
-		Attestation: store.Attestation{Type: store.AttestationX509, X509: &store.X509Attestation{
-			SigningCertificates: &store.X509Certificates{Primary: primary, Secondary: secondary}}},
-		ProvisioningStatus: store.StatusEnabled,
+		EnrollmentSettings: store.EnrollmentSettings{
+			Attestation: store.Attestation{Type: store.AttestationX509, X509: &store.X509Attestation{
+				SigningCertificates: &store.X509Certificates{Primary: primary, Secondary: secondary}}},
+			ProvisioningStatus: store.StatusEnabled,
+		},
 	}
 }
 
@@ -251,8 +255,8 @@ func TestX509Refusals(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.putGroup(x509Group("fleet", withCert(string(root.CertPEM())), nil))
-	e.putGroup(&store.Group{EnrollmentGroupID: "refs", Attestation: store.Attestation{Type: store.AttestationX509,
-		X509: &store.X509Attestation{CAReferences: &store.X509CAReferences{Primary: "my-ca"}}}, ProvisioningStatus: store.StatusEnabled})
+	e.putGroup(&store.Group{EnrollmentGroupID: "refs", EnrollmentSettings: store.EnrollmentSettings{Attestation: store.Attestation{Type: store.AttestationX509,
+		X509: &store.X509Attestation{CAReferences: &store.X509CAReferences{Primary: "my-ca"}}}, ProvisioningStatus: store.StatusEnabled}})
 	pinned := e.selfSigned("dev-pinned")
 	e.putEnrollment(x509Enrollment("dev-pinned", withCert(pinned.pem), nil))
 	e.putEnrollment(symmetricEnrollment("dev-sym", symKey(1), symKey(2)))
@@ -409,9 +413,9 @@ func TestSymmetricKeyName(t *testing.T) {
 func TestSymmetricGroupRecorded(t *testing.T) {
 	e := newEnv(t)
 	groupKey := symKey(9)
-	e.putGroup(&store.Group{EnrollmentGroupID: "Fleet-A", Attestation: store.Attestation{Type: store.AttestationSymmetricKey,
+	e.putGroup(&store.Group{EnrollmentGroupID: "Fleet-A", EnrollmentSettings: store.EnrollmentSettings{Attestation: store.Attestation{Type: store.AttestationSymmetricKey,
 		SymmetricKey: &store.SymmetricKeyAttestation{PrimaryKey: b64(symKey(8)), SecondaryKey: b64(groupKey)}},
-		ProvisioningStatus: store.StatusEnabled})
+		ProvisioningStatus: store.StatusEnabled}})
 	id := e.mustConnect("Sensor-7", e.sas("Sensor-7", deriveKey(groupKey, "Sensor-7"), SymmetricKeyName))
 	if id.GroupID != "Fleet-A" || id.Method != AuthSymmetricKey {
 		t.Fatalf("identity %+v", id)

@@ -44,7 +44,7 @@ func TestRecordJSONUnchanged(t *testing.T) {
 	e.ETag, e.CreatedAt, e.UpdatedAt = "etag-e", at, at.Add(time.Hour)
 	g := storetest.FullGroup("Golden-G")
 	g.ETag, g.CreatedAt, g.UpdatedAt = "etag-g", at, at.Add(2*time.Hour)
-	minimal := &store.Enrollment{RegistrationID: "min", Attestation: store.Attestation{Type: store.AttestationTPM, TPM: &store.TPMAttestation{EndorsementKey: "ek"}}}
+	minimal := &store.Enrollment{RegistrationID: "min", EnrollmentSettings: store.EnrollmentSettings{Attestation: store.Attestation{Type: store.AttestationTPM, TPM: &store.TPMAttestation{EndorsementKey: "ek"}}}}
 	for name, c := range map[string]struct {
 		rec  any
 		into func() any

@@ -83,27 +83,27 @@ const (
 )
 
 // Enrollment is an individual enrollment, keyed by its lowercased registrationId.
-// JSON names follow the DPS service API.
+// JSON names follow the DPS service API; the JSON is flat (the fields of
+// EnrollmentSettings sit beside registrationId and deviceId).
 type Enrollment struct {
-	RegistrationID             string                      `json:"registrationId"`
-	DeviceID                   string                      `json:"deviceId,omitempty"`
-	Attestation                Attestation                 `json:"attestation"`
-	IoTHubHostName             string                      `json:"iotHubHostName,omitempty"`
-	IoTHubs                    []string                    `json:"iotHubs,omitempty"`
-	AllocationPolicy           string                      `json:"allocationPolicy,omitempty"`
-	ProvisioningStatus         string                      `json:"provisioningStatus,omitempty"`
-	InitialTwin                json.RawMessage             `json:"initialTwin,omitempty"`
-	Capabilities               *Capabilities               `json:"capabilities,omitempty"`
-	ReprovisionPolicy          *ReprovisionPolicy          `json:"reprovisionPolicy,omitempty"`
-	CustomAllocationDefinition *CustomAllocationDefinition `json:"customAllocationDefinition,omitempty"`
-	ETag                       string                      `json:"etag,omitempty"`
-	CreatedAt                  time.Time                   `json:"createdDateTimeUtc"`
-	UpdatedAt                  time.Time                   `json:"lastUpdatedDateTimeUtc"`
+	RegistrationID string `json:"registrationId"`
+	DeviceID       string `json:"deviceId,omitempty"`
+	EnrollmentSettings
 }
 
-// Group is an enrollment group (symmetric key or X.509 CA), keyed by EnrollmentGroupID.
+// Group is an enrollment group (symmetric key or X.509 CA), keyed by its
+// lowercased EnrollmentGroupID. Its JSON is flat like Enrollment's.
 type Group struct {
-	EnrollmentGroupID          string                      `json:"enrollmentGroupId"`
+	EnrollmentGroupID string `json:"enrollmentGroupId"`
+	EnrollmentSettings
+}
+
+// EnrollmentSettings is what an individual enrollment and an enrollment
+// group share: how their devices attest, where they are allocated and how
+// they are provisioned, and the record's etag and times. Both embed it, so
+// code that applies to either (allocation, validation, the API's writes)
+// takes an *EnrollmentSettings.
+type EnrollmentSettings struct {
 	Attestation                Attestation                 `json:"attestation"`
 	IoTHubHostName             string                      `json:"iotHubHostName,omitempty"`
 	IoTHubs                    []string                    `json:"iotHubs,omitempty"`

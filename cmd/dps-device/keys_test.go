@@ -27,15 +27,15 @@ func TestProvisionKeysAndCertificates(t *testing.T) {
 	b64 := base64.StdEncoding.EncodeToString
 	primary, secondary, groupKey := bytes.Repeat([]byte{1}, 32), bytes.Repeat([]byte{2}, 32), bytes.Repeat([]byte{3}, 64)
 	if _, err := srv.Store.PutEnrollment(ctx, &store.Enrollment{RegistrationID: "cli-sym",
-		Attestation: store.Attestation{Type: store.AttestationSymmetricKey, SymmetricKey: &store.SymmetricKeyAttestation{
+		EnrollmentSettings: store.EnrollmentSettings{Attestation: store.Attestation{Type: store.AttestationSymmetricKey, SymmetricKey: &store.SymmetricKeyAttestation{
 			PrimaryKey: b64(primary), SecondaryKey: b64(secondary)}},
-		ProvisioningStatus: store.StatusEnabled}, ""); err != nil {
+			ProvisioningStatus: store.StatusEnabled}}, ""); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := srv.Store.PutGroup(ctx, &store.Group{EnrollmentGroupID: "cli-fleet",
-		Attestation: store.Attestation{Type: store.AttestationSymmetricKey, SymmetricKey: &store.SymmetricKeyAttestation{
+		EnrollmentSettings: store.EnrollmentSettings{Attestation: store.Attestation{Type: store.AttestationSymmetricKey, SymmetricKey: &store.SymmetricKeyAttestation{
 			PrimaryKey: b64(groupKey)}},
-		ProvisioningStatus: store.StatusEnabled}, ""); err != nil {
+			ProvisioningStatus: store.StatusEnabled}}, ""); err != nil {
 		t.Fatal(err)
 	}
 	now := time.Now()
@@ -48,9 +48,9 @@ func TestProvisionKeysAndCertificates(t *testing.T) {
 		t.Fatal(err)
 	}
 	if _, err := srv.Store.PutGroup(ctx, &store.Group{EnrollmentGroupID: "cli-certs",
-		Attestation: store.Attestation{Type: store.AttestationX509, X509: &store.X509Attestation{
+		EnrollmentSettings: store.EnrollmentSettings{Attestation: store.Attestation{Type: store.AttestationX509, X509: &store.X509Attestation{
 			SigningCertificates: &store.X509Certificates{Primary: &store.X509CertificateWithInfo{Certificate: string(root.CertPEM())}}}},
-		ProvisioningStatus: store.StatusEnabled}, ""); err != nil {
+			ProvisioningStatus: store.StatusEnabled}}, ""); err != nil {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()

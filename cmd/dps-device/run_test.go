@@ -91,10 +91,12 @@ func TestEKSwtpmPersists(t *testing.T) {
 func enrollFromEK(t *testing.T, srv *dpsdtest.Server, e ekOut, status string) {
 	t.Helper()
 	_, err := srv.Store.PutEnrollment(context.Background(), &store.Enrollment{
-		RegistrationID:     e.RegistrationID,
-		Attestation:        store.Attestation{Type: store.AttestationTPM, TPM: &store.TPMAttestation{EndorsementKey: e.EndorsementKey}},
-		IoTHubHostName:     dpsdtest.DefaultHub,
-		ProvisioningStatus: status,
+		RegistrationID: e.RegistrationID,
+		EnrollmentSettings: store.EnrollmentSettings{
+			Attestation:        store.Attestation{Type: store.AttestationTPM, TPM: &store.TPMAttestation{EndorsementKey: e.EndorsementKey}},
+			IoTHubHostName:     dpsdtest.DefaultHub,
+			ProvisioningStatus: status,
+		},
 	}, "")
 	if err != nil {
 		t.Fatal(err)

@@ -96,7 +96,7 @@ func adminEnrollmentAdd(ctx context.Context, c *adminCmd, args []string) error {
 	if err != nil {
 		return err
 	}
-	e := &store.Enrollment{RegistrationID: pos[0], DeviceID: deviceID, IoTHubHostName: hub, AllocationPolicy: alloc}
+	e := &store.Enrollment{RegistrationID: pos[0], DeviceID: deviceID, EnrollmentSettings: store.EnrollmentSettings{IoTHubHostName: hub, AllocationPolicy: alloc}}
 	ekB64, err := adminReadEK(ek, ekFile)
 	if err != nil {
 		return err

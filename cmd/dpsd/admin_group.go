@@ -41,7 +41,7 @@ func adminGroupAdd(ctx context.Context, c *adminCmd, args []string) error {
 	if err != nil {
 		return err
 	}
-	g := &store.Group{EnrollmentGroupID: pos[0], IoTHubHostName: hub, AllocationPolicy: alloc}
+	g := &store.Group{EnrollmentGroupID: pos[0], EnrollmentSettings: store.EnrollmentSettings{IoTHubHostName: hub, AllocationPolicy: alloc}}
 	switch {
 	case cert != "" && caRef != "", (cert != "" || caRef != "") && (symKey != "" || secKey != ""):
 		return fmt.Errorf("give one attestation: --symmetric-key, --cert or --ca-ref")

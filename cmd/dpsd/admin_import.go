@@ -355,11 +355,13 @@ func (c *adminCSVReader) enrollment(rec []string) (*store.Enrollment, error) {
 		return ""
 	}
 	e := &store.Enrollment{
-		RegistrationID:     get("registrationid"),
-		DeviceID:           get("deviceid"),
-		IoTHubHostName:     get("iothubhostname"),
-		ProvisioningStatus: get("provisioningstatus"),
-		AllocationPolicy:   get("allocationpolicy"),
+		RegistrationID: get("registrationid"),
+		DeviceID:       get("deviceid"),
+		EnrollmentSettings: store.EnrollmentSettings{
+			IoTHubHostName:     get("iothubhostname"),
+			ProvisioningStatus: get("provisioningstatus"),
+			AllocationPolicy:   get("allocationpolicy"),
+		},
 	}
 	if hubs := get("iothubs"); hubs != "" {
 		e.IoTHubs = strings.FieldsFunc(hubs, func(r rune) bool { return r == '|' || r == ' ' || r == ';' })

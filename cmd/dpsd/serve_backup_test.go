@@ -50,7 +50,7 @@ func fillerEnrollments(prefix string, n int) []*store.Enrollment {
 	es := make([]*store.Enrollment, n)
 	for i := range es {
 		es[i] = &store.Enrollment{RegistrationID: fmt.Sprintf("%s-%05d", prefix, i),
-			Attestation: store.Attestation{Type: store.AttestationSymmetricKey}, InitialTwin: twin}
+			EnrollmentSettings: store.EnrollmentSettings{Attestation: store.Attestation{Type: store.AttestationSymmetricKey}, InitialTwin: twin}}
 	}
 	return es
 }
@@ -115,7 +115,7 @@ func TestStalledBackupDoesNotFreeze(t *testing.T) {
 		errs <- nil
 	})
 	wg.Go(func() {
-		_, err := cl.PutEnrollment(writeCtx, &store.Enrollment{RegistrationID: "one-more", Attestation: store.Attestation{Type: store.AttestationSymmetricKey}}, "")
+		_, err := cl.PutEnrollment(writeCtx, &store.Enrollment{RegistrationID: "one-more", EnrollmentSettings: store.EnrollmentSettings{Attestation: store.Attestation{Type: store.AttestationSymmetricKey}}}, "")
 		errs <- err
 	})
 	wg.Go(func() {

@@ -217,7 +217,9 @@ func enrollThroughAPI(t *testing.T, st started, id string) []byte {
 	rand.Read(key)
 	_, err = c.PutEnrollment(context.Background(), &store.Enrollment{
 		RegistrationID: id,
-		Attestation:    store.Attestation{Type: store.AttestationSymmetricKey, SymmetricKey: &store.SymmetricKeyAttestation{PrimaryKey: base64.StdEncoding.EncodeToString(key)}},
+		EnrollmentSettings: store.EnrollmentSettings{
+			Attestation: store.Attestation{Type: store.AttestationSymmetricKey, SymmetricKey: &store.SymmetricKeyAttestation{PrimaryKey: base64.StdEncoding.EncodeToString(key)}},
+		},
 	}, "")
 	if err != nil {
 		t.Fatalf("PutEnrollment through the API: %v", err)

@@ -73,9 +73,11 @@ func enrollIndividual(t *testing.T, srv *dpsdtest.Server, regID string, c cred, 
 	t.Helper()
 	_, err := srv.Store.PutEnrollment(context.Background(), &store.Enrollment{
 		RegistrationID: regID,
-		Attestation: store.Attestation{Type: store.AttestationX509, X509: &store.X509Attestation{
-			ClientCertificates: &store.X509Certificates{Primary: &store.X509CertificateWithInfo{Certificate: firstPEM(c)}}}},
-		ProvisioningStatus: status,
+		EnrollmentSettings: store.EnrollmentSettings{
+			Attestation: store.Attestation{Type: store.AttestationX509, X509: &store.X509Attestation{
+				ClientCertificates: &store.X509Certificates{Primary: &store.X509CertificateWithInfo{Certificate: firstPEM(c)}}}},
+			ProvisioningStatus: status,
+		},
 	}, "")
 	if err != nil {
 		t.Fatal(err)
@@ -86,9 +88,11 @@ func enrollGroup(t *testing.T, srv *dpsdtest.Server, id string, ca *devca.CA, st
 	t.Helper()
 	_, err := srv.Store.PutGroup(context.Background(), &store.Group{
 		EnrollmentGroupID: id,
-		Attestation: store.Attestation{Type: store.AttestationX509, X509: &store.X509Attestation{
-			SigningCertificates: &store.X509Certificates{Primary: &store.X509CertificateWithInfo{Certificate: string(ca.CertPEM())}}}},
-		ProvisioningStatus: status,
+		EnrollmentSettings: store.EnrollmentSettings{
+			Attestation: store.Attestation{Type: store.AttestationX509, X509: &store.X509Attestation{
+				SigningCertificates: &store.X509Certificates{Primary: &store.X509CertificateWithInfo{Certificate: string(ca.CertPEM())}}}},
+			ProvisioningStatus: status,
+		},
 	}, "")
 	if err != nil {
 		t.Fatal(err)

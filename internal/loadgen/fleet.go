@@ -148,7 +148,7 @@ func NewFleet(spec FleetSpec) ([]*Device, error) {
 
 // Enrollment returns the individual enrollment of d.
 func (d *Device) Enrollment() *store.Enrollment {
-	e := &store.Enrollment{RegistrationID: d.RegistrationID, ProvisioningStatus: store.StatusEnabled}
+	e := &store.Enrollment{RegistrationID: d.RegistrationID, EnrollmentSettings: store.EnrollmentSettings{ProvisioningStatus: store.StatusEnabled}}
 	if d.Kind == Symmetric {
 		k := base64.StdEncoding.EncodeToString(d.SymmetricKey)
 		e.Attestation = store.Attestation{Type: store.AttestationSymmetricKey,

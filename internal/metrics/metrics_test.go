@@ -90,7 +90,7 @@ func TestTimedStore(t *testing.T) {
 	st := m.Store(bolt)
 	ctx := context.Background()
 	if _, err := st.PutEnrollment(ctx, &store.Enrollment{RegistrationID: "d1",
-		Attestation: store.Attestation{Type: store.AttestationSymmetricKey, SymmetricKey: &store.SymmetricKeyAttestation{PrimaryKey: "AAAAAAAAAAAAAAAAAAAAAA=="}}}, ""); err != nil {
+		EnrollmentSettings: store.EnrollmentSettings{Attestation: store.Attestation{Type: store.AttestationSymmetricKey, SymmetricKey: &store.SymmetricKeyAttestation{PrimaryKey: "AAAAAAAAAAAAAAAAAAAAAA=="}}}}, ""); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := st.GetEnrollment(ctx, "missing"); !errors.Is(err, store.ErrNotFound) {

@@ -22,7 +22,7 @@ import (
 // benchEnrollment is a realistic TPM or symmetric-key enrollment.
 func benchEnrollment(i int) *store.Enrollment {
 	id := fmt.Sprintf("device-%08d", i)
-	e := &store.Enrollment{RegistrationID: id, DeviceID: id, ProvisioningStatus: store.StatusEnabled, IoTHubHostName: "hub.example.net"}
+	e := &store.Enrollment{RegistrationID: id, DeviceID: id, EnrollmentSettings: store.EnrollmentSettings{ProvisioningStatus: store.StatusEnabled, IoTHubHostName: "hub.example.net"}}
 	if i%2 == 0 {
 		// A TPM2B_PUBLIC RSA-2048 EK in base64 is about 420 characters.
 		ek := make([]byte, 314)

@@ -84,7 +84,7 @@ func (s *suite) paging(t *testing.T) {
 		wg.Go(func() {
 			for i := w; i < n; i += 8 {
 				id := fmt.Sprintf("Dev-%05d", i*7919%n)
-				if _, err := st.PutEnrollment(ctx, &store.Enrollment{RegistrationID: id, Attestation: store.Attestation{Type: store.AttestationTPM, TPM: &store.TPMAttestation{EndorsementKey: "ek"}}}, ""); err != nil {
+				if _, err := st.PutEnrollment(ctx, &store.Enrollment{RegistrationID: id, EnrollmentSettings: store.EnrollmentSettings{Attestation: store.Attestation{Type: store.AttestationTPM, TPM: &store.TPMAttestation{EndorsementKey: "ek"}}}}, ""); err != nil {
 					errs <- err
 					return
 				}

@@ -74,7 +74,7 @@ func (s *suite) enrollmentRoundTrip(t *testing.T) {
 		t.Fatalf("count = %d, %v", n, err)
 	}
 	// A minimal record without secrets round-trips too.
-	minimal := &store.Enrollment{RegistrationID: "tpm1", Attestation: store.Attestation{Type: store.AttestationTPM, TPM: &store.TPMAttestation{EndorsementKey: "ek"}}}
+	minimal := &store.Enrollment{RegistrationID: "tpm1", EnrollmentSettings: store.EnrollmentSettings{Attestation: store.Attestation{Type: store.AttestationTPM, TPM: &store.TPMAttestation{EndorsementKey: "ek"}}}}
 	pm, err := st.PutEnrollment(ctx, minimal, "*")
 	if err != nil {
 		t.Fatal(err)
@@ -395,7 +395,7 @@ func (s *suite) invalidInput(t *testing.T) {
 	if err := st.PutOperation(ctx, nil); !errors.Is(err, store.ErrInvalidRecord) {
 		t.Errorf("nil operation: %v", err)
 	}
-	if _, err := st.PutEnrollment(ctx, &store.Enrollment{RegistrationID: "x", InitialTwin: json.RawMessage("{bad")}, ""); !errors.Is(err, store.ErrInvalidRecord) {
+	if _, err := st.PutEnrollment(ctx, &store.Enrollment{RegistrationID: "x", EnrollmentSettings: store.EnrollmentSettings{InitialTwin: json.RawMessage("{bad")}}, ""); !errors.Is(err, store.ErrInvalidRecord) {
 		t.Errorf("bad twin: %v", err)
 	}
 	if err := st.PutOperation(ctx, &store.Operation{ID: "op"}); !errors.Is(err, store.ErrInvalidRecord) {

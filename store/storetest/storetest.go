@@ -143,41 +143,40 @@ func FullEnrollment(id string) *store.Enrollment {
 	return &store.Enrollment{
 		RegistrationID: id,
 		DeviceID:       "dev-" + id,
-		Attestation: store.Attestation{
-			Type:         store.AttestationSymmetricKey,
-			SymmetricKey: &store.SymmetricKeyAttestation{PrimaryKey: "cHJpbWFyeS1zZWNyZXQta2V5LTAxMjM0NTY3ODkwMTIz", SecondaryKey: "c2Vjb25kYXJ5LXNlY3JldC1rZXktOTg3NjU0MzIxMDk4"},
-			TPM:          &store.TPMAttestation{EndorsementKey: "AToAAQALAAMAsgAg", StorageRootKey: "AToAAQALAAMAcgAA"},
-			X509: &store.X509Attestation{
-				ClientCertificates: &store.X509Certificates{
-					Primary: &store.X509CertificateWithInfo{Certificate: "MIIB", Info: &store.X509CertificateInfo{
-						SubjectName: "CN=dev", SHA1Thumbprint: "AA", SHA256Thumbprint: "BB", IssuerName: "CN=ca",
-						NotBefore: time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC), NotAfter: time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC),
-						SerialNumber: "01", Version: 3}},
-					Secondary: &store.X509CertificateWithInfo{Certificate: "MIIC"},
+		EnrollmentSettings: store.EnrollmentSettings{
+			Attestation: store.Attestation{
+				Type:         store.AttestationSymmetricKey,
+				SymmetricKey: &store.SymmetricKeyAttestation{PrimaryKey: "cHJpbWFyeS1zZWNyZXQta2V5LTAxMjM0NTY3ODkwMTIz", SecondaryKey: "c2Vjb25kYXJ5LXNlY3JldC1rZXktOTg3NjU0MzIxMDk4"},
+				TPM:          &store.TPMAttestation{EndorsementKey: "AToAAQALAAMAsgAg", StorageRootKey: "AToAAQALAAMAcgAA"},
+				X509: &store.X509Attestation{
+					ClientCertificates: &store.X509Certificates{
+						Primary: &store.X509CertificateWithInfo{Certificate: "MIIB", Info: &store.X509CertificateInfo{
+							SubjectName: "CN=dev", SHA1Thumbprint: "AA", SHA256Thumbprint: "BB", IssuerName: "CN=ca",
+							NotBefore: time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC), NotAfter: time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC),
+							SerialNumber: "01", Version: 3}},
+						Secondary: &store.X509CertificateWithInfo{Certificate: "MIIC"},
+					},
+					SigningCertificates: &store.X509Certificates{Primary: &store.X509CertificateWithInfo{Certificate: "MIID"}},
+					CAReferences:        &store.X509CAReferences{Primary: "ca1", Secondary: "ca2"},
 				},
-				SigningCertificates: &store.X509Certificates{Primary: &store.X509CertificateWithInfo{Certificate: "MIID"}},
-				CAReferences:        &store.X509CAReferences{Primary: "ca1", Secondary: "ca2"},
 			},
+			IoTHubHostName:             "hub1.example.net",
+			IoTHubs:                    []string{"hub1.example.net", "hub2.example.net"},
+			AllocationPolicy:           "hashed",
+			ProvisioningStatus:         store.StatusEnabled,
+			InitialTwin:                json.RawMessage(`{"tags":{"a":1},"properties":{"desired":{"b":"c"}}}`),
+			Capabilities:               &store.Capabilities{IoTEdge: true},
+			ReprovisionPolicy:          &store.ReprovisionPolicy{UpdateHubAssignment: true, MigrateDeviceData: true},
+			CustomAllocationDefinition: &store.CustomAllocationDefinition{WebhookURL: "https://alloc.example/x", APIVersion: "2019-03-31"},
 		},
-		IoTHubHostName:             "hub1.example.net",
-		IoTHubs:                    []string{"hub1.example.net", "hub2.example.net"},
-		AllocationPolicy:           "hashed",
-		ProvisioningStatus:         store.StatusEnabled,
-		InitialTwin:                json.RawMessage(`{"tags":{"a":1},"properties":{"desired":{"b":"c"}}}`),
-		Capabilities:               &store.Capabilities{IoTEdge: true},
-		ReprovisionPolicy:          &store.ReprovisionPolicy{UpdateHubAssignment: true, MigrateDeviceData: true},
-		CustomAllocationDefinition: &store.CustomAllocationDefinition{WebhookURL: "https://alloc.example/x", APIVersion: "2019-03-31"},
 	}
 }
 
 // FullGroup returns an enrollment group with every field set (disabled).
 func FullGroup(id string) *store.Group {
-	e := FullEnrollment(id)
-	return &store.Group{
-		EnrollmentGroupID: id, Attestation: e.Attestation, IoTHubHostName: e.IoTHubHostName, IoTHubs: e.IoTHubs,
-		AllocationPolicy: e.AllocationPolicy, ProvisioningStatus: store.StatusDisabled, InitialTwin: e.InitialTwin,
-		Capabilities: e.Capabilities, ReprovisionPolicy: e.ReprovisionPolicy, CustomAllocationDefinition: e.CustomAllocationDefinition,
-	}
+	g := &store.Group{EnrollmentGroupID: id, EnrollmentSettings: FullEnrollment(id).EnrollmentSettings}
+	g.ProvisioningStatus = store.StatusDisabled
+	return g
 }
 
 // FullRegistration returns a registration record with every field set,
