@@ -83,11 +83,13 @@ type Config struct {
 
 // handler is the http.Handler returned by New. Immutable after New.
 type handler struct {
-	cfg      Config
-	store    store.Store
-	log      *slog.Logger
-	now      func() time.Time
-	policies []Policy
+	cfg         Config
+	store       store.Store
+	enrollments *kind[*store.Enrollment]
+	groups      *kind[*store.Group]
+	log         *slog.Logger
+	now         func() time.Time
+	policies    []Policy
 }
 
 // request carries what a handler needs to know about the request being served.
@@ -129,7 +131,8 @@ func New(cfg Config) (http.Handler, error) {
 		p.Key = append([]byte(nil), p.Key...)
 		pols = append(pols, p)
 	}
-	h := &handler{cfg: cfg, store: cfg.Store, log: cfg.Logger, now: cfg.Now, policies: pols}
+	h := &handler{cfg: cfg, store: cfg.Store, log: cfg.Logger, now: cfg.Now, policies: pols,
+		enrollments: enrollmentKind(cfg.Store), groups: groupKind(cfg.Store)}
 	if h.log == nil {
 		h.log = slog.New(slog.DiscardHandler)
 	}

@@ -6,8 +6,6 @@ import (
 	"net/http"
 	"strings"
 	"sync"
-
-	"github.com/tpmdps/dpsd/store"
 )
 
 // Bulk operation modes (the DPS bulk enrollment API).
@@ -38,11 +36,10 @@ type BulkError struct {
 }
 
 // bulkItem is one decoded item of a bulk request.
-type bulkItem struct {
+type bulkItem[T any] struct {
 	id      string
 	err     *apiError
-	enr     *store.Enrollment
-	grp     *store.Group
+	rec     T
 	etag    string
 	existed bool
 }
@@ -93,7 +90,7 @@ func idOf(raw json.RawMessage, field string) string {
 }
 
 // markDuplicates fails every later item naming an id already seen.
-func markDuplicates(items []bulkItem) {
+func markDuplicates[T any](items []bulkItem[T]) {
 	seen := make(map[string]bool, len(items))
 	for i := range items {
 		if items[i].err != nil || items[i].id == "" {
@@ -135,28 +132,41 @@ feed:
 func notRun() *apiError { return errorf(codeUnavailable, "not processed: request cancelled") }
 
 func (h *handler) bulkEnrollments(w http.ResponseWriter, r *http.Request, rq *request) {
-	mode, raws, err := h.readBulk(w, r, "enrollments")
+	serveBulk(h, w, r, rq, h.enrollments)
+}
+
+func (h *handler) bulkGroups(w http.ResponseWriter, r *http.Request, rq *request) {
+	serveBulk(h, w, r, rq, h.groups)
+}
+
+// serveBulk answers a bulk operation on records of kind k: every item is
+// decoded, validated and written (or deleted) on its own, with a bounded
+// number of workers so that the store coalesces their commits; creates and
+// unconditional updates go to the store in one transaction when it can
+// (kind.putMany). The answer lists the items that failed.
+func serveBulk[T any](h *handler, w http.ResponseWriter, r *http.Request, rq *request, k *kind[T]) {
+	mode, raws, err := h.readBulk(w, r, k.bulkKey)
 	if err != nil {
 		h.writeError(w, rq, err)
 		return
 	}
-	items := make([]bulkItem, len(raws))
+	ctx := r.Context()
+	items := make([]bulkItem[T], len(raws))
 	for i, raw := range raws {
-		e, err := DecodeEnrollment(raw)
+		v, err := k.decode(raw)
 		if err != nil {
-			items[i] = bulkItem{id: idOf(raw, "registrationId"), err: asAPIError(err)}
+			items[i] = bulkItem[T]{id: idOf(raw, k.idField), err: asAPIError(err)}
 			continue
 		}
-		items[i] = bulkItem{id: e.RegistrationID, enr: e, etag: e.ETag}
-		if e.RegistrationID == "" {
-			items[i].err = invalid("registrationId is required")
+		items[i] = bulkItem[T]{id: k.id(v), rec: v, etag: k.etag(v)}
+		if items[i].id == "" {
+			items[i].err = invalid("%s is required", k.idField)
 		}
 	}
 	markDuplicates(items)
-	batcher, batch := h.store.(store.EnrollmentBatcher)
-	batch = batch && (mode == BulkCreate || mode == BulkUpdate)
+	batch := k.putMany != nil && (mode == BulkCreate || mode == BulkUpdate)
 	done := make([]bool, len(items))
-	runBulk(r.Context(), len(items), h.cfg.BulkWorkers, func(i int) {
+	runBulk(ctx, len(items), h.cfg.BulkWorkers, func(i int) {
 		done[i] = true
 		it := &items[i]
 		if it.err != nil {
@@ -164,67 +174,27 @@ func (h *handler) bulkEnrollments(w http.ResponseWriter, r *http.Request, rq *re
 		}
 		switch {
 		case mode == BulkDelete:
-			it.err = h.deleteRecord(r.Context(), rq, it.id, it.etag, h.store.DeleteEnrollment, codeEnrollmentNotFound, "enrollment", "enrollment")
+			it.err = h.deleteRecord(ctx, rq, it.id, it.etag, k.del, k.notFound, k.what, k.audit)
 		case batch:
-			it.existed, it.err = h.prepareEnrollment(r.Context(), it.enr, "", mode == BulkCreate)
+			it.existed, it.err = k.prepare(ctx, it.rec, "", mode == BulkCreate)
 		default:
 			etag := ""
 			if mode == BulkUpdateIfMatchETag {
 				etag = it.etag
 			}
-			_, it.err = h.writeEnrollment(r, rq, it.enr, "", etag, mode == BulkCreate)
+			_, it.err = k.write(ctx, h, rq, it.rec, "", etag, mode == BulkCreate)
 		}
 	})
 	if batch {
-		h.commitEnrollments(r.Context(), rq, batcher, items, done)
+		commitBulk(ctx, h, rq, k, items, done)
 	}
-	h.writeJSON(w, http.StatusOK, bulkResult(items, done, false))
-}
-
-func (h *handler) bulkGroups(w http.ResponseWriter, r *http.Request, rq *request) {
-	mode, raws, err := h.readBulk(w, r, "enrollmentGroups")
-	if err != nil {
-		h.writeError(w, rq, err)
-		return
-	}
-	items := make([]bulkItem, len(raws))
-	for i, raw := range raws {
-		g, err := DecodeGroup(raw)
-		if err != nil {
-			items[i] = bulkItem{id: idOf(raw, "enrollmentGroupId"), err: asAPIError(err)}
-			continue
-		}
-		items[i] = bulkItem{id: g.EnrollmentGroupID, grp: g, etag: g.ETag}
-		if g.EnrollmentGroupID == "" {
-			items[i].err = invalid("enrollmentGroupId is required")
-		}
-	}
-	markDuplicates(items)
-	done := make([]bool, len(items))
-	runBulk(r.Context(), len(items), h.cfg.BulkWorkers, func(i int) {
-		done[i] = true
-		it := &items[i]
-		if it.err != nil {
-			return
-		}
-		switch mode {
-		case BulkDelete:
-			it.err = h.deleteRecord(r.Context(), rq, it.id, it.etag, h.store.DeleteGroup, codeGroupNotFound, "enrollment group", "enrollmentGroup")
-		default:
-			etag := ""
-			if mode == BulkUpdateIfMatchETag {
-				etag = it.etag
-			}
-			_, it.err = h.writeGroup(r, rq, it.grp, "", etag, mode == BulkCreate)
-		}
-	})
-	h.writeJSON(w, http.StatusOK, bulkResult(items, done, true))
+	h.writeJSON(w, http.StatusOK, bulkResult(items, done, k.group))
 }
 
 // bulkResult reports the failed items; items never run (done false, the
 // request was cancelled) fail as not processed. Ids are reported as
 // enrollmentGroupId for groups, registrationId otherwise.
-func bulkResult(items []bulkItem, done []bool, groups bool) BulkResult {
+func bulkResult[T any](items []bulkItem[T], done []bool, groups bool) BulkResult {
 	res := BulkResult{IsSuccessful: true, Errors: []BulkError{}}
 	for i, it := range items {
 		if !done[i] && it.err == nil {
@@ -245,30 +215,31 @@ func bulkResult(items []bulkItem, done []bool, groups bool) BulkResult {
 	return res
 }
 
-// commitEnrollments writes the validated items of a bulk create or update in
-// one store transaction. Between the existence check and this write another
-// writer may create the same id; the bulk write then replaces it, as a PUT would.
-func (h *handler) commitEnrollments(ctx context.Context, rq *request, b store.EnrollmentBatcher, items []bulkItem, done []bool) {
+// commitBulk writes the validated items of a bulk create or update in
+// one store transaction (k.putMany). Between the existence check and this
+// write another writer may create the same id; the bulk write then
+// replaces it, as a PUT would.
+func commitBulk[T any](ctx context.Context, h *handler, rq *request, k *kind[T], items []bulkItem[T], done []bool) {
 	var idx []int
-	var es []*store.Enrollment
+	var recs []T
 	for i := range items {
 		if done[i] && items[i].err == nil {
 			idx = append(idx, i)
-			es = append(es, items[i].enr)
+			recs = append(recs, items[i].rec)
 		}
 	}
-	if len(es) == 0 {
+	if len(recs) == 0 {
 		return
 	}
-	out, err := b.PutEnrollments(ctx, es)
+	out, err := k.putMany(ctx, recs)
 	if err != nil {
-		aerr := storeError(err, codeEnrollmentNotFound, "enrollment")
+		aerr := storeError(err, k.notFound, k.what)
 		for _, i := range idx {
 			items[i].err = aerr
 		}
 		return
 	}
-	for k, i := range idx {
-		h.audit(rq, changeAction(items[i].existed), "enrollment", out[k].RegistrationID, out[k].ETag)
+	for n, i := range idx {
+		h.audit(rq, changeAction(items[i].existed), k.audit, k.id(out[n]), k.etag(out[n]))
 	}
 }

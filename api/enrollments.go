@@ -1,7 +1,6 @@
 package api
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"io"
@@ -66,14 +65,11 @@ func ValidateEnrollment(e *store.Enrollment, pathID string, prev *store.Enrollme
 			return err
 		}
 	case store.AttestationSymmetricKey:
-		if a.TPM != nil || a.X509 != nil {
-			return invalid("attestation type symmetricKey carries only attestation.symmetricKey")
+		var prevSettings *store.EnrollmentSettings
+		if prev != nil {
+			prevSettings = &prev.EnrollmentSettings
 		}
-		var prevKeys *store.SymmetricKeyAttestation
-		if prev != nil && prev.Attestation.Type == store.AttestationSymmetricKey {
-			prevKeys = prev.Attestation.SymmetricKey
-		}
-		if err := validateSymmetricKey(&a.SymmetricKey, prevKeys, rnd); err != nil {
+		if err := validateSymmetricAttestation(a, prevSettings, rnd); err != nil {
 			return err
 		}
 	case store.AttestationX509:
@@ -91,8 +87,7 @@ func ValidateEnrollment(e *store.Enrollment, pathID string, prev *store.Enrollme
 	default:
 		return invalid("attestation.type must be tpm, symmetricKey or x509")
 	}
-	return validateCommon(&e.ProvisioningStatus, e.IoTHubHostName, e.IoTHubs, e.AllocationPolicy,
-		&e.InitialTwin, e.CustomAllocationDefinition)
+	return validateCommon(&e.EnrollmentSettings)
 }
 
 // checkPathID validates an id taken from the URL.
@@ -125,42 +120,7 @@ func (h *handler) getEnrollment(w http.ResponseWriter, r *http.Request, rq *requ
 }
 
 func (h *handler) putEnrollment(w http.ResponseWriter, r *http.Request, rq *request, id string) {
-	putRecord(h, w, r, rq, id, DecodeEnrollment, h.writeEnrollment, enrollmentWithoutKeys, enrollmentETag)
-}
-
-// enrollmentETag is the etag of e.
-func enrollmentETag(e *store.Enrollment) string { return e.ETag }
-
-// prepareEnrollment validates e against the stored record (keeping its keys
-// when e has none) and reports whether one exists. With mustCreate, an
-// existing record is a conflict.
-func (h *handler) prepareEnrollment(ctx context.Context, e *store.Enrollment, pathID string, mustCreate bool) (bool, *apiError) {
-	prev, aerr := findPrevious(ctx, h.store.GetEnrollment, pathID, e.RegistrationID, codeEnrollmentNotFound, "enrollment")
-	if aerr != nil {
-		return false, aerr
-	}
-	if mustCreate && prev != nil {
-		return true, errorf(codeConflict, "enrollment %s already exists", prev.RegistrationID)
-	}
-	if err := ValidateEnrollment(e, pathID, prev, nil); err != nil {
-		return prev != nil, asAPIError(err)
-	}
-	e.ETag = ""
-	return prev != nil, nil
-}
-
-// writeEnrollment validates e and writes it under the etag condition.
-func (h *handler) writeEnrollment(r *http.Request, rq *request, e *store.Enrollment, pathID, etag string, mustCreate bool) (*store.Enrollment, *apiError) {
-	existed, aerr := h.prepareEnrollment(r.Context(), e, pathID, mustCreate)
-	if aerr != nil {
-		return nil, aerr
-	}
-	stored, err := h.store.PutEnrollment(r.Context(), e, etag)
-	if err != nil {
-		return nil, storeError(err, codeEnrollmentNotFound, "enrollment")
-	}
-	h.audit(rq, changeAction(existed), "enrollment", stored.RegistrationID, stored.ETag)
-	return stored, nil
+	h.enrollments.servePut(h, w, r, rq, id)
 }
 
 // changeAction names a write in the audit log.
@@ -172,11 +132,11 @@ func changeAction(existed bool) string {
 }
 
 func (h *handler) deleteEnrollment(w http.ResponseWriter, r *http.Request, rq *request, id string) {
-	h.serveDelete(w, r, rq, id, h.store.DeleteEnrollment, codeEnrollmentNotFound, "enrollment", "enrollment")
+	h.enrollments.serveDelete(h, w, r, rq, id)
 }
 
 func (h *handler) queryEnrollments(w http.ResponseWriter, r *http.Request, rq *request) {
-	queryRecords(h, w, r, rq, h.store.ListEnrollments, enrollmentWithoutKeys, "Enrollment")
+	h.enrollments.serveQuery(h, w, r, rq)
 }
 
 // asAPIError keeps an apiError or wraps any other error as a 400.

@@ -40,14 +40,11 @@ func ValidateGroup(g *store.Group, pathID string, prev *store.Group, rnd io.Read
 	a := &g.Attestation
 	switch a.Type {
 	case store.AttestationSymmetricKey:
-		if a.TPM != nil || a.X509 != nil {
-			return invalid("attestation type symmetricKey carries only attestation.symmetricKey")
+		var prevSettings *store.EnrollmentSettings
+		if prev != nil {
+			prevSettings = &prev.EnrollmentSettings
 		}
-		var prevKeys *store.SymmetricKeyAttestation
-		if prev != nil && prev.Attestation.Type == store.AttestationSymmetricKey {
-			prevKeys = prev.Attestation.SymmetricKey
-		}
-		if err := validateSymmetricKey(&a.SymmetricKey, prevKeys, rnd); err != nil {
+		if err := validateSymmetricAttestation(a, prevSettings, rnd); err != nil {
 			return err
 		}
 	case store.AttestationX509:
@@ -76,46 +73,21 @@ func ValidateGroup(g *store.Group, pathID string, prev *store.Group, rnd io.Read
 	default:
 		return invalid("attestation.type must be symmetricKey or x509")
 	}
-	return validateCommon(&g.ProvisioningStatus, g.IoTHubHostName, g.IoTHubs, g.AllocationPolicy,
-		&g.InitialTwin, g.CustomAllocationDefinition)
+	return validateCommon(&g.EnrollmentSettings)
 }
 
 func (h *handler) getGroup(w http.ResponseWriter, r *http.Request, rq *request, id string) {
-	getRecord(h, w, r, rq, id, h.store.GetGroup, groupWithoutKeys, groupETag, codeGroupNotFound, "enrollment group")
+	h.groups.serveGet(h, w, r, rq, id)
 }
 
 func (h *handler) putGroup(w http.ResponseWriter, r *http.Request, rq *request, id string) {
-	putRecord(h, w, r, rq, id, DecodeGroup, h.writeGroup, groupWithoutKeys, groupETag)
-}
-
-// groupETag is the etag of g.
-func groupETag(g *store.Group) string { return g.ETag }
-
-// writeGroup validates g against the stored record and writes it.
-func (h *handler) writeGroup(r *http.Request, rq *request, g *store.Group, pathID, etag string, mustCreate bool) (*store.Group, *apiError) {
-	prev, aerr := findPrevious(r.Context(), h.store.GetGroup, pathID, g.EnrollmentGroupID, codeGroupNotFound, "enrollment group")
-	if aerr != nil {
-		return nil, aerr
-	}
-	if mustCreate && prev != nil {
-		return nil, errorf(codeConflict, "enrollment group %s already exists", prev.EnrollmentGroupID)
-	}
-	if err := ValidateGroup(g, pathID, prev, nil); err != nil {
-		return nil, asAPIError(err)
-	}
-	g.ETag = ""
-	stored, err := h.store.PutGroup(r.Context(), g, etag)
-	if err != nil {
-		return nil, storeError(err, codeGroupNotFound, "enrollment group")
-	}
-	h.audit(rq, changeAction(prev != nil), "enrollmentGroup", stored.EnrollmentGroupID, stored.ETag)
-	return stored, nil
+	h.groups.servePut(h, w, r, rq, id)
 }
 
 func (h *handler) deleteGroup(w http.ResponseWriter, r *http.Request, rq *request, id string) {
-	h.serveDelete(w, r, rq, id, h.store.DeleteGroup, codeGroupNotFound, "enrollment group", "enrollmentGroup")
+	h.groups.serveDelete(h, w, r, rq, id)
 }
 
 func (h *handler) queryGroups(w http.ResponseWriter, r *http.Request, rq *request) {
-	queryRecords(h, w, r, rq, h.store.ListGroups, groupWithoutKeys, "EnrollmentGroup")
+	h.groups.serveQuery(h, w, r, rq)
 }

@@ -39,9 +39,9 @@ func groupWithoutKeys(g *store.Group) *store.Group {
 	return &c
 }
 
-// serveAttestation answers POST .../{id}/attestationmechanism: the record's
-// attestation with its keys (the DPS "Get Attestation Mechanism"
-// operation). The route needs the write right; the read is audited.
+// serveAttestation answers POST .../{id}/attestationmechanism with the
+// attestation, keys included, of the record get reads (see
+// kind.serveAttestation).
 func serveAttestation[T any](h *handler, w http.ResponseWriter, r *http.Request, rq *request, id string,
 	get func(context.Context, string) (T, error), attestation func(T) store.Attestation, notFound int, what, kind string) {
 	if err := checkPathID(id); err != nil {
@@ -58,13 +58,9 @@ func serveAttestation[T any](h *handler, w http.ResponseWriter, r *http.Request,
 }
 
 func (h *handler) enrollmentAttestation(w http.ResponseWriter, r *http.Request, rq *request, id string) {
-	serveAttestation(h, w, r, rq, id, h.store.GetEnrollment,
-		func(e *store.Enrollment) store.Attestation { return e.Attestation },
-		codeEnrollmentNotFound, "enrollment", "enrollment")
+	h.enrollments.serveAttestation(h, w, r, rq, id)
 }
 
 func (h *handler) groupAttestation(w http.ResponseWriter, r *http.Request, rq *request, id string) {
-	serveAttestation(h, w, r, rq, id, h.store.GetGroup,
-		func(g *store.Group) store.Attestation { return g.Attestation },
-		codeGroupNotFound, "enrollment group", "enrollmentGroup")
+	h.groups.serveAttestation(h, w, r, rq, id)
 }

@@ -10,7 +10,8 @@ import (
 )
 
 // The handler shapes shared by enrollments, enrollment groups and
-// registrations. Each kind passes its store calls and how it is named:
+// registrations (kinds.go builds on them for the first two). Each passes
+// its store calls and how it is named:
 // notFound is the DPS code of a missing record, what its name in error
 // messages ("enrollment group") and kind its name in audit lines
 // ("enrollmentGroup").
@@ -32,56 +33,26 @@ func getRecord[T any](h *handler, w http.ResponseWriter, r *http.Request, rq *re
 	h.writeJSON(w, http.StatusOK, view(v))
 }
 
-// putRecord answers PUT of one record: the path id is checked, the body
-// read and decoded, and write validates and stores it under If-Match. The
-// answer is the stored record as view shows it.
-func putRecord[T any](h *handler, w http.ResponseWriter, r *http.Request, rq *request, id string,
-	decode func([]byte) (T, error),
-	write func(r *http.Request, rq *request, v T, pathID, etag string, mustCreate bool) (T, *apiError),
-	view func(T) T, etag func(T) string) {
-	if err := checkPathID(id); err != nil {
-		h.writeError(w, rq, err)
-		return
-	}
-	body, err := readBody(w, r, h.cfg.MaxBodyBytes)
-	if err != nil {
-		h.writeError(w, rq, err)
-		return
-	}
-	v, err := decode(body)
-	if err != nil {
-		h.writeError(w, rq, err)
-		return
-	}
-	stored, aerr := write(r, rq, v, id, ifMatch(r), false)
-	if aerr != nil {
-		h.writeError(w, rq, aerr)
-		return
-	}
-	setETag(w, etag(stored))
-	h.writeJSON(w, http.StatusOK, view(stored))
-}
-
 // findPrevious returns the stored record that a write of pathID (or, when
-// that is empty, bodyID) would replace, or the zero T when there is none or
-// the id is not valid (validation reports that).
-func findPrevious[T any](ctx context.Context, get func(context.Context, string) (T, error), pathID, bodyID string, notFound int, what string) (T, *apiError) {
+// that is empty, bodyID) would replace and true, or the zero T and false
+// when there is none or the id is not valid (validation reports that).
+func findPrevious[T any](ctx context.Context, get func(context.Context, string) (T, error), pathID, bodyID string, notFound int, what string) (T, bool, *apiError) {
 	var zero T
 	lookup := pathID
 	if lookup == "" {
 		lookup = bodyID
 	}
 	if ValidateID(lookup) != nil {
-		return zero, nil
+		return zero, false, nil
 	}
 	prev, err := get(ctx, lookup)
 	switch {
 	case err == nil:
-		return prev, nil
+		return prev, true, nil
 	case errors.Is(err, store.ErrNotFound):
-		return zero, nil
+		return zero, false, nil
 	default:
-		return zero, storeError(err, notFound, what)
+		return zero, false, storeError(err, notFound, what)
 	}
 }
 

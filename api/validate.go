@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"crypto/rand"
 	"encoding/base64"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net/url"
@@ -62,10 +61,12 @@ func validateHostName(field, h string) error {
 	return nil
 }
 
-// validateCommon checks the fields that enrollments and groups share, and
-// applies the defaults (provisioningStatus enabled, initialTwin null removed).
-func validateCommon(status *string, hub string, hubs []string, alloc string,
-	twin *json.RawMessage, custom *store.CustomAllocationDefinition) error {
+// validateCommon checks the settings that enrollments and groups share
+// apart from the attestation, and applies the defaults (provisioningStatus
+// enabled, initialTwin null removed).
+func validateCommon(es *store.EnrollmentSettings) error {
+	status, hub, hubs, alloc, twin, custom := &es.ProvisioningStatus, es.IoTHubHostName, es.IoTHubs, es.AllocationPolicy,
+		&es.InitialTwin, es.CustomAllocationDefinition
 	switch *status {
 	case "":
 		*status = store.StatusEnabled
@@ -128,6 +129,21 @@ func validateTPM(t *store.TPMAttestation) error {
 		}
 	}
 	return nil
+}
+
+// validateSymmetricAttestation checks a symmetricKey attestation of an
+// enrollment or a group and generates its missing keys, keeping those of
+// prev (the settings of the record being replaced, nil if none) when a
+// carries none.
+func validateSymmetricAttestation(a *store.Attestation, prev *store.EnrollmentSettings, rnd io.Reader) error {
+	if a.TPM != nil || a.X509 != nil {
+		return invalid("attestation type symmetricKey carries only attestation.symmetricKey")
+	}
+	var prevKeys *store.SymmetricKeyAttestation
+	if prev != nil && prev.Attestation.Type == store.AttestationSymmetricKey {
+		prevKeys = prev.Attestation.SymmetricKey
+	}
+	return validateSymmetricKey(&a.SymmetricKey, prevKeys, rnd)
 }
 
 // validateSymmetricKey checks keys with the devices' decoder
