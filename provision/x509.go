@@ -3,11 +3,8 @@ package provision
 import (
 	"bytes"
 	"context"
-	"crypto/sha1" //nolint:gosec // SHA-1 thumbprints are what older DPS records hold; compared, never trusted alone
-	"crypto/sha256"
 	"crypto/x509"
 	"encoding/asn1"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"strings"
@@ -67,7 +64,8 @@ func (s *Service) authX509(ctx context.Context, c Connect, regID string) (Identi
 		}
 		if !pins(e.Attestation.X509.ClientCertificates, leaf) {
 			s.tryX509GroupsAndDiscard(ctx, c.PeerChain, now)
-			return s.refuse(ctx, c, ErrNotAuthorized, "certificate is not the one the individual enrollment pins (sha256 %s)", thumbprint256(leaf))
+			_, thumbprint := store.CertificateThumbprints(leaf)
+			return s.refuse(ctx, c, ErrNotAuthorized, "certificate is not the one the individual enrollment pins (sha256 %s)", thumbprint)
 		}
 		return s.authenticated(ctx, c, Identity{RegistrationID: regID, Method: AuthX509, Certificate: leaf}), nil
 	case !errors.Is(err, store.ErrNotFound):
@@ -162,16 +160,7 @@ func pins(certs *store.X509Certificates, leaf *x509.Certificate) bool {
 				continue
 			}
 		}
-		if p.Info == nil {
-			continue
-		}
-		if t := normThumbprint(p.Info.SHA256Thumbprint); t != "" {
-			if t == thumbprint256(leaf) {
-				return true
-			}
-			continue
-		}
-		if t := normThumbprint(p.Info.SHA1Thumbprint); t != "" && t == thumbprint1(leaf) {
+		if p.Info != nil && p.Info.MatchesCertificate(leaf) {
 			return true
 		}
 	}
@@ -239,23 +228,4 @@ func x509Result(id Identity) *X509RegistrationResult {
 		r.SigningCertificateInfo = store.NewX509CertificateInfo(id.SigningCertificate)
 	}
 	return r
-}
-
-// thumbprint256 is the upper-case hex SHA-256 of the certificate's DER.
-func thumbprint256(cert *x509.Certificate) string {
-	sum := sha256.Sum256(cert.Raw)
-	return strings.ToUpper(hex.EncodeToString(sum[:]))
-}
-
-// thumbprint1 is the upper-case hex SHA-1 of the certificate's DER.
-func thumbprint1(cert *x509.Certificate) string {
-	sum := sha1.Sum(cert.Raw) //nolint:gosec // see import
-	return strings.ToUpper(hex.EncodeToString(sum[:]))
-}
-
-// normThumbprint upper-cases a recorded thumbprint and drops the
-// separators tools put in it (colons, spaces).
-func normThumbprint(t string) string {
-	t = strings.NewReplacer(":", "", " ", "", "-", "").Replace(strings.TrimSpace(t))
-	return strings.ToUpper(t)
 }

@@ -2,6 +2,7 @@ package provision
 
 import (
 	"crypto/sha1" //nolint:gosec // thumbprint fixtures
+	"crypto/sha256"
 	"crypto/x509"
 	"encoding/hex"
 	"errors"
@@ -446,4 +447,11 @@ func TestSymmetricGroupRecorded(t *testing.T) {
 	if err != nil || rec.EnrollmentGroupID != "" {
 		t.Fatalf("individual record %+v, %v", rec, err)
 	}
+}
+
+// thumbprint256 is an independent oracle of a certificate's SHA-256
+// thumbprint as records hold it (upper-case hex of the DER's hash).
+func thumbprint256(cert *x509.Certificate) string {
+	sum := sha256.Sum256(cert.Raw)
+	return strings.ToUpper(hex.EncodeToString(sum[:]))
 }
