@@ -11,20 +11,9 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/tpmdps/dpsd/api/wire"
 	"github.com/tpmdps/dpsd/internal/trackid"
 	"github.com/tpmdps/dpsd/store"
-)
-
-// BackupPath is the path of the hot backup endpoint (not part of the DPS API).
-const BackupPath = "/backup"
-
-// Trailers of a backup answer: a client that does not receive both, or whose
-// copy differs from them, holds a cut copy and must discard it.
-const (
-	// BackupSizeTrailer carries the number of bytes sent.
-	BackupSizeTrailer = "X-Dpsd-Backup-Size"
-	// BackupSHA256Trailer carries the hex SHA-256 of the bytes sent.
-	BackupSHA256Trailer = "X-Dpsd-Backup-Sha256"
 )
 
 // backupChunk is how much of the copy one write sends.
@@ -53,7 +42,7 @@ func NewBackup(cfg Config) (http.Handler, error) {
 	return &backupHandler{h: h.(*handler), busy: make(chan struct{}, 1)}, nil
 }
 
-// backupHandler serves BackupPath.
+// backupHandler serves wire.BackupPath.
 type backupHandler struct {
 	h    *handler
 	busy chan struct{} // holds a token while a backup runs
@@ -94,15 +83,15 @@ func (b *backupHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	hdr.Set("Content-Type", "application/octet-stream")
 	hdr.Set("Content-Disposition", `attachment; filename="dpsd.db"`)
 	hdr.Set("Cache-Control", "no-store")
-	hdr.Set("Trailer", BackupSizeTrailer+", "+BackupSHA256Trailer)
+	hdr.Set("Trailer", wire.BackupSizeTrailer+", "+wire.BackupSHA256Trailer)
 	sum := sha256.New()
 	n, err := b.send(w, io.TeeReader(f.File, sum))
 	if err != nil {
 		h.log.Error("backup cut short", "trackingId", rq.trackingID, "sent", n, "err", err)
 		panic(http.ErrAbortHandler) // the client sees a broken stream, without trailers
 	}
-	hdr.Set(BackupSizeTrailer, strconv.FormatInt(n, 10))
-	hdr.Set(BackupSHA256Trailer, hex.EncodeToString(sum.Sum(nil)))
+	hdr.Set(wire.BackupSizeTrailer, strconv.FormatInt(n, 10))
+	hdr.Set(wire.BackupSHA256Trailer, hex.EncodeToString(sum.Sum(nil)))
 	h.audit(rq, "backup", "store", "", "")
 }
 

@@ -22,6 +22,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tpmdps/dpsd/api/wire"
 	"github.com/tpmdps/dpsd/attest"
 	"github.com/tpmdps/dpsd/store"
 	"github.com/tpmdps/dpsd/store/bolt"
@@ -76,7 +77,7 @@ func backupEnvWith(t *testing.T, set func(*Config)) (*testEnv, string) {
 
 func getBackup(t *testing.T, env *testEnv, token, query string) (*http.Response, []byte) {
 	t.Helper()
-	req, _ := http.NewRequest(http.MethodGet, env.srv.URL+BackupPath+query, nil)
+	req, _ := http.NewRequest(http.MethodGet, env.srv.URL+wire.BackupPath+query, nil)
 	if token != "" {
 		req.Header.Set("Authorization", token)
 	}
@@ -99,10 +100,10 @@ func TestBackup(t *testing.T) {
 		t.Fatalf("status %d %q: %s", res.StatusCode, res.Header.Get("Content-Type"), body)
 	}
 	sum := sha256.Sum256(body)
-	if got := res.Trailer.Get(BackupSHA256Trailer); got != hex.EncodeToString(sum[:]) {
+	if got := res.Trailer.Get(wire.BackupSHA256Trailer); got != hex.EncodeToString(sum[:]) {
 		t.Fatalf("sha256 trailer %q", got)
 	}
-	if got := res.Trailer.Get(BackupSizeTrailer); got != strconv.Itoa(len(body)) {
+	if got := res.Trailer.Get(wire.BackupSizeTrailer); got != strconv.Itoa(len(body)) {
 		t.Fatalf("size trailer %q, body %d bytes", got, len(body))
 	}
 	// The copy opens with the same data key file and holds the enrollment.
@@ -140,11 +141,11 @@ func TestBackupRefusals(t *testing.T) {
 		if res.StatusCode != tc.status {
 			t.Errorf("%s: status %d, want %d: %s", tc.name, res.StatusCode, tc.status, body)
 		}
-		if res.Trailer.Get(BackupSHA256Trailer) != "" {
+		if res.Trailer.Get(wire.BackupSHA256Trailer) != "" {
 			t.Errorf("%s: refusal carries a backup trailer", tc.name)
 		}
 	}
-	req, _ := http.NewRequest(http.MethodPost, env.srv.URL+BackupPath+v, nil)
+	req, _ := http.NewRequest(http.MethodPost, env.srv.URL+wire.BackupPath+v, nil)
 	req.Header.Set("Authorization", env.ownerToken())
 	res, err := env.srv.Client().Do(req)
 	if err != nil {
@@ -157,7 +158,7 @@ func TestBackupRefusals(t *testing.T) {
 	// A closed store: 503 with the DPS error body, no partial file.
 	env.st.Close()
 	res, body := getBackup(t, env, env.ownerToken(), v)
-	var eb Error
+	var eb wire.Error
 	if res.StatusCode != http.StatusServiceUnavailable || json.Unmarshal(body, &eb) != nil || eb.ErrorCode != codeUnavailable {
 		t.Fatalf("closed store: %d %s", res.StatusCode, body)
 	}
@@ -236,7 +237,7 @@ func TestBackupStalledClient(t *testing.T) {
 	defer raw.Close()
 	raw.(*net.TCPConn).SetReadBuffer(256 << 10)
 	conn := tls.Client(raw, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"http/1.1"}})
-	fmt.Fprintf(conn, "GET %s?api-version=2021-10-01 HTTP/1.1\r\nHost: x\r\nAuthorization: %s\r\n\r\n", BackupPath, env.ownerToken())
+	fmt.Fprintf(conn, "GET %s?api-version=2021-10-01 HTTP/1.1\r\nHost: x\r\nAuthorization: %s\r\n\r\n", wire.BackupPath, env.ownerToken())
 	res, err := http.ReadResponse(bufio.NewReader(conn), nil)
 	if err != nil || res.StatusCode != http.StatusOK {
 		t.Fatalf("backup: %v %+v", err, res)
@@ -246,7 +247,7 @@ func TestBackupStalledClient(t *testing.T) {
 	}
 	// Running: the next one waits its turn, and the copy is not in the directory.
 	second, body := getBackup(t, env, env.ownerToken(), "?api-version=2021-10-01")
-	var eb Error
+	var eb wire.Error
 	if second.StatusCode != http.StatusServiceUnavailable || json.Unmarshal(body, &eb) != nil || eb.ErrorCode != codeUnavailable {
 		t.Fatalf("second backup while one runs: %d %s", second.StatusCode, body)
 	}
@@ -261,13 +262,13 @@ func TestBackupStalledClient(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	if _, err := io.Copy(io.Discard, res.Body); err == nil && res.Trailer.Get(BackupSHA256Trailer) != "" {
+	if _, err := io.Copy(io.Discard, res.Body); err == nil && res.Trailer.Get(wire.BackupSHA256Trailer) != "" {
 		t.Fatal("a cut transfer ended with trailers")
 	}
 	// The next backup runs, whole.
 	third, data := getBackup(t, env, env.ownerToken(), "?api-version=2021-10-01")
 	sum := sha256.Sum256(data)
-	if third.StatusCode != http.StatusOK || third.Trailer.Get(BackupSHA256Trailer) != hex.EncodeToString(sum[:]) {
+	if third.StatusCode != http.StatusOK || third.Trailer.Get(wire.BackupSHA256Trailer) != hex.EncodeToString(sum[:]) {
 		t.Fatalf("backup after the cut: %d, %d bytes", third.StatusCode, len(data))
 	}
 	if ents, _ := os.ReadDir(dir); len(ents) != 0 {

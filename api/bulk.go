@@ -6,34 +6,9 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+
+	"github.com/tpmdps/dpsd/api/wire"
 )
-
-// Bulk operation modes (the DPS bulk enrollment API).
-const (
-	// BulkCreate creates every item; an existing id is a per-item 409.
-	BulkCreate = "create"
-	// BulkUpdate creates or replaces every item.
-	BulkUpdate = "update"
-	// BulkUpdateIfMatchETag replaces items whose etag field matches the stored one.
-	BulkUpdateIfMatchETag = "updateIfMatchETag"
-	// BulkDelete deletes every item (conditionally when it carries an etag).
-	BulkDelete = "delete"
-)
-
-// BulkResult is the answer to a bulk operation: per-item failures, the rest succeeded.
-type BulkResult struct {
-	IsSuccessful bool        `json:"isSuccessful"`
-	Errors       []BulkError `json:"errors"`
-}
-
-// BulkError is one failed item of a bulk operation. RegistrationID is set for
-// enrollments, EnrollmentGroupID for groups; ErrorCode/1000 is an HTTP status.
-type BulkError struct {
-	RegistrationID    string `json:"registrationId,omitempty"`
-	EnrollmentGroupID string `json:"enrollmentGroupId,omitempty"`
-	ErrorCode         int    `json:"errorCode"`
-	ErrorStatus       string `json:"errorStatus"`
-}
 
 // bulkItem is one decoded item of a bulk request.
 type bulkItem[T any] struct {
@@ -59,7 +34,7 @@ func (h *handler) readBulk(w http.ResponseWriter, r *http.Request, key string) (
 		return "", nil, invalid("mode must be a string")
 	}
 	switch mode {
-	case BulkCreate, BulkUpdate, BulkUpdateIfMatchETag, BulkDelete:
+	case wire.BulkCreate, wire.BulkUpdate, wire.BulkUpdateIfMatchETag, wire.BulkDelete:
 	default:
 		return "", nil, invalid("mode must be create, update, updateIfMatchETag or delete")
 	}
@@ -164,7 +139,7 @@ func serveBulk[T any](h *handler, w http.ResponseWriter, r *http.Request, rq *re
 		}
 	}
 	markDuplicates(items)
-	batch := k.putMany != nil && (mode == BulkCreate || mode == BulkUpdate)
+	batch := k.putMany != nil && (mode == wire.BulkCreate || mode == wire.BulkUpdate)
 	done := make([]bool, len(items))
 	runBulk(ctx, len(items), h.cfg.BulkWorkers, func(i int) {
 		done[i] = true
@@ -173,16 +148,16 @@ func serveBulk[T any](h *handler, w http.ResponseWriter, r *http.Request, rq *re
 			return
 		}
 		switch {
-		case mode == BulkDelete:
+		case mode == wire.BulkDelete:
 			it.err = h.deleteRecord(ctx, rq, it.id, it.etag, k.del, k.notFound, k.what, k.audit)
 		case batch:
-			it.existed, it.err = k.prepare(ctx, it.rec, "", mode == BulkCreate)
+			it.existed, it.err = k.prepare(ctx, it.rec, "", mode == wire.BulkCreate)
 		default:
 			etag := ""
-			if mode == BulkUpdateIfMatchETag {
+			if mode == wire.BulkUpdateIfMatchETag {
 				etag = it.etag
 			}
-			_, it.err = k.write(ctx, h, rq, it.rec, "", etag, mode == BulkCreate)
+			_, it.err = k.write(ctx, h, rq, it.rec, "", etag, mode == wire.BulkCreate)
 		}
 	})
 	if batch {
@@ -194,8 +169,8 @@ func serveBulk[T any](h *handler, w http.ResponseWriter, r *http.Request, rq *re
 // bulkResult reports the failed items; items never run (done false, the
 // request was cancelled) fail as not processed. Ids are reported as
 // enrollmentGroupId for groups, registrationId otherwise.
-func bulkResult[T any](items []bulkItem[T], done []bool, groups bool) BulkResult {
-	res := BulkResult{IsSuccessful: true, Errors: []BulkError{}}
+func bulkResult[T any](items []bulkItem[T], done []bool, groups bool) wire.BulkResult {
+	res := wire.BulkResult{IsSuccessful: true, Errors: []wire.BulkError{}}
 	for i, it := range items {
 		if !done[i] && it.err == nil {
 			it.err = notRun()
@@ -204,7 +179,7 @@ func bulkResult[T any](items []bulkItem[T], done []bool, groups bool) BulkResult
 			continue
 		}
 		res.IsSuccessful = false
-		be := BulkError{ErrorCode: it.err.code, ErrorStatus: it.err.msg}
+		be := wire.BulkError{ErrorCode: it.err.code, ErrorStatus: it.err.msg}
 		if groups {
 			be.EnrollmentGroupID = it.id
 		} else {

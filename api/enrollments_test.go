@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tpmdps/dpsd/api/wire"
 	"github.com/tpmdps/dpsd/store"
 )
 
@@ -191,7 +192,7 @@ func bulkCreate(t *testing.T, env *testEnv, n int) {
 		for i := start; i < min(start+1000, n); i++ {
 			items = append(items, symEnrollment(fmt.Sprintf("dev-%05d", i)))
 		}
-		res := decodeAs[BulkResult](t, env.request(http.MethodPost, "/enrollments", map[string]any{"mode": "create", "enrollments": items}, nil))
+		res := decodeAs[wire.BulkResult](t, env.request(http.MethodPost, "/enrollments", map[string]any{"mode": "create", "enrollments": items}, nil))
 		if !res.IsSuccessful || len(res.Errors) != 0 {
 			t.Fatalf("bulk create: %+v", res.Errors[:min(3, len(res.Errors))])
 		}
@@ -261,7 +262,7 @@ func TestBulkPartialFailure(t *testing.T) {
 		symEnrollment("OK-1"), // duplicate of ok-1
 		map[string]any{"registrationId": 5},
 	}
-	res := decodeAs[BulkResult](t, env.request(http.MethodPost, "/enrollments", map[string]any{"mode": "create", "enrollments": items}, nil))
+	res := decodeAs[wire.BulkResult](t, env.request(http.MethodPost, "/enrollments", map[string]any{"mode": "create", "enrollments": items}, nil))
 	if res.IsSuccessful || len(res.Errors) != 4 {
 		t.Fatalf("result %+v", res)
 	}
@@ -275,7 +276,7 @@ func TestBulkPartialFailure(t *testing.T) {
 		decodeAs[store.Enrollment](t, env.request(http.MethodGet, "/enrollments/"+id, nil, nil))
 	}
 	// create on an existing id is a per-item conflict.
-	res = decodeAs[BulkResult](t, env.request(http.MethodPost, "/enrollments", map[string]any{"mode": "create",
+	res = decodeAs[wire.BulkResult](t, env.request(http.MethodPost, "/enrollments", map[string]any{"mode": "create",
 		"enrollments": []any{symEnrollment("ok-1"), symEnrollment("ok-3")}}, nil))
 	if res.IsSuccessful || len(res.Errors) != 1 || res.Errors[0].RegistrationID != "ok-1" || res.Errors[0].ErrorCode != codeConflict {
 		t.Fatalf("conflict result %+v", res)
@@ -290,7 +291,7 @@ func TestBulkPartialFailure(t *testing.T) {
 	fresh := symEnrollment("ok-2")
 	fresh["etag"] = cur.ETag
 	fresh["provisioningStatus"] = "disabled"
-	res = decodeAs[BulkResult](t, env.request(http.MethodPost, "/enrollments", map[string]any{"mode": "updateIfMatchETag",
+	res = decodeAs[wire.BulkResult](t, env.request(http.MethodPost, "/enrollments", map[string]any{"mode": "updateIfMatchETag",
 		"enrollments": []any{stale, fresh}}, nil))
 	if len(res.Errors) != 1 || res.Errors[0].RegistrationID != "ok-1" || res.Errors[0].ErrorCode != codePreconditionFailed {
 		t.Fatalf("updateIfMatchETag result %+v", res)
@@ -300,7 +301,7 @@ func TestBulkPartialFailure(t *testing.T) {
 		t.Fatalf("ok-2 after update: %+v", got)
 	}
 	// delete: a missing item fails, the rest are deleted.
-	res = decodeAs[BulkResult](t, env.request(http.MethodPost, "/enrollments", map[string]any{"mode": "delete",
+	res = decodeAs[wire.BulkResult](t, env.request(http.MethodPost, "/enrollments", map[string]any{"mode": "delete",
 		"enrollments": []any{map[string]any{"registrationId": "ok-1"}, map[string]any{"registrationId": "missing"}}}, nil))
 	if len(res.Errors) != 1 || res.Errors[0].RegistrationID != "missing" || res.Errors[0].ErrorCode != codeEnrollmentNotFound {
 		t.Fatalf("delete result %+v", res)
@@ -311,7 +312,7 @@ func TestBulkPartialFailure(t *testing.T) {
 	env.request(http.MethodPost, "/enrollments", `{"mode":"create","enrollments":[]}`, nil).expectError(t, 400, codeInvalidArgument)
 	env.request(http.MethodPost, "/enrollments", `{"mode":"create","enrollments":[`+strings.Repeat(`{},`, MaxBulkItems)+`{}]}`, nil).
 		expectError(t, 400, codeTooManyItems)
-	ok := decodeAs[BulkResult](t, env.request(http.MethodPost, "/enrollments", map[string]any{"mode": "update", "enrollments": []any{symEnrollment("ok-9")}}, nil))
+	ok := decodeAs[wire.BulkResult](t, env.request(http.MethodPost, "/enrollments", map[string]any{"mode": "update", "enrollments": []any{symEnrollment("ok-9")}}, nil))
 	if !ok.IsSuccessful || ok.Errors == nil {
 		t.Fatalf("successful bulk result %+v (errors must be [] not null)", ok)
 	}

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/tpmdps/dpsd/api/wire"
 	"github.com/tpmdps/dpsd/store"
 )
 
@@ -33,15 +34,6 @@ const (
 	codeInternal            = 500000
 	codeUnavailable         = 503000
 )
-
-// Error is the DPS error body: {"errorCode", "trackingId", "message", "timestampUtc"}.
-// ErrorCode / 1000 is the HTTP status it was sent with.
-type Error struct {
-	ErrorCode    int    `json:"errorCode"`
-	TrackingID   string `json:"trackingId"`
-	Message      string `json:"message"`
-	TimestampUTC string `json:"timestampUtc"`
-}
 
 // apiError is an error that knows the DPS code it is answered with.
 type apiError struct {
@@ -109,7 +101,7 @@ func (h *handler) writeError(w http.ResponseWriter, rq *request, err error) {
 	} else {
 		h.log.Debug("request refused", "trackingId", rq.trackingID, "method", rq.method, "path", rq.path, "code", ae.code, "err", err)
 	}
-	body := Error{
+	body := wire.Error{
 		ErrorCode:    ae.code,
 		TrackingID:   rq.trackingID,
 		Message:      msg,

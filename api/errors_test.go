@@ -8,6 +8,8 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+
+	"github.com/tpmdps/dpsd/api/wire"
 )
 
 // uuidV4 is the canonical form of an RFC 4122 version 4 UUID, the form of
@@ -122,7 +124,7 @@ func TestMalformedQueryString(t *testing.T) {
 	}
 	benv, _ := backupEnv(t)
 	res, body := getBackup(t, benv, benv.ownerToken(), "?api-version=2021-10-01&x=%zz")
-	var eb Error
+	var eb wire.Error
 	if res.StatusCode != 400 || json.Unmarshal(body, &eb) != nil || eb.ErrorCode != codeBadRequest {
 		t.Fatalf("backup with a malformed query: %d %s", res.StatusCode, body)
 	}

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tpmdps/dpsd/api/wire"
 	"github.com/tpmdps/dpsd/store/bolt"
 )
 
@@ -63,7 +64,7 @@ func TestGroupLimitRefused(t *testing.T) {
 		t.Fatalf("update at the limit: %d %s", r.status, r.body)
 	}
 	// Bulk: creates beyond the limit fail per item, updates go through.
-	res := decodeAs[BulkResult](t, env.request(http.MethodPost, "/enrollmentGroups", map[string]any{"mode": "update",
+	res := decodeAs[wire.BulkResult](t, env.request(http.MethodPost, "/enrollmentGroups", map[string]any{"mode": "update",
 		"enrollmentGroups": []any{group("g-1"), group("g-4"), group("g-5")}}, nil))
 	if res.IsSuccessful || len(res.Errors) != 2 {
 		t.Fatalf("bulk: %+v", res)

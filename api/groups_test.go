@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tpmdps/dpsd/api/wire"
 	"github.com/tpmdps/dpsd/store"
 )
 
@@ -42,7 +43,7 @@ func TestGroups(t *testing.T) {
 	if len(page) != 2 {
 		t.Fatalf("query: %d groups", len(page))
 	}
-	res := decodeAs[BulkResult](t, env.request(http.MethodPost, "/enrollmentGroups", map[string]any{"mode": "create",
+	res := decodeAs[wire.BulkResult](t, env.request(http.MethodPost, "/enrollmentGroups", map[string]any{"mode": "create",
 		"enrollmentGroups": []any{
 			map[string]any{"enrollmentGroupId": "line-1", "attestation": map[string]any{"type": "symmetricKey"}},
 			map[string]any{"enrollmentGroupId": "line-4", "attestation": map[string]any{"type": "symmetricKey"}},

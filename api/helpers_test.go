@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/google/go-tpm/tpm2"
+	"github.com/tpmdps/dpsd/api/wire"
 	"github.com/tpmdps/dpsd/attest"
 	"github.com/tpmdps/dpsd/store/bolt"
 )
@@ -111,9 +112,9 @@ type result struct {
 }
 
 // errorBody decodes a DPS error body.
-func (r result) errorBody(t *testing.T) Error {
+func (r result) errorBody(t *testing.T) wire.Error {
 	t.Helper()
-	var e Error
+	var e wire.Error
 	if err := json.Unmarshal(r.body, &e); err != nil {
 		t.Fatalf("error body %q: %v", r.body, err)
 	}

@@ -5,6 +5,8 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+
+	"github.com/tpmdps/dpsd/api/wire"
 )
 
 // TestBulkModesOfBothKinds runs every bulk mode on individual enrollments
@@ -27,11 +29,11 @@ func TestBulkModesOfBothKinds(t *testing.T) {
 				}
 				return m
 			}
-			bulk := func(mode string, items ...any) BulkResult {
+			bulk := func(mode string, items ...any) wire.BulkResult {
 				t.Helper()
-				return decodeAs[BulkResult](t, env.request(http.MethodPost, c.path, map[string]any{"mode": mode, c.key: items}, nil))
+				return decodeAs[wire.BulkResult](t, env.request(http.MethodPost, c.path, map[string]any{"mode": mode, c.key: items}, nil))
 			}
-			failed := func(res BulkResult) map[string]int {
+			failed := func(res wire.BulkResult) map[string]int {
 				t.Helper()
 				out := map[string]int{}
 				for _, e := range res.Errors {

@@ -12,7 +12,7 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/tpmdps/dpsd/api"
+	"github.com/tpmdps/dpsd/api/wire"
 )
 
 // ErrBackupIncomplete means a backup stream broke off or ended without size
@@ -21,7 +21,7 @@ import (
 var ErrBackupIncomplete = errors.New("apiclient: backup incomplete")
 
 // Backup streams a consistent hot copy of the service's store (GET
-// api.BackupPath, a dpsd extension that needs the write right) into w and
+// wire.BackupPath, a dpsd extension that needs the write right) into w and
 // returns the number of bytes written. The whole copy passes through w
 // before the service's trailers arrive, so on an error w may hold a partial
 // copy: write to a temporary file and keep it only when Backup returns nil.
@@ -29,15 +29,15 @@ var ErrBackupIncomplete = errors.New("apiclient: backup incomplete")
 // trailers gives an error wrapping ErrBackupIncomplete; an error answer
 // gives an *APIError. The client's HTTP timeout bounds the whole download.
 func (c *Client) Backup(ctx context.Context, w io.Writer) (int64, error) {
-	u := c.base.String() + api.BackupPath + "?" + url.Values{"api-version": {c.apiVersion}}.Encode()
+	u := c.base.String() + wire.BackupPath + "?" + url.Values{"api-version": {c.apiVersion}}.Encode()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 	if err != nil {
-		return 0, fmt.Errorf("apiclient: building GET %s: %w", api.BackupPath, err)
+		return 0, fmt.Errorf("apiclient: building GET %s: %w", wire.BackupPath, err)
 	}
 	req.Header.Set("Authorization", c.token())
 	res, err := c.hc.Do(req)
 	if err != nil {
-		return 0, fmt.Errorf("apiclient: GET %s: %w", api.BackupPath, err)
+		return 0, fmt.Errorf("apiclient: GET %s: %w", wire.BackupPath, err)
 	}
 	defer res.Body.Close()
 	if res.StatusCode != http.StatusOK {
@@ -54,7 +54,7 @@ func (c *Client) Backup(ctx context.Context, w io.Writer) (int64, error) {
 		return n, fmt.Errorf("%w: after %d bytes: %w", ErrBackupIncomplete, n, err)
 	}
 	sum := hex.EncodeToString(h.Sum(nil))
-	wantSize, wantSum := res.Trailer.Get(api.BackupSizeTrailer), res.Trailer.Get(api.BackupSHA256Trailer)
+	wantSize, wantSum := res.Trailer.Get(wire.BackupSizeTrailer), res.Trailer.Get(wire.BackupSHA256Trailer)
 	if wantSize != strconv.FormatInt(n, 10) || !strings.EqualFold(wantSum, sum) {
 		return n, fmt.Errorf("%w: received %d bytes (sha256 %s), the service sent %q bytes (sha256 %q)",
 			ErrBackupIncomplete, n, sum, wantSize, wantSum)

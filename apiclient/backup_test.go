@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tpmdps/dpsd/api"
+	"github.com/tpmdps/dpsd/api/wire"
 	"github.com/tpmdps/dpsd/store"
 	"github.com/tpmdps/dpsd/store/bolt"
 )
@@ -55,19 +55,19 @@ func TestClientBackupIncomplete(t *testing.T) {
 			w.Write([]byte("some bytes"))
 		},
 		"wrong size": func(w http.ResponseWriter, r *http.Request) {
-			w.Header().Set("Trailer", api.BackupSizeTrailer+", "+api.BackupSHA256Trailer)
+			w.Header().Set("Trailer", wire.BackupSizeTrailer+", "+wire.BackupSHA256Trailer)
 			w.Write([]byte("abc"))
-			w.Header().Set(api.BackupSizeTrailer, "4")
-			w.Header().Set(api.BackupSHA256Trailer, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
+			w.Header().Set(wire.BackupSizeTrailer, "4")
+			w.Header().Set(wire.BackupSHA256Trailer, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
 		},
 		"wrong sum": func(w http.ResponseWriter, r *http.Request) {
-			w.Header().Set("Trailer", api.BackupSizeTrailer+", "+api.BackupSHA256Trailer)
+			w.Header().Set("Trailer", wire.BackupSizeTrailer+", "+wire.BackupSHA256Trailer)
 			w.Write([]byte("abd"))
-			w.Header().Set(api.BackupSizeTrailer, "3")
-			w.Header().Set(api.BackupSHA256Trailer, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
+			w.Header().Set(wire.BackupSizeTrailer, "3")
+			w.Header().Set(wire.BackupSHA256Trailer, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
 		},
 		"cut short": func(w http.ResponseWriter, r *http.Request) {
-			w.Header().Set("Trailer", api.BackupSizeTrailer+", "+api.BackupSHA256Trailer)
+			w.Header().Set("Trailer", wire.BackupSizeTrailer+", "+wire.BackupSHA256Trailer)
 			w.Write(bytes.Repeat([]byte("x"), 1000))
 			w.(http.Flusher).Flush()
 			panic(http.ErrAbortHandler)
@@ -84,10 +84,10 @@ func TestClientBackupIncomplete(t *testing.T) {
 	}
 	// The right size and sum pass: the checks above fail for their own reason.
 	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Trailer", api.BackupSizeTrailer+", "+api.BackupSHA256Trailer)
+		w.Header().Set("Trailer", wire.BackupSizeTrailer+", "+wire.BackupSHA256Trailer)
 		w.Write([]byte("abc"))
-		w.Header().Set(api.BackupSizeTrailer, "3")
-		w.Header().Set(api.BackupSHA256Trailer, "BA7816BF8F01CFEA414140DE5DAE2223B00361A396177A9CB410FF61F20015AD")
+		w.Header().Set(wire.BackupSizeTrailer, "3")
+		w.Header().Set(wire.BackupSHA256Trailer, "BA7816BF8F01CFEA414140DE5DAE2223B00361A396177A9CB410FF61F20015AD")
 	}))
 	defer srv.Close()
 	var buf bytes.Buffer

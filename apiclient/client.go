@@ -2,7 +2,9 @@
 // api, the Azure DPS service REST shape). It reads a DPS service connection
 // string, signs a short-lived service SAS token for every request and turns
 // DPS error bodies into *APIError. Backup streams dpsd's hot backup, which
-// is not part of the DPS API. The bulk wire types are package api's.
+// is not part of the DPS API. It shares the record types (package store)
+// and the wire types (package api/wire) with the server, and links neither
+// the server API nor a store engine.
 package apiclient
 
 import (
@@ -18,7 +20,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/tpmdps/dpsd/api"
+	"github.com/tpmdps/dpsd/api/wire"
 	"github.com/tpmdps/dpsd/attest"
 )
 
@@ -253,7 +255,7 @@ func (c *Client) do(ctx context.Context, method, path string, in any, hdr http.H
 // taking code, message and tracking id from a DPS error body when there is one.
 func errorFromResponse(res *http.Response, b []byte) *APIError {
 	ae := &APIError{Status: res.StatusCode}
-	var eb api.Error
+	var eb wire.Error
 	if json.Unmarshal(b, &eb) == nil {
 		ae.ErrorCode, ae.TrackingID, ae.Message = eb.ErrorCode, eb.TrackingID, eb.Message
 	}

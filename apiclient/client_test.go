@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/tpmdps/dpsd/api"
+	"github.com/tpmdps/dpsd/api/wire"
 	"github.com/tpmdps/dpsd/store"
 	"github.com/tpmdps/dpsd/store/bolt"
 )
@@ -45,7 +46,7 @@ func server(t *testing.T) (srv *httptest.Server, st *bolt.Store, owner, reader s
 		t.Fatal(err)
 	}
 	mux := http.NewServeMux()
-	mux.Handle(api.BackupPath, bh)
+	mux.Handle(wire.BackupPath, bh)
 	mux.Handle("/", h)
 	srv = httptest.NewTLSServer(mux)
 	t.Cleanup(srv.Close)

@@ -4,29 +4,29 @@ import (
 	"context"
 	"net/http"
 
-	"github.com/tpmdps/dpsd/api"
+	"github.com/tpmdps/dpsd/api/wire"
 	"github.com/tpmdps/dpsd/store"
 )
 
-// Bulk operation modes: the same wire values as package api's.
+// Bulk operation modes: package wire's values.
 const (
 	// BulkCreate creates every item; an existing id is a per-item 409.
-	BulkCreate = api.BulkCreate
+	BulkCreate = wire.BulkCreate
 	// BulkUpdate creates or replaces every item.
-	BulkUpdate = api.BulkUpdate
+	BulkUpdate = wire.BulkUpdate
 	// BulkUpdateIfMatchETag replaces items whose etag field matches the stored one.
-	BulkUpdateIfMatchETag = api.BulkUpdateIfMatchETag
+	BulkUpdateIfMatchETag = wire.BulkUpdateIfMatchETag
 	// BulkDelete deletes every item (conditionally when it carries an etag).
-	BulkDelete = api.BulkDelete
+	BulkDelete = wire.BulkDelete
 )
 
 // BulkResult is the answer to a bulk operation: the items listed in Errors
-// failed, the others succeeded. It is package api's wire type.
-type BulkResult = api.BulkResult
+// failed, the others succeeded. It is package wire's type.
+type BulkResult = wire.BulkResult
 
 // BulkError is one failed item; ErrorCode/1000 is an HTTP status. It is
-// package api's wire type.
-type BulkError = api.BulkError
+// package wire's type.
+type BulkError = wire.BulkError
 
 // GetEnrollment returns the individual enrollment of registrationID, without
 // symmetric keys (see GetEnrollmentAttestation).

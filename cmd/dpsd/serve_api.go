@@ -13,6 +13,7 @@ import (
 	"github.com/gorilla/websocket"
 
 	"github.com/tpmdps/dpsd/api"
+	"github.com/tpmdps/dpsd/api/wire"
 	"github.com/tpmdps/dpsd/broker"
 	"github.com/tpmdps/dpsd/internal/config"
 	"github.com/tpmdps/dpsd/internal/datadir"
@@ -175,7 +176,7 @@ func apiHandler(dps, backup, ws http.Handler, ready []api.Check, mx *metrics.Met
 			readyz.ServeHTTP(w, r)
 		case r.URL.Path == metricsPath && metricsH != nil:
 			metricsH.ServeHTTP(w, r)
-		case r.URL.Path == api.BackupPath:
+		case r.URL.Path == wire.BackupPath:
 			backup.ServeHTTP(w, r)
 		default:
 			dps.ServeHTTP(w, r)

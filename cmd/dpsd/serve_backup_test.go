@@ -17,7 +17,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tpmdps/dpsd/api"
+	"github.com/tpmdps/dpsd/api/wire"
 	"github.com/tpmdps/dpsd/apiclient"
 	"github.com/tpmdps/dpsd/attest"
 	"github.com/tpmdps/dpsd/device"
@@ -83,7 +83,7 @@ func TestStalledBackupDoesNotFreeze(t *testing.T) {
 	raw.(*net.TCPConn).SetReadBuffer(256 << 10)
 	conn := tls.Client(raw, &tls.Config{RootCAs: p.pool, ServerName: "localhost", NextProtos: []string{"http/1.1"}})
 	tok := attest.SignSAS(cs.Key, cs.HostName, time.Now().Add(time.Hour), cs.KeyName)
-	fmt.Fprintf(conn, "GET %s?api-version=2021-10-01 HTTP/1.1\r\nHost: localhost\r\nAuthorization: %s\r\n\r\n", api.BackupPath, tok)
+	fmt.Fprintf(conn, "GET %s?api-version=2021-10-01 HTTP/1.1\r\nHost: localhost\r\nAuthorization: %s\r\n\r\n", wire.BackupPath, tok)
 	br := bufio.NewReaderSize(conn, 4096)
 	res, err := http.ReadResponse(br, nil)
 	if err != nil || res.StatusCode != http.StatusOK {
@@ -143,7 +143,7 @@ func TestStalledBackupDoesNotFreeze(t *testing.T) {
 	if err != nil {
 		t.Fatalf("reading the rest of the backup: %v", err)
 	}
-	if got, want := res.Trailer.Get(api.BackupSHA256Trailer), hex.EncodeToString(sum.Sum(nil)); got != want {
+	if got, want := res.Trailer.Get(wire.BackupSHA256Trailer), hex.EncodeToString(sum.Sum(nil)); got != want {
 		t.Fatalf("backup of %d bytes: sha256 trailer %q, computed %q", n+1024, got, want)
 	}
 }

@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tpmdps/dpsd/api"
+	"github.com/tpmdps/dpsd/api/wire"
 	"github.com/tpmdps/dpsd/attest"
 	"github.com/tpmdps/dpsd/device"
 )
@@ -36,8 +36,8 @@ func (p *inProcess) slowPut(t *testing.T, id, token string) net.Conn {
 }
 
 // readAnswer awaits the answer on c until deadline and decodes its DPS error body.
-func readAnswer(c net.Conn, deadline time.Time) (*http.Response, api.Error, error) {
-	var eb api.Error
+func readAnswer(c net.Conn, deadline time.Time) (*http.Response, wire.Error, error) {
+	var eb wire.Error
 	c.SetReadDeadline(deadline)
 	res, err := http.ReadResponse(bufio.NewReader(c), nil)
 	if err != nil {
