@@ -61,6 +61,13 @@
 // number of groups: PutGroup of a new group beyond the bound returns a
 // *LimitError (ErrLimit) and writes nothing.
 //
+// # Enrollments by endorsement key
+//
+// EnrollmentIDsByEK finds the TPM enrollments (attestation type tpm) of
+// one endorsement key, compared as the bytes its base64 decodes to, from
+// an index written in the same transaction as the enrollments, so that the
+// service can warn when one TPM is enrolled under a second registration id.
+//
 // # Durability and concurrency
 //
 // Every method is safe for concurrent use. Every write returns after it is

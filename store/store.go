@@ -264,6 +264,11 @@ type Store interface {
 	DeleteEnrollment(ctx context.Context, registrationID, ifMatch string) error
 	ListEnrollments(ctx context.Context, q Query) (Page[*Enrollment], error)
 	CountEnrollments(ctx context.Context) (int, error)
+	// EnrollmentIDsByEK returns the registration ids (lowercased, in
+	// order) of the TPM enrollments whose endorsement key (base64) decodes
+	// to the same bytes as ek, from an index kept in the same write as the
+	// enrollments: one cheap read, whatever the number of enrollments.
+	EnrollmentIDsByEK(ctx context.Context, ek string) ([]string, error)
 
 	GetGroup(ctx context.Context, groupID string) (*Group, error)
 	PutGroup(ctx context.Context, g *Group, ifMatch string) (*Group, error)

@@ -69,6 +69,11 @@ func (t *timedStore) CountEnrollments(ctx context.Context) (int, error) {
 	return timed(t, "CountEnrollments", func() (int, error) { return t.Store.CountEnrollments(ctx) })
 }
 
+// EnrollmentIDsByEK is timed.
+func (t *timedStore) EnrollmentIDsByEK(ctx context.Context, ek string) ([]string, error) {
+	return timed(t, "EnrollmentIDsByEK", func() ([]string, error) { return t.Store.EnrollmentIDsByEK(ctx, ek) })
+}
+
 // GetGroup is timed.
 func (t *timedStore) GetGroup(ctx context.Context, id string) (*store.Group, error) {
 	return timed(t, "GetGroup", func() (*store.Group, error) { return t.Store.GetGroup(ctx, id) })

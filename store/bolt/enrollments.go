@@ -60,13 +60,22 @@ func (s *Store) prepareEnrollment(e *store.Enrollment) (key []byte, stored, out 
 	return key, stored, out, sealed, nil
 }
 
-// putEnrollmentTx writes one prepared enrollment inside tx.
+// putEnrollmentTx writes one prepared enrollment inside tx and moves its
+// endorsement key index entry.
 func putEnrollmentTx(tx *bbolt.Tx, key []byte, stored, out *store.Enrollment, sealed []byte, ifMatch, etag string, now time.Time) error {
-	return putRecordTx(tx, bktEnrollments, key, ifMatch, now, func(created time.Time) ([]byte, error) {
+	oldEK, err := storedEK(key, tx.Bucket([]byte(bktEnrollments)).Get(key))
+	if err != nil {
+		return err
+	}
+	err = putRecordTx(tx, bktEnrollments, key, ifMatch, now, func(created time.Time) ([]byte, error) {
 		stored.ETag, stored.CreatedAt, stored.UpdatedAt = etag, created, now
 		out.ETag, out.CreatedAt, out.UpdatedAt = etag, created, now
 		return json.Marshal(enrollmentRecord{Enrollment: stored, Sealed: sealed})
 	})
+	if err != nil {
+		return err
+	}
+	return reindexEK(tx, key, oldEK, enrollmentEK(&stored.Attestation))
 }
 
 // PutEnrollment creates or replaces an enrollment (see Store for ifMatch).
@@ -155,7 +164,14 @@ func (s *Store) DeleteEnrollment(ctx context.Context, registrationID, ifMatch st
 		return fmt.Errorf("store: delete enrollment: %w", err)
 	}
 	defer done()
-	if err := s.deleteRecord(bktEnrollments, "registrationId", registrationID, ifMatch, nil); err != nil {
+	err = s.deleteRecord(bktEnrollments, "registrationId", registrationID, ifMatch, func(tx *bbolt.Tx, key, old []byte, _ recordHead) error {
+		oldEK, err := storedEK(key, old)
+		if err != nil {
+			return err
+		}
+		return reindexEK(tx, key, oldEK, "")
+	})
+	if err != nil {
 		return fmt.Errorf("store: delete enrollment: %w", err)
 	}
 	return nil

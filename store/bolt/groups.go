@@ -95,7 +95,7 @@ func (s *Store) DeleteGroup(ctx context.Context, groupID, ifMatch string) error 
 		return fmt.Errorf("store: delete group: %w", err)
 	}
 	defer done()
-	err = s.deleteRecord(bktGroups, "enrollmentGroupId", groupID, ifMatch, func(tx *bbolt.Tx, _ []byte, _ recordHead) error {
+	err = s.deleteRecord(bktGroups, "enrollmentGroupId", groupID, ifMatch, func(tx *bbolt.Tx, _, _ []byte, _ recordHead) error {
 		return bumpGroupsRevision(tx)
 	})
 	if err != nil {

@@ -276,8 +276,9 @@ func putRecordTx(tx *bbolt.Tx, bucket string, key []byte, ifMatch string, now ti
 }
 
 // deleteRecord deletes bucket/key under ifMatch, decrementing the bucket's
-// counter; extra runs inside the same transaction with the old head.
-func (s *Store) deleteRecord(bucket, what, id, ifMatch string, extra func(tx *bbolt.Tx, key []byte, h recordHead) error) error {
+// counter; extra runs inside the same transaction, before the delete, with
+// the old value and its head.
+func (s *Store) deleteRecord(bucket, what, id, ifMatch string, extra func(tx *bbolt.Tx, key, old []byte, h recordHead) error) error {
 	key, err := normKey(what, id)
 	if err != nil {
 		return fmt.Errorf("%w: %w", store.ErrNotFound, err)
@@ -292,16 +293,15 @@ func (s *Store) deleteRecord(bucket, what, id, ifMatch string, extra func(tx *bb
 		if err != nil {
 			return err
 		}
+		if extra != nil {
+			if err := extra(tx, key, old, h); err != nil {
+				return err
+			}
+		}
 		if err := b.Delete(key); err != nil {
 			return err
 		}
-		if err := addCount(tx.Bucket([]byte(bktCounts)), []byte(bucket), -1); err != nil {
-			return err
-		}
-		if extra != nil {
-			return extra(tx, key, h)
-		}
-		return nil
+		return addCount(tx.Bucket([]byte(bktCounts)), []byte(bucket), -1)
 	})
 }
 

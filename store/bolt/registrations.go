@@ -93,7 +93,7 @@ func (s *Store) DeleteRegistration(ctx context.Context, registrationID, ifMatch 
 		return fmt.Errorf("store: delete registration: %w", err)
 	}
 	defer done()
-	err = s.deleteRecord(bktRegistrations, "registrationId", registrationID, ifMatch, func(tx *bbolt.Tx, key []byte, h recordHead) error {
+	err = s.deleteRecord(bktRegistrations, "registrationId", registrationID, ifMatch, func(tx *bbolt.Tx, key, _ []byte, h recordHead) error {
 		return unindexRegistration(tx, key, h.EnrollmentGroupID)
 	})
 	if err != nil {

@@ -16,9 +16,9 @@ import (
 // SchemaVersion is the layout version this build writes (meta/version).
 // Version 0 is a file without meta/version (the pre-release layout: record
 // buckets only, secrets in plaintext); version 1 also kept used TPM
-// challenge references (a challenges bucket and 'c' expiry entries).
-// Open upgrades both.
-const SchemaVersion = 2
+// challenge references (a challenges bucket and 'c' expiry entries);
+// version 2 had no endorsement key index (ekindex). Open upgrades them all.
+const SchemaVersion = 3
 
 // Bucket names and fixed keys of the layout (see doc.go).
 const (
@@ -31,6 +31,7 @@ const (
 	bktOperations    = "operations"
 	bktExpiry        = "expiry"
 	bktCounts        = "counts"
+	bktEKIndex       = "ekindex"
 
 	metaVersion   = "version"
 	metaKeyCheck  = "keycheck"
@@ -49,7 +50,7 @@ const (
 // allBuckets lists every top-level bucket of the current schema version.
 func allBuckets() []string {
 	return []string{bktMeta, bktEnrollments, bktGroups, bktRegistrations, bktGroupRegs,
-		bktGroupCounts, bktOperations, bktExpiry, bktCounts}
+		bktGroupCounts, bktOperations, bktExpiry, bktCounts, bktEKIndex}
 }
 
 // migration upgrades the file from version from to from+1, inside the one
@@ -65,6 +66,7 @@ func migrations() []migration {
 	return []migration{
 		{from: 0, name: "create buckets, seal plaintext secrets, build indexes and counters", fn: migrateV0},
 		{from: 1, name: "drop used TPM challenge references (challenges bucket and their expiry entries)", fn: migrateV1},
+		{from: 2, name: "build the endorsement key index (ekindex) of the TPM enrollments", fn: migrateV2},
 	}
 }
 
@@ -185,6 +187,48 @@ func migrateV1(s *Store, tx *bbolt.Tx) error {
 	return nil
 }
 
+// migrateV2 builds the endorsement key index from the enrollments. It
+// replaces any ekindex bucket already there (a version 0 file migrated in
+// the same transaction has one), so it can run on any file.
+func migrateV2(s *Store, tx *bbolt.Tx) error {
+	if tx.Bucket([]byte(bktEKIndex)) != nil {
+		if err := tx.DeleteBucket([]byte(bktEKIndex)); err != nil {
+			return fmt.Errorf("reset bucket %s: %w", bktEKIndex, err)
+		}
+	}
+	b, err := tx.CreateBucket([]byte(bktEKIndex))
+	if err != nil {
+		return fmt.Errorf("create bucket %s: %w", bktEKIndex, err)
+	}
+	entries, err := ekIndexEntries(tx)
+	if err != nil {
+		return err
+	}
+	for k := range entries {
+		if err := b.Put([]byte(k), []byte{}); err != nil {
+			return err
+		}
+	}
+	s.log.Info("store: indexed the endorsement keys of TPM enrollments", "path", s.path, "entries", len(entries))
+	return nil
+}
+
+// ekIndexEntries returns the ekindex entries the enrollments imply.
+func ekIndexEntries(tx *bbolt.Tx) (map[string][]byte, error) {
+	out := map[string][]byte{}
+	err := tx.Bucket([]byte(bktEnrollments)).ForEach(func(k, v []byte) error {
+		ek, err := storedEK(k, v)
+		if err != nil {
+			return err
+		}
+		if ek != "" {
+			out[string(ekIndexKey(ek, k))] = []byte{}
+		}
+		return nil
+	})
+	return out, err
+}
+
 // sealPlaintextKeys rewrites records whose symmetric keys are stored in the
 // clear (version 0) into the sealed form.
 func sealPlaintextKeys(s *Store, b *bbolt.Bucket, bucket []byte) error {
@@ -242,9 +286,9 @@ func sealPlaintextKeys(s *Store, b *bbolt.Bucket, bucket []byte) error {
 }
 
 // rebuildDerived recreates the buckets that are functions of the record
-// buckets: groupregs, groupcounts, expiry and counts.
+// buckets: groupregs, groupcounts, expiry, counts and ekindex.
 func rebuildDerived(tx *bbolt.Tx) error {
-	for _, name := range []string{bktGroupRegs, bktGroupCounts, bktExpiry, bktCounts} {
+	for _, name := range []string{bktGroupRegs, bktGroupCounts, bktExpiry, bktCounts, bktEKIndex} {
 		if err := tx.DeleteBucket([]byte(name)); err != nil && tx.Bucket([]byte(name)) != nil {
 			return fmt.Errorf("reset bucket %s: %w", name, err)
 		}
@@ -270,15 +314,19 @@ func rebuildDerived(tx *bbolt.Tx) error {
 // computeDerived returns what the derived buckets must hold given the record
 // buckets: bucket name -> key -> value.
 func computeDerived(tx *bbolt.Tx) (map[string]map[string][]byte, error) {
+	ekIndex, err := ekIndexEntries(tx)
+	if err != nil {
+		return nil, err
+	}
 	want := map[string]map[string][]byte{
-		bktGroupRegs: {}, bktGroupCounts: {}, bktExpiry: {}, bktCounts: {},
+		bktGroupRegs: {}, bktGroupCounts: {}, bktExpiry: {}, bktCounts: {}, bktEKIndex: ekIndex,
 	}
 	counts := map[string]uint64{}
 	for _, name := range []string{bktEnrollments, bktGroups, bktRegistrations} {
 		counts[name] = uint64(tx.Bucket([]byte(name)).Stats().KeyN)
 	}
 	groupCounts := map[string]uint64{}
-	err := tx.Bucket([]byte(bktRegistrations)).ForEach(func(k, v []byte) error {
+	err = tx.Bucket([]byte(bktRegistrations)).ForEach(func(k, v []byte) error {
 		var h recordHead
 		if err := json.Unmarshal(v, &h); err != nil {
 			return fmt.Errorf("%w: %s/%q: %w", store.ErrCorrupt, bktRegistrations, k, err)

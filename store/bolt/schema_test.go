@@ -3,6 +3,7 @@ package bolt
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"path/filepath"
@@ -223,5 +224,69 @@ func TestExpiryUnknownKind(t *testing.T) {
 	}
 	if _, err := s.Sweep(ctx, clock.Now().Add(time.Hour)); !errors.Is(err, store.ErrCorrupt) {
 		t.Fatalf("Sweep with a challenge expiry entry = %v", err)
+	}
+}
+
+// TestSchemaUpgradeFromVersion2: a version 2 file has no endorsement key
+// index; opening it builds the index from the enrollments in the upgrade's
+// transaction, so lookups find the enrollments written before.
+func TestSchemaUpgradeFromVersion2(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "v2.db")
+	s := openAt(t, path, nil)
+	ek := base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{0x5a}, 314))
+	for _, id := range []string{"Dev-1", "dev-2", "dev-3"} {
+		e := &store.Enrollment{RegistrationID: id, EnrollmentSettings: store.EnrollmentSettings{Attestation: store.Attestation{
+			Type: store.AttestationTPM, TPM: &store.TPMAttestation{EndorsementKey: ek}}}}
+		if id == "dev-3" {
+			e.Attestation.TPM.EndorsementKey = base64.StdEncoding.EncodeToString([]byte("another key"))
+		}
+		if _, err := s.PutEnrollment(ctx, e, ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := s.PutEnrollment(ctx, storetest.FullEnrollment("sym"), ""); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// Turn it into a version 2 file: no ekindex bucket.
+	db, err := bbolt.Open(path, 0o600, &bbolt.Options{Timeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = db.Update(func(tx *bbolt.Tx) error {
+		if err := tx.DeleteBucket([]byte(bktEKIndex)); err != nil {
+			return err
+		}
+		return tx.Bucket([]byte(bktMeta)).Put([]byte(metaVersion), u64(2))
+	})
+	if cerr := db.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	s = openAt(t, path, nil)
+	if err := s.Check(); err != nil {
+		t.Fatalf("after upgrade: %v", err)
+	}
+	ids, err := s.EnrollmentIDsByEK(ctx, ek)
+	if err != nil || !reflect.DeepEqual(ids, []string{"dev-1", "dev-2"}) {
+		t.Fatalf("enrollments of the key after upgrade: %q %v", ids, err)
+	}
+	err = s.db.View(func(tx *bbolt.Tx) error {
+		if v := tx.Bucket([]byte(bktMeta)).Get([]byte(metaVersion)); !bytes.Equal(v, u64(SchemaVersion)) {
+			return fmt.Errorf("version %x, want %d", v, SchemaVersion)
+		}
+		if n := tx.Bucket([]byte(bktEKIndex)).Stats().KeyN; n != 3 {
+			return fmt.Errorf("%s has %d entries, want 3", bktEKIndex, n)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 }

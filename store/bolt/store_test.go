@@ -429,6 +429,11 @@ func TestCheckDetectsDamage(t *testing.T) {
 	if _, err := s.RecordRegistration(ctx, storetest.FullRegistration("r1", "g1"), storetest.FullOperation("op1", "r1", time.Now().Add(time.Hour))); err != nil {
 		t.Fatal(err)
 	}
+	const ek = "AToAAQALAAMAsgAg"
+	if _, err := s.PutEnrollment(ctx, &store.Enrollment{RegistrationID: "E1", EnrollmentSettings: store.EnrollmentSettings{
+		Attestation: store.Attestation{Type: store.AttestationTPM, TPM: &store.TPMAttestation{EndorsementKey: ek}}}}, ""); err != nil {
+		t.Fatal(err)
+	}
 	if err := s.Check(); err != nil {
 		t.Fatal(err)
 	}
@@ -437,6 +442,7 @@ func TestCheckDetectsDamage(t *testing.T) {
 	}{
 		{"group index entry", bktGroupRegs, "g1\x00r1", bktGroupRegs},
 		{"registration counter", bktCounts, bktRegistrations, bktCounts},
+		{"endorsement key index entry", bktEKIndex, string(ekIndexKey(ek, []byte("e1"))), bktEKIndex},
 	} {
 		err := s.db.Update(func(tx *bbolt.Tx) error { return tx.Bucket([]byte(c.bucket)).Delete([]byte(c.key)) })
 		if err != nil {

@@ -78,6 +78,7 @@ func Run(t *testing.T, e Engine) {
 		{"GroupsRevision", s.groupsRevision},
 		{"GroupLimit", s.groupLimit},
 		{"BulkEnrollments", s.bulkEnrollments},
+		{"EnrollmentsByEK", s.enrollmentsByEK},
 		{"Backup", s.backup},
 		{"Close", s.close},
 		{"ConcurrentWriters", s.concurrentWriters},
