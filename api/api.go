@@ -131,8 +131,8 @@ func New(cfg Config) (http.Handler, error) {
 		p.Key = append([]byte(nil), p.Key...)
 		pols = append(pols, p)
 	}
-	h := &handler{cfg: cfg, store: cfg.Store, log: cfg.Logger, now: cfg.Now, policies: pols,
-		enrollments: enrollmentKind(cfg.Store), groups: groupKind(cfg.Store)}
+	h := &handler{cfg: cfg, store: cfg.Store, log: cfg.Logger, now: cfg.Now, policies: pols}
+	h.enrollments, h.groups = enrollmentKind(h), groupKind(cfg.Store)
 	if h.log == nil {
 		h.log = slog.New(slog.DiscardHandler)
 	}

@@ -163,6 +163,15 @@ func serveBulk[T any](h *handler, w http.ResponseWriter, r *http.Request, rq *re
 	if batch {
 		commitBulk(ctx, h, rq, k, items, done)
 	}
+	if k.written != nil && mode != wire.BulkDelete {
+		var written []T
+		for i, it := range items {
+			if done[i] && it.err == nil {
+				written = append(written, it.rec)
+			}
+		}
+		k.written(ctx, w, rq, written)
+	}
 	h.writeJSON(w, http.StatusOK, bulkResult(items, done, k.group))
 }
 

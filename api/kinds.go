@@ -36,10 +36,15 @@ type kind[T any] struct {
 	// putMany writes many records unconditionally in one transaction; nil
 	// when the store cannot (a bulk request then writes item by item).
 	putMany func(context.Context, []T) ([]T, error)
+	// written, when set, sees the records a request has written (one for
+	// a PUT, the created and updated items of a bulk request) before the
+	// answer is written, and may add warnings to it.
+	written func(ctx context.Context, w http.ResponseWriter, rq *request, recs []T)
 }
 
-// enrollmentKind is the kind of individual enrollments in st.
-func enrollmentKind(st store.Store) *kind[*store.Enrollment] {
+// enrollmentKind is the kind of individual enrollments of h's store.
+func enrollmentKind(h *handler) *kind[*store.Enrollment] {
+	st := h.store
 	k := &kind[*store.Enrollment]{
 		what: "enrollment", audit: "enrollment", idField: "registrationId", itemType: "Enrollment",
 		bulkKey: "enrollments", notFound: codeEnrollmentNotFound,
@@ -51,6 +56,7 @@ func enrollmentKind(st store.Store) *kind[*store.Enrollment] {
 		settings: func(e *store.Enrollment) *store.EnrollmentSettings { return &e.EnrollmentSettings },
 		view:     enrollmentWithoutKeys,
 		get:      st.GetEnrollment, put: st.PutEnrollment, del: st.DeleteEnrollment, list: st.ListEnrollments,
+		written: h.warnSharedEKs,
 	}
 	if b, ok := st.(store.EnrollmentBatcher); ok {
 		k.putMany = b.PutEnrollments
@@ -133,6 +139,9 @@ func (k *kind[T]) servePut(h *handler, w http.ResponseWriter, r *http.Request, r
 	if aerr != nil {
 		h.writeError(w, rq, aerr)
 		return
+	}
+	if k.written != nil {
+		k.written(r.Context(), w, rq, []T{stored})
 	}
 	setETag(w, k.etag(stored))
 	h.writeJSON(w, http.StatusOK, k.view(stored))

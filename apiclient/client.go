@@ -107,6 +107,11 @@ type Options struct {
 	TokenLifetime time.Duration
 	// Now is the clock used to sign tokens; nil means time.Now.
 	Now func() time.Time
+	// Warnings, when set, is called with the text of every warning an
+	// answer carries (wire.WarningHeader: a write the service accepted but
+	// an operator should look at, such as one TPM enrolled under two
+	// registration ids), before the call returns. nil ignores them.
+	Warnings func(message string)
 }
 
 // Client talks to the enrollment service API. Safe for concurrent use.
@@ -117,6 +122,7 @@ type Client struct {
 	apiVersion string
 	lifetime   time.Duration
 	now        func() time.Time
+	warnings   func(string) // Options.Warnings, nil: ignored
 }
 
 // New returns a client for the service named by connectionString. Later
@@ -143,8 +149,11 @@ func New(connectionString string, opts ...Options) (*Client, error) {
 		if x.Now != nil {
 			o.Now = x.Now
 		}
+		if x.Warnings != nil {
+			o.Warnings = x.Warnings
+		}
 	}
-	c := &Client{cs: cs, hc: o.HTTPClient, apiVersion: o.APIVersion, lifetime: o.TokenLifetime, now: o.Now}
+	c := &Client{cs: cs, hc: o.HTTPClient, apiVersion: o.APIVersion, lifetime: o.TokenLifetime, now: o.Now, warnings: o.Warnings}
 	raw := o.BaseURL
 	if raw == "" {
 		raw = "https://" + cs.HostName
@@ -244,6 +253,11 @@ func (c *Client) do(ctx context.Context, method, path string, in any, hdr http.H
 	b, err := io.ReadAll(io.LimitReader(res.Body, maxResponseBytes))
 	if err != nil {
 		return nil, fmt.Errorf("apiclient: reading %s %s: %w", method, path, err)
+	}
+	if c.warnings != nil {
+		for _, msg := range res.Header.Values(wire.WarningHeader) {
+			c.warnings(msg)
+		}
 	}
 	if res.StatusCode/100 != 2 {
 		return nil, errorFromResponse(res, b)

@@ -52,3 +52,10 @@ const (
 	// BackupSHA256Trailer carries the hex SHA-256 of the bytes sent.
 	BackupSHA256Trailer = "X-Dpsd-Backup-Sha256"
 )
+
+// WarningHeader carries a warning about a write the service accepted: the
+// request succeeded, but an operator should look (for example, one TPM
+// endorsement key enrolled under a second registration id). One header
+// per warning, plain text. DPS clients ignore headers they do not know;
+// apiclient hands them to Options.Warnings.
+const WarningHeader = "X-Dpsd-Warning"

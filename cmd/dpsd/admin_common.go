@@ -50,6 +50,9 @@ type adminOpts struct {
 	caFile     string
 	timeout    time.Duration
 	json       bool
+	// warnings receives the service's warnings, one "warning: ..." line
+	// each (the command's stderr).
+	warnings io.Writer
 }
 
 // register adds the common flags to fs.
@@ -84,7 +87,11 @@ func (o *adminOpts) client() (*apiclient.Client, error) {
 		tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
 		hc.Transport = tr
 	}
-	c, err := apiclient.New(cs, apiclient.Options{BaseURL: o.endpoint, HTTPClient: hc})
+	opts := apiclient.Options{BaseURL: o.endpoint, HTTPClient: hc}
+	if o.warnings != nil {
+		opts.Warnings = func(msg string) { fmt.Fprintf(o.warnings, "warning: %s\n", msg) }
+	}
+	c, err := apiclient.New(cs, opts)
 	if err != nil {
 		return nil, fmt.Errorf("connecting to the service: %w", err)
 	}
@@ -103,6 +110,7 @@ type adminCmd struct {
 // newAdminCmd creates the flag set of a subcommand with the common flags.
 func newAdminCmd(name string, stdout, stderr io.Writer) *adminCmd {
 	c := &adminCmd{name: name, stdout: stdout, stderr: stderr}
+	c.opts.warnings = stderr
 	c.fs = flag.NewFlagSet(name, flag.ContinueOnError)
 	c.fs.SetOutput(stderr)
 	c.opts.register(c.fs)

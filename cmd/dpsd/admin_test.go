@@ -368,3 +368,25 @@ func TestAdminImportJSONLines(t *testing.T) {
 		t.Fatalf("bad header: %d %s", code, errs)
 	}
 }
+
+// TestAdminEnrollmentSharedEKWarning: enrolling one TPM's endorsement key
+// under a second registration id succeeds and prints the service's warning
+// on stderr, naming both ids; the first enrollment prints none.
+func TestAdminEnrollmentSharedEKWarning(t *testing.T) {
+	e := newAdminEnv(t)
+	ek := base64.StdEncoding.EncodeToString(adminTestEK(t))
+	code, out, errs := e.run(runEnrollmentCmd, "add", "tpm-first", "--ek", ek)
+	if code != 0 || strings.Contains(errs, "warning") {
+		t.Fatalf("first add: exit %d\nstdout: %s\nstderr: %s", code, out, errs)
+	}
+	code, out, errs = e.run(runEnrollmentCmd, "add", "tpm-second", "--ek", ek)
+	if code != 0 || !strings.Contains(out, "tpm-second") {
+		t.Fatalf("second add: exit %d\nstdout: %s\nstderr: %s", code, out, errs)
+	}
+	if !strings.HasPrefix(errs, "warning: ") || !strings.Contains(errs, "tpm-second (also tpm-first)") || strings.Contains(out, "warning") {
+		t.Fatalf("second add: the warning is not on stderr:\nstdout: %s\nstderr: %s", out, errs)
+	}
+	if _, err := e.st.GetEnrollment(t.Context(), "tpm-second"); err != nil {
+		t.Fatalf("the warned enrollment was not stored: %v", err)
+	}
+}
