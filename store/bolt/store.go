@@ -65,9 +65,11 @@ type Options struct {
 	MaxGroups int
 }
 
-// Store is the default Store: one bbolt file plus a data key file. It is safe
-// for concurrent use; concurrent writes are coalesced by group commit and every
-// acknowledged write has been fsynced.
+// Store is the embedded engine's store.Store: one bbolt file plus a data key
+// file. It is safe for concurrent use; concurrent writes are coalesced by
+// group commit and every acknowledged write has been fsynced. Beyond the
+// interface it writes many enrollments in one transaction
+// (store.EnrollmentBatcher) and checks its own invariants (Check).
 type Store struct {
 	db      *bbolt.DB
 	path    string
