@@ -96,6 +96,15 @@ func TestTimedStore(t *testing.T) {
 	if _, err := st.GetEnrollment(ctx, "missing"); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("missing: %v", err)
 	}
+	// A bulk import stays one transaction through the wrapper.
+	b, ok := st.(store.EnrollmentBatcher)
+	if !ok {
+		t.Fatalf("%T hides the engine's store.EnrollmentBatcher", st)
+	}
+	if _, err := b.PutEnrollments(ctx, []*store.Enrollment{{RegistrationID: "d2",
+		EnrollmentSettings: store.EnrollmentSettings{Attestation: store.Attestation{Type: store.AttestationSymmetricKey, SymmetricKey: &store.SymmetricKeyAttestation{PrimaryKey: "AAAAAAAAAAAAAAAAAAAAAA=="}}}}}); err != nil {
+		t.Fatal(err)
+	}
 	if err := st.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -105,6 +114,7 @@ func TestTimedStore(t *testing.T) {
 	text := scrape(t, m)
 	for _, want := range []string{
 		`dpsd_store_operation_duration_seconds_count{op="PutEnrollment"} 1`,
+		`dpsd_store_operation_duration_seconds_count{op="PutEnrollments"} 1`,
 		`dpsd_store_operation_duration_seconds_count{op="GetEnrollment"} 2`,
 		`dpsd_store_errors_total{op="GetEnrollment"} 1`, // the closed store, not the not-found
 	} {

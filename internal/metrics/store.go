@@ -11,8 +11,28 @@ import (
 
 // Store returns s with every operation timed (store_operation_duration_seconds)
 // and its failures counted (store_errors_total). Methods added to
-// store.Store later pass through untimed until listed here.
-func (m *Metrics) Store(s store.Store) store.Store { return &timedStore{Store: s, m: m} }
+// store.Store later pass through untimed until listed here. When s writes
+// bulk imports in one transaction (store.EnrollmentBatcher), so does the
+// store returned.
+func (m *Metrics) Store(s store.Store) store.Store {
+	t := &timedStore{Store: s, m: m}
+	if b, ok := s.(store.EnrollmentBatcher); ok {
+		return &timedBatchStore{timedStore: t, batcher: b}
+	}
+	return t
+}
+
+// timedBatchStore is a timedStore whose engine writes many enrollments in
+// one transaction: the wrapper keeps that ability visible to the API.
+type timedBatchStore struct {
+	*timedStore
+	batcher store.EnrollmentBatcher
+}
+
+// PutEnrollments is timed.
+func (t *timedBatchStore) PutEnrollments(ctx context.Context, es []*store.Enrollment) ([]*store.Enrollment, error) {
+	return timed(t.timedStore, "PutEnrollments", func() ([]*store.Enrollment, error) { return t.batcher.PutEnrollments(ctx, es) })
+}
 
 // timedStore times the operations of the store it embeds.
 type timedStore struct {
