@@ -8,10 +8,8 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
-	"time"
 
 	"github.com/tpmdps/dpsd/attest"
-	"github.com/tpmdps/dpsd/store"
 )
 
 // AuthMethod is how a connection authenticated.
@@ -101,11 +99,6 @@ func (s *Service) Authenticate(ctx context.Context, c Connect) (Identity, error)
 	}
 }
 
-// SymmetricKeyName is the only skn a symmetric-key SAS token may carry (the
-// Azure SDKs send it; the Node SDK sends none). Any other skn must be a TPM
-// challenge reference.
-const SymmetricKeyName = "registration"
-
 // authSAS verifies a SAS token password, signed either with a TPM challenge
 // key (skn is a challenge reference) or with a symmetric key.
 // spelledID is the registration id exactly as the device wrote it.
@@ -123,117 +116,6 @@ func (s *Service) authSAS(ctx context.Context, c Connect, spelledID string) (Ide
 		return s.refuse(ctx, c, ErrNotAuthorized, "bad SAS token: skn is neither %q nor a TPM challenge reference", SymmetricKeyName)
 	}
 	return s.authSymmetric(ctx, c, tok, resource, spelledID)
-}
-
-// authTPM verifies a SAS signed with the key a TPM challenge delivered.
-func (s *Service) authTPM(ctx context.Context, c Connect, tok *attest.SASToken, resource, regID string) (Identity, error) {
-	ref := tok.KeyName
-	cr, err := parseChallengeRef(ref)
-	if err != nil {
-		return s.refuse(ctx, c, ErrNotAuthorized, "bad challenge reference: %w", err)
-	}
-	if cr.run != s.run {
-		return s.refuse(ctx, c, ErrNotAuthorized, "challenge was issued before the broker restarted; the device must ask for a new one")
-	}
-	now := s.cfg.Now()
-	if !now.Before(cr.expires) {
-		return s.refuse(ctx, c, ErrNotAuthorized, "challenge expired at %s", formatTime(cr.expires))
-	}
-	key := challengeKey(s.cfg.ChallengeSecret, regID, ref)
-	if err := tok.Verify(key, resource, now, s.cfg.SAS); err != nil {
-		return s.refuse(ctx, c, ErrNotAuthorized, "TPM SAS does not verify: %w", err)
-	}
-	e, err := s.cfg.Store.GetEnrollment(ctx, regID)
-	switch {
-	case errors.Is(err, store.ErrNotFound):
-		return s.refuse(ctx, c, ErrNotAuthorized, "TPM enrollment no longer exists")
-	case err != nil:
-		return s.refuse(ctx, c, ErrUnavailable, "read enrollment: %w", err)
-	case e.Attestation.Type != store.AttestationTPM:
-		return s.refuse(ctx, c, ErrNotAuthorized, "enrollment is no longer of type tpm")
-	}
-	if err := s.usedRefs.use(cr, now); err != nil {
-		if errors.Is(err, errChallengeUsed) {
-			return s.refuse(ctx, c, ErrNotAuthorized, "%w", err)
-		}
-		return s.refuse(ctx, c, ErrUnavailable, "mark challenge used: %w", err)
-	}
-	s.log.LogAttrs(ctx, slog.LevelInfo, "authenticated",
-		slog.String("trackingId", c.TrackingID), slog.String("registrationId", regID),
-		slog.String("method", AuthTPM.String()))
-	return Identity{RegistrationID: regID, Method: AuthTPM, ChallengeRef: ref}, nil
-}
-
-// authSymmetric verifies a SAS signed with an individual enrollment's primary
-// or secondary key or, when the id has no individual enrollment, with a key
-// derived from a symmetric-key enrollment group's key. An individual
-// enrollment takes precedence: its existence rules the groups out.
-//
-// The groups are tried from memory (groups.go): the token's claims once,
-// then one derivation and one MAC per group key. A refusal of an id with
-// an individual enrollment does the same group work and discards it, so
-// that the time of a refusal does not tell enrolled ids from unknown ones.
-func (s *Service) authSymmetric(ctx context.Context, c Connect, tok *attest.SASToken, resource, spelledID string) (Identity, error) {
-	regID := strings.ToLower(spelledID)
-	now := s.cfg.Now()
-	e, err := s.cfg.Store.GetEnrollment(ctx, regID)
-	switch {
-	case err == nil:
-		if e.Attestation.Type != store.AttestationSymmetricKey || e.Attestation.SymmetricKey == nil {
-			s.tryGroupsAndDiscard(ctx, tok, resource, spelledID, now)
-			return s.refuse(ctx, c, ErrNotAuthorized, "individual enrollment is of type %q, not symmetricKey", e.Attestation.Type)
-		}
-		// reason keeps the most telling failure: a key whose signature
-		// matched says why (expired, other resource) better than the other key.
-		var reason error = errors.New("enrollment has no keys")
-		first := true
-		for _, k := range []string{e.Attestation.SymmetricKey.PrimaryKey, e.Attestation.SymmetricKey.SecondaryKey} {
-			if k == "" {
-				continue
-			}
-			key, err := attest.DecodeSymmetricKey(k)
-			if err != nil {
-				err = fmt.Errorf("enrollment key: %w", err)
-			} else if err = tok.Verify(key, resource, now, s.cfg.SAS); err == nil {
-				return s.authenticated(ctx, c, Identity{RegistrationID: regID, Method: AuthSymmetricKey, keyHash: symmetricKeyHash(key)}), nil
-			}
-			if first || errors.Is(reason, attest.ErrSASSignature) {
-				reason, first = err, false
-			}
-		}
-		s.tryGroupsAndDiscard(ctx, tok, resource, spelledID, now)
-		return s.refuse(ctx, c, ErrNotAuthorized, "SAS does not verify with the enrollment's keys: %w", reason)
-	case !errors.Is(err, store.ErrNotFound):
-		return s.refuse(ctx, c, ErrUnavailable, "read enrollment: %w", err)
-	}
-	// The resource and expiry do not depend on the group: checked once.
-	if err := tok.VerifyClaims(resource, now, s.cfg.SAS); err != nil {
-		return s.refuse(ctx, c, ErrNotAuthorized, "no enrollment, and the SAS cannot verify with any group key: %w", err)
-	}
-	snap, err := s.groups(ctx)
-	if err != nil {
-		return s.refuse(ctx, c, ErrUnavailable, "enrollment groups: %w", err)
-	}
-	groupID, devKey := matchSymmetricGroup(snap, tok, spelledID)
-	if groupID == "" {
-		return s.refuse(ctx, c, ErrNotAuthorized, "no enrollment and no enrollment group key verifies")
-	}
-	id := Identity{RegistrationID: regID, Method: AuthSymmetricKey, GroupID: groupID, keyHash: symmetricKeyHash(devKey[:])}
-	clear(devKey[:])
-	return s.authenticated(ctx, c, id), nil
-}
-
-// tryGroupsAndDiscard does the group work of a symmetric-key CONNECT for an
-// id without an individual enrollment and throws the outcome away (see
-// authSymmetric).
-func (s *Service) tryGroupsAndDiscard(ctx context.Context, tok *attest.SASToken, resource, spelledID string, now time.Time) {
-	if tok.VerifyClaims(resource, now, s.cfg.SAS) != nil {
-		return
-	}
-	if snap, err := s.groups(ctx); err == nil {
-		_, devKey := matchSymmetricGroup(snap, tok, spelledID)
-		clear(devKey[:])
-	}
 }
 
 // authenticated logs a successful authentication and returns id.

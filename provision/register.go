@@ -1,17 +1,13 @@
 package provision
 
 import (
-	"bytes"
 	"context"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"log/slog"
 	"strings"
 	"time"
 
-	"github.com/tpmdps/dpsd/attest"
 	"github.com/tpmdps/dpsd/internal/trackid"
 	"github.com/tpmdps/dpsd/store"
 )
@@ -75,80 +71,6 @@ func (s *Service) Register(ctx context.Context, id Identity, req RegisterRequest
 	}
 }
 
-// registerTPM handles a register on a TPM-authenticated connection: the body
-// repeats tpm, the EK must still match the enrollment, and the SRK sent now
-// is the one the hub-key blob is built for.
-func (s *Service) registerTPM(ctx context.Context, id Identity, req RegisterRequest, trackingID string) Response {
-	if req.TPM == nil {
-		return s.badRequest(ctx, trackingID, id, "a TPM register must carry tpm.endorsementKey and tpm.storageRootKey")
-	}
-	ek, srk, err := s.tpmKeys.parse(id.RegistrationID, req.TPM)
-	if err != nil {
-		return s.badRequest(ctx, trackingID, id, err.Error())
-	}
-	e, resp, ok := s.tpmEnrollment(ctx, id, ek, trackingID)
-	if !ok {
-		return resp
-	}
-	src := enrollmentSource(e)
-	return s.assign(ctx, id, src, req, ek, srk, trackingID)
-}
-
-// parseTPMKeys decodes and strictly parses the EK and SRK a device sent.
-func parseTPMKeys(k *TPMKeys) (ek, srk *attest.Public, err error) {
-	ek, err = parsePublicB64(k.EndorsementKey)
-	if err != nil {
-		return nil, nil, fmt.Errorf("tpm.endorsementKey: %w", err)
-	}
-	srk, err = parsePublicB64(k.StorageRootKey)
-	if err != nil {
-		return nil, nil, fmt.Errorf("tpm.storageRootKey: %w", err)
-	}
-	return ek, srk, nil
-}
-
-// parsePublicB64 decodes base64 TPM2B_PUBLIC bytes and parses them strictly.
-func parsePublicB64(b64 string) (*attest.Public, error) {
-	if b64 == "" {
-		return nil, errors.New("missing")
-	}
-	raw, err := base64.StdEncoding.DecodeString(b64)
-	if err != nil {
-		return nil, fmt.Errorf("not base64: %w", err)
-	}
-	return attest.ParsePublic(raw)
-}
-
-// tpmEnrollment returns the device's TPM enrollment when its EK equals ek.
-// Otherwise it returns the answer: the one 401 for unknown ids, other
-// attestation types and EK mismatches alike, or a 500 if the store failed.
-func (s *Service) tpmEnrollment(ctx context.Context, id Identity, ek *attest.Public, trackingID string) (*store.Enrollment, Response, bool) {
-	e, err := s.cfg.Store.GetEnrollment(ctx, id.RegistrationID)
-	switch {
-	case errors.Is(err, store.ErrNotFound):
-		return nil, s.unauthorized(ctx, trackingID, id, "no enrollment"), false
-	case err != nil:
-		return nil, s.internal(ctx, trackingID, id, fmt.Errorf("read enrollment: %w", err)), false
-	case e.Attestation.Type != store.AttestationTPM || e.Attestation.TPM == nil:
-		return nil, s.unauthorized(ctx, trackingID, id, "enrollment is not of type tpm"), false
-	}
-	// Identical bytes are the same key; only a different encoding of the
-	// enrolled EK needs parsing to compare the public keys themselves.
-	if raw, err := base64.StdEncoding.DecodeString(e.Attestation.TPM.EndorsementKey); err == nil && bytes.Equal(raw, ek.Bytes()) {
-		return e, Response{}, true
-	}
-	enrolled, err := parsePublicB64(e.Attestation.TPM.EndorsementKey)
-	if err != nil {
-		s.log.LogAttrs(ctx, slog.LevelWarn, "enrolled endorsement key does not parse",
-			slog.String("registrationId", id.RegistrationID), slog.String("error", err.Error()))
-		return nil, s.unauthorized(ctx, trackingID, id, "enrolled EK unusable"), false
-	}
-	if !enrolled.Equal(ek) {
-		return nil, s.unauthorized(ctx, trackingID, id, "endorsement key does not match the enrollment"), false
-	}
-	return e, Response{}, true
-}
-
 // enrollmentSource describes an individual enrollment.
 func enrollmentSource(e *store.Enrollment) source {
 	deviceID := e.DeviceID
@@ -165,16 +87,6 @@ func enrollmentSource(e *store.Enrollment) source {
 			hubs: e.IoTHubs, reprovision: e.ReprovisionPolicy,
 		},
 	}
-}
-
-// symmetricSource re-reads what a symmetric-key connection authenticated
-// against: the individual enrollment, or the group when one matched and no
-// individual enrollment has appeared since.
-func (s *Service) symmetricSource(ctx context.Context, id Identity, trackingID string) (source, Response, bool) {
-	return s.credentialSource(ctx, id, trackingID, store.AttestationSymmetricKey,
-		func(e *store.Enrollment) bool { return e.Attestation.Type == store.AttestationSymmetricKey },
-		func(g *store.Group) bool { return g.Attestation.Type == store.AttestationSymmetricKey },
-		"enrollment group is no longer symmetricKey")
 }
 
 // credentialSource re-reads, at register time, the enrollment or group a

@@ -259,3 +259,70 @@ func normThumbprint(t string) string {
 	t = strings.NewReplacer(":", "", " ", "", "-", "").Replace(strings.TrimSpace(t))
 	return strings.ToUpper(t)
 }
+
+// x509Candidates returns the group CAs that a certificate of chain names as
+// its issuer, in group order without duplicates: by authority key id when
+// the certificate has one and a CA has that subject key id, else by raw
+// issuer name. Only these are verified.
+func x509Candidates(snap *groupSnapshot, chain []*x509.Certificate) []*groupCA {
+	var out []*groupCA
+	add := func(cas []*groupCA) {
+		for _, ca := range cas {
+			dup := false
+			for _, o := range out {
+				if o == ca {
+					dup = true
+					break
+				}
+			}
+			if !dup {
+				out = append(out, ca)
+			}
+		}
+	}
+	for _, c := range chain {
+		if byKey := snap.byKeyID[string(c.AuthorityKeyId)]; len(c.AuthorityKeyId) > 0 && len(byKey) > 0 {
+			add(byKey)
+			continue
+		}
+		add(snap.bySubject[string(c.RawIssuer)])
+	}
+	// Insertion sort by group order (the list is short).
+	for i := 1; i < len(out); i++ {
+		for j := i; j > 0 && out[j].order < out[j-1].order; j-- {
+			out[j], out[j-1] = out[j-1], out[j]
+		}
+	}
+	return out
+}
+
+// matchX509GroupCA returns the first candidate CA (in group order) that the
+// chain verifies to for TLS client use at now, or nil; lastErr is the last
+// verification error, for the log. verified, when not nil, is told the
+// group of every CA a verification was tried against (a test hook).
+func matchX509GroupCA(cands []*groupCA, chain []*x509.Certificate, now time.Time, verified func(groupID string)) (*groupCA, error) {
+	if len(cands) == 0 {
+		return nil, nil
+	}
+	intermediates := x509.NewCertPool()
+	for _, c := range chain[1:] {
+		intermediates.AddCert(c)
+	}
+	var lastErr error
+	for _, ca := range cands {
+		if verified != nil {
+			verified(ca.groupID)
+		}
+		_, err := chain[0].Verify(x509.VerifyOptions{
+			Roots:         ca.roots,
+			Intermediates: intermediates,
+			CurrentTime:   now,
+			KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+		})
+		if err == nil {
+			return ca, nil
+		}
+		lastErr = err
+	}
+	return nil, lastErr
+}
