@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"crypto/x509"
-	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
@@ -69,75 +68,67 @@ type Connect struct {
 // failure); each means a CONNACK refusal, and the reason they carry is for
 // logs only. A password is always a SAS token, even on a connection that
 // also presents a client certificate; X.509 (x509.go) needs no password.
+// The method's own checks are in tpm.go, symmetric.go and x509.go; every
+// refusal is logged and observed once, here (refusal.go).
 //
 // A TPM challenge authenticates once: the cheap checks (format, expiry,
 // signature) come first and the durable "used" mark last.
 func (s *Service) Authenticate(ctx context.Context, c Connect) (Identity, error) {
+	id, err := s.authenticate(ctx, c)
+	if err != nil {
+		return Identity{}, s.refuseConnect(ctx, c, err)
+	}
+	if id.Method == AuthRestricted {
+		s.log.LogAttrs(ctx, slog.LevelDebug, "restricted session",
+			slog.String("trackingId", c.TrackingID), slog.String("registrationId", id.RegistrationID))
+		return id, nil
+	}
+	s.log.LogAttrs(ctx, slog.LevelInfo, "authenticated",
+		slog.String("trackingId", c.TrackingID), slog.String("registrationId", id.RegistrationID),
+		slog.String("method", id.Method.String()), slog.String("groupId", id.GroupID))
+	return id, nil
+}
+
+// authenticate checks the username and hands the CONNECT to its method.
+func (s *Service) authenticate(ctx context.Context, c Connect) (Identity, error) {
 	u, err := attest.ParseUsername(c.Username)
 	if err != nil {
-		return s.refuse(ctx, c, ErrNotAuthorized, "bad username: %w", err)
+		return Identity{}, badConnect(AuthFailureBadUsername, "bad username: %w", err)
 	}
 	if err := attest.ValidateRegistrationID(u.RegistrationID); err != nil {
-		return s.refuse(ctx, c, ErrNotAuthorized, "bad registration id: %w", err)
+		return Identity{}, badConnect(AuthFailureBadRegistrationID, "bad registration id: %w", err)
 	}
 	if !strings.EqualFold(c.ClientID, u.RegistrationID) {
-		return s.refuse(ctx, c, ErrNotAuthorized, "client id does not match the username's registration id")
+		return Identity{}, badConnect(AuthFailureClientIDMismatch, "client id does not match the username's registration id")
 	}
 	if !strings.EqualFold(u.IDScope, s.cfg.IDScope) {
-		return s.refuse(ctx, c, ErrNotAuthorized, "unknown id scope %q", u.IDScope)
+		return Identity{}, badConnect(AuthFailureUnknownIDScope, "unknown id scope %q", u.IDScope)
 	}
 	regID := strings.ToLower(u.RegistrationID)
 	switch {
 	case len(c.Password) > 0:
-		return s.authSAS(ctx, c, u.RegistrationID)
+		return s.authSAS(ctx, c.Password, u.RegistrationID)
 	case len(c.PeerChain) > 0:
-		return s.authX509(ctx, c, regID)
-	default:
-		s.log.LogAttrs(ctx, slog.LevelDebug, "restricted session",
-			slog.String("trackingId", c.TrackingID), slog.String("registrationId", regID))
-		return Identity{RegistrationID: regID, Method: AuthRestricted}, nil
+		return s.authX509(ctx, c.PeerChain, regID)
 	}
+	return Identity{RegistrationID: regID, Method: AuthRestricted}, nil
 }
 
 // authSAS verifies a SAS token password, signed either with a TPM challenge
 // key (skn is a challenge reference) or with a symmetric key.
 // spelledID is the registration id exactly as the device wrote it.
-func (s *Service) authSAS(ctx context.Context, c Connect, spelledID string) (Identity, error) {
-	tok, err := attest.ParseSASToken(string(c.Password))
+func (s *Service) authSAS(ctx context.Context, password []byte, spelledID string) (Identity, error) {
+	tok, err := attest.ParseSASToken(string(password))
 	if err != nil {
-		return s.refuse(ctx, c, ErrNotAuthorized, "bad SAS token: %w", err)
+		return Identity{}, badConnect(AuthFailureBadToken, "bad SAS token: %w", err)
 	}
 	resource := s.cfg.IDScope + "/registrations/" + spelledID
 	switch {
 	case isChallengeRef(tok.KeyName):
-		return s.authTPM(ctx, c, tok, resource, strings.ToLower(spelledID))
+		return s.authTPM(ctx, tok, resource, strings.ToLower(spelledID))
 	case tok.KeyName != "" && tok.KeyName != SymmetricKeyName:
 		// docs/protocol.md section 6: skn is absent or "registration" for symmetric keys.
-		return s.refuse(ctx, c, ErrNotAuthorized, "bad SAS token: skn is neither %q nor a TPM challenge reference", SymmetricKeyName)
+		return Identity{}, badConnect(AuthFailureBadToken, "bad SAS token: skn is neither %q nor a TPM challenge reference", SymmetricKeyName)
 	}
-	return s.authSymmetric(ctx, c, tok, resource, spelledID)
-}
-
-// authenticated logs a successful authentication and returns id.
-func (s *Service) authenticated(ctx context.Context, c Connect, id Identity) Identity {
-	s.log.LogAttrs(ctx, slog.LevelInfo, "authenticated",
-		slog.String("trackingId", c.TrackingID), slog.String("registrationId", id.RegistrationID),
-		slog.String("method", id.Method.String()), slog.String("groupId", id.GroupID))
-	return id
-}
-
-// refuse logs why a CONNECT is refused and returns the typed error. The
-// reason never contains tokens or keys.
-func (s *Service) refuse(ctx context.Context, c Connect, kind error, format string, args ...any) (Identity, error) {
-	s.observeRefusal(ctx, kind, format)
-	err := fmt.Errorf("%w: "+format, append([]any{kind}, args...)...)
-	reason := strings.TrimPrefix(err.Error(), kind.Error()+": ")
-	level := slog.LevelInfo
-	if errors.Is(kind, ErrUnavailable) {
-		level = slog.LevelError
-	}
-	s.log.LogAttrs(ctx, level, "connect refused",
-		slog.String("trackingId", c.TrackingID), slog.String("clientId", c.ClientID),
-		slog.String("remoteAddr", c.RemoteAddr), slog.String("reason", reason))
-	return Identity{}, err
+	return s.authSymmetric(ctx, tok, resource, spelledID)
 }

@@ -32,43 +32,52 @@ type source struct {
 // (docs/protocol.md sections 4 and 5). On a restricted connection it runs the TPM
 // challenge (answer 401 with an activation blob); on an authenticated one it
 // allocates a hub, records the registration and its operation durably and
-// answers 202 with the operation id to poll.
+// answers 202 with the operation id to poll. A refusal is answered in the
+// DPS error shape and logged once (refusal.go).
 func (s *Service) Register(ctx context.Context, id Identity, req RegisterRequest, trackingID string) Response {
 	if trackingID == "" {
 		trackingID = trackid.New()
 	}
+	resp, err := s.register(ctx, id, req, trackingID)
+	if err != nil {
+		return s.refused(ctx, trackingID, id, err)
+	}
+	return resp
+}
+
+// register checks the body and hands the request to the connection's
+// attestation method.
+func (s *Service) register(ctx context.Context, id Identity, req RegisterRequest, trackingID string) (Response, error) {
 	if req.RegistrationID != "" && !strings.EqualFold(req.RegistrationID, id.RegistrationID) {
-		return s.badRequest(ctx, trackingID, id, "the body's registrationId does not match the connection's")
+		return Response{}, badRequest("the body's registrationId does not match the connection's")
 	}
 	if isJSONNull(req.Payload) {
 		req.Payload = nil
 	}
 	if len(req.Payload) > MaxPayloadSize {
-		return s.badRequest(ctx, trackingID, id, fmt.Sprintf("payload exceeds %d bytes", MaxPayloadSize))
+		return Response{}, badRequest(fmt.Sprintf("payload exceeds %d bytes", MaxPayloadSize))
 	}
 	if len(req.Payload) > 0 && !json.Valid(req.Payload) {
-		return s.badRequest(ctx, trackingID, id, "payload is not valid JSON")
+		return Response{}, badRequest("payload is not valid JSON")
 	}
+	var src source
+	var err error
 	switch id.Method {
 	case AuthRestricted:
 		return s.challenge(ctx, id, req, trackingID)
 	case AuthTPM:
 		return s.registerTPM(ctx, id, req, trackingID)
 	case AuthSymmetricKey:
-		src, resp, ok := s.symmetricSource(ctx, id, trackingID)
-		if !ok {
-			return resp
-		}
-		return s.assign(ctx, id, src, req, nil, nil, trackingID)
+		src, err = s.symmetricSource(ctx, id)
 	case AuthX509:
-		src, resp, ok := s.x509Source(ctx, id, trackingID)
-		if !ok {
-			return resp
-		}
-		return s.assign(ctx, id, src, req, nil, nil, trackingID)
+		src, err = s.x509Source(ctx, id)
 	default:
-		return s.unauthorized(ctx, trackingID, id, "unsupported attestation method "+id.Method.String())
+		return Response{}, unauthorized("unsupported attestation method " + id.Method.String())
 	}
+	if err != nil {
+		return Response{}, err
+	}
+	return s.assign(ctx, id, src, req, nil, nil, trackingID)
 }
 
 // enrollmentSource describes an individual enrollment.
@@ -95,28 +104,28 @@ func enrollmentSource(e *store.Enrollment) source {
 // connection matched one, else the group, unless an individual enrollment
 // has appeared since. groupChanged is the refusal reason when the group no
 // longer accepts it.
-func (s *Service) credentialSource(ctx context.Context, id Identity, trackingID, attestationType string,
-	enrollmentOK func(*store.Enrollment) bool, groupOK func(*store.Group) bool, groupChanged string) (source, Response, bool) {
+func (s *Service) credentialSource(ctx context.Context, id Identity, attestationType string,
+	enrollmentOK func(*store.Enrollment) bool, groupOK func(*store.Group) bool, groupChanged string) (source, error) {
 	e, err := s.cfg.Store.GetEnrollment(ctx, id.RegistrationID)
 	switch {
 	case err == nil:
 		if id.GroupID != "" || !enrollmentOK(e) {
-			return source{}, s.unauthorized(ctx, trackingID, id, "individual enrollment changed since authentication"), false
+			return source{}, unauthorized("individual enrollment changed since authentication")
 		}
-		return enrollmentSource(e), Response{}, true
+		return enrollmentSource(e), nil
 	case !errors.Is(err, store.ErrNotFound):
-		return source{}, s.internal(ctx, trackingID, id, fmt.Errorf("read enrollment: %w", err)), false
+		return source{}, fmt.Errorf("read enrollment: %w", err)
 	case id.GroupID == "":
-		return source{}, s.unauthorized(ctx, trackingID, id, "enrollment deleted since authentication"), false
+		return source{}, unauthorized("enrollment deleted since authentication")
 	}
 	g, err := s.cfg.Store.GetGroup(ctx, id.GroupID)
 	switch {
 	case errors.Is(err, store.ErrNotFound):
-		return source{}, s.unauthorized(ctx, trackingID, id, "enrollment group deleted since authentication"), false
+		return source{}, unauthorized("enrollment group deleted since authentication")
 	case err != nil:
-		return source{}, s.internal(ctx, trackingID, id, fmt.Errorf("read enrollment group: %w", err)), false
+		return source{}, fmt.Errorf("read enrollment group: %w", err)
 	case !groupOK(g):
-		return source{}, s.unauthorized(ctx, trackingID, id, groupChanged), false
+		return source{}, unauthorized(groupChanged)
 	}
 	return source{
 		attestationType: attestationType,
@@ -128,5 +137,5 @@ func (s *Service) credentialSource(ctx context.Context, id Identity, trackingID,
 			policy: g.AllocationPolicy, hubHostName: g.IoTHubHostName,
 			hubs: g.IoTHubs, reprovision: g.ReprovisionPolicy,
 		},
-	}, Response{}, true
+	}, nil
 }

@@ -25,7 +25,7 @@ const SymmetricKeyName = "registration"
 // then one derivation and one MAC per group key. A refusal of an id with
 // an individual enrollment does the same group work and discards it, so
 // that the time of a refusal does not tell enrolled ids from unknown ones.
-func (s *Service) authSymmetric(ctx context.Context, c Connect, tok *attest.SASToken, resource, spelledID string) (Identity, error) {
+func (s *Service) authSymmetric(ctx context.Context, tok *attest.SASToken, resource, spelledID string) (Identity, error) {
 	regID := strings.ToLower(spelledID)
 	now := s.cfg.Now()
 	e, err := s.cfg.Store.GetEnrollment(ctx, regID)
@@ -33,7 +33,7 @@ func (s *Service) authSymmetric(ctx context.Context, c Connect, tok *attest.SAST
 	case err == nil:
 		if e.Attestation.Type != store.AttestationSymmetricKey || e.Attestation.SymmetricKey == nil {
 			s.tryGroupsAndDiscard(ctx, tok, resource, spelledID, now)
-			return s.refuse(ctx, c, ErrNotAuthorized, "individual enrollment is of type %q, not symmetricKey", e.Attestation.Type)
+			return Identity{}, notAuthorized("individual enrollment is of type %q, not symmetricKey", e.Attestation.Type)
 		}
 		// reason keeps the most telling failure: a key whose signature
 		// matched says why (expired, other resource) better than the other key.
@@ -47,32 +47,32 @@ func (s *Service) authSymmetric(ctx context.Context, c Connect, tok *attest.SAST
 			if err != nil {
 				err = fmt.Errorf("enrollment key: %w", err)
 			} else if err = tok.Verify(key, resource, now, s.cfg.SAS); err == nil {
-				return s.authenticated(ctx, c, Identity{RegistrationID: regID, Method: AuthSymmetricKey, keyHash: symmetricKeyHash(key)}), nil
+				return Identity{RegistrationID: regID, Method: AuthSymmetricKey, keyHash: symmetricKeyHash(key)}, nil
 			}
 			if first || errors.Is(reason, attest.ErrSASSignature) {
 				reason, first = err, false
 			}
 		}
 		s.tryGroupsAndDiscard(ctx, tok, resource, spelledID, now)
-		return s.refuse(ctx, c, ErrNotAuthorized, "SAS does not verify with the enrollment's keys: %w", reason)
+		return Identity{}, notAuthorized("SAS does not verify with the enrollment's keys: %w", reason)
 	case !errors.Is(err, store.ErrNotFound):
-		return s.refuse(ctx, c, ErrUnavailable, "read enrollment: %w", err)
+		return Identity{}, unavailable("read enrollment: %w", err)
 	}
 	// The resource and expiry do not depend on the group: checked once.
 	if err := tok.VerifyClaims(resource, now, s.cfg.SAS); err != nil {
-		return s.refuse(ctx, c, ErrNotAuthorized, "no enrollment, and the SAS cannot verify with any group key: %w", err)
+		return Identity{}, notAuthorized("no enrollment, and the SAS cannot verify with any group key: %w", err)
 	}
 	snap, err := s.groups(ctx)
 	if err != nil {
-		return s.refuse(ctx, c, ErrUnavailable, "enrollment groups: %w", err)
+		return Identity{}, unavailable("enrollment groups: %w", err)
 	}
 	groupID, devKey := matchSymmetricGroup(snap, tok, spelledID)
 	if groupID == "" {
-		return s.refuse(ctx, c, ErrNotAuthorized, "no enrollment and no enrollment group key verifies")
+		return Identity{}, notAuthorized("no enrollment and no enrollment group key verifies")
 	}
 	id := Identity{RegistrationID: regID, Method: AuthSymmetricKey, GroupID: groupID, keyHash: symmetricKeyHash(devKey[:])}
 	clear(devKey[:])
-	return s.authenticated(ctx, c, id), nil
+	return id, nil
 }
 
 // tryGroupsAndDiscard does the group work of a symmetric-key CONNECT for an
@@ -111,8 +111,8 @@ func matchSymmetricGroup(snap *groupSnapshot, tok *attest.SASToken, spelledID st
 // symmetricSource re-reads what a symmetric-key connection authenticated
 // against: the individual enrollment, or the group when one matched and no
 // individual enrollment has appeared since.
-func (s *Service) symmetricSource(ctx context.Context, id Identity, trackingID string) (source, Response, bool) {
-	return s.credentialSource(ctx, id, trackingID, store.AttestationSymmetricKey,
+func (s *Service) symmetricSource(ctx context.Context, id Identity) (source, error) {
+	return s.credentialSource(ctx, id, store.AttestationSymmetricKey,
 		func(e *store.Enrollment) bool { return e.Attestation.Type == store.AttestationSymmetricKey },
 		func(g *store.Group) bool { return g.Attestation.Type == store.AttestationSymmetricKey },
 		"enrollment group is no longer symmetricKey")

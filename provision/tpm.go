@@ -41,26 +41,26 @@ import (
 // challenge answers a restricted session's TPM register with a challenge: a
 // 401 whose blob carries a key derived for a fresh reference. Unknown ids and
 // EK mismatches get the same 401 as any other refusal.
-func (s *Service) challenge(ctx context.Context, id Identity, req RegisterRequest, trackingID string) Response {
+func (s *Service) challenge(ctx context.Context, id Identity, req RegisterRequest, trackingID string) (Response, error) {
 	if req.TPM == nil {
-		return s.unauthorized(ctx, trackingID, id, "restricted session sent a register without tpm")
+		return Response{}, unauthorized("restricted session sent a register without tpm")
 	}
 	ek, srk, err := s.tpmKeys.parse(id.RegistrationID, req.TPM)
 	if err != nil {
-		return s.badRequest(ctx, trackingID, id, err.Error())
+		return Response{}, badRequest(err.Error())
 	}
-	if _, resp, ok := s.tpmEnrollment(ctx, id, ek, trackingID); !ok {
-		return resp
+	if _, err := s.tpmEnrollment(ctx, id, ek); err != nil {
+		return Response{}, err
 	}
 	expires := s.cfg.Now().Add(s.cfg.ChallengeLifetime)
 	ref, err := newChallengeRef(s.cfg.Rand, s.run, expires)
 	if err != nil {
-		return s.internal(ctx, trackingID, id, err)
+		return Response{}, err
 	}
 	key := challengeKey(s.cfg.ChallengeSecret, id.RegistrationID, ref)
 	blob, err := attest.NewActivationBlob(s.cfg.Rand, ek, srk, key)
 	if err != nil {
-		return s.badRequest(ctx, trackingID, id, fmt.Sprintf("cannot build an activation blob for these keys: %v", err))
+		return Response{}, badRequest(fmt.Sprintf("cannot build an activation blob for these keys: %v", err))
 	}
 	s.log.LogAttrs(ctx, slog.LevelInfo, "tpm challenge issued",
 		slog.String("trackingId", trackingID), slog.String("registrationId", id.RegistrationID),
@@ -70,65 +70,61 @@ func (s *Service) challenge(ctx context.Context, id Identity, req RegisterReques
 		AuthenticationKey: base64.StdEncoding.EncodeToString(blob),
 		KeyName:           ref,
 		Message:           challengeMessage,
-	}}
+	}}, nil
 }
 
 // authTPM verifies a SAS signed with the key a TPM challenge delivered.
-func (s *Service) authTPM(ctx context.Context, c Connect, tok *attest.SASToken, resource, regID string) (Identity, error) {
+func (s *Service) authTPM(ctx context.Context, tok *attest.SASToken, resource, regID string) (Identity, error) {
 	ref := tok.KeyName
 	cr, err := parseChallengeRef(ref)
 	if err != nil {
-		return s.refuse(ctx, c, ErrNotAuthorized, "bad challenge reference: %w", err)
+		return Identity{}, badConnect(AuthFailureBadChallengeRef, "bad challenge reference: %w", err)
 	}
 	if cr.run != s.run {
-		return s.refuse(ctx, c, ErrNotAuthorized, "challenge was issued before the broker restarted; the device must ask for a new one")
+		return Identity{}, notAuthorized("challenge was issued before the broker restarted; the device must ask for a new one")
 	}
 	now := s.cfg.Now()
 	if !now.Before(cr.expires) {
-		return s.refuse(ctx, c, ErrNotAuthorized, "challenge expired at %s", formatTime(cr.expires))
+		return Identity{}, badConnect(AuthFailureChallengeExpired, "challenge expired at %s", formatTime(cr.expires))
 	}
 	key := challengeKey(s.cfg.ChallengeSecret, regID, ref)
 	if err := tok.Verify(key, resource, now, s.cfg.SAS); err != nil {
-		return s.refuse(ctx, c, ErrNotAuthorized, "TPM SAS does not verify: %w", err)
+		return Identity{}, notAuthorized("TPM SAS does not verify: %w", err)
 	}
 	e, err := s.cfg.Store.GetEnrollment(ctx, regID)
 	switch {
 	case errors.Is(err, store.ErrNotFound):
-		return s.refuse(ctx, c, ErrNotAuthorized, "TPM enrollment no longer exists")
+		return Identity{}, notAuthorized("TPM enrollment no longer exists")
 	case err != nil:
-		return s.refuse(ctx, c, ErrUnavailable, "read enrollment: %w", err)
+		return Identity{}, unavailable("read enrollment: %w", err)
 	case e.Attestation.Type != store.AttestationTPM:
-		return s.refuse(ctx, c, ErrNotAuthorized, "enrollment is no longer of type tpm")
+		return Identity{}, notAuthorized("enrollment is no longer of type tpm")
 	}
 	if err := s.usedRefs.use(cr, now); err != nil {
 		if errors.Is(err, errChallengeUsed) {
-			return s.refuse(ctx, c, ErrNotAuthorized, "%w", err)
+			return Identity{}, notAuthorized("%w", err)
 		}
-		return s.refuse(ctx, c, ErrUnavailable, "mark challenge used: %w", err)
+		return Identity{}, unavailable("mark challenge used: %w", err)
 	}
-	s.log.LogAttrs(ctx, slog.LevelInfo, "authenticated",
-		slog.String("trackingId", c.TrackingID), slog.String("registrationId", regID),
-		slog.String("method", AuthTPM.String()))
 	return Identity{RegistrationID: regID, Method: AuthTPM, ChallengeRef: ref}, nil
 }
 
 // registerTPM handles a register on a TPM-authenticated connection: the body
 // repeats tpm, the EK must still match the enrollment, and the SRK sent now
 // is the one the hub-key blob is built for.
-func (s *Service) registerTPM(ctx context.Context, id Identity, req RegisterRequest, trackingID string) Response {
+func (s *Service) registerTPM(ctx context.Context, id Identity, req RegisterRequest, trackingID string) (Response, error) {
 	if req.TPM == nil {
-		return s.badRequest(ctx, trackingID, id, "a TPM register must carry tpm.endorsementKey and tpm.storageRootKey")
+		return Response{}, badRequest("a TPM register must carry tpm.endorsementKey and tpm.storageRootKey")
 	}
 	ek, srk, err := s.tpmKeys.parse(id.RegistrationID, req.TPM)
 	if err != nil {
-		return s.badRequest(ctx, trackingID, id, err.Error())
+		return Response{}, badRequest(err.Error())
 	}
-	e, resp, ok := s.tpmEnrollment(ctx, id, ek, trackingID)
-	if !ok {
-		return resp
+	e, err := s.tpmEnrollment(ctx, id, ek)
+	if err != nil {
+		return Response{}, err
 	}
-	src := enrollmentSource(e)
-	return s.assign(ctx, id, src, req, ek, srk, trackingID)
+	return s.assign(ctx, id, enrollmentSource(e), req, ek, srk, trackingID)
 }
 
 // parseTPMKeys decodes and strictly parses the EK and SRK a device sent.
@@ -157,33 +153,33 @@ func parsePublicB64(b64 string) (*attest.Public, error) {
 }
 
 // tpmEnrollment returns the device's TPM enrollment when its EK equals ek.
-// Otherwise it returns the answer: the one 401 for unknown ids, other
-// attestation types and EK mismatches alike, or a 500 if the store failed.
-func (s *Service) tpmEnrollment(ctx context.Context, id Identity, ek *attest.Public, trackingID string) (*store.Enrollment, Response, bool) {
+// Otherwise it refuses: the one 401 for unknown ids, other attestation
+// types and EK mismatches alike, or a 500 if the store failed.
+func (s *Service) tpmEnrollment(ctx context.Context, id Identity, ek *attest.Public) (*store.Enrollment, error) {
 	e, err := s.cfg.Store.GetEnrollment(ctx, id.RegistrationID)
 	switch {
 	case errors.Is(err, store.ErrNotFound):
-		return nil, s.unauthorized(ctx, trackingID, id, "no enrollment"), false
+		return nil, unauthorized("no enrollment")
 	case err != nil:
-		return nil, s.internal(ctx, trackingID, id, fmt.Errorf("read enrollment: %w", err)), false
+		return nil, fmt.Errorf("read enrollment: %w", err)
 	case e.Attestation.Type != store.AttestationTPM || e.Attestation.TPM == nil:
-		return nil, s.unauthorized(ctx, trackingID, id, "enrollment is not of type tpm"), false
+		return nil, unauthorized("enrollment is not of type tpm")
 	}
 	// Identical bytes are the same key; only a different encoding of the
 	// enrolled EK needs parsing to compare the public keys themselves.
 	if raw, err := base64.StdEncoding.DecodeString(e.Attestation.TPM.EndorsementKey); err == nil && bytes.Equal(raw, ek.Bytes()) {
-		return e, Response{}, true
+		return e, nil
 	}
 	enrolled, err := parsePublicB64(e.Attestation.TPM.EndorsementKey)
 	if err != nil {
 		s.log.LogAttrs(ctx, slog.LevelWarn, "enrolled endorsement key does not parse",
 			slog.String("registrationId", id.RegistrationID), slog.String("error", err.Error()))
-		return nil, s.unauthorized(ctx, trackingID, id, "enrolled EK unusable"), false
+		return nil, unauthorized("enrolled EK unusable")
 	}
 	if !enrolled.Equal(ek) {
-		return nil, s.unauthorized(ctx, trackingID, id, "endorsement key does not match the enrollment"), false
+		return nil, unauthorized("endorsement key does not match the enrollment")
 	}
-	return e, Response{}, true
+	return e, nil
 }
 
 // The challenge reference and the key derived for it.

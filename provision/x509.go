@@ -46,42 +46,42 @@ const MaxPeerChain = 8
 
 // authX509 authenticates a CONNECT with no password by its TLS client
 // certificate chain (leaf first).
-func (s *Service) authX509(ctx context.Context, c Connect, regID string) (Identity, error) {
-	if len(c.PeerChain) > MaxPeerChain {
-		return s.refuse(ctx, c, ErrNotAuthorized, "certificate chain of %d certificates, at most %d", len(c.PeerChain), MaxPeerChain)
+func (s *Service) authX509(ctx context.Context, chain []*x509.Certificate, regID string) (Identity, error) {
+	if len(chain) > MaxPeerChain {
+		return Identity{}, notAuthorized("certificate chain of %d certificates, at most %d", len(chain), MaxPeerChain)
 	}
-	leaf := c.PeerChain[0]
+	leaf := chain[0]
 	if !strings.EqualFold(leaf.Subject.CommonName, regID) {
-		return s.refuse(ctx, c, ErrNotAuthorized, "certificate subject CN %q does not match the registration id", leaf.Subject.CommonName)
+		return Identity{}, notAuthorized("certificate subject CN %q does not match the registration id", leaf.Subject.CommonName)
 	}
 	now := s.cfg.Now()
 	if err := checkValidity(leaf, now); err != nil {
-		return s.refuse(ctx, c, ErrNotAuthorized, "certificate %w", err)
+		return Identity{}, notAuthorized("certificate %w", err)
 	}
 	e, err := s.cfg.Store.GetEnrollment(ctx, regID)
 	switch {
 	case err == nil:
 		if !isX509Enrollment(e) {
-			s.tryX509GroupsAndDiscard(ctx, c.PeerChain, now)
-			return s.refuse(ctx, c, ErrNotAuthorized, "individual enrollment is of type %q, not x509 with client certificates", e.Attestation.Type)
+			s.tryX509GroupsAndDiscard(ctx, chain, now)
+			return Identity{}, notAuthorized("individual enrollment is of type %q, not x509 with client certificates", e.Attestation.Type)
 		}
 		if !pins(e.Attestation.X509.ClientCertificates, leaf) {
-			s.tryX509GroupsAndDiscard(ctx, c.PeerChain, now)
-			return s.refuse(ctx, c, ErrNotAuthorized, "certificate is not the one the individual enrollment pins (sha256 %s)", thumbprint256(leaf))
+			s.tryX509GroupsAndDiscard(ctx, chain, now)
+			return Identity{}, notAuthorized("certificate is not the one the individual enrollment pins (sha256 %s)", thumbprint256(leaf))
 		}
-		return s.authenticated(ctx, c, Identity{RegistrationID: regID, Method: AuthX509, Certificate: leaf}), nil
+		return Identity{RegistrationID: regID, Method: AuthX509, Certificate: leaf}, nil
 	case !errors.Is(err, store.ErrNotFound):
-		return s.refuse(ctx, c, ErrUnavailable, "read enrollment: %w", err)
+		return Identity{}, unavailable("read enrollment: %w", err)
 	}
-	ca, why, err := s.matchX509Group(ctx, c.PeerChain, now)
+	ca, why, err := s.matchX509Group(ctx, chain, now)
 	switch {
 	case err != nil:
-		return s.refuse(ctx, c, ErrUnavailable, "enrollment groups: %w", err)
+		return Identity{}, unavailable("enrollment groups: %w", err)
 	case ca == nil:
-		return s.refuse(ctx, c, ErrNotAuthorized, "no enrollment and %w", why)
+		return Identity{}, notAuthorized("no enrollment and %w", why)
 	}
-	return s.authenticated(ctx, c, Identity{RegistrationID: regID, Method: AuthX509, Certificate: leaf,
-		GroupID: ca.groupID, SigningCertificate: ca.cert}), nil
+	return Identity{RegistrationID: regID, Method: AuthX509, Certificate: leaf,
+		GroupID: ca.groupID, SigningCertificate: ca.cert}, nil
 }
 
 // matchX509Group is the group work of an X.509 CONNECT for an id without
@@ -201,14 +201,14 @@ func groupSigningCerts(g *store.Group) []*x509.Certificate {
 // enrollment, still pinning the certificate, or the group, still naming the
 // CA the chain verified to, when no individual enrollment has appeared
 // since. The certificate must still be valid.
-func (s *Service) x509Source(ctx context.Context, id Identity, trackingID string) (source, Response, bool) {
+func (s *Service) x509Source(ctx context.Context, id Identity) (source, error) {
 	if id.Certificate == nil {
-		return source{}, s.unauthorized(ctx, trackingID, id, "x509 identity without a certificate"), false
+		return source{}, unauthorized("x509 identity without a certificate")
 	}
 	if err := checkValidity(id.Certificate, s.cfg.Now()); err != nil {
-		return source{}, s.unauthorized(ctx, trackingID, id, "certificate "+err.Error()), false
+		return source{}, unauthorized("certificate " + err.Error())
 	}
-	return s.credentialSource(ctx, id, trackingID, store.AttestationX509,
+	return s.credentialSource(ctx, id, store.AttestationX509,
 		func(e *store.Enrollment) bool {
 			return isX509Enrollment(e) && pins(e.Attestation.X509.ClientCertificates, id.Certificate)
 		},
