@@ -24,7 +24,7 @@ func (h *Hook) answer(s *session, req request) {
 	var resp provision.Response
 	switch {
 	case req.throttle > 0:
-		resp = h.svc.ErrorResponse(provision.ErrorCodeThrottled, "Too many requests; retry later", req.trackingID, max(req.throttle, time.Second))
+		resp = provision.NewErrorResponse(provision.ErrorCodeThrottled, "Too many requests; retry later", req.trackingID, max(req.throttle, time.Second), h.now())
 		h.reqLog(s, req).Warn("request throttled", "retryAfter", resp.RetryAfter)
 	case req.topic.Kind == KindRegister:
 		rr, err := provision.ParseRegisterRequest(req.body)
@@ -32,7 +32,7 @@ func (h *Hook) answer(s *session, req request) {
 			if h.log.Enabled(h.ctx, slog.LevelInfo) {
 				h.reqLog(s, req).Info("bad register body", "error", err)
 			}
-			resp = h.svc.ErrorResponse(provision.ErrorCodeBadRequest, "Invalid request body", req.trackingID, -1)
+			resp = provision.NewErrorResponse(provision.ErrorCodeBadRequest, "Invalid request body", req.trackingID, -1, h.now())
 			req.notTPMRegister = s.restricted()
 			break
 		}
@@ -53,12 +53,12 @@ func (h *Hook) answer(s *session, req request) {
 	}
 	if resp.Status < 200 || resp.Status > 599 || resp.Body == nil {
 		h.reqLog(s, req).Error("service returned an invalid response", "status", resp.Status)
-		resp = h.svc.ErrorResponse(provision.ErrorCodeInternal, "Internal error; try again later", req.trackingID, time.Second)
+		resp = provision.NewErrorResponse(provision.ErrorCodeInternal, "Internal error; try again later", req.trackingID, time.Second, h.now())
 	}
 	body, err := provision.EncodeBody(resp.Body)
 	if err != nil {
 		h.reqLog(s, req).Error("encoding response", "error", err)
-		resp = h.svc.ErrorResponse(provision.ErrorCodeInternal, "Internal error; try again later", req.trackingID, time.Second)
+		resp = provision.NewErrorResponse(provision.ErrorCodeInternal, "Internal error; try again later", req.trackingID, time.Second, h.now())
 		if body, err = provision.EncodeBody(resp.Body); err != nil {
 			h.closeFor(s.cl, err)
 			return

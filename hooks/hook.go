@@ -183,10 +183,27 @@ func (l Limits) withDefaults() Limits {
 	return l
 }
 
+// Service is what the hook asks of the provisioning service: to
+// authenticate a CONNECT and to answer register and poll requests.
+// *provision.Service implements it.
+type Service interface {
+	// Authenticate decides what a CONNECT may do. Its errors wrap
+	// provision.ErrNotAuthorized or provision.ErrUnavailable and have been
+	// logged by the service.
+	Authenticate(ctx context.Context, c provision.Connect) (provision.Identity, error)
+	// Register answers a register request of the connection id.
+	Register(ctx context.Context, id provision.Identity, req provision.RegisterRequest, trackingID string) provision.Response
+	// Poll answers an operation status request of the connection id.
+	Poll(ctx context.Context, id provision.Identity, operationID, trackingID string) provision.Response
+}
+
+// *provision.Service is the Service dpsd runs.
+var _ Service = (*provision.Service)(nil)
+
 // Config configures a Hook.
 type Config struct {
 	// Service answers authentication, register and poll requests. Required.
-	Service *provision.Service
+	Service Service
 	// Server is the mochi server the hook is added to. Required: the hook
 	// removes stale sessions from its client list so that mochi never resumes
 	// a session (SessionPresent is always 0) nor sends a 3.1.1 client a
@@ -212,7 +229,7 @@ type Config struct {
 type Hook struct {
 	mqtt.HookBase
 
-	svc    *provision.Service
+	svc    Service
 	srv    *mqtt.Server
 	limits Limits
 	log    *slog.Logger
