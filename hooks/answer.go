@@ -14,6 +14,19 @@ import (
 	"github.com/tpmdps/dpsd/provision"
 )
 
+// request is one device request waiting for its answer.
+type request struct {
+	topic      RequestTopic
+	body       []byte
+	trackingID string
+	ackID      uint16        // packet id to acknowledge (QoS 1), 0 for QoS 0
+	throttle   time.Duration // > 0: answer 429 with this retry-after
+	// notTPMRegister: on a restricted session, a request other than a
+	// register with tpm (set for a poll in OnPublish, for a register once
+	// answer has read its body); the session is closed once it is answered.
+	notTPMRegister bool
+}
+
 // answer computes one response and writes it, preceded by the request's
 // PUBACK, to the requesting client only. It runs on the client's read
 // goroutine (OnPacketProcessed), so a connection's requests are answered one
@@ -91,16 +104,6 @@ func (h *Hook) answer(s *session, req request) {
 		// or any other register gets its answer (401, 400) and the session
 		// ends, so that it cannot be kept alive without asking for challenges.
 		h.closeFor(s.cl, ErrNotTPMRegister, "trackingId", req.trackingID)
-	}
-}
-
-// restrictedActive resets a restricted session's idle timer: it has just
-// sent a register with tpm, the only request that keeps it going.
-func (h *Hook) restrictedActive(s *session) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if s.idle != nil && !s.released {
-		s.idle.Reset(h.limits.RestrictedIdleTimeout)
 	}
 }
 
