@@ -314,19 +314,17 @@ func (h *Hook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
 	}
 }
 
-// OnACLCheck allows a subscription only to ResponseFilter and a publish only
-// to a request topic; a refused publish closes the connection (mochi would
-// drop a QoS 0 one silently). The inline client bypasses.
+// OnACLCheck allows a subscription only to ResponseFilter, and a publish:
+// mochi asks about a publish only after OnPacketRead has let it through,
+// and OnPacketRead closes the connection of any publish to a topic that is
+// not a request topic (mochi would drop a refused QoS 0 publish silently).
+// The inline client bypasses.
 func (h *Hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 	if cl.Net.Inline {
 		return true
 	}
 	if !write {
 		return topic == ResponseFilter
-	}
-	if _, err := ParseRequestTopic(topic); err != nil {
-		h.closeFor(cl, ErrTopicRefused, "topic", topic)
-		return false
 	}
 	return true
 }
@@ -339,7 +337,8 @@ func (h *Hook) closeFor(cl *mqtt.Client, why error, args ...any) {
 
 // OnPacketRead checks every PUBLISH before mochi validates it, so that a
 // publish to any other topic (wildcards and $-topics included, which mochi
-// would drop silently) or at QoS 2 closes the connection.
+// would drop silently) or at QoS 2 closes the connection. The topic is
+// parsed here, once: OnPublish takes the result from the session.
 func (h *Hook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
 	if cl.Net.Inline || pk.FixedHeader.Type != packets.Publish {
 		return pk, nil
@@ -348,9 +347,13 @@ func (h *Hook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet,
 		h.closeFor(cl, ErrQoS2)
 		return pk, packets.ErrRejectPacket
 	}
-	if _, err := ParseRequestTopic(pk.TopicName); err != nil {
+	rt, err := ParseRequestTopic(pk.TopicName)
+	if err != nil {
 		h.closeFor(cl, ErrTopicRefused, "topic", pk.TopicName)
 		return pk, packets.ErrRejectPacket
+	}
+	if s := h.session(cl); s != nil {
+		s.inbound = inbound{topic: pk.TopicName, parsed: rt}
 	}
 	return pk, nil
 }
@@ -363,16 +366,20 @@ func (h *Hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 	if cl.Net.Inline {
 		return pk, packets.CodeSuccessIgnore
 	}
-	rt, err := ParseRequestTopic(pk.TopicName)
-	if err != nil {
-		h.closeFor(cl, ErrTopicRefused, "topic", pk.TopicName)
-		return pk, packets.ErrRejectPacket
-	}
 	s := h.session(cl)
 	if s == nil {
 		cl.Stop(ErrShuttingDown)
 		return pk, packets.ErrRejectPacket
 	}
+	in := s.inbound
+	s.inbound = inbound{}
+	if in.topic == "" || in.topic != pk.TopicName {
+		// OnPacketRead parses the topic of every PUBLISH before mochi gets
+		// here; a publish it did not see is refused all the same.
+		h.closeFor(cl, ErrTopicRefused, "topic", pk.TopicName)
+		return pk, packets.ErrRejectPacket
+	}
+	rt := in.parsed
 	req := request{topic: rt, body: pk.Payload, trackingID: trackid.New()}
 	if pk.FixedHeader.Qos > 0 {
 		req.ackID = pk.PacketID

@@ -67,12 +67,21 @@ type session struct {
 	lifetime    *time.Timer // restricted: closes RestrictedLifetime after the CONNACK
 
 	// touched only by the client's read goroutine
+	inbound    inbound // the PUBLISH being read, between OnPacketRead and OnPublish
 	pendingReq *request
 	challenges int
 	requests   *ratelimit.Bucket
 }
 
 func (s *session) restricted() bool { return s.id.Method == provision.AuthRestricted }
+
+// inbound is the request topic of the PUBLISH being read, parsed once by
+// OnPacketRead and taken by OnPublish; topic is the name it was parsed from
+// ("" when none is waiting).
+type inbound struct {
+	topic  string
+	parsed RequestTopic
+}
 
 // Why admit refuses a session (ErrShuttingDown too).
 var (
