@@ -3,7 +3,8 @@
 // is package hooks), TCP, TLS and WebSocket listeners behind per-address
 // limits and a CONNECT deadline, and a lifecycle that stops accepting,
 // finishes the requests in flight and then closes every connection without
-// sending 3.1.1 clients the DISCONNECT packet a server must never send.
+// sending 3.1.1 clients the DISCONNECT packet a server must never send
+// (MQTT 3.1.1 section 3.14: a DISCONNECT goes from client to server only).
 // It knows nothing of provisioning: it imports neither hooks nor provision.
 package broker
 
@@ -334,7 +335,7 @@ func (b *Broker) Shutdown(ctx context.Context) error {
 		_ = g.Close()
 	}
 	drainErr := b.hook.Drain(ctx)
-	b.hook.CloseAll()
+	b.hook.CloseAll() // without DISCONNECT packets (MQTT 3.1.1 section 3.14)
 	for _, g := range guards {
 		g.closeAll()
 	}
@@ -383,6 +384,14 @@ func (m minLevel) WithGroup(name string) slog.Handler {
 // in-flight windows, maxPacketSize) and the per-connection buffer sizes. The
 // load tool's bare broker uses them too, so that its baseline measures the
 // same broker without the provisioning work.
+//
+// mochi tells MQTT 5 clients the limits in the CONNACK: Maximum QoS 1, above
+// which they must not publish ([MQTT-3.2.2-9], [MQTT-3.2.2-11]; a SUBSCRIBE
+// asking for QoS 2 is still accepted and granted QoS 1, [MQTT-3.2.2-10]),
+// Retain Available 0 ([MQTT-3.2.2-14]: no retained publishes), Topic Alias
+// Maximum 0 ([MQTT-3.2.2-18]: no topic aliases) and a session expiry of 0,
+// so that no session state outlives its connection ([MQTT-3.1.2-23]). A
+// 3.1.1 client asking for QoS 2 is granted QoS 1 as well ([MQTT-3.8.4-6]).
 func MQTTOptions(maxPacketSize int, log *slog.Logger) *mqtt.Options {
 	caps := mqtt.NewDefaultServerCapabilities()
 	caps.MaximumPacketSize = uint32(maxPacketSize)

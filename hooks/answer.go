@@ -120,12 +120,18 @@ var errPacketID = errors.New("hooks: no packet id available")
 
 // write sends the PUBACK of the request (ackID 0: it was QoS 0, no PUBACK)
 // and the response in one write: PUBACK first, as a broker that
-// acknowledged on receipt would order them, then the response to the
-// session's client alone (never through fan-out), at QoS 1 when the client
-// subscribed to ResponseFilter at QoS 1 or more, else QoS 0. One write
-// instead of two saves a system call and a wake-up on both sides per
-// request; mochi is told not to acknowledge (OnPublish returns
-// packets.ErrRejectPacket) so that the PUBACK is not sent twice.
+// acknowledged on receipt would order them ([MQTT-3.3.4-1]: a QoS 1
+// PUBLISH is answered with a PUBACK with its packet id), then the response
+// to the session's client alone (never through fan-out), at QoS 1 when the
+// client subscribed to ResponseFilter at QoS 1 or more, else QoS 0 (the
+// lower of the message's QoS and the granted one: [MQTT-3.8.4-6] in 3.1.1,
+// [MQTT-3.8.4-8] in MQTT 5). One write instead of two saves a system call
+// and a wake-up on both sides per request; mochi is told not to acknowledge
+// (OnPublish returns packets.ErrRejectPacket) so that the PUBACK is not sent
+// twice. An answer larger than an MQTT 5 client's Maximum Packet Size is not
+// sent (MQTT 5 [MQTT-3.1.2-24]); the error closes the connection instead of
+// dropping just the answer ([MQTT-3.1.2-25]), since a device without its
+// answer cannot go on.
 func (h *Hook) write(s *session, ackID uint16, topic string, body []byte) error {
 	cl := s.cl
 	version := cl.Properties.ProtocolVersion

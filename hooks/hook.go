@@ -174,12 +174,18 @@ type connectionStater interface {
 // failed-authentication budget of the address, the restricted session caps
 // and the takeover rule, and remembers the identity for the connection. A
 // refusal gets CONNACK "not authorized" (3.1.1 code 5), or "server
-// unavailable" (code 3) when the service, a budget or a cap says so.
+// unavailable" (code 3) when the service, a budget or a cap says so, with
+// Session Present 0, and the connection is closed ([MQTT-3.2.2-4] and
+// [MQTT-3.2.2-5] in 3.1.1; [MQTT-3.1.4-2], [MQTT-3.2.2-6] and
+// [MQTT-3.2.2-7] in MQTT 5).
 func (h *Hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 	if cl.Net.Inline {
 		return true
 	}
-	// A will would be fanned out by mochi on disconnect, bypassing OnPublish.
+	// A will would be fanned out by mochi on disconnect, bypassing OnPublish,
+	// so it is dropped: a deliberate departure from [MQTT-3.1.2-8] (3.1.1;
+	// [MQTT-3.1.2-7] and [MQTT-3.1.2-8] in MQTT 5), which would have the
+	// server keep it and publish it when the connection closes.
 	atomic.StoreUint32(&cl.Properties.Will.Flag, 0)
 
 	addr := ratelimit.AddressKey(cl.Net.Remote, h.limits.IPv6PrefixLen)
@@ -271,8 +277,10 @@ func (h *Hook) refuse(cl *mqtt.Client, code packets.Code) bool {
 }
 
 // OnSessionEstablish makes sure mochi finds no session to inherit: the
-// broker keeps no session state (SessionPresent is always 0), and mochi's own
-// takeover would write a DISCONNECT packet to a 3.1.1 client. Client ids are
+// broker keeps no session state (Session Present is always 0, sessions.go),
+// and mochi's own takeover would write a DISCONNECT packet to a 3.1.1
+// client, to which a server never sends one (MQTT 3.1.1 section 3.14: a
+// DISCONNECT goes from client to server only). Client ids are
 // unique per connection (see OnConnectAuthenticate), so this only guards
 // against a collision. Takeover is decided in OnConnectAuthenticate.
 func (h *Hook) OnSessionEstablish(cl *mqtt.Client, pk packets.Packet) {
@@ -314,7 +322,10 @@ func (h *Hook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
 	}
 }
 
-// OnACLCheck allows a subscription only to ResponseFilter, and a publish:
+// OnACLCheck allows a subscription only to ResponseFilter; mochi answers any
+// other filter with a SUBACK failure code and keeps the connection (0x80 in
+// 3.1.1, [MQTT-3.8.4-5], [MQTT-3.9.3-2]; 0x87 "not authorized" in MQTT 5,
+// [MQTT-3.8.4-7]). It allows a publish:
 // mochi asks about a publish only after OnPacketRead has let it through,
 // and OnPacketRead closes the connection of any publish to a topic that is
 // not a request topic (mochi would drop a refused QoS 0 publish silently).
@@ -337,7 +348,9 @@ func (h *Hook) closeFor(cl *mqtt.Client, why error, args ...any) {
 
 // OnPacketRead checks every PUBLISH before mochi validates it, so that a
 // publish to any other topic (wildcards and $-topics included, which mochi
-// would drop silently) or at QoS 2 closes the connection. The topic is
+// would drop silently) or at QoS 2 closes the connection. QoS 2 is no part
+// of the DPS protocol, and an MQTT 5 client has been told Maximum QoS 1 in
+// its CONNACK, above which it must not publish ([MQTT-3.2.2-11]). The topic is
 // parsed here, once: OnPublish takes the result from the session.
 func (h *Hook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
 	if cl.Net.Inline || pk.FixedHeader.Type != packets.Publish {
