@@ -1,9 +1,11 @@
 // Package broker builds and runs the MQTT server of the provisioning
-// service: an embedded mochi-mqtt server with the DPS hook (package hooks),
-// TCP, TLS and WebSocket listeners behind per-address limits and a CONNECT
-// deadline, and a lifecycle that stops accepting, finishes the requests in
-// flight and then closes every connection without sending 3.1.1 clients the
-// DISCONNECT packet a server must never send.
+// service: an embedded mochi-mqtt server with the hook it is given (dpsd's
+// is package hooks), TCP, TLS and WebSocket listeners behind per-address
+// limits and a CONNECT deadline, and a lifecycle that stops accepting,
+// finishes the requests in flight and then closes every connection without
+// sending 3.1.1 clients the DISCONNECT packet a server must never send
+// (MQTT 3.1.1 section 3.14: a DISCONNECT goes from client to server only).
+// It knows nothing of provisioning: it imports neither hooks nor provision.
 package broker
 
 import (
@@ -19,10 +21,8 @@ import (
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/listeners"
 
-	"github.com/tpmdps/dpsd/hooks"
 	"github.com/tpmdps/dpsd/internal/ratelimit"
 	"github.com/tpmdps/dpsd/internal/refusal"
-	"github.com/tpmdps/dpsd/provision"
 )
 
 // Listener names, for Addr.
@@ -43,12 +43,11 @@ const (
 	defaultSysTopicInterval               int64 = 3600
 )
 
-// Limits bound what clients may do. For counts a zero value takes the default
-// and a negative value disables the limit. The embedded hooks.Limits bound
-// restricted (TPM challenge) sessions; its IPv6PrefixLen also keys the
-// per-address connection limits (an IPv6 address counts as its /64 by
-// default). On a shared NAT address many devices come from one IP: size the
-// per-address limits for it.
+// Limits bound the connections of clients. For counts a zero value takes
+// the default and a negative value disables the limit. What an
+// authenticated or restricted session may do is the hook's to limit
+// (hooks.Limits). On a shared NAT address many devices come from one IP:
+// size the per-address limits for it.
 type Limits struct {
 	// ConnectionsPerAddress caps concurrent connections from one IP address,
 	// enforced before the TLS handshake.
@@ -61,8 +60,39 @@ type Limits struct {
 	MaxPacketSize int
 	// WriteTimeout bounds one write to a client (default 10 s).
 	WriteTimeout time.Duration
-	hooks.Limits
+	// IPv6PrefixLen is the IPv6 prefix that counts as one address for the
+	// per-address limits (ratelimit.AddressKey); IPv4 addresses count one by
+	// one. Zero takes ratelimit.DefaultIPv6PrefixLen (64).
+	IPv6PrefixLen int
 }
+
+// Hook is the hook that authenticates clients and answers their requests
+// (dpsd's is *hooks.Hook). The broker adds it to the mochi server first and
+// drives the shutdown through it.
+type Hook interface {
+	mqtt.Hook
+	// Drain refuses new CONNECTs and waits until every request taken in has
+	// been answered, or ctx ends.
+	Drain(ctx context.Context) error
+	// CloseAll closes every connection the hook knows, without a DISCONNECT
+	// packet (MQTT 3.1.1 section 3.14: DISCONNECT only goes from client to
+	// server).
+	CloseAll()
+	// Sessions reports the live sessions and how many of them are restricted.
+	Sessions() (total, restricted int)
+}
+
+// HookEnv is what the broker gives the constructor of its hook.
+type HookEnv struct {
+	// Server is the mochi server the hook is added to.
+	Server *mqtt.Server
+	// Refusals counts and logs connections refused by a per-address limit;
+	// the broker's listeners report to it too.
+	Refusals *refusal.Reporter
+}
+
+// NewHook builds the broker's hook for the server in env; New calls it once.
+type NewHook func(env HookEnv) (Hook, error)
 
 // Config configures a Broker. Empty addresses disable their listener.
 type Config struct {
@@ -80,15 +110,15 @@ type Config struct {
 	// ConnectTimeout is how long a new connection may take to send CONNECT
 	// (TLS handshake included); default 10 s.
 	ConnectTimeout time.Duration
-	// Limits bound connections and restricted sessions.
+	// Limits bound connections.
 	Limits Limits
-	// Logger receives broker and request logs (default: discard).
+	// Logger receives broker logs (default: discard).
 	Logger *slog.Logger
-	// Metrics, if set, receives request latencies, the hook's CONNECT
-	// refusals and the connections refused by a per-address limit (see
-	// hooks.Metrics); nil means off. Such connections are also logged, at
-	// warning level, once per address per refusal.LogInterval.
-	Metrics hooks.Metrics
+	// Metrics, if set, counts the connections refused by a per-address limit
+	// (of the listeners, and of the hook through HookEnv.Refusals); nil
+	// means off. Such connections are also logged, at warning level, once
+	// per address per refusal.LogInterval.
+	Metrics refusal.Counter
 }
 
 // Broker is the MQTT side of the service.
@@ -96,7 +126,7 @@ type Broker struct {
 	cfg  Config
 	log  *slog.Logger
 	srv  *mqtt.Server
-	hook *hooks.Hook
+	hook Hook
 
 	perAddr  *ratelimit.Counter
 	rate     *ratelimit.Limiter
@@ -108,10 +138,11 @@ type Broker struct {
 	guards   map[string]*guardListener
 }
 
-// New validates cfg and builds the server; nothing is bound until Start.
-func New(cfg Config, svc *provision.Service) (*Broker, error) {
-	if svc == nil {
-		return nil, errors.New("broker: nil provisioning service")
+// New validates cfg and builds the server with the hook newHook builds;
+// nothing is bound until Start.
+func New(cfg Config, newHook NewHook) (*Broker, error) {
+	if newHook == nil {
+		return nil, errors.New("broker: no hook constructor")
 	}
 	if cfg.TCPAddr == "" && cfg.TLSAddr == "" && cfg.WSAddr == "" {
 		return nil, errors.New("broker: no listener configured")
@@ -162,14 +193,13 @@ func New(cfg Config, svc *provision.Service) (*Broker, error) {
 	opts.SysTopicResendInterval = defaultSysTopicInterval
 	opts.InlineClient = false
 	srv := mqtt.New(opts)
-	var counter refusal.Counter
-	if cfg.Metrics != nil {
-		counter = cfg.Metrics
-	}
-	refusals := refusal.New(log, counter, nil)
-	h, err := hooks.New(hooks.Config{Service: svc, Server: srv, Limits: lim.Limits, Logger: log, Metrics: cfg.Metrics, Refusals: refusals})
+	refusals := refusal.New(log, cfg.Metrics, nil)
+	h, err := newHook(HookEnv{Server: srv, Refusals: refusals})
 	if err != nil {
 		return nil, fmt.Errorf("broker: %w", err)
+	}
+	if h == nil {
+		return nil, errors.New("broker: the hook constructor returned no hook")
 	}
 	if err := srv.AddHook(h, nil); err != nil {
 		return nil, fmt.Errorf("broker: adding hook: %w", err)
@@ -305,7 +335,7 @@ func (b *Broker) Shutdown(ctx context.Context) error {
 		_ = g.Close()
 	}
 	drainErr := b.hook.Drain(ctx)
-	b.hook.CloseAll()
+	b.hook.CloseAll() // without DISCONNECT packets (MQTT 3.1.1 section 3.14)
 	for _, g := range guards {
 		g.closeAll()
 	}
@@ -354,6 +384,14 @@ func (m minLevel) WithGroup(name string) slog.Handler {
 // in-flight windows, maxPacketSize) and the per-connection buffer sizes. The
 // load tool's bare broker uses them too, so that its baseline measures the
 // same broker without the provisioning work.
+//
+// mochi tells MQTT 5 clients the limits in the CONNACK: Maximum QoS 1, above
+// which they must not publish ([MQTT-3.2.2-9], [MQTT-3.2.2-11]; a SUBSCRIBE
+// asking for QoS 2 is still accepted and granted QoS 1, [MQTT-3.2.2-10]),
+// Retain Available 0 ([MQTT-3.2.2-14]: no retained publishes), Topic Alias
+// Maximum 0 ([MQTT-3.2.2-18]: no topic aliases) and a session expiry of 0,
+// so that no session state outlives its connection ([MQTT-3.1.2-23]). A
+// 3.1.1 client asking for QoS 2 is granted QoS 1 as well ([MQTT-3.8.4-6]).
 func MQTTOptions(maxPacketSize int, log *slog.Logger) *mqtt.Options {
 	caps := mqtt.NewDefaultServerCapabilities()
 	caps.MaximumPacketSize = uint32(maxPacketSize)

@@ -255,18 +255,30 @@ func TestConnectionRateLimit(t *testing.T) {
 	}
 }
 
+// dpsHook is the constructor of dpsd's hook for svc, as dpsd serve builds it.
+func dpsHook(svc hooks.Service, lim hooks.Limits, mx hooks.Metrics) broker.NewHook {
+	return func(env broker.HookEnv) (broker.Hook, error) {
+		return hooks.New(hooks.Config{Service: svc, Server: env.Server, Limits: lim, Metrics: mx, Refusals: env.Refusals})
+	}
+}
+
 func TestNewValidates(t *testing.T) {
 	s := dpsdtest.Start(t, dpsdtest.Options{})
-	if _, err := broker.New(broker.Config{}, s.Service); err == nil {
+	newHook := dpsHook(s.Service, hooks.Limits{}, nil)
+	if _, err := broker.New(broker.Config{}, newHook); err == nil {
 		t.Error("no listener must be an error")
 	}
-	if _, err := broker.New(broker.Config{TLSAddr: ":0"}, s.Service); err == nil {
+	if _, err := broker.New(broker.Config{TLSAddr: ":0"}, newHook); err == nil {
 		t.Error("TLS without config must be an error")
 	}
 	if _, err := broker.New(broker.Config{TCPAddr: ":0"}, nil); err == nil {
-		t.Error("nil service must be an error")
+		t.Error("no hook constructor must be an error")
 	}
-	b, err := broker.New(broker.Config{TCPAddr: s.TCPAddr}, s.Service)
+	hookErr := errors.New("no hook today")
+	if _, err := broker.New(broker.Config{TCPAddr: ":0"}, func(broker.HookEnv) (broker.Hook, error) { return nil, hookErr }); !errors.Is(err, hookErr) {
+		t.Errorf("a failing hook constructor: %v, want its error", err)
+	}
+	b, err := broker.New(broker.Config{TCPAddr: s.TCPAddr}, newHook)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -285,7 +297,7 @@ func TestPerAddressCapIPv6Loopback(t *testing.T) {
 	s := dpsdtest.Start(t, dpsdtest.Options{})
 	logs := &logBuffer{}
 	b, err := broker.New(broker.Config{TCPAddr: "[::1]:0", Limits: broker.Limits{ConnectionsPerAddress: 1},
-		Logger: slog.New(slog.NewJSONHandler(logs, nil))}, s.Service)
+		Logger: slog.New(slog.NewJSONHandler(logs, nil))}, dpsHook(s.Service, hooks.Limits{}, nil))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -18,7 +18,9 @@ import (
 // an IPv6 address counts as its prefix; refused connections are counted and
 // logged by the refusal.Reporter), and sets a read deadline by
 // which CONNECT must have arrived: mochi sets none itself, and replaces it
-// with its keep-alive deadline once CONNECT has been read. Every accepted
+// with its keep-alive deadline once CONNECT has been read (one and a half
+// times the client's Keep Alive: [MQTT-3.1.2-24] in 3.1.1, [MQTT-3.1.2-22]
+// in MQTT 5; none for Keep Alive 0). Every accepted
 // connection is tracked so that Shutdown can close the ones that never sent
 // CONNECT.
 type guardListener struct {

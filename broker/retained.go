@@ -18,13 +18,14 @@ func AddServerHooks(srv *mqtt.Server) error {
 }
 
 // noRetainedScanHook marks every filter of a SUBSCRIBE "send no retained
-// messages" (retain handling 2). The service never retains a message
-// (RetainAvailable is 0) and a client may only subscribe to the response
-// filter, so the answer is always "none"; but mochi would still search its
-// retained-message index for every new subscription, on the connection's
-// read goroutine, and that recursive search is the deepest call an idle
-// connection makes: it doubled the goroutine's stack (8 to 16 KiB), which a
-// connection then keeps for its whole life.
+// messages" (MQTT 5 Retain Handling 2, under which the server sends none,
+// [MQTT-3.3.1-11]; set here for 3.1.1 clients too). The service never
+// retains a message (RetainAvailable is 0) and a client may only subscribe
+// to the response filter, so the answer is always "none"; but mochi would
+// still search its retained-message index for every new subscription, on
+// the connection's read goroutine, and that recursive search is the deepest
+// call an idle connection makes: it doubled the goroutine's stack (8 to 16
+// KiB), which a connection then keeps for its whole life.
 type noRetainedScanHook struct{ mqtt.HookBase }
 
 // ID names the hook.

@@ -36,7 +36,9 @@ func newTestBroker(t *testing.T, cfg Config) *Broker {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := New(cfg, svc)
+	b, err := New(cfg, func(env HookEnv) (Hook, error) {
+		return hooks.New(hooks.Config{Service: svc, Server: env.Server, Refusals: env.Refusals})
+	})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -25,7 +25,12 @@ import (
 // own listeners.Websocket binds its address itself (so it cannot run behind
 // guardListener, report a port-0 address or expose the TLS state for X.509)
 // and matches the sub-protocol `mqtt` case-sensitively; docs/protocol.md asks for
-// a case-insensitive match.
+// a case-insensitive match. MQTT 3.1.1 and 5 section 6 ask the client to
+// offer "mqtt" ([MQTT-6.0.0-3]) and the server to select exactly "mqtt"
+// ([MQTT-6.0.0-4]); this listener also accepts a client that offers none
+// and answers with the client's own spelling, which is the one value a
+// WebSocket server may select (RFC 6455 section 4.2.2): a departure for the
+// sake of clients that spell it otherwise.
 type wsListener struct {
 	id             string
 	ln             net.Listener // guardListener, TLS-wrapped when secure
@@ -160,7 +165,9 @@ type wsConn struct {
 	writeTimeout time.Duration
 }
 
-// Read reads the byte stream across message boundaries.
+// Read reads the byte stream across message boundaries: a message may hold
+// several MQTT packets or part of one ([MQTT-6.0.0-2]). A message that is
+// not binary ends the connection ([MQTT-6.0.0-1]).
 func (c *wsConn) Read(p []byte) (int, error) {
 	for {
 		if c.r == nil {
@@ -185,7 +192,7 @@ func (c *wsConn) Read(p []byte) (int, error) {
 	}
 }
 
-// Write sends p as one binary message.
+// Write sends p as one binary message ([MQTT-6.0.0-1]).
 func (c *wsConn) Write(p []byte) (int, error) {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()

@@ -185,7 +185,7 @@ func (r *recordingMetrics) ConnectRefused(reason string) {
 	r.refused = append(r.refused, reason)
 }
 
-// TestBrokerMetrics: Config.Metrics receives the CONNECT phase and the
+// TestBrokerMetrics: the hook's Metrics receives the CONNECT phase and the
 // hook's own refusals (here the restricted session cap).
 func TestBrokerMetrics(t *testing.T) {
 	st, err := bolt.Open(filepath.Join(t.TempDir(), "m.db"), bolt.Options{Timeout: 5 * time.Second})
@@ -198,8 +198,8 @@ func TestBrokerMetrics(t *testing.T) {
 		t.Fatal(err)
 	}
 	rec := &recordingMetrics{}
-	b, err := broker.New(broker.Config{TCPAddr: "127.0.0.1:0", Metrics: rec,
-		Limits: broker.Limits{Limits: hooks.Limits{RestrictedSessions: 1}}}, svc)
+	b, err := broker.New(broker.Config{TCPAddr: "127.0.0.1:0", Metrics: rec},
+		dpsHook(svc, hooks.Limits{RestrictedSessions: 1}, rec))
 	if err != nil {
 		t.Fatal(err)
 	}

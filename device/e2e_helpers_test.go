@@ -66,15 +66,15 @@ func startServerWS(t testing.TB, ws bool) *dpsdtest.Server {
 			ConnectionsPerAddress:          5000,
 			ConnectionsPerAddressPerMinute: 100000,
 			ConnectionBurstPerAddress:      5000,
-			Limits: hooks.Limits{
-				RestrictedSessions:              1000,
-				RestrictedSessionsPerAddress:    -1, // every device connects from 127.0.0.1
-				AuthFailuresPerAddressPerMinute: -1,
-				ChallengesPerAddressPerMinute:   100000,
-				ChallengeBurstPerAddress:        1000,
-				ChallengesPerMinute:             100000,
-				ChallengeBurst:                  1000,
-			}},
+		}, HookLimits: hooks.Limits{
+			RestrictedSessions:              1000,
+			RestrictedSessionsPerAddress:    -1, // every device connects from 127.0.0.1
+			AuthFailuresPerAddressPerMinute: -1,
+			ChallengesPerAddressPerMinute:   100000,
+			ChallengeBurstPerAddress:        1000,
+			ChallengesPerMinute:             100000,
+			ChallengeBurst:                  1000,
+		},
 	})
 }
 

@@ -14,6 +14,19 @@ import (
 	"github.com/tpmdps/dpsd/provision"
 )
 
+// request is one device request waiting for its answer.
+type request struct {
+	topic      RequestTopic
+	body       []byte
+	trackingID string
+	ackID      uint16        // packet id to acknowledge (QoS 1), 0 for QoS 0
+	throttle   time.Duration // > 0: answer 429 with this retry-after
+	// notTPMRegister: on a restricted session, a request other than a
+	// register with tpm (set for a poll in OnPublish, for a register once
+	// answer has read its body); the session is closed once it is answered.
+	notTPMRegister bool
+}
+
 // answer computes one response and writes it, preceded by the request's
 // PUBACK, to the requesting client only. It runs on the client's read
 // goroutine (OnPacketProcessed), so a connection's requests are answered one
@@ -24,7 +37,7 @@ func (h *Hook) answer(s *session, req request) {
 	var resp provision.Response
 	switch {
 	case req.throttle > 0:
-		resp = h.svc.ErrorResponse(provision.ErrorCodeThrottled, "Too many requests; retry later", req.trackingID, max(req.throttle, time.Second))
+		resp = provision.NewErrorResponse(provision.ErrorCodeThrottled, "Too many requests; retry later", req.trackingID, max(req.throttle, time.Second), h.now())
 		h.reqLog(s, req).Warn("request throttled", "retryAfter", resp.RetryAfter)
 	case req.topic.Kind == KindRegister:
 		rr, err := provision.ParseRegisterRequest(req.body)
@@ -32,7 +45,7 @@ func (h *Hook) answer(s *session, req request) {
 			if h.log.Enabled(h.ctx, slog.LevelInfo) {
 				h.reqLog(s, req).Info("bad register body", "error", err)
 			}
-			resp = h.svc.ErrorResponse(provision.ErrorCodeBadRequest, "Invalid request body", req.trackingID, -1)
+			resp = provision.NewErrorResponse(provision.ErrorCodeBadRequest, "Invalid request body", req.trackingID, -1, h.now())
 			req.notTPMRegister = s.restricted()
 			break
 		}
@@ -53,12 +66,12 @@ func (h *Hook) answer(s *session, req request) {
 	}
 	if resp.Status < 200 || resp.Status > 599 || resp.Body == nil {
 		h.reqLog(s, req).Error("service returned an invalid response", "status", resp.Status)
-		resp = h.svc.ErrorResponse(provision.ErrorCodeInternal, "Internal error; try again later", req.trackingID, time.Second)
+		resp = provision.NewErrorResponse(provision.ErrorCodeInternal, "Internal error; try again later", req.trackingID, time.Second, h.now())
 	}
 	body, err := provision.EncodeBody(resp.Body)
 	if err != nil {
 		h.reqLog(s, req).Error("encoding response", "error", err)
-		resp = h.svc.ErrorResponse(provision.ErrorCodeInternal, "Internal error; try again later", req.trackingID, time.Second)
+		resp = provision.NewErrorResponse(provision.ErrorCodeInternal, "Internal error; try again later", req.trackingID, time.Second, h.now())
 		if body, err = provision.EncodeBody(resp.Body); err != nil {
 			h.closeFor(s.cl, err)
 			return
@@ -94,16 +107,6 @@ func (h *Hook) answer(s *session, req request) {
 	}
 }
 
-// restrictedActive resets a restricted session's idle timer: it has just
-// sent a register with tpm, the only request that keeps it going.
-func (h *Hook) restrictedActive(s *session) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if s.idle != nil && !s.released {
-		s.idle.Reset(h.limits.RestrictedIdleTimeout)
-	}
-}
-
 // reqLog is the logger of one request. It is built only when a record will
 // be written: slog's With formats its attributes at once (about 1 % of the
 // server's CPU per provisioning in a profile at --log-level warn).
@@ -117,12 +120,18 @@ var errPacketID = errors.New("hooks: no packet id available")
 
 // write sends the PUBACK of the request (ackID 0: it was QoS 0, no PUBACK)
 // and the response in one write: PUBACK first, as a broker that
-// acknowledged on receipt would order them, then the response to the
-// session's client alone (never through fan-out), at QoS 1 when the client
-// subscribed to ResponseFilter at QoS 1 or more, else QoS 0. One write
-// instead of two saves a system call and a wake-up on both sides per
-// request; mochi is told not to acknowledge (OnPublish returns
-// packets.ErrRejectPacket) so that the PUBACK is not sent twice.
+// acknowledged on receipt would order them ([MQTT-3.3.4-1]: a QoS 1
+// PUBLISH is answered with a PUBACK with its packet id), then the response
+// to the session's client alone (never through fan-out), at QoS 1 when the
+// client subscribed to ResponseFilter at QoS 1 or more, else QoS 0 (the
+// lower of the message's QoS and the granted one: [MQTT-3.8.4-6] in 3.1.1,
+// [MQTT-3.8.4-8] in MQTT 5). One write instead of two saves a system call
+// and a wake-up on both sides per request; mochi is told not to acknowledge
+// (OnPublish returns packets.ErrRejectPacket) so that the PUBACK is not sent
+// twice. An answer larger than an MQTT 5 client's Maximum Packet Size is not
+// sent (MQTT 5 [MQTT-3.1.2-24]); the error closes the connection instead of
+// dropping just the answer ([MQTT-3.1.2-25]), since a device without its
+// answer cannot go on.
 func (h *Hook) write(s *session, ackID uint16, topic string, body []byte) error {
 	cl := s.cl
 	version := cl.Properties.ProtocolVersion

@@ -17,10 +17,10 @@ import (
 // answered.
 func TestNoGoroutinePerSession(t *testing.T) {
 	const n = 40
-	s := dpsdtest.Start(t, dpsdtest.Options{Limits: broker.Limits{
-		ConnectionsPerAddress: -1, ConnectionsPerAddressPerMinute: -1,
-		Limits: hooks.Limits{RestrictedSessions: -1, RestrictedSessionsPerAddress: -1, ChallengesPerAddressPerMinute: -1, ChallengesPerMinute: -1},
-	}})
+	s := dpsdtest.Start(t, dpsdtest.Options{
+		Limits:     broker.Limits{ConnectionsPerAddress: -1, ConnectionsPerAddressPerMinute: -1},
+		HookLimits: hooks.Limits{RestrictedSessions: -1, RestrictedSessionsPerAddress: -1, ChallengesPerAddressPerMinute: -1, ChallengesPerMinute: -1},
+	})
 	base := runtime.NumGoroutine()
 	clients := make([]*rawClient, n)
 	for i := range clients {

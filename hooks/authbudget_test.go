@@ -4,7 +4,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tpmdps/dpsd/broker"
 	"github.com/tpmdps/dpsd/hooks"
 	"github.com/tpmdps/dpsd/internal/dpsdtest"
 	"github.com/tpmdps/dpsd/internal/metrics"
@@ -19,9 +18,9 @@ import (
 // provision.Service.Authenticate, and the service reports its refusals.
 func TestAuthFailureBudget(t *testing.T) {
 	mx := metrics.New()
-	s := dpsdtest.Start(t, dpsdtest.Options{Metrics: mx, Observer: mx, Limits: broker.Limits{Limits: hooks.Limits{
+	s := dpsdtest.Start(t, dpsdtest.Options{Metrics: mx, Observer: mx, HookLimits: hooks.Limits{
 		AuthFailuresPerAddressPerMinute: 1, // the default burst of 20, then one a minute
-	}}})
+	}})
 	d := enrollSymmetric(t, s, "sym-budget")
 	wrong := symDevice{id: d.id, key: make([]byte, 32)}
 	serviceCalls := func() float64 {

@@ -6,7 +6,6 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/tpmdps/dpsd/broker"
 	"github.com/tpmdps/dpsd/hooks"
 	"github.com/tpmdps/dpsd/internal/dpsdtest"
 )
@@ -25,7 +24,7 @@ func BenchmarkParseRequestTopic(b *testing.B) {
 // and poll over one plain TCP connection (QoS 1 requests, QoS 1 answers),
 // with 8 devices in parallel: each iteration is one register + one poll.
 func BenchmarkRegisterPollRoundTrip(b *testing.B) {
-	s := dpsdtest.Start(b, dpsdtest.Options{Limits: broker.Limits{Limits: hooks.Limits{RequestsPerConnectionPerMinute: -1, PollsPerDevice: -1, RegistersPerDevice: -1}}})
+	s := dpsdtest.Start(b, dpsdtest.Options{HookLimits: hooks.Limits{RequestsPerConnectionPerMinute: -1, PollsPerDevice: -1, RegistersPerDevice: -1}})
 	const devices = 8
 	clients := make([]*rawClient, devices)
 	for i := range clients {

@@ -296,12 +296,12 @@ func TestTakeover(t *testing.T) {
 // per-address rate (429 429001 with retry-after), the idle timeout and the
 // total restricted session cap (CONNACK 3).
 func TestRestrictedLimits(t *testing.T) {
-	s := dpsdtest.Start(t, dpsdtest.Options{Limits: broker.Limits{Limits: hooks.Limits{
+	s := dpsdtest.Start(t, dpsdtest.Options{HookLimits: hooks.Limits{
 		ChallengesPerConnection:       2,
 		ChallengesPerAddressPerMinute: 1,
 		ChallengeBurstPerAddress:      3,
 		RestrictedSessions:            2,
-	}}})
+	}})
 	restricted := func(id string) *rawClient {
 		c := dialRaw(t, s.TCPAddr)
 		if code, _ := c.connect(id, username(s, id), "", true, 0); code != 0 {
@@ -352,9 +352,9 @@ func TestRestrictedLimits(t *testing.T) {
 // TestRestrictedIdle: an idle restricted session is closed (pings do not
 // count); an authenticated one is not.
 func TestRestrictedIdle(t *testing.T) {
-	s := dpsdtest.Start(t, dpsdtest.Options{Limits: broker.Limits{Limits: hooks.Limits{
+	s := dpsdtest.Start(t, dpsdtest.Options{HookLimits: hooks.Limits{
 		RestrictedIdleTimeout: 200 * time.Millisecond,
-	}}})
+	}})
 	d := enrollSymmetric(t, s, "sym-idle")
 	auth := connectSym(t, s, d, true)
 	c := dialRaw(t, s.TCPAddr)
@@ -428,7 +428,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 // TestShutdownFinishesRequestsInFlight: requests already taken in are all
 // answered before Shutdown closes the connection (without DISCONNECT).
 func TestShutdownFinishesRequestsInFlight(t *testing.T) {
-	s := dpsdtest.Start(t, dpsdtest.Options{Limits: broker.Limits{Limits: hooks.Limits{RequestsPerConnectionPerMinute: -1, RegistersPerDevice: -1}}})
+	s := dpsdtest.Start(t, dpsdtest.Options{HookLimits: hooks.Limits{RequestsPerConnectionPerMinute: -1, RegistersPerDevice: -1}})
 	d := enrollSymmetric(t, s, "sym-drain")
 	c := connectSym(t, s, d, true)
 	c.subscribe(1, hooks.ResponseFilter)
@@ -479,10 +479,10 @@ func TestShutdownFinishesRequestsInFlight(t *testing.T) {
 // TestRequestRatePerConnection: requests beyond the per-connection rate get
 // 429 (errorCode 429001) with a retry-after, and the connection stays usable.
 func TestRequestRatePerConnection(t *testing.T) {
-	s := dpsdtest.Start(t, dpsdtest.Options{Limits: broker.Limits{Limits: hooks.Limits{
+	s := dpsdtest.Start(t, dpsdtest.Options{HookLimits: hooks.Limits{
 		RequestsPerConnectionPerMinute: 1,
 		RequestBurstPerConnection:      2,
-	}}})
+	}})
 	d := enrollSymmetric(t, s, "sym-rate")
 	c := connectSym(t, s, d, true)
 	c.subscribe(1, hooks.ResponseFilter)

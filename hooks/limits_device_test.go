@@ -82,10 +82,10 @@ func TestPollsPerDeviceDefault(t *testing.T) {
 // TestRegistersPerDevice: register requests of one authenticated device are
 // limited per registrationId across connections.
 func TestRegistersPerDevice(t *testing.T) {
-	s := dpsdtest.Start(t, dpsdtest.Options{Limits: broker.Limits{Limits: hooks.Limits{
+	s := dpsdtest.Start(t, dpsdtest.Options{HookLimits: hooks.Limits{
 		RegistersPerDevice: 2,
 		RegisterWindow:     time.Hour,
-	}}})
+	}})
 	d := enrollSymmetric(t, s, "sym-registers")
 	c := connectSym(t, s, d, true)
 	c.subscribe(1, hooks.ResponseFilter)
@@ -114,7 +114,7 @@ func TestRegistersPerDevice(t *testing.T) {
 // device's id from many connections gets no 429 and does not stop the real
 // device from registering.
 func TestChallengesNotThrottledPerDevice(t *testing.T) {
-	s := dpsdtest.Start(t, dpsdtest.Options{Limits: broker.Limits{Limits: hooks.Limits{
+	s := dpsdtest.Start(t, dpsdtest.Options{HookLimits: hooks.Limits{
 		RegistersPerDevice:            1,
 		RegisterWindow:                time.Hour,
 		PollsPerDevice:                1,
@@ -122,7 +122,7 @@ func TestChallengesNotThrottledPerDevice(t *testing.T) {
 		ChallengesPerConnection:       2,
 		ChallengesPerAddressPerMinute: 1000,
 		ChallengeBurstPerAddress:      100,
-	}}})
+	}})
 	d := enrollSymmetric(t, s, "sym-victim")
 	body := []byte(`{"tpm":{"endorsementKey":"AAAA","storageRootKey":"AAAA"}}`)
 	for conn := 0; conn < 4; conn++ {
@@ -162,11 +162,11 @@ func TestChallengesNotThrottledPerDevice(t *testing.T) {
 func TestSameIDConnectStorm(t *testing.T) {
 	s := dpsdtest.Start(t, dpsdtest.Options{Limits: broker.Limits{
 		ConnectionsPerAddressPerMinute: -1,
-		Limits: hooks.Limits{
-			ChallengesPerAddressPerMinute: -1,
-			ChallengesPerMinute:           -1,
-			RestrictedSessionsPerAddress:  -1, // 1,000 sessions held from one address
-		}}})
+	}, HookLimits: hooks.Limits{
+		ChallengesPerAddressPerMinute: -1,
+		ChallengesPerMinute:           -1,
+		RestrictedSessionsPerAddress:  -1, // 1,000 sessions held from one address
+	}})
 	d := enrollSymmetric(t, s, "storm-victim")
 	auth := connectSym(t, s, d, true)
 	auth.subscribe(1, hooks.ResponseFilter)

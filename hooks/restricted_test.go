@@ -68,7 +68,7 @@ func TestRestrictedFloodFromOneAddress(t *testing.T) {
 	const totalCap = 40
 	tpm := simulator(t)
 	mx := metrics.New()
-	s := dpsdtest.Start(t, dpsdtest.Options{Metrics: mx, Limits: broker.Limits{Limits: hooks.Limits{RestrictedSessions: totalCap}}})
+	s := dpsdtest.Start(t, dpsdtest.Options{Metrics: mx, HookLimits: hooks.Limits{RestrictedSessions: totalCap}})
 	ek, srk := tpmKeys(t, tpm, devtpm.ECCP256, devtpm.SRKECCP256)
 	id := "tpm-beside-a-flood"
 	enrollTPM(t, s, id, ek.Public())
@@ -154,14 +154,14 @@ func TestRestrictedSessionEndsOnOtherRequests(t *testing.T) {
 func TestRestrictedLifetime(t *testing.T) {
 	s := dpsdtest.Start(t, dpsdtest.Options{Limits: broker.Limits{
 		ConnectionsPerAddressPerMinute: -1,
-		Limits: hooks.Limits{
-			RestrictedLifetime:             300 * time.Millisecond,
-			RestrictedIdleTimeout:          time.Hour,
-			ChallengesPerConnection:        -1,
-			ChallengesPerAddressPerMinute:  -1,
-			ChallengesPerMinute:            -1,
-			RequestsPerConnectionPerMinute: -1,
-		}}})
+	}, HookLimits: hooks.Limits{
+		RestrictedLifetime:             300 * time.Millisecond,
+		RestrictedIdleTimeout:          time.Hour,
+		ChallengesPerConnection:        -1,
+		ChallengesPerAddressPerMinute:  -1,
+		ChallengesPerMinute:            -1,
+		RequestsPerConnectionPerMinute: -1,
+	}})
 	c := restrictedConn(t, s, tcpDialer(s), "tpm-forever")
 	body := []byte(`{"tpm":{"endorsementKey":"AAAA","storageRootKey":"AAAA"}}`)
 	deadline := time.Now().Add(10 * time.Second)

@@ -15,7 +15,6 @@ import (
 	"github.com/google/go-tpm/tpm2/transport"
 
 	"github.com/tpmdps/dpsd/attest"
-	"github.com/tpmdps/dpsd/broker"
 	"github.com/tpmdps/dpsd/device/devtpm"
 	"github.com/tpmdps/dpsd/device/tpmtransport"
 	"github.com/tpmdps/dpsd/hooks"
@@ -251,12 +250,12 @@ func TestTPMFlowSimulator(t *testing.T) {
 // challenge it took before them.
 func TestTPMHostile(t *testing.T) {
 	tpm := simulator(t)
-	s := dpsdtest.Start(t, dpsdtest.Options{Limits: broker.Limits{Limits: hooks.Limits{
+	s := dpsdtest.Start(t, dpsdtest.Options{HookLimits: hooks.Limits{
 		ChallengesPerConnection:        60,
 		ChallengesPerAddressPerMinute:  1000,
 		ChallengeBurstPerAddress:       1000,
 		RequestsPerConnectionPerMinute: -1,
-	}}})
+	}})
 	ek, srk := tpmKeys(t, tpm, devtpm.RSA2048, devtpm.SRKRSAZeroUnique)
 	otherEK, err := devtpm.CreateEK(tpm, devtpm.ECCP256)
 	if err != nil {

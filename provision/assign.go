@@ -17,31 +17,31 @@ import (
 // devices (srk != nil) get their hub key in an activation blob for srk; the
 // key is generated once and reused on every re-registration that attests
 // with the same EK (the record's attestation hash, attesthash.go).
-func (s *Service) assign(ctx context.Context, id Identity, src source, req RegisterRequest, ek, srk *attest.Public, trackingID string) Response {
+func (s *Service) assign(ctx context.Context, id Identity, src source, req RegisterRequest, ek, srk *attest.Public, trackingID string) (Response, error) {
 	now := s.cfg.Now().UTC()
 	prev, err := s.cfg.Store.GetRegistration(ctx, id.RegistrationID)
 	switch {
 	case errors.Is(err, store.ErrNotFound):
 		prev = nil
 	case err != nil:
-		return s.internal(ctx, trackingID, id, fmt.Errorf("read registration: %w", err))
+		return Response{}, fmt.Errorf("read registration: %w", err)
 	case !src.createdAt.IsZero() && src.createdAt.After(prev.CreatedAt):
 		// The enrollment was created after this record: the record belongs
 		// to an earlier device with the same id. Start afresh: delete it so
 		// the new record gets its own creation time, and never hand the
 		// earlier device's hub key to this one.
 		if err := s.cfg.Store.DeleteRegistration(ctx, id.RegistrationID, prev.ETag); err != nil && !errors.Is(err, store.ErrNotFound) {
-			return s.internal(ctx, trackingID, id, fmt.Errorf("delete stale registration: %w", err))
+			return Response{}, fmt.Errorf("delete stale registration: %w", err)
 		}
 		prev = nil
 	}
 	opID, err := newOperationID(s.cfg.Rand)
 	if err != nil {
-		return s.internal(ctx, trackingID, id, err)
+		return Response{}, err
 	}
 	attHash, err := recordAttestationHash(id, ek)
 	if err != nil {
-		return s.internal(ctx, trackingID, id, err)
+		return Response{}, err
 	}
 	rec := &store.Registration{
 		RegistrationID:    id.RegistrationID,
@@ -87,17 +87,17 @@ func (s *Service) assign(ctx context.Context, id Identity, src source, req Regis
 		if len(rec.HubKey) != HubKeySize {
 			rec.HubKey = make([]byte, HubKeySize)
 			if _, err := io.ReadFull(s.cfg.Rand, rec.HubKey); err != nil {
-				return s.internal(ctx, trackingID, id, fmt.Errorf("hub key randomness: %w", err))
+				return Response{}, fmt.Errorf("hub key randomness: %w", err)
 			}
 		}
 		blob, err := attest.NewActivationBlob(s.cfg.Rand, ek, srk, rec.HubKey)
 		if err != nil {
-			return s.badRequest(ctx, trackingID, id, fmt.Sprintf("cannot build an activation blob for these keys: %v", err))
+			return Response{}, badRequest(fmt.Sprintf("cannot build an activation blob for these keys: %v", err))
 		}
 		op.AuthenticationKey = blob
 	}
 	if _, err := s.cfg.Store.RecordRegistration(ctx, rec, op); err != nil {
-		return s.internal(ctx, trackingID, id, fmt.Errorf("record registration: %w", err))
+		return Response{}, fmt.Errorf("record registration: %w", err)
 	}
 	s.log.LogAttrs(ctx, slog.LevelInfo, "registration recorded",
 		slog.String("trackingId", trackingID), slog.String("registrationId", id.RegistrationID),
@@ -112,5 +112,5 @@ func (s *Service) assign(ctx context.Context, id Identity, src source, req Regis
 	return Response{Status: 202, RetryAfter: s.retryAfter, Body: &OperationStatus{
 		OperationID: opID,
 		Status:      store.RegistrationAssigning,
-	}}
+	}}, nil
 }

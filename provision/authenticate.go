@@ -4,14 +4,11 @@ import (
 	"context"
 	"crypto/sha256"
 	"crypto/x509"
-	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
-	"time"
 
 	"github.com/tpmdps/dpsd/attest"
-	"github.com/tpmdps/dpsd/store"
 )
 
 // AuthMethod is how a connection authenticated.
@@ -71,191 +68,67 @@ type Connect struct {
 // failure); each means a CONNACK refusal, and the reason they carry is for
 // logs only. A password is always a SAS token, even on a connection that
 // also presents a client certificate; X.509 (x509.go) needs no password.
+// The method's own checks are in tpm.go, symmetric.go and x509.go; every
+// refusal is logged and observed once, here (refusal.go).
 //
 // A TPM challenge authenticates once: the cheap checks (format, expiry,
 // signature) come first and the durable "used" mark last.
 func (s *Service) Authenticate(ctx context.Context, c Connect) (Identity, error) {
+	id, err := s.authenticate(ctx, c)
+	if err != nil {
+		return Identity{}, s.refuseConnect(ctx, c, err)
+	}
+	if id.Method == AuthRestricted {
+		s.log.LogAttrs(ctx, slog.LevelDebug, "restricted session",
+			slog.String("trackingId", c.TrackingID), slog.String("registrationId", id.RegistrationID))
+		return id, nil
+	}
+	s.log.LogAttrs(ctx, slog.LevelInfo, "authenticated",
+		slog.String("trackingId", c.TrackingID), slog.String("registrationId", id.RegistrationID),
+		slog.String("method", id.Method.String()), slog.String("groupId", id.GroupID))
+	return id, nil
+}
+
+// authenticate checks the username and hands the CONNECT to its method.
+func (s *Service) authenticate(ctx context.Context, c Connect) (Identity, error) {
 	u, err := attest.ParseUsername(c.Username)
 	if err != nil {
-		return s.refuse(ctx, c, ErrNotAuthorized, "bad username: %w", err)
+		return Identity{}, badConnect(AuthFailureBadUsername, "bad username: %w", err)
 	}
 	if err := attest.ValidateRegistrationID(u.RegistrationID); err != nil {
-		return s.refuse(ctx, c, ErrNotAuthorized, "bad registration id: %w", err)
+		return Identity{}, badConnect(AuthFailureBadRegistrationID, "bad registration id: %w", err)
 	}
 	if !strings.EqualFold(c.ClientID, u.RegistrationID) {
-		return s.refuse(ctx, c, ErrNotAuthorized, "client id does not match the username's registration id")
+		return Identity{}, badConnect(AuthFailureClientIDMismatch, "client id does not match the username's registration id")
 	}
 	if !strings.EqualFold(u.IDScope, s.cfg.IDScope) {
-		return s.refuse(ctx, c, ErrNotAuthorized, "unknown id scope %q", u.IDScope)
+		return Identity{}, badConnect(AuthFailureUnknownIDScope, "unknown id scope %q", u.IDScope)
 	}
 	regID := strings.ToLower(u.RegistrationID)
 	switch {
 	case len(c.Password) > 0:
-		return s.authSAS(ctx, c, u.RegistrationID)
+		return s.authSAS(ctx, c.Password, u.RegistrationID)
 	case len(c.PeerChain) > 0:
-		return s.authX509(ctx, c, regID)
-	default:
-		s.log.LogAttrs(ctx, slog.LevelDebug, "restricted session",
-			slog.String("trackingId", c.TrackingID), slog.String("registrationId", regID))
-		return Identity{RegistrationID: regID, Method: AuthRestricted}, nil
+		return s.authX509(ctx, c.PeerChain, regID)
 	}
+	return Identity{RegistrationID: regID, Method: AuthRestricted}, nil
 }
-
-// SymmetricKeyName is the only skn a symmetric-key SAS token may carry (the
-// Azure SDKs send it; the Node SDK sends none). Any other skn must be a TPM
-// challenge reference.
-const SymmetricKeyName = "registration"
 
 // authSAS verifies a SAS token password, signed either with a TPM challenge
 // key (skn is a challenge reference) or with a symmetric key.
 // spelledID is the registration id exactly as the device wrote it.
-func (s *Service) authSAS(ctx context.Context, c Connect, spelledID string) (Identity, error) {
-	tok, err := attest.ParseSASToken(string(c.Password))
+func (s *Service) authSAS(ctx context.Context, password []byte, spelledID string) (Identity, error) {
+	tok, err := attest.ParseSASToken(string(password))
 	if err != nil {
-		return s.refuse(ctx, c, ErrNotAuthorized, "bad SAS token: %w", err)
+		return Identity{}, badConnect(AuthFailureBadToken, "bad SAS token: %w", err)
 	}
 	resource := s.cfg.IDScope + "/registrations/" + spelledID
 	switch {
 	case isChallengeRef(tok.KeyName):
-		return s.authTPM(ctx, c, tok, resource, strings.ToLower(spelledID))
+		return s.authTPM(ctx, tok, resource, strings.ToLower(spelledID))
 	case tok.KeyName != "" && tok.KeyName != SymmetricKeyName:
 		// docs/protocol.md section 6: skn is absent or "registration" for symmetric keys.
-		return s.refuse(ctx, c, ErrNotAuthorized, "bad SAS token: skn is neither %q nor a TPM challenge reference", SymmetricKeyName)
+		return Identity{}, badConnect(AuthFailureBadToken, "bad SAS token: skn is neither %q nor a TPM challenge reference", SymmetricKeyName)
 	}
-	return s.authSymmetric(ctx, c, tok, resource, spelledID)
-}
-
-// authTPM verifies a SAS signed with the key a TPM challenge delivered.
-func (s *Service) authTPM(ctx context.Context, c Connect, tok *attest.SASToken, resource, regID string) (Identity, error) {
-	ref := tok.KeyName
-	cr, err := parseChallengeRef(ref)
-	if err != nil {
-		return s.refuse(ctx, c, ErrNotAuthorized, "bad challenge reference: %w", err)
-	}
-	if cr.run != s.run {
-		return s.refuse(ctx, c, ErrNotAuthorized, "challenge was issued before the broker restarted; the device must ask for a new one")
-	}
-	now := s.cfg.Now()
-	if !now.Before(cr.expires) {
-		return s.refuse(ctx, c, ErrNotAuthorized, "challenge expired at %s", formatTime(cr.expires))
-	}
-	key := challengeKey(s.cfg.ChallengeSecret, regID, ref)
-	if err := tok.Verify(key, resource, now, s.cfg.SAS); err != nil {
-		return s.refuse(ctx, c, ErrNotAuthorized, "TPM SAS does not verify: %w", err)
-	}
-	e, err := s.cfg.Store.GetEnrollment(ctx, regID)
-	switch {
-	case errors.Is(err, store.ErrNotFound):
-		return s.refuse(ctx, c, ErrNotAuthorized, "TPM enrollment no longer exists")
-	case err != nil:
-		return s.refuse(ctx, c, ErrUnavailable, "read enrollment: %w", err)
-	case e.Attestation.Type != store.AttestationTPM:
-		return s.refuse(ctx, c, ErrNotAuthorized, "enrollment is no longer of type tpm")
-	}
-	if err := s.usedRefs.use(cr, now); err != nil {
-		if errors.Is(err, errChallengeUsed) {
-			return s.refuse(ctx, c, ErrNotAuthorized, "%w", err)
-		}
-		return s.refuse(ctx, c, ErrUnavailable, "mark challenge used: %w", err)
-	}
-	s.log.LogAttrs(ctx, slog.LevelInfo, "authenticated",
-		slog.String("trackingId", c.TrackingID), slog.String("registrationId", regID),
-		slog.String("method", AuthTPM.String()))
-	return Identity{RegistrationID: regID, Method: AuthTPM, ChallengeRef: ref}, nil
-}
-
-// authSymmetric verifies a SAS signed with an individual enrollment's primary
-// or secondary key or, when the id has no individual enrollment, with a key
-// derived from a symmetric-key enrollment group's key. An individual
-// enrollment takes precedence: its existence rules the groups out.
-//
-// The groups are tried from memory (groups.go): the token's claims once,
-// then one derivation and one MAC per group key. A refusal of an id with
-// an individual enrollment does the same group work and discards it, so
-// that the time of a refusal does not tell enrolled ids from unknown ones.
-func (s *Service) authSymmetric(ctx context.Context, c Connect, tok *attest.SASToken, resource, spelledID string) (Identity, error) {
-	regID := strings.ToLower(spelledID)
-	now := s.cfg.Now()
-	e, err := s.cfg.Store.GetEnrollment(ctx, regID)
-	switch {
-	case err == nil:
-		if e.Attestation.Type != store.AttestationSymmetricKey || e.Attestation.SymmetricKey == nil {
-			s.tryGroupsAndDiscard(ctx, tok, resource, spelledID, now)
-			return s.refuse(ctx, c, ErrNotAuthorized, "individual enrollment is of type %q, not symmetricKey", e.Attestation.Type)
-		}
-		// reason keeps the most telling failure: a key whose signature
-		// matched says why (expired, other resource) better than the other key.
-		var reason error = errors.New("enrollment has no keys")
-		first := true
-		for _, k := range []string{e.Attestation.SymmetricKey.PrimaryKey, e.Attestation.SymmetricKey.SecondaryKey} {
-			if k == "" {
-				continue
-			}
-			key, err := attest.DecodeSymmetricKey(k)
-			if err != nil {
-				err = fmt.Errorf("enrollment key: %w", err)
-			} else if err = tok.Verify(key, resource, now, s.cfg.SAS); err == nil {
-				return s.authenticated(ctx, c, Identity{RegistrationID: regID, Method: AuthSymmetricKey, keyHash: symmetricKeyHash(key)}), nil
-			}
-			if first || errors.Is(reason, attest.ErrSASSignature) {
-				reason, first = err, false
-			}
-		}
-		s.tryGroupsAndDiscard(ctx, tok, resource, spelledID, now)
-		return s.refuse(ctx, c, ErrNotAuthorized, "SAS does not verify with the enrollment's keys: %w", reason)
-	case !errors.Is(err, store.ErrNotFound):
-		return s.refuse(ctx, c, ErrUnavailable, "read enrollment: %w", err)
-	}
-	// The resource and expiry do not depend on the group: checked once.
-	if err := tok.VerifyClaims(resource, now, s.cfg.SAS); err != nil {
-		return s.refuse(ctx, c, ErrNotAuthorized, "no enrollment, and the SAS cannot verify with any group key: %w", err)
-	}
-	snap, err := s.groups(ctx)
-	if err != nil {
-		return s.refuse(ctx, c, ErrUnavailable, "enrollment groups: %w", err)
-	}
-	groupID, devKey := matchSymmetricGroup(snap, tok, spelledID)
-	if groupID == "" {
-		return s.refuse(ctx, c, ErrNotAuthorized, "no enrollment and no enrollment group key verifies")
-	}
-	id := Identity{RegistrationID: regID, Method: AuthSymmetricKey, GroupID: groupID, keyHash: symmetricKeyHash(devKey[:])}
-	clear(devKey[:])
-	return s.authenticated(ctx, c, id), nil
-}
-
-// tryGroupsAndDiscard does the group work of a symmetric-key CONNECT for an
-// id without an individual enrollment and throws the outcome away (see
-// authSymmetric).
-func (s *Service) tryGroupsAndDiscard(ctx context.Context, tok *attest.SASToken, resource, spelledID string, now time.Time) {
-	if tok.VerifyClaims(resource, now, s.cfg.SAS) != nil {
-		return
-	}
-	if snap, err := s.groups(ctx); err == nil {
-		_, devKey := matchSymmetricGroup(snap, tok, spelledID)
-		clear(devKey[:])
-	}
-}
-
-// authenticated logs a successful authentication and returns id.
-func (s *Service) authenticated(ctx context.Context, c Connect, id Identity) Identity {
-	s.log.LogAttrs(ctx, slog.LevelInfo, "authenticated",
-		slog.String("trackingId", c.TrackingID), slog.String("registrationId", id.RegistrationID),
-		slog.String("method", id.Method.String()), slog.String("groupId", id.GroupID))
-	return id
-}
-
-// refuse logs why a CONNECT is refused and returns the typed error. The
-// reason never contains tokens or keys.
-func (s *Service) refuse(ctx context.Context, c Connect, kind error, format string, args ...any) (Identity, error) {
-	s.observeRefusal(ctx, kind, format)
-	err := fmt.Errorf("%w: "+format, append([]any{kind}, args...)...)
-	reason := strings.TrimPrefix(err.Error(), kind.Error()+": ")
-	level := slog.LevelInfo
-	if errors.Is(kind, ErrUnavailable) {
-		level = slog.LevelError
-	}
-	s.log.LogAttrs(ctx, level, "connect refused",
-		slog.String("trackingId", c.TrackingID), slog.String("clientId", c.ClientID),
-		slog.String("remoteAddr", c.RemoteAddr), slog.String("reason", reason))
-	return Identity{}, err
+	return s.authSymmetric(ctx, tok, resource, spelledID)
 }

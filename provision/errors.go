@@ -1,11 +1,6 @@
 package provision
 
-import (
-	"context"
-	"errors"
-	"log/slog"
-	"time"
-)
+import "errors"
 
 // Errors returned by Authenticate and ParseRegisterRequest. Test them with
 // errors.Is; the wrapped text is a reason for logs, never for the device.
@@ -16,7 +11,7 @@ var (
 	ErrNotAuthorized = errors.New("provision: not authorized")
 	// ErrUnsupported: the client asked for something this service does not do
 	// (CONNACK "not authorized" as well). Nothing in this package returns it
-	// today; observers classify it as AuthFailureUnsupported.
+	// today; a refusal of this kind would carry the label AuthFailureUnsupported.
 	ErrUnsupported = errors.New("provision: unsupported")
 	// ErrUnavailable: the service could not decide because its store failed
 	// (CONNACK "server unavailable"); the device may retry later.
@@ -50,44 +45,3 @@ const (
 	// ErrorCodeAllocationPolicy: the enrollment names an unknown allocation policy.
 	ErrorCodeAllocationPolicy = 400210
 )
-
-// unauthorized answers 401 401002 with the one shared message; reason is logged only.
-func (s *Service) unauthorized(ctx context.Context, trackingID string, id Identity, reason string) Response {
-	s.log.LogAttrs(ctx, slog.LevelInfo, "request refused",
-		slog.String("trackingId", trackingID), slog.String("registrationId", id.RegistrationID),
-		slog.String("reason", reason))
-	return s.ErrorResponse(ErrorCodeUnauthorized, msgUnauthorized, trackingID, -1)
-}
-
-// badRequest answers 400 400004 with reason as the message (it names only
-// what the device sent wrong, never stored state).
-func (s *Service) badRequest(ctx context.Context, trackingID string, id Identity, reason string) Response {
-	s.log.LogAttrs(ctx, slog.LevelInfo, "bad request",
-		slog.String("trackingId", trackingID), slog.String("registrationId", id.RegistrationID),
-		slog.String("reason", reason))
-	return s.ErrorResponse(ErrorCodeBadRequest, "Bad request: "+reason, trackingID, -1)
-}
-
-// internal answers 500 with a generic message and logs the details.
-func (s *Service) internal(ctx context.Context, trackingID string, id Identity, err error) Response {
-	s.log.LogAttrs(ctx, slog.LevelError, "internal error",
-		slog.String("trackingId", trackingID), slog.String("registrationId", id.RegistrationID),
-		slog.String("error", err.Error()))
-	return s.ErrorResponse(ErrorCodeInternal, msgInternal, trackingID, s.retryAfterError())
-}
-
-// retryAfterError is the retry-after of a 5xx: at least one second.
-func (s *Service) retryAfterError() time.Duration {
-	if s.retryAfter < time.Second {
-		return time.Second
-	}
-	return s.retryAfter
-}
-
-// notFound answers 404 in the DPS error shape; reason is logged only.
-func (s *Service) notFound(ctx context.Context, trackingID string, id Identity, reason string) Response {
-	s.log.LogAttrs(ctx, slog.LevelInfo, "poll refused",
-		slog.String("trackingId", trackingID), slog.String("registrationId", id.RegistrationID),
-		slog.String("reason", reason))
-	return s.ErrorResponse(ErrorCodeNotFound, msgNotFound, trackingID, -1)
-}

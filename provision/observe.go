@@ -2,9 +2,7 @@ package provision
 
 import (
 	"context"
-	"errors"
 	"log/slog"
-	"strings"
 )
 
 // Observer receives the service's countable events, for metrics. Every
@@ -39,9 +37,10 @@ type RegistrationEvent struct {
 	TrackingID string
 }
 
-// Reasons of AuthFailed. A label may tell only what the CONNECT itself
-// shows: the malformed-input labels below are decided from the CONNECT's
-// own bytes before any enrollment, group or key is consulted. Every refusal
+// Reasons of AuthFailed: every CONNECT refusal carries one (refusal.go:
+// badConnect, notAuthorized, unavailable). A label may tell only what the
+// CONNECT itself shows: the malformed-input labels below are decided from
+// the CONNECT's own bytes before any enrollment, group or key is consulted. Every refusal
 // that depends on stored state or a secret (unknown id, wrong key or
 // signature, another attestation type, a challenge already used, a
 // certificate no enrollment or group accepts) is AuthFailureNotAuthorized,
@@ -59,45 +58,6 @@ const (
 	AuthFailureUnsupported       = "unsupported"
 	AuthFailureUnavailable       = "store_unavailable"
 )
-
-// refuseReasons maps the start of a refusal's log format to its label: only
-// refusals decided from the CONNECT alone (see the AuthFailure constants).
-// A function, not a package variable: no package-level mutable state.
-func refuseReasons() []struct{ prefix, reason string } {
-	return []struct{ prefix, reason string }{
-		{"bad username", AuthFailureBadUsername},
-		{"bad registration id", AuthFailureBadRegistrationID},
-		{"client id does not match", AuthFailureClientIDMismatch},
-		{"unknown id scope", AuthFailureUnknownIDScope},
-		{"bad SAS token", AuthFailureBadToken},
-		{"bad challenge reference", AuthFailureBadChallengeRef},
-		{"challenge expired", AuthFailureChallengeExpired},
-	}
-}
-
-// refuseReason classifies a refusal by its (constant) log format and kind,
-// so that metric labels stay few whatever the device sent.
-func refuseReason(kind error, format string) string {
-	if errors.Is(kind, ErrUnavailable) {
-		return AuthFailureUnavailable
-	}
-	for _, r := range refuseReasons() {
-		if strings.HasPrefix(format, r.prefix) {
-			return r.reason
-		}
-	}
-	if errors.Is(kind, ErrUnsupported) {
-		return AuthFailureUnsupported
-	}
-	return AuthFailureNotAuthorized
-}
-
-// observeRefusal tells the observer about a refused CONNECT.
-func (s *Service) observeRefusal(ctx context.Context, kind error, format string) {
-	if s.cfg.Observer != nil {
-		s.cfg.Observer.AuthFailed(ctx, refuseReason(kind, format))
-	}
-}
 
 // observeChallenge tells the observer about an issued TPM challenge.
 func (s *Service) observeChallenge(ctx context.Context, registrationID string) {

@@ -5,10 +5,12 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/tpmdps/dpsd/device/devtpm"
 	"github.com/tpmdps/dpsd/store"
@@ -135,22 +137,63 @@ func TestObserverAndAudit(t *testing.T) {
 	}
 }
 
-func TestRefuseReasonFallbacks(t *testing.T) {
-	for _, tc := range []struct {
-		kind   error
-		format string
-		want   string
-	}{
-		{ErrUnavailable, "read enrollment: %w", AuthFailureUnavailable},
-		{ErrUnsupported, "something new %s", AuthFailureUnsupported},
-		{ErrNotAuthorized, "a reason nobody classified", AuthFailureNotAuthorized},
-		{ErrNotAuthorized, "challenge expired at %s", AuthFailureChallengeExpired},
-		{ErrNotAuthorized, "SAS does not verify with the enrollment's keys: %w", AuthFailureNotAuthorized},
-		{ErrNotAuthorized, "no enrollment and no enrollment group key verifies", AuthFailureNotAuthorized},
-	} {
-		if got := refuseReason(tc.kind, tc.format); got != tc.want {
-			t.Errorf("refuseReason(%v, %q) = %q, want %q", tc.kind, tc.format, got, tc.want)
+// TestAuthFailureLabels: every refused CONNECT is observed once, with the
+// label of what it showed: the malformed-input labels for refusals decided
+// from the CONNECT alone, not_authorized for the rest, store_unavailable
+// when the store fails. Each is also logged once with its reason.
+func TestAuthFailureLabels(t *testing.T) {
+	obs := &recordingObserver{}
+	var logs lockedBuffer
+	e := newEnv(t, func(c *Config) {
+		c.Observer = obs
+		c.Logger = slog.New(slog.NewJSONHandler(&logs, nil))
+	})
+	const id = "labels-1"
+	e.putEnrollment(symmetricEnrollment(id, symKey(1), nil))
+	ref := func(run runID, expires time.Time) string {
+		r, err := newChallengeRef(e.svc.cfg.Rand, run, expires)
+		if err != nil {
+			t.Fatal(err)
 		}
+		return r
+	}
+	now := e.clock.Now()
+	connect := func(c Connect) error { _, err := e.svc.Authenticate(e.ctx, c); return err }
+	for _, tc := range []struct {
+		name string
+		c    Connect
+		want string
+	}{
+		{"garbage username", Connect{ClientID: "x", Username: "garbage", Password: []byte("p")}, AuthFailureBadUsername},
+		{"client id mismatch", Connect{ClientID: "other", Username: username(id), Password: e.sas(id, symKey(1), "")}, AuthFailureClientIDMismatch},
+		{"unknown id scope", Connect{ClientID: id, Username: "0ne00000B0B/registrations/" + id + "/api-version=2021-06-01", Password: e.sas(id, symKey(1), "")}, AuthFailureUnknownIDScope},
+		{"not a SAS token", Connect{ClientID: id, Username: username(id), Password: []byte("not a token")}, AuthFailureBadToken},
+		{"foreign skn", Connect{ClientID: id, Username: username(id), Password: e.sas(id, symKey(1), "owner")}, AuthFailureBadToken},
+		{"malformed challenge reference", Connect{ClientID: id, Username: username(id), Password: e.sas(id, symKey(1), "t2.short")}, AuthFailureBadChallengeRef},
+		{"expired challenge", Connect{ClientID: id, Username: username(id), Password: e.sas(id, symKey(1), ref(e.svc.run, now.Add(-time.Minute)))}, AuthFailureChallengeExpired},
+		{"challenge of another run", Connect{ClientID: id, Username: username(id), Password: e.sas(id, symKey(1), ref(runID{1}, now.Add(time.Minute)))}, AuthFailureNotAuthorized},
+		{"challenge key wrong", Connect{ClientID: id, Username: username(id), Password: e.sas(id, symKey(1), ref(e.svc.run, now.Add(time.Minute)))}, AuthFailureNotAuthorized},
+		{"wrong symmetric key", Connect{ClientID: id, Username: username(id), Password: e.sas(id, symKey(2), "")}, AuthFailureNotAuthorized},
+	} {
+		before := len(obs.failures)
+		if err := connect(tc.c); !errors.Is(err, ErrNotAuthorized) {
+			t.Fatalf("%s: %v, want not authorized", tc.name, err)
+		}
+		if len(obs.failures) != before+1 || obs.failures[before] != tc.want {
+			t.Fatalf("%s: observed %v, want one %q", tc.name, obs.failures[before:], tc.want)
+		}
+	}
+	if err := e.st.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.connect(id, e.sas(id, symKey(1), "")); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("closed store: %v", err)
+	}
+	if got := obs.failures[len(obs.failures)-1]; got != AuthFailureUnavailable {
+		t.Fatalf("closed store: label %q", got)
+	}
+	if n, want := strings.Count(logs.String(), `"msg":"connect refused"`), len(obs.failures); n != want {
+		t.Fatalf("%d refusal log lines for %d refusals", n, want)
 	}
 }
 
@@ -226,5 +269,57 @@ func TestObserverTPMChallenge(t *testing.T) {
 	}
 	if len(obs.registered) != 1 || obs.registered[0].AttestationType != store.AttestationTPM || obs.registered[0].Method != AuthTPM.String() {
 		t.Fatalf("registered %+v", obs.registered)
+	}
+}
+
+// TestRequestRefusalLogged: a refused register or poll is logged once,
+// with its trackingId, registrationId and reason (for a 500, the error),
+// and answered in the DPS error shape.
+func TestRequestRefusalLogged(t *testing.T) {
+	var logs lockedBuffer
+	e := newEnv(t, func(c *Config) { c.Logger = slog.New(slog.NewJSONHandler(&logs, nil)) })
+	e.putEnrollment(symmetricEnrollment("logged-1", symKey(1), nil))
+	id := e.mustConnect("logged-1", e.sas("logged-1", symKey(1), ""))
+	restricted := e.mustConnect("logged-1", nil)
+	for _, tc := range []struct {
+		name      string
+		answer    func(trackingID string) Response
+		code      int
+		msg, attr string
+		reason    string
+	}{
+		{"restricted poll", func(tr string) Response { return e.svc.Poll(e.ctx, restricted, "4.00", tr) },
+			ErrorCodeUnauthorized, "request refused", "reason", "restricted session may not poll"},
+		{"malformed operation id", func(tr string) Response { return e.svc.Poll(e.ctx, id, "nope", tr) },
+			ErrorCodeNotFound, "poll refused", "reason", "malformed operation id"},
+		{"body id mismatch", func(tr string) Response {
+			return e.svc.Register(e.ctx, id, RegisterRequest{RegistrationID: "someone-else"}, tr)
+		}, ErrorCodeBadRequest, "bad request", "reason", "the body's registrationId does not match the connection's"},
+		{"store closed", func(tr string) Response {
+			if err := e.st.Close(); err != nil {
+				t.Fatal(err)
+			}
+			return e.svc.Register(e.ctx, id, RegisterRequest{}, tr)
+		}, ErrorCodeInternal, "internal error", "error", "read enrollment"},
+	} {
+		tr := "tr-" + strings.ReplaceAll(tc.name, " ", "-")
+		eb := errorBody(t, tc.answer(tr), tc.code)
+		if eb.TrackingID != tr {
+			t.Errorf("%s: answer's trackingId %q", tc.name, eb.TrackingID)
+		}
+		var recs []map[string]any
+		for _, line := range strings.Split(logs.String(), "\n") {
+			var m map[string]any
+			if json.Unmarshal([]byte(line), &m) == nil && m["trackingId"] == tr {
+				recs = append(recs, m)
+			}
+		}
+		if len(recs) != 1 {
+			t.Fatalf("%s: %d log records, want 1: %v", tc.name, len(recs), recs)
+		}
+		r := recs[0]
+		if r["msg"] != tc.msg || r["registrationId"] != "logged-1" || !strings.Contains(fmt.Sprint(r[tc.attr]), tc.reason) {
+			t.Errorf("%s: log record %v, want msg %q and %s containing %q", tc.name, r, tc.msg, tc.attr, tc.reason)
+		}
 	}
 }

@@ -18,20 +18,29 @@ func (s *Service) Poll(ctx context.Context, id Identity, operationID, trackingID
 	if trackingID == "" {
 		trackingID = trackid.New()
 	}
+	resp, err := s.poll(ctx, id, operationID)
+	if err != nil {
+		return s.refused(ctx, trackingID, id, err)
+	}
+	return resp
+}
+
+// poll reads the operation and, once it is final, the registration.
+func (s *Service) poll(ctx context.Context, id Identity, operationID string) (Response, error) {
 	if id.Method == AuthRestricted {
-		return s.unauthorized(ctx, trackingID, id, "restricted session may not poll")
+		return Response{}, unauthorized("restricted session may not poll")
 	}
 	if !isOperationID(operationID) {
-		return s.notFound(ctx, trackingID, id, "malformed operation id")
+		return Response{}, notFound("malformed operation id")
 	}
 	op, err := s.cfg.Store.GetOperation(ctx, operationID)
 	switch {
 	case errors.Is(err, store.ErrNotFound):
-		return s.notFound(ctx, trackingID, id, "no such operation")
+		return Response{}, notFound("no such operation")
 	case err != nil:
-		return s.internal(ctx, trackingID, id, fmt.Errorf("read operation: %w", err))
+		return Response{}, fmt.Errorf("read operation: %w", err)
 	case !strings.EqualFold(op.RegistrationID, id.RegistrationID):
-		return s.notFound(ctx, trackingID, id, "operation of another registration")
+		return Response{}, notFound("operation of another registration")
 	}
 	if op.Status == store.RegistrationAssigning || op.Status == "" {
 		return Response{Status: 202, RetryAfter: s.retryAfter, Body: &OperationStatus{
@@ -41,14 +50,14 @@ func (s *Service) Poll(ctx context.Context, id Identity, operationID, trackingID
 				RegistrationID: id.RegistrationID,
 				Status:         store.RegistrationAssigning,
 			},
-		}}
+		}}, nil
 	}
 	rec, err := s.cfg.Store.GetRegistration(ctx, id.RegistrationID)
 	switch {
 	case errors.Is(err, store.ErrNotFound):
 		rec = nil // deleted since: answer from the operation alone
 	case err != nil:
-		return s.internal(ctx, trackingID, id, fmt.Errorf("read registration: %w", err))
+		return Response{}, fmt.Errorf("read registration: %w", err)
 	}
 	st := registrationState(id.RegistrationID, op, rec)
 	if id.Method == AuthX509 && id.Certificate != nil {
@@ -58,7 +67,7 @@ func (s *Service) Poll(ctx context.Context, id Identity, operationID, trackingID
 		OperationID:       op.ID,
 		Status:            op.Status,
 		RegistrationState: st,
-	}}
+	}}, nil
 }
 
 // registrationState builds the final registrationState from the operation

@@ -102,10 +102,18 @@ func formatTime(t time.Time) string {
 }
 
 // ErrorResponse builds an answer in the DPS error shape for errorCode (its
-// HTTP status is errorCode / 1000). retryAfter < 0 omits retry-after; use it
-// for 429 and 5xx answers only. The MQTT hooks use it for their own refusals
-// (throttling, malformed requests) so that every error has one shape.
+// HTTP status is errorCode / 1000), stamped with the service's clock; see
+// NewErrorResponse.
 func (s *Service) ErrorResponse(errorCode int, message, trackingID string, retryAfter time.Duration) Response {
+	return NewErrorResponse(errorCode, message, trackingID, retryAfter, s.cfg.Now())
+}
+
+// NewErrorResponse builds an answer in the DPS error shape for errorCode
+// (its HTTP status is errorCode / 1000) at time now. retryAfter < 0 omits
+// retry-after; use it for 429 and 5xx answers only. An empty trackingID
+// gets a fresh one. The MQTT hooks use it for their own refusals
+// (throttling, malformed requests) so that every error has one shape.
+func NewErrorResponse(errorCode int, message, trackingID string, retryAfter time.Duration, now time.Time) Response {
 	if trackingID == "" {
 		trackingID = trackid.New()
 	}
@@ -116,7 +124,7 @@ func (s *Service) ErrorResponse(errorCode int, message, trackingID string, retry
 			ErrorCode:    errorCode,
 			TrackingID:   trackingID,
 			Message:      message,
-			TimestampUTC: formatTime(s.cfg.Now()),
+			TimestampUTC: formatTime(now),
 		},
 	}
 }

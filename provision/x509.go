@@ -43,43 +43,43 @@ const MaxPeerChain = 8
 
 // authX509 authenticates a CONNECT with no password by its TLS client
 // certificate chain (leaf first).
-func (s *Service) authX509(ctx context.Context, c Connect, regID string) (Identity, error) {
-	if len(c.PeerChain) > MaxPeerChain {
-		return s.refuse(ctx, c, ErrNotAuthorized, "certificate chain of %d certificates, at most %d", len(c.PeerChain), MaxPeerChain)
+func (s *Service) authX509(ctx context.Context, chain []*x509.Certificate, regID string) (Identity, error) {
+	if len(chain) > MaxPeerChain {
+		return Identity{}, notAuthorized("certificate chain of %d certificates, at most %d", len(chain), MaxPeerChain)
 	}
-	leaf := c.PeerChain[0]
+	leaf := chain[0]
 	if !strings.EqualFold(leaf.Subject.CommonName, regID) {
-		return s.refuse(ctx, c, ErrNotAuthorized, "certificate subject CN %q does not match the registration id", leaf.Subject.CommonName)
+		return Identity{}, notAuthorized("certificate subject CN %q does not match the registration id", leaf.Subject.CommonName)
 	}
 	now := s.cfg.Now()
 	if err := checkValidity(leaf, now); err != nil {
-		return s.refuse(ctx, c, ErrNotAuthorized, "certificate %w", err)
+		return Identity{}, notAuthorized("certificate %w", err)
 	}
 	e, err := s.cfg.Store.GetEnrollment(ctx, regID)
 	switch {
 	case err == nil:
 		if !isX509Enrollment(e) {
-			s.tryX509GroupsAndDiscard(ctx, c.PeerChain, now)
-			return s.refuse(ctx, c, ErrNotAuthorized, "individual enrollment is of type %q, not x509 with client certificates", e.Attestation.Type)
+			s.tryX509GroupsAndDiscard(ctx, chain, now)
+			return Identity{}, notAuthorized("individual enrollment is of type %q, not x509 with client certificates", e.Attestation.Type)
 		}
 		if !pins(e.Attestation.X509.ClientCertificates, leaf) {
-			s.tryX509GroupsAndDiscard(ctx, c.PeerChain, now)
+			s.tryX509GroupsAndDiscard(ctx, chain, now)
 			_, thumbprint := store.CertificateThumbprints(leaf)
-			return s.refuse(ctx, c, ErrNotAuthorized, "certificate is not the one the individual enrollment pins (sha256 %s)", thumbprint)
+			return Identity{}, notAuthorized("certificate is not the one the individual enrollment pins (sha256 %s)", thumbprint)
 		}
-		return s.authenticated(ctx, c, Identity{RegistrationID: regID, Method: AuthX509, Certificate: leaf}), nil
+		return Identity{RegistrationID: regID, Method: AuthX509, Certificate: leaf}, nil
 	case !errors.Is(err, store.ErrNotFound):
-		return s.refuse(ctx, c, ErrUnavailable, "read enrollment: %w", err)
+		return Identity{}, unavailable("read enrollment: %w", err)
 	}
-	ca, why, err := s.matchX509Group(ctx, c.PeerChain, now)
+	ca, why, err := s.matchX509Group(ctx, chain, now)
 	switch {
 	case err != nil:
-		return s.refuse(ctx, c, ErrUnavailable, "enrollment groups: %w", err)
+		return Identity{}, unavailable("enrollment groups: %w", err)
 	case ca == nil:
-		return s.refuse(ctx, c, ErrNotAuthorized, "no enrollment and %w", why)
+		return Identity{}, notAuthorized("no enrollment and %w", why)
 	}
-	return s.authenticated(ctx, c, Identity{RegistrationID: regID, Method: AuthX509, Certificate: leaf,
-		GroupID: ca.groupID, SigningCertificate: ca.cert}), nil
+	return Identity{RegistrationID: regID, Method: AuthX509, Certificate: leaf,
+		GroupID: ca.groupID, SigningCertificate: ca.cert}, nil
 }
 
 // matchX509Group is the group work of an X.509 CONNECT for an id without
@@ -190,14 +190,14 @@ func groupSigningCerts(g *store.Group) []*x509.Certificate {
 // enrollment, still pinning the certificate, or the group, still naming the
 // CA the chain verified to, when no individual enrollment has appeared
 // since. The certificate must still be valid.
-func (s *Service) x509Source(ctx context.Context, id Identity, trackingID string) (source, Response, bool) {
+func (s *Service) x509Source(ctx context.Context, id Identity) (source, error) {
 	if id.Certificate == nil {
-		return source{}, s.unauthorized(ctx, trackingID, id, "x509 identity without a certificate"), false
+		return source{}, unauthorized("x509 identity without a certificate")
 	}
 	if err := checkValidity(id.Certificate, s.cfg.Now()); err != nil {
-		return source{}, s.unauthorized(ctx, trackingID, id, "certificate "+err.Error()), false
+		return source{}, unauthorized("certificate " + err.Error())
 	}
-	return s.credentialSource(ctx, id, trackingID, store.AttestationX509,
+	return s.credentialSource(ctx, id, store.AttestationX509,
 		func(e *store.Enrollment) bool {
 			return isX509Enrollment(e) && pins(e.Attestation.X509.ClientCertificates, id.Certificate)
 		},
@@ -228,4 +228,71 @@ func x509Result(id Identity) *X509RegistrationResult {
 		r.SigningCertificateInfo = store.NewX509CertificateInfo(id.SigningCertificate)
 	}
 	return r
+}
+
+// x509Candidates returns the group CAs that a certificate of chain names as
+// its issuer, in group order without duplicates: by authority key id when
+// the certificate has one and a CA has that subject key id, else by raw
+// issuer name. Only these are verified.
+func x509Candidates(snap *groupSnapshot, chain []*x509.Certificate) []*groupCA {
+	var out []*groupCA
+	add := func(cas []*groupCA) {
+		for _, ca := range cas {
+			dup := false
+			for _, o := range out {
+				if o == ca {
+					dup = true
+					break
+				}
+			}
+			if !dup {
+				out = append(out, ca)
+			}
+		}
+	}
+	for _, c := range chain {
+		if byKey := snap.byKeyID[string(c.AuthorityKeyId)]; len(c.AuthorityKeyId) > 0 && len(byKey) > 0 {
+			add(byKey)
+			continue
+		}
+		add(snap.bySubject[string(c.RawIssuer)])
+	}
+	// Insertion sort by group order (the list is short).
+	for i := 1; i < len(out); i++ {
+		for j := i; j > 0 && out[j].order < out[j-1].order; j-- {
+			out[j], out[j-1] = out[j-1], out[j]
+		}
+	}
+	return out
+}
+
+// matchX509GroupCA returns the first candidate CA (in group order) that the
+// chain verifies to for TLS client use at now, or nil; lastErr is the last
+// verification error, for the log. verified, when not nil, is told the
+// group of every CA a verification was tried against (a test hook).
+func matchX509GroupCA(cands []*groupCA, chain []*x509.Certificate, now time.Time, verified func(groupID string)) (*groupCA, error) {
+	if len(cands) == 0 {
+		return nil, nil
+	}
+	intermediates := x509.NewCertPool()
+	for _, c := range chain[1:] {
+		intermediates.AddCert(c)
+	}
+	var lastErr error
+	for _, ca := range cands {
+		if verified != nil {
+			verified(ca.groupID)
+		}
+		_, err := chain[0].Verify(x509.VerifyOptions{
+			Roots:         ca.roots,
+			Intermediates: intermediates,
+			CurrentTime:   now,
+			KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+		})
+		if err == nil {
+			return ca, nil
+		}
+		lastErr = err
+	}
+	return nil, lastErr
 }

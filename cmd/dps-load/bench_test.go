@@ -28,8 +28,9 @@ func BenchmarkProvisionInProcess(b *testing.B) {
 	}
 	s := dpsdtest.Start(b, dpsdtest.Options{RetryAfter: -1, Limits: broker.Limits{
 		ConnectionsPerAddress: -1, ConnectionsPerAddressPerMinute: -1,
-		Limits: hooks.Limits{RestrictedSessions: -1, RestrictedSessionsPerAddress: -1, AuthFailuresPerAddressPerMinute: -1, ChallengesPerConnection: -1, ChallengesPerAddressPerMinute: -1,
-			ChallengesPerMinute: -1, RequestsPerConnectionPerMinute: -1, PollsPerDevice: -1, RegistersPerDevice: -1},
+	}, HookLimits: hooks.Limits{
+		RestrictedSessions: -1, RestrictedSessionsPerAddress: -1, AuthFailuresPerAddressPerMinute: -1, ChallengesPerConnection: -1, ChallengesPerAddressPerMinute: -1,
+		ChallengesPerMinute: -1, RequestsPerConnectionPerMinute: -1, PollsPerDevice: -1, RegistersPerDevice: -1,
 	}})
 	spec := loadgen.FleetSpec{Prefix: "bench", KeyPool: 8}
 	switch kind {

@@ -125,6 +125,23 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger, stdout io.W
 			return err
 		}
 	}
+	hookLimits := hooks.Limits{
+		RestrictedSessions:              cfg.RestrictedSessions,
+		RestrictedSessionsPerAddress:    cfg.RestrictedPerAddress,
+		RestrictedLifetime:              cfg.RestrictedLifetime,
+		AuthFailuresPerAddressPerMinute: cfg.AuthFailureRate,
+		AuthFailureBurstPerAddress:      cfg.AuthFailureBurst,
+		ChallengesPerConnection:         cfg.ChallengesPerConnection,
+		ChallengesPerAddressPerMinute:   cfg.ChallengeRatePerAddress,
+		ChallengesPerMinute:             cfg.ChallengeRateTotal,
+		RestrictedIdleTimeout:           cfg.RestrictedIdleTimeout,
+		RequestsPerConnectionPerMinute:  cfg.RequestRatePerConn,
+		PollsPerDevice:                  cfg.PollsPerDevice,
+		PollWindow:                      cfg.PollWindow,
+		RegistersPerDevice:              cfg.RegistersPerDevice,
+		RegisterWindow:                  cfg.RegisterWindow,
+		IPv6PrefixLen:                   cfg.IPv6PrefixLen,
+	}
 	b, err := broker.New(broker.Config{
 		TCPAddr:        cfg.MQTTAddr,
 		TLSAddr:        cfg.MQTTSAddr,
@@ -134,27 +151,14 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger, stdout io.W
 		Limits: broker.Limits{
 			ConnectionsPerAddress:          cfg.ConnsPerAddress,
 			ConnectionsPerAddressPerMinute: cfg.ConnRatePerAddress,
-			Limits: hooks.Limits{
-				RestrictedSessions:              cfg.RestrictedSessions,
-				RestrictedSessionsPerAddress:    cfg.RestrictedPerAddress,
-				RestrictedLifetime:              cfg.RestrictedLifetime,
-				AuthFailuresPerAddressPerMinute: cfg.AuthFailureRate,
-				AuthFailureBurstPerAddress:      cfg.AuthFailureBurst,
-				ChallengesPerConnection:         cfg.ChallengesPerConnection,
-				ChallengesPerAddressPerMinute:   cfg.ChallengeRatePerAddress,
-				ChallengesPerMinute:             cfg.ChallengeRateTotal,
-				RestrictedIdleTimeout:           cfg.RestrictedIdleTimeout,
-				RequestsPerConnectionPerMinute:  cfg.RequestRatePerConn,
-				PollsPerDevice:                  cfg.PollsPerDevice,
-				PollWindow:                      cfg.PollWindow,
-				RegistersPerDevice:              cfg.RegistersPerDevice,
-				RegisterWindow:                  cfg.RegisterWindow,
-				IPv6PrefixLen:                   cfg.IPv6PrefixLen,
-			},
+			IPv6PrefixLen:                  cfg.IPv6PrefixLen,
 		},
 		Logger:  log,
 		Metrics: mx,
-	}, svc)
+	}, func(env broker.HookEnv) (broker.Hook, error) {
+		return hooks.New(hooks.Config{Service: svc, Server: env.Server, Limits: hookLimits,
+			Logger: log, Metrics: mx, Refusals: env.Refusals})
+	})
 	if err != nil {
 		return err
 	}

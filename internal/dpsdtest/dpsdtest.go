@@ -41,8 +41,12 @@ type Options struct {
 	IDScope string
 	// Hubs default to []string{DefaultHub}.
 	Hubs []string
-	// Limits are passed to the broker (zero fields take the broker defaults).
+	// Limits are the broker's connection limits (zero fields take the
+	// broker defaults).
 	Limits broker.Limits
+	// HookLimits are the hook's session and request limits (zero fields take
+	// the hook's defaults).
+	HookLimits hooks.Limits
 	// ConnectTimeout is the CONNECT deadline (broker default when zero).
 	ConnectTimeout time.Duration
 	// ChallengeLifetime is the TPM challenge lifetime (service default when zero).
@@ -66,7 +70,9 @@ type Options struct {
 	// path), as dpsd can on port 443. The listener then requests client
 	// certificates, for X.509 over WebSocket.
 	APIWebSocket bool
-	// Metrics, if set, is the broker's hooks.Metrics (broker.Config.Metrics).
+	// Metrics, if set, receives the hook's measurements (hooks.Config.Metrics)
+	// and counts the connections refused by a per-address limit
+	// (broker.Config.Metrics).
 	Metrics hooks.Metrics
 	// Observer, if set, is the service's provision.Observer.
 	Observer provision.Observer
@@ -183,7 +189,10 @@ func Start(t testing.TB, opts Options) *Server {
 	if opts.WebSocket {
 		cfg.WSAddr = opts.WSAddr
 	}
-	b, err := broker.New(cfg, svc)
+	b, err := broker.New(cfg, func(env broker.HookEnv) (broker.Hook, error) {
+		return hooks.New(hooks.Config{Service: svc, Server: env.Server, Limits: opts.HookLimits,
+			Logger: log, Metrics: opts.Metrics, Refusals: env.Refusals})
+	})
 	if err != nil {
 		st.Close()
 		t.Fatalf("dpsdtest: broker.New: %v", err)

@@ -1,7 +1,8 @@
 // Package metrics holds the server's Prometheus metrics: one Metrics value
 // with its own registry (never prometheus.DefaultRegisterer), handed to the
 // parts it observes through their optional hooks: provision.Config.Observer,
-// broker.Config.Metrics (hooks.Metrics), a store.Store wrapper and an HTTP
+// hooks.Config.Metrics (hooks.Metrics), broker.Config.Metrics (the
+// refusal.Counter part of it), a store.Store wrapper and an HTTP
 // middleware. It serves the text exposition format at /metrics.
 package metrics
 

@@ -1,0 +1,287 @@
+package provision
+
+// TPM attestation (docs/protocol.md section 5), in the order a device meets it:
+//
+//  1. challenge: on a restricted session (no credential), a register with
+//     tpm is answered 401 with an activation blob that carries a challenge
+//     key, derived for a fresh challenge reference;
+//  2. authTPM: the device reconnects with a SAS token signed with that key,
+//     its skn the reference;
+//  3. registerTPM: on that connection the device registers again, and its
+//     hub key comes back in a second activation blob (assign.go).
+//
+// Nothing is stored per challenge: the reference carries the id of the
+// broker run that issued it, its expiry and fresh randomness, and the key is
+// derived from the service secret, so no later challenge can cancel an
+// earlier one. A reference authenticates once; the references used so far
+// are remembered in memory (usedrefs.go), which is why a reference from
+// another run of the broker is refused: that run's memory is gone. The EK
+// and SRK a device sends are parsed once for the challenge and the register
+// that follows (keycache.go).
+
+import (
+	"bytes"
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math"
+	"strings"
+	"time"
+
+	"github.com/tpmdps/dpsd/attest"
+	"github.com/tpmdps/dpsd/store"
+)
+
+// challenge answers a restricted session's TPM register with a challenge: a
+// 401 whose blob carries a key derived for a fresh reference. Unknown ids and
+// EK mismatches get the same 401 as any other refusal.
+func (s *Service) challenge(ctx context.Context, id Identity, req RegisterRequest, trackingID string) (Response, error) {
+	if req.TPM == nil {
+		return Response{}, unauthorized("restricted session sent a register without tpm")
+	}
+	ek, srk, err := s.tpmKeys.parse(id.RegistrationID, req.TPM)
+	if err != nil {
+		return Response{}, badRequest(err.Error())
+	}
+	if _, err := s.tpmEnrollment(ctx, id, ek); err != nil {
+		return Response{}, err
+	}
+	expires := s.cfg.Now().Add(s.cfg.ChallengeLifetime)
+	ref, err := newChallengeRef(s.cfg.Rand, s.run, expires)
+	if err != nil {
+		return Response{}, err
+	}
+	key := challengeKey(s.cfg.ChallengeSecret, id.RegistrationID, ref)
+	blob, err := attest.NewActivationBlob(s.cfg.Rand, ek, srk, key)
+	if err != nil {
+		return Response{}, badRequest(fmt.Sprintf("cannot build an activation blob for these keys: %v", err))
+	}
+	s.log.LogAttrs(ctx, slog.LevelInfo, "tpm challenge issued",
+		slog.String("trackingId", trackingID), slog.String("registrationId", id.RegistrationID),
+		slog.Time("expires", expires))
+	s.observeChallenge(ctx, id.RegistrationID)
+	return Response{Status: 401, RetryAfter: -1, Body: &TPMChallenge{
+		AuthenticationKey: base64.StdEncoding.EncodeToString(blob),
+		KeyName:           ref,
+		Message:           challengeMessage,
+	}}, nil
+}
+
+// authTPM verifies a SAS signed with the key a TPM challenge delivered.
+func (s *Service) authTPM(ctx context.Context, tok *attest.SASToken, resource, regID string) (Identity, error) {
+	ref := tok.KeyName
+	cr, err := parseChallengeRef(ref)
+	if err != nil {
+		return Identity{}, badConnect(AuthFailureBadChallengeRef, "bad challenge reference: %w", err)
+	}
+	if cr.run != s.run {
+		return Identity{}, notAuthorized("challenge was issued before the broker restarted; the device must ask for a new one")
+	}
+	now := s.cfg.Now()
+	if !now.Before(cr.expires) {
+		return Identity{}, badConnect(AuthFailureChallengeExpired, "challenge expired at %s", formatTime(cr.expires))
+	}
+	key := challengeKey(s.cfg.ChallengeSecret, regID, ref)
+	if err := tok.Verify(key, resource, now, s.cfg.SAS); err != nil {
+		return Identity{}, notAuthorized("TPM SAS does not verify: %w", err)
+	}
+	e, err := s.cfg.Store.GetEnrollment(ctx, regID)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return Identity{}, notAuthorized("TPM enrollment no longer exists")
+	case err != nil:
+		return Identity{}, unavailable("read enrollment: %w", err)
+	case e.Attestation.Type != store.AttestationTPM:
+		return Identity{}, notAuthorized("enrollment is no longer of type tpm")
+	}
+	if err := s.usedRefs.use(cr, now); err != nil {
+		if errors.Is(err, errChallengeUsed) {
+			return Identity{}, notAuthorized("%w", err)
+		}
+		return Identity{}, unavailable("mark challenge used: %w", err)
+	}
+	return Identity{RegistrationID: regID, Method: AuthTPM, ChallengeRef: ref}, nil
+}
+
+// registerTPM handles a register on a TPM-authenticated connection: the body
+// repeats tpm, the EK must still match the enrollment, and the SRK sent now
+// is the one the hub-key blob is built for.
+func (s *Service) registerTPM(ctx context.Context, id Identity, req RegisterRequest, trackingID string) (Response, error) {
+	if req.TPM == nil {
+		return Response{}, badRequest("a TPM register must carry tpm.endorsementKey and tpm.storageRootKey")
+	}
+	ek, srk, err := s.tpmKeys.parse(id.RegistrationID, req.TPM)
+	if err != nil {
+		return Response{}, badRequest(err.Error())
+	}
+	e, err := s.tpmEnrollment(ctx, id, ek)
+	if err != nil {
+		return Response{}, err
+	}
+	return s.assign(ctx, id, enrollmentSource(e), req, ek, srk, trackingID)
+}
+
+// parseTPMKeys decodes and strictly parses the EK and SRK a device sent.
+func parseTPMKeys(k *TPMKeys) (ek, srk *attest.Public, err error) {
+	ek, err = parsePublicB64(k.EndorsementKey)
+	if err != nil {
+		return nil, nil, fmt.Errorf("tpm.endorsementKey: %w", err)
+	}
+	srk, err = parsePublicB64(k.StorageRootKey)
+	if err != nil {
+		return nil, nil, fmt.Errorf("tpm.storageRootKey: %w", err)
+	}
+	return ek, srk, nil
+}
+
+// parsePublicB64 decodes base64 TPM2B_PUBLIC bytes and parses them strictly.
+func parsePublicB64(b64 string) (*attest.Public, error) {
+	if b64 == "" {
+		return nil, errors.New("missing")
+	}
+	raw, err := base64.StdEncoding.DecodeString(b64)
+	if err != nil {
+		return nil, fmt.Errorf("not base64: %w", err)
+	}
+	return attest.ParsePublic(raw)
+}
+
+// tpmEnrollment returns the device's TPM enrollment when its EK equals ek.
+// Otherwise it refuses: the one 401 for unknown ids, other attestation
+// types and EK mismatches alike, or a 500 if the store failed.
+func (s *Service) tpmEnrollment(ctx context.Context, id Identity, ek *attest.Public) (*store.Enrollment, error) {
+	e, err := s.cfg.Store.GetEnrollment(ctx, id.RegistrationID)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return nil, unauthorized("no enrollment")
+	case err != nil:
+		return nil, fmt.Errorf("read enrollment: %w", err)
+	case e.Attestation.Type != store.AttestationTPM || e.Attestation.TPM == nil:
+		return nil, unauthorized("enrollment is not of type tpm")
+	}
+	// Identical bytes are the same key; only a different encoding of the
+	// enrolled EK needs parsing to compare the public keys themselves.
+	if raw, err := base64.StdEncoding.DecodeString(e.Attestation.TPM.EndorsementKey); err == nil && bytes.Equal(raw, ek.Bytes()) {
+		return e, nil
+	}
+	enrolled, err := parsePublicB64(e.Attestation.TPM.EndorsementKey)
+	if err != nil {
+		s.log.LogAttrs(ctx, slog.LevelWarn, "enrolled endorsement key does not parse",
+			slog.String("registrationId", id.RegistrationID), slog.String("error", err.Error()))
+		return nil, unauthorized("enrolled EK unusable")
+	}
+	if !enrolled.Equal(ek) {
+		return nil, unauthorized("endorsement key does not match the enrollment")
+	}
+	return e, nil
+}
+
+// The challenge reference and the key derived for it.
+
+const (
+	// challengeRefPrefix marks a SAS skn as a TPM challenge reference (version 2:
+	// version 1 references, without the run id, are no longer issued or accepted).
+	challengeRefPrefix = "t2."
+	// runIDSize is the size of the id of a broker run.
+	runIDSize = 8
+	// challengeNonceSize is the fresh randomness in a reference.
+	challengeNonceSize = 16
+	// challengeRefDataSize is run id, expiry (8 bytes, big-endian Unix seconds) and nonce.
+	challengeRefDataSize = runIDSize + 8 + challengeNonceSize
+	// challengeKeyLabel domain-separates challenge keys from any other use of the secret.
+	challengeKeyLabel = "dpsd tpm challenge key v1"
+)
+
+// runID identifies one run of the service (one process lifetime): random,
+// drawn when the Service is created.
+type runID [runIDSize]byte
+
+// challengeRef is a decoded challenge reference.
+type challengeRef struct {
+	run     runID
+	expires time.Time
+	nonce   [challengeNonceSize]byte
+}
+
+// errNotChallengeRef: the skn is not a TPM challenge reference (a symmetric-key token).
+var errNotChallengeRef = errors.New("not a challenge reference")
+
+// isChallengeRef reports whether a SAS skn claims to be a TPM challenge
+// reference. A claim that does not parse is refused, never tried as a
+// symmetric key. Version 1 references ("t1.") are claims too, so that they
+// are refused with a reason instead of being tried as symmetric keys.
+func isChallengeRef(skn string) bool {
+	return strings.HasPrefix(skn, challengeRefPrefix) || strings.HasPrefix(skn, "t1.")
+}
+
+// newChallengeRef returns a fresh reference of run expiring at expires:
+// "t2." + base64url-nopad(run id || expiry || 16 random bytes), 46
+// characters of [A-Za-z0-9._-].
+func newChallengeRef(rand io.Reader, run runID, expires time.Time) (string, error) {
+	var b [challengeRefDataSize]byte
+	copy(b[:runIDSize], run[:])
+	binary.BigEndian.PutUint64(b[runIDSize:runIDSize+8], uint64(expires.Unix()))
+	if _, err := io.ReadFull(rand, b[runIDSize+8:]); err != nil {
+		return "", fmt.Errorf("challenge reference randomness: %w", err)
+	}
+	return challengeRefPrefix + base64.RawURLEncoding.EncodeToString(b[:]), nil
+}
+
+// parseChallengeRef decodes a reference. It accepts only the exact canonical
+// form newChallengeRef writes.
+func parseChallengeRef(ref string) (challengeRef, error) {
+	if !isChallengeRef(ref) {
+		return challengeRef{}, errNotChallengeRef
+	}
+	if !strings.HasPrefix(ref, challengeRefPrefix) {
+		return challengeRef{}, errors.New("challenge reference: version 1 references are no longer accepted")
+	}
+	enc := ref[len(challengeRefPrefix):]
+	// The decoder skips CR and LF: check the exact form first so that one
+	// challenge has exactly one spelling.
+	if len(enc) != base64.RawURLEncoding.EncodedLen(challengeRefDataSize) {
+		return challengeRef{}, fmt.Errorf("challenge reference: %d characters, want %d",
+			len(enc), base64.RawURLEncoding.EncodedLen(challengeRefDataSize))
+	}
+	for i := 0; i < len(enc); i++ {
+		if c := enc[i]; !('A' <= c && c <= 'Z' || 'a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-' || c == '_') {
+			return challengeRef{}, fmt.Errorf("challenge reference: byte 0x%02x at offset %d", c, len(challengeRefPrefix)+i)
+		}
+	}
+	var data [challengeRefDataSize]byte
+	n, err := base64.RawURLEncoding.Strict().Decode(data[:], []byte(enc))
+	if err != nil {
+		return challengeRef{}, fmt.Errorf("challenge reference: %w", err)
+	}
+	if n != challengeRefDataSize {
+		return challengeRef{}, fmt.Errorf("challenge reference: %d bytes, want %d", n, challengeRefDataSize)
+	}
+	secs := binary.BigEndian.Uint64(data[runIDSize : runIDSize+8])
+	if secs > math.MaxInt64/2 {
+		return challengeRef{}, errors.New("challenge reference: expiry out of range")
+	}
+	var r challengeRef
+	copy(r.run[:], data[:runIDSize])
+	r.expires = time.Unix(int64(secs), 0).UTC()
+	copy(r.nonce[:], data[runIDSize+8:])
+	return r, nil
+}
+
+// challengeKey derives the 32-byte HMAC key a challenge delivers:
+// HMAC-SHA256(secret, label || 0 || lowercase(registrationID) || 0 || ref).
+// Registration ids and references contain no NUL, so the encoding is unambiguous.
+func challengeKey(secret []byte, registrationID, ref string) []byte {
+	m := hmac.New(sha256.New, secret)
+	m.Write([]byte(challengeKeyLabel))
+	m.Write([]byte{0})
+	m.Write([]byte(strings.ToLower(registrationID)))
+	m.Write([]byte{0})
+	m.Write([]byte(ref))
+	return m.Sum(nil)
+}
