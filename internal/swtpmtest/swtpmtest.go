@@ -21,6 +21,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -187,14 +188,22 @@ func startOnce(t testing.TB, state string) (*TPM, error) {
 	return &TPM{dir: dir, state: state, port: port, stop: stop}, nil
 }
 
-// freePortPair finds a port P with P and P+1 free on 127.0.0.1.
+// freePortPair finds a port P with P and P+1 free on 127.0.0.1. It looks
+// below the kernel's ephemeral port range: inside it, the port next to one
+// the kernel hands out for listening is often held by a client connection
+// in TIME_WAIT (Linux gives connect the even ports and bind the odd ones),
+// which blocks a bind after a run of many short connections.
 func freePortPair() (int, error) {
-	for i := 0; i < 20; i++ {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
+	lo, hi := 10000, ephemeralLow()-2
+	if hi <= lo {
+		lo, hi = 1024, 65534
+	}
+	for i := 0; i < 200; i++ {
+		port := lo + rand.IntN(hi-lo)
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
 		if err != nil {
-			return 0, err
+			continue
 		}
-		port := l.Addr().(*net.TCPAddr).Port
 		l2, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port+1))
 		_ = l.Close()
 		if err != nil {
@@ -204,6 +213,24 @@ func freePortPair() (int, error) {
 		return port, nil
 	}
 	return 0, errors.New("no pair of free ports found")
+}
+
+// ephemeralLow is the first port of the kernel's ephemeral range (Linux;
+// 32768, the usual value, elsewhere or when it cannot be read).
+func ephemeralLow() int {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return 32768
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 1 {
+		return 32768
+	}
+	n, err := strconv.Atoi(f[0])
+	if err != nil || n <= 1024 {
+		return 32768
+	}
+	return n
 }
 
 // Port returns swtpm's TPM command port on 127.0.0.1 (the control port is
