@@ -602,15 +602,16 @@ func (h *Hook) session(cl *mqtt.Client) *session {
 	return s
 }
 
-// OnACLCheck allows a subscription only to ResponseFilter and a publish only
-// to a request topic; a refused publish closes the connection (mochi would
-// drop a QoS 0 one silently). The inline client bypasses.
+// OnACLCheck allows a subscription only within the response topics
+// (ResponseFilterAllowed) and a publish only to a request topic; a refused
+// publish closes the connection (mochi would drop a QoS 0 one silently).
+// The inline client bypasses.
 func (h *Hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 	if cl.Net.Inline {
 		return true
 	}
 	if !write {
-		return topic == ResponseFilter
+		return ResponseFilterAllowed(topic)
 	}
 	if _, err := ParseRequestTopic(topic); err != nil {
 		h.closeFor(cl, ErrTopicRefused, "topic", topic)
