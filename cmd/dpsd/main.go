@@ -9,8 +9,9 @@ import (
 	"io"
 	"os"
 	"os/signal"
-	"runtime/debug"
 	"syscall"
+
+	"github.com/tpmdps/dpsd/internal/version"
 )
 
 // command is one subcommand. To add one, add a line to commands.
@@ -84,21 +85,4 @@ func runVersion(_ context.Context, args []string, stdout, stderr io.Writer) int 
 }
 
 // versionString describes the build.
-func versionString() string {
-	bi, ok := debug.ReadBuildInfo()
-	if !ok {
-		return "dpsd (unknown version)"
-	}
-	v := "dpsd " + bi.Main.Version
-	for _, s := range bi.Settings {
-		switch s.Key {
-		case "vcs.revision":
-			v += " " + s.Value
-		case "vcs.modified":
-			if s.Value == "true" {
-				v += " (modified)"
-			}
-		}
-	}
-	return v + " " + bi.GoVersion
-}
+func versionString() string { return version.String("dpsd") }
