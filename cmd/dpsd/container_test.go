@@ -86,6 +86,7 @@ func TestDockerignore(t *testing.T) {
 	d := readDockerignore(t)
 	for _, p := range []string{
 		"data", "data/ca-key.pem", "data/dpsd.db", "data/secrets.json",
+		"tpm-state/tpm2-00.permall", "backup-2026-12-04.db",
 		"other-data/ca-key.pem", "x/dpsd.db", "x/dpsd.db.key", "x/service-connection-string-read", "secrets.json",
 		".git", ".git/config", "interop/node/node_modules/azure-iot-provisioning-device/package.json",
 		"bin", "bin/dpsd", "dpsd", "dps-device", "dps-load", "cmd/dpsd/dpsd.test", "cpu.prof",
