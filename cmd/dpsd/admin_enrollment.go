@@ -106,7 +106,7 @@ func adminEnrollmentAdd(ctx context.Context, c *adminCmd, args []string) error {
 	fs.BoolVar(&disabled, "disabled", false, "create the enrollment disabled")
 	fs.BoolVar(&edge, "edge", false, "the device is an IoT Edge device")
 	fs.BoolVar(&replace, "replace", false, "replace an existing enrollment instead of failing")
-	pos, err := c.parse(args, "add REGISTRATION_ID [--ek-file F | --ek B64 | --symmetric-key K | --cert F] [flags]\n"+
+	pos, err := c.parse(args, "add [REGISTRATION_ID] [--ek-file F | --ek B64 | --symmetric-key K | --cert F] [flags]\n"+
 		"       (with --ek or --ek-file, REGISTRATION_ID defaults to the TPM's, as dps-device ek prints it)", 0, 1)
 	if err != nil {
 		return err

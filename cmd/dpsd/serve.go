@@ -53,11 +53,12 @@ $DPSD_CONNECTION_STRING, $DPSD_ENDPOINT and $DPSD_CA_FILE.
 Until hubs names your IoT hubs, devices whose enrollment names none are told
 to use the placeholder hub.localdomain (a warning at start says so).
 
-The same HTTPS listener (default :8443,
-unprivileged; forward 443 to it) carries MQTT over WebSocket for any request
-that asks to upgrade (/$iothub/websocket, / or any path), GET /backup (dpsd
-backup), and the unauthenticated /metrics (Prometheus; on a plain-HTTP
-listener of its own instead when metrics-addr is set), /healthz and /readyz.
+The same HTTPS listener (default :8443, unprivileged; forward 443 to it)
+carries MQTT over WebSocket for any request that asks to upgrade
+(/$iothub/websocket, / or any path), GET /backup (dpsd backup), and the
+unauthenticated /metrics (Prometheus; on a plain-HTTP listener of its own
+instead when metrics-addr is set), /healthz and /readyz. The start log's
+wss names it, unless wss-addr gives WebSocket a listener of its own.
 See docs/operations.md.
 
 SIGTERM or SIGINT stops accepting connections, waits up to shutdown-timeout
