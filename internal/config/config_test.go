@@ -126,18 +126,28 @@ func TestJSONLogDurations(t *testing.T) {
 	c := Default()
 	c.LogFormat = "json"
 	var b bytes.Buffer
-	c.Logger(&b).Info("x", "timeout", 1500*time.Millisecond, slog.Group("audit", "took", 2*time.Minute), "n", 3)
+	log := c.Logger(&b).With("shutdownTimeout", 30*time.Second, "id", "a").WithGroup("g")
+	log.Info("x", "timeout", 1500*time.Millisecond, slog.Group("audit", "took", 2*time.Minute), "n", 3)
 	var rec struct {
-		Timeout string `json:"timeout"`
-		Audit   struct {
-			Took string `json:"took"`
-		} `json:"audit"`
-		N int `json:"n"`
+		ShutdownTimeout string `json:"shutdownTimeout"`
+		ID              string `json:"id"`
+		G               struct {
+			Timeout string `json:"timeout"`
+			Audit   struct {
+				Took string `json:"took"`
+			} `json:"audit"`
+			N int `json:"n"`
+		} `json:"g"`
 	}
 	if err := json.Unmarshal(b.Bytes(), &rec); err != nil {
 		t.Fatalf("%v: %s", err, b.String())
 	}
-	if rec.Timeout != "1.5s" || rec.Audit.Took != "2m0s" || rec.N != 3 {
+	if rec.ShutdownTimeout != "30s" || rec.ID != "a" || rec.G.Timeout != "1.5s" || rec.G.Audit.Took != "2m0s" || rec.G.N != 3 {
+		t.Fatalf("log record %s", b.String())
+	}
+	b.Reset()
+	c.Logger(&b).Info("no durations", "n", 1)
+	if !strings.Contains(b.String(), `"msg":"no durations","n":1}`) {
 		t.Fatalf("log record %s", b.String())
 	}
 	b.Reset()
