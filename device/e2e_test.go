@@ -85,6 +85,9 @@ func TestE2ESimulatorRefused(t *testing.T) {
 	if !errors.As(err, &e) || e.Phase != PhaseChallenge || e.Status != 401 || e.ErrorCode != 401002 || !e.Refused() {
 		t.Fatalf("unknown device: %v", err)
 	}
+	if e.RegistrationID != "not-enrolled" || !strings.Contains(err.Error(), `registration id "not-enrolled" is not enrolled`) {
+		t.Fatalf("the 401 does not name the registration id: %v", err)
+	}
 
 	// Enrolled with another TPM's EK (an ECC EK from a swtpm): same answer.
 	sw := swtpmtest.Start(t)

@@ -62,6 +62,9 @@ type Error struct {
 	TrackingID string // trackingId from the response body, for the operator's logs
 	Message    string // message from the response body or a description
 	Err        error  // the cause; may be nil when Status says it all
+	// RegistrationID is the id the device registered as, set on answers
+	// from the service (a 401 names it: which id was refused).
+	RegistrationID string
 }
 
 // Error formats the phase, status, code and message.
@@ -76,6 +79,9 @@ func (e *Error) Error() string {
 	}
 	if e.Message != "" {
 		fmt.Fprintf(&b, ": %s", e.Message)
+	}
+	if e.Status == 401 && e.RegistrationID != "" {
+		fmt.Fprintf(&b, ": registration id %q is not enrolled, or not with this device's key or EK", e.RegistrationID)
 	}
 	if e.TrackingID != "" {
 		fmt.Fprintf(&b, " [trackingId %s]", e.TrackingID)

@@ -29,6 +29,8 @@ func TestErrorTyping(t *testing.T) {
 	}{
 		{&Error{Phase: PhaseChallenge, Status: 401, ErrorCode: 401002, Message: "unauthorized", TrackingID: "t1"}, true,
 			[]string{"challenge", "401", "401002", "unauthorized", "t1"}},
+		{&Error{Phase: PhaseRegister, Status: 401, ErrorCode: 401002, RegistrationID: "dev-7"}, true,
+			[]string{"register", "401", `registration id "dev-7" is not enrolled`}},
 		{&Error{Phase: PhaseRegister, Status: 400, ErrorCode: 400004}, true, []string{"register", "400"}},
 		{&Error{Phase: PhaseRegister, Status: 429, Err: ErrRetriesExhausted}, false, []string{"429", "retries exhausted"}},
 		{&Error{Phase: PhasePoll, Status: 503, Err: ErrRetriesExhausted}, false, []string{"503"}},

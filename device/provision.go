@@ -165,7 +165,7 @@ func (p *provisioner) run(ctx context.Context) (*Result, error) {
 		return nil, err
 	}
 	if resp.Status >= 300 {
-		return nil, answerError(registerPhase, resp)
+		return nil, answerError(registerPhase, resp, p.sess.RegistrationID)
 	}
 
 	res, err := p.poll(ctx, s, registerPhase, resp)
@@ -249,7 +249,7 @@ func (p *provisioner) send(ctx context.Context, s *session, phase Phase, topicFo
 			return resp, nil
 		}
 		if retry+1 >= p.cfg.Backoff.MaxAttempts {
-			e := answerError(phase, resp)
+			e := answerError(phase, resp, p.sess.RegistrationID)
 			e.Err = ErrRetriesExhausted
 			return resp, e
 		}
@@ -296,7 +296,7 @@ func (p *provisioner) poll(ctx context.Context, s *session, phase Phase, resp re
 			return nil, err
 		}
 		if resp.Status >= 300 {
-			return nil, answerError(PhasePoll, resp)
+			return nil, answerError(PhasePoll, resp, p.sess.RegistrationID)
 		}
 	}
 }
@@ -324,9 +324,9 @@ func (p *provisioner) result(op operationBody, st RegistrationState) *Result {
 	}
 }
 
-// answerError turns a non-2xx answer into an *Error.
-func answerError(phase Phase, resp response) *Error {
+// answerError turns a non-2xx answer to registration regID into an *Error.
+func answerError(phase Phase, resp response, regID string) *Error {
 	eb := parseError(resp.Body)
 	return &Error{Phase: phase, Status: resp.Status, ErrorCode: int(eb.ErrorCode),
-		TrackingID: eb.TrackingID, Message: trunc(eb.Message)}
+		TrackingID: eb.TrackingID, Message: trunc(eb.Message), RegistrationID: regID}
 }

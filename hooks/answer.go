@@ -115,6 +115,21 @@ func (h *Hook) reqLog(s *session, req request) *slog.Logger {
 		"request", req.topic.Kind.String(), "connTrackingId", s.trackingID)
 }
 
+// responseQoS is 1 when the client holds a subscription at QoS 1 or more
+// (every one it holds lies within the response topics), else 0. Devices
+// subscribe to ResponseFilter: one lookup, no copy of the subscriptions.
+func responseQoS(cl *mqtt.Client) byte {
+	if sub, ok := cl.State.Subscriptions.Get(ResponseFilter); ok {
+		return min(sub.Qos, 1)
+	}
+	for _, sub := range cl.State.Subscriptions.GetAll() {
+		if sub.Qos > 0 {
+			return 1
+		}
+	}
+	return 0
+}
+
 // errPacketID: the client has 65535 unacknowledged packets.
 var errPacketID = errors.New("hooks: no packet id available")
 
@@ -123,7 +138,7 @@ var errPacketID = errors.New("hooks: no packet id available")
 // acknowledged on receipt would order them ([MQTT-3.3.4-1]: a QoS 1
 // PUBLISH is answered with a PUBACK with its packet id), then the response
 // to the session's client alone (never through fan-out), at QoS 1 when the
-// client subscribed to ResponseFilter at QoS 1 or more, else QoS 0 (the
+// client subscribed (within the response topics) at QoS 1 or more, else QoS 0 (the
 // lower of the message's QoS and the granted one: [MQTT-3.8.4-6] in 3.1.1,
 // [MQTT-3.8.4-8] in MQTT 5). One write instead of two saves a system call
 // and a wake-up on both sides per request; mochi is told not to acknowledge
@@ -148,10 +163,7 @@ func (h *Hook) write(s *session, ackID uint16, topic string, body []byte) error 
 			return fmt.Errorf("encoding PUBACK: %w", err)
 		}
 	}
-	var qos byte
-	if sub, ok := cl.State.Subscriptions.Get(ResponseFilter); ok && sub.Qos > 0 {
-		qos = 1
-	}
+	qos := responseQoS(cl)
 	pk := packets.Packet{
 		FixedHeader:     packets.FixedHeader{Type: packets.Publish, Qos: qos},
 		TopicName:       topic,

@@ -322,8 +322,9 @@ func (h *Hook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
 	}
 }
 
-// OnACLCheck allows a subscription only to ResponseFilter; mochi answers any
-// other filter with a SUBACK failure code and keeps the connection (0x80 in
+// OnACLCheck allows a subscription only within the response topics
+// (ResponseFilterAllowed: any filter that cannot match a topic outside
+// $dps/registrations/res/); mochi answers any other filter with a SUBACK failure code and keeps the connection (0x80 in
 // 3.1.1, [MQTT-3.8.4-5], [MQTT-3.9.3-2]; 0x87 "not authorized" in MQTT 5,
 // [MQTT-3.8.4-7]). It allows a publish:
 // mochi asks about a publish only after OnPacketRead has let it through,
@@ -335,7 +336,7 @@ func (h *Hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 		return true
 	}
 	if !write {
-		return topic == ResponseFilter
+		return ResponseFilterAllowed(topic)
 	}
 	return true
 }

@@ -193,15 +193,16 @@ func TestConnectRefusals(t *testing.T) {
 	}
 }
 
-// TestACL: only the response filter may be subscribed (others get 0x80) and
-// a publish to any other topic, even QoS 0, closes the connection without a
-// DISCONNECT packet.
+// TestACL: only filters within the response topics may be subscribed
+// (others get 0x80) and a publish to any other topic, even QoS 0, closes
+// the connection without a DISCONNECT packet.
 func TestACL(t *testing.T) {
 	s := dpsdtest.Start(t, dpsdtest.Options{})
 	d := enrollSymmetric(t, s, "sym-acl")
 	c := connectSym(t, s, d, true)
-	codes := c.subscribe(1, "#", hooks.ResponseFilter, "$dps/registrations/res/200/#", "devices/x/messages/devicebound/#")
-	if string(codes) != string([]byte{0x80, 1, 0x80, 0x80}) {
+	codes := c.subscribe(1, "#", hooks.ResponseFilter, "$dps/registrations/res/200/#", "devices/x/messages/devicebound/#",
+		"$dps/#", "$dps/registrations/+/200/#", "$share/g/$dps/registrations/res/#")
+	if string(codes) != string([]byte{0x80, 1, 1, 0x80, 0x80, 0x80, 0x80}) {
 		t.Fatalf("SUBACK %x", codes)
 	}
 	for _, topic := range []string{"devices/sym-acl/messages/events/", "$dps/registrations/res/200/?$rid=1", "a/#", registerTopic + "1&$rid=2"} {
@@ -221,6 +222,25 @@ func TestACL(t *testing.T) {
 		c.publish(registerTopic+"1", 2, nil)
 		c.expectClosed()
 	})
+}
+
+// TestExactResponseTopicSubscription is what mosquitto_rr does: it
+// subscribes to the exact response topic it expects (here at QoS 1), then
+// publishes the request; the answer comes on the same connection, at the
+// QoS of that subscription, whatever its status and retry-after.
+func TestExactResponseTopicSubscription(t *testing.T) {
+	s := dpsdtest.Start(t, dpsdtest.Options{})
+	d := enrollSymmetric(t, s, "sym-rr")
+	c := connectSym(t, s, d, true)
+	if codes := c.subscribe(1, "$dps/registrations/res/202/?$rid=7"); string(codes) != string([]byte{1}) {
+		t.Fatalf("SUBACK %x", codes)
+	}
+	c.publish(registerTopic+"7", 0, []byte(`{"registrationId":"sym-rr"}`))
+	p := c.read()
+	topic, qos, _, body := publishParts(p)
+	if !strings.HasPrefix(topic, "$dps/registrations/res/202/?$rid=7") || qos != 1 || decode(t, body).OperationID == "" {
+		t.Fatalf("answer %q at QoS %d: %s", topic, qos, body)
+	}
 }
 
 // TestNoEavesdropping: a restricted client subscribed to the response filter

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"net"
@@ -27,8 +28,9 @@ import (
 // Answers go only to the connection that asked (docs/protocol.md section 3), and
 // two connections with the same client id take each other over, so a
 // mosquitto_sub in the background cannot see the answer to a mosquitto_pub.
-// mosquitto_rr, which would do both on one connection, refuses a wildcard
-// response topic, and this broker refuses any other subscription. So:
+// mosquitto_rr does both on one connection; it refuses a wildcard response
+// topic and subscribes to the exact topic it is given, which the broker
+// allows (any filter within the response topics): TestMosquittoRR. And:
 // mosquitto_sub checks CONNECT and the subscription to the response filter;
 // mosquitto_pub -l -d publishes the register request, stays connected while
 // its stdin is open, and its debug output names the topic of the answer it
@@ -245,4 +247,31 @@ func TestMosquittoClientCertificate(t *testing.T) {
 	unknown := m.args("mosq-unknown", writePair("unknown", ssPEM, ssKey)...)
 	expectRefused(t, "mosquitto_pub", append(unknown, "-t", registerTopic+"1", "-m", "{}"))
 	expectRefused(t, "mosquitto_sub", append(unknown, "-t", hooks.ResponseFilter, "-C", "1", "-W", "5"))
+}
+
+// TestMosquittoRR registers and polls with mosquitto_rr (MQTT 5, its
+// default), each request on a connection of its own, the response topic
+// given exactly as the answer will be written.
+func TestMosquittoRR(t *testing.T) {
+	m := newMosq(t)
+	mosquittoTool(t, "mosquitto_rr")
+	d := enrollSymmetric(t, m.srv, "mosq-rr")
+	conn := []string{"-h", "localhost", "-p", m.port, "--cafile", m.caFile, "-i", d.id, "-u", username(m.srv, d.id), "-P", d.sasAt(m.srv), "-W", "10"}
+	out, err := run(t, "mosquitto_rr", append(conn, "-t", registerTopic+"1", "-e", "$dps/registrations/res/202/?$rid=1",
+		"-m", `{"registrationId":"mosq-rr"}`)...)
+	if err != nil {
+		t.Fatalf("mosquitto_rr register: %v: %s", err, out)
+	}
+	var op struct {
+		OperationID string `json:"operationId"`
+		Status      string `json:"status"`
+	}
+	if err := json.Unmarshal([]byte(strings.TrimSpace(out)), &op); err != nil || op.OperationID == "" {
+		t.Fatalf("register answer %q: %v", out, err)
+	}
+	out, err = run(t, "mosquitto_rr", append(conn, "-t", pollTopic+"2&operationId="+op.OperationID,
+		"-e", "$dps/registrations/res/200/?$rid=2", "-n")...)
+	if err != nil || !strings.Contains(out, `"status":"assigned"`) || !strings.Contains(out, dpsdtest.DefaultHub) {
+		t.Fatalf("mosquitto_rr poll: %v: %s", err, out)
+	}
 }

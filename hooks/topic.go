@@ -6,11 +6,13 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // DPS topics (docs/protocol.md section 3).
 const (
-	// ResponseFilter is the only filter a device may subscribe to.
+	// ResponseFilter is the filter devices subscribe to; any filter within
+	// it is allowed too (ResponseFilterAllowed).
 	ResponseFilter = "$dps/registrations/res/#"
 	// RegisterTopicPrefix starts a register request topic; the query follows.
 	RegisterTopicPrefix = "$dps/registrations/PUT/iotdps-register/?"
@@ -128,6 +130,33 @@ func validTopicValue(s string, max int) bool {
 	for i := 0; i < len(s); i++ {
 		c := s[i]
 		if c <= 0x20 || c >= 0x7f || c == '&' || c == '=' || c == '#' || c == '+' || c == '/' {
+			return false
+		}
+	}
+	return true
+}
+
+// maxFilterLength bounds a subscription filter (a response topic with the
+// longest $rid is under 200 bytes).
+const maxFilterLength = 512
+
+// ResponseFilterAllowed reports whether a device may subscribe to filter:
+// any well-formed filter that lies within the response topics, such as
+// ResponseFilter itself, one status ($dps/registrations/res/202/#), + levels
+// or one exact response topic (mosquitto_rr subscribes to the topic it
+// expects). Answers are written to the requesting connection alone, never
+// through fan-out, so a filter within the prefix shows a device nothing of
+// another's; a wildcard that escapes the prefix (#, $dps/#,
+// $dps/registrations/+/...) and shared subscriptions ($share/...) are refused.
+func ResponseFilterAllowed(filter string) bool {
+	if len(filter) > maxFilterLength || !strings.HasPrefix(filter, responsePrefix) || !utf8.ValidString(filter) {
+		return false
+	}
+	levels := strings.Split(filter[len(responsePrefix):], "/")
+	for i, l := range levels {
+		switch {
+		case l == "#" && i == len(levels)-1, l == "+":
+		case strings.ContainsAny(l, "#+\x00"):
 			return false
 		}
 	}

@@ -6,6 +6,9 @@ import (
 	"testing"
 	"time"
 	"unicode/utf8"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
 )
 
 func TestParseRequestTopic(t *testing.T) {
@@ -102,6 +105,74 @@ func FuzzParseRequestTopic(f *testing.F) {
 		}
 		if !strings.Contains(resp, "?$rid="+rt.RID+"&") {
 			t.Fatalf("rid not echoed verbatim in %q", resp)
+		}
+	})
+}
+
+// TestResponseFilterAllowed: filters within $dps/registrations/res/ are
+// allowed, whatever their wildcards; none that can match another topic is.
+func TestResponseFilterAllowed(t *testing.T) {
+	for filter, want := range map[string]bool{
+		ResponseFilter:                                     true,
+		"$dps/registrations/res/202/?$rid=1":               true,
+		"$dps/registrations/res/200/?$rid=1&retry-after=3": true,
+		"$dps/registrations/res/+/?$rid=1":                 true,
+		"$dps/registrations/res/+/#":                       true,
+		"$dps/registrations/res/+":                         true,
+		"$dps/registrations/res/":                          true,
+		"$dps/registrations/res/200/#":                     true,
+		"#":                                                false,
+		"+":                                                false,
+		"$dps/#":                                           false,
+		"$dps/registrations/#":                             false,
+		"$dps/registrations/+/200/#":                       false,
+		"$dps/registrations/res":                           false,
+		"$dps/registrations/res#":                          false,
+		"$dps/registrations/res+/x":                        false,
+		"$dps/registrations/PUT/iotdps-register/?$rid=1":                 false,
+		"$share/g/$dps/registrations/res/#":                              false,
+		"$DPS/registrations/res/#":                                       false,
+		"$dps/registrations/res/#/x":                                     false,
+		"$dps/registrations/res/20#":                                     false,
+		"$dps/registrations/res/2+/x":                                    false,
+		"$dps/registrations/res/a\x00b":                                  false,
+		"$dps/registrations/res/\xff":                                    false,
+		"devices/x/messages/devicebound/#":                               false,
+		"$dps/registrations/res/" + strings.Repeat("a", maxFilterLength): false,
+		"": false,
+	} {
+		if got := ResponseFilterAllowed(filter); got != want {
+			t.Errorf("ResponseFilterAllowed(%q) = %v, want %v", filter, got, want)
+		}
+	}
+}
+
+// FuzzResponseFilterAllowed: no allowed filter matches, by mochi's own
+// topic matching, any topic outside the response topics.
+func FuzzResponseFilterAllowed(f *testing.F) {
+	for _, s := range [][2]string{
+		{ResponseFilter, "$dps/registrations/res/200/?$rid=1"},
+		{"$dps/registrations/res/+/?$rid=1", "$dps/registrations/PUT/iotdps-register/?$rid=1"},
+		{"$dps/registrations/res/#", "$dps/registrations/res"},
+		{"#", "a/b"},
+		{"$dps/registrations/+/#", "$dps/registrations/GET/x"},
+	} {
+		f.Add(s[0], s[1])
+	}
+	f.Fuzz(func(t *testing.T, filter, topic string) {
+		if !ResponseFilterAllowed(filter) {
+			return
+		}
+		if !strings.HasPrefix(filter, responsePrefix) {
+			t.Fatalf("allowed %q outside the prefix", filter)
+		}
+		if !mqtt.IsValidFilter(filter, false) || !mqtt.IsValidFilter(topic, true) {
+			return // mochi refuses the filter before the ACL, or no one can publish the topic
+		}
+		idx := mqtt.NewTopicsIndex()
+		idx.Subscribe("c", packets.Subscription{Filter: filter})
+		if len(idx.Subscribers(topic).Subscriptions) > 0 && !strings.HasPrefix(topic, "$dps/registrations/res") {
+			t.Fatalf("allowed filter %q matches %q", filter, topic)
 		}
 	})
 }

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tpmdps/dpsd/attest"
 	"github.com/tpmdps/dpsd/device"
 	"github.com/tpmdps/dpsd/internal/devca"
 	"github.com/tpmdps/dpsd/internal/dpsdtest"
@@ -163,5 +164,56 @@ func TestProvisionKeyFlagUsage(t *testing.T) {
 	code, out, _ := runCmd(t, "help")
 	if code != 0 || !strings.Contains(out, "--group-key") {
 		t.Fatalf("help does not mention the key flags: %q", out)
+	}
+}
+
+// TestSAS: dps-device sas prints the token provision would send, signed
+// with the enrollment key (or the key derived from a group key), for the
+// scope and registration id given; the service's own parser accepts it.
+func TestSAS(t *testing.T) {
+	key := bytes.Repeat([]byte{5}, 32)
+	b64 := base64.StdEncoding.EncodeToString(key)
+	for _, c := range []struct {
+		flag    string
+		signing []byte
+	}{
+		{"--symmetric-key", key},
+		{"--group-key", attest.DeriveDeviceKey(key, "sas-dev")},
+	} {
+		code, out, errs := runCmd(t, "sas", "--id-scope", "0ne00000ABC", "--registration-id", "sas-dev", c.flag, b64, "--ttl", "2h")
+		if code != 0 {
+			t.Fatalf("%s: exit %d: %s", c.flag, code, errs)
+		}
+		tok, err := attest.ParseSASToken(strings.TrimSpace(out))
+		if err != nil {
+			t.Fatalf("%s: %q: %v", c.flag, out, err)
+		}
+		if err := tok.Verify(c.signing, attest.RegistrationResource("0ne00000ABC", "sas-dev"), time.Now(), attest.SASPolicy{MaxLifetime: 3 * time.Hour}); err != nil {
+			t.Fatalf("%s: token does not verify: %v", c.flag, err)
+		}
+		if tok.Expiry.Before(time.Now().Add(time.Hour)) {
+			t.Fatalf("%s: --ttl 2h gave expiry %v", c.flag, tok.Expiry)
+		}
+	}
+	for _, args := range [][]string{
+		{"sas", "--id-scope", "0ne00000ABC", "--registration-id", "sas-dev"},
+		{"sas", "--registration-id", "sas-dev", "--symmetric-key", b64},
+		{"sas", "--id-scope", "0ne00000ABC", "--registration-id", "sas-dev", "--symmetric-key", "!!"},
+		{"sas", "--id-scope", "0ne00000ABC", "--registration-id", "sas-dev", "--symmetric-key", b64, "--group-key", b64},
+	} {
+		if code, out, _ := runCmd(t, args...); code != exitUsage || out != "" {
+			t.Errorf("%v: exit %d, output %q", args, code, out)
+		}
+	}
+}
+
+// TestVersion prints the command's name and build.
+func TestVersion(t *testing.T) {
+	code, out, _ := runCmd(t, "version")
+	if code != 0 || !strings.HasPrefix(out, "dps-device ") {
+		t.Fatalf("version: %d %q", code, out)
+	}
+	if code, _, _ := runCmd(t, "version", "extra"); code != exitUsage {
+		t.Fatalf("version with an argument: %d", code)
 	}
 }

@@ -13,6 +13,8 @@
 //	dps-device provision ... --registration-id ID --group-key KEY
 //	dps-device provision ... [--registration-id ID] --cert FILE --key FILE
 //	dps-device hub-sas   --hub HOST --device-id ID [--tpm SEL] [--ttl 1h]
+//	dps-device sas       --id-scope S --registration-id ID (--symmetric-key K | --group-key K) [--ttl 1h]
+//	dps-device version
 //
 // Attestation is the TPM unless one of these is given (they exclude each
 // other and the TPM flags --tpm, --ecc, --identity-handle, --hub-handle):
@@ -29,6 +31,9 @@
 // (swtpm's raw TCP socket) or simulator (the in-process reference simulator,
 // whose state is lost when the command exits: "ek" and then "provision" with
 // --tpm simulator see two different TPMs; use swtpm for demos).
+//
+// sas prints the SAS token a symmetric-key device sends as its MQTT
+// password, for raw MQTT tools (mosquitto_rr, see the README).
 //
 // Exit codes (see exitCode):
 //

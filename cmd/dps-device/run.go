@@ -19,6 +19,7 @@ import (
 	"github.com/tpmdps/dpsd/device"
 	"github.com/tpmdps/dpsd/device/devtpm"
 	"github.com/tpmdps/dpsd/device/tpmtransport"
+	"github.com/tpmdps/dpsd/internal/version"
 )
 
 // Exit codes, documented in the package comment and in --help.
@@ -60,6 +61,15 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = cmdProvision(ctx, args[1:], stdout, stderr)
 	case "hub-sas":
 		err = cmdHubSAS(ctx, args[1:], stdout, stderr)
+	case "sas":
+		err = cmdSAS(args[1:], stdout, stderr)
+	case "version":
+		if len(args) > 1 {
+			fmt.Fprintln(stderr, "usage: dps-device version")
+			return exitUsage
+		}
+		fmt.Fprintln(stdout, version.String("dps-device"))
+		return exitOK
 	case "help", "-h", "--help", "-help":
 		topUsage(stdout)
 		return exitOK
@@ -86,6 +96,9 @@ Commands:
   provision  provision the device (TPM by default; --symmetric-key, --group-key or
              --cert/--key instead) and print the result as JSON
   hub-sas    sign an IoT hub SAS token with the hub key kept in the TPM
+  sas        print the SAS token a symmetric-key device sends as its MQTT password
+             (for raw MQTT tools such as mosquitto_rr)
+  version    print the version
 
 Run "dps-device COMMAND --help" for its flags.
 
@@ -313,6 +326,49 @@ func cmdHubSAS(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return err
 	}
 	_, err = fmt.Fprintln(stdout, tok)
+	return err
+}
+
+// cmdSAS prints the registration SAS token of a symmetric-key device: the
+// CONNECT password that dps-device provision --symmetric-key (or
+// --group-key) would send, for raw MQTT clients.
+func cmdSAS(args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("sas", "--id-scope S --registration-id ID (--symmetric-key K | --group-key K) [--ttl 1h]", stderr)
+	scope := fs.String("id-scope", "", "ID scope of the provisioning service (required)")
+	regID := fs.String("registration-id", "", "registration id (required)")
+	symKey := fs.String("symmetric-key", "", "the individual enrollment's key (base64)")
+	groupKey := fs.String("group-key", "", "the enrollment group's key (base64): the device key is derived from it over --registration-id")
+	ttl := fs.Duration("ttl", time.Hour, "token lifetime")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if *scope == "" || *regID == "" || *ttl <= 0 {
+		fs.Usage()
+		return fmt.Errorf("%w: --id-scope, --registration-id and a positive --ttl are required", errUsage)
+	}
+	if err := attest.ValidateIDScope(*scope); err != nil {
+		return fmt.Errorf("%w: %w", errUsage, err)
+	}
+	if err := attest.ValidateRegistrationID(*regID); err != nil {
+		return fmt.Errorf("%w: %w", errUsage, err)
+	}
+	att, err := keyAttestation(fs, *symKey, *groupKey, "", "", *regID, false)
+	if err != nil {
+		return err
+	}
+	k, ok := att.(*device.SymmetricKey)
+	if !ok {
+		return fmt.Errorf("%w: --symmetric-key or --group-key is required", errUsage)
+	}
+	k.Lifetime = *ttl
+	creds, err := k.Credentials(context.Background(), device.Session{
+		IDScope: *scope, RegistrationID: *regID,
+		Resource: attest.RegistrationResource(*scope, *regID), Now: time.Now(),
+	})
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintln(stdout, creds.Password)
 	return err
 }
 

@@ -8,15 +8,17 @@
 //
 //	dps-load run  [target flags] [--tpm-rsa N] [--tpm-ecc N] [--symmetric N]
 //	              [--count N | --duration D] [--concurrency C] [--ramp D]
-//	              [--baseline] [--json]
-//	dps-load idle [target flags] --connections N [--mode restricted|authenticated]
+//	              [--baseline] [--json] [--cleanup]
+//	dps-load idle [target flags] --connections N [--mode restricted|authenticated] [--cleanup]
 //	dps-load bare-broker [--tcp-addr A] [--tls-addr A] [--reply-size N]
 //
 // Target flags: --addr (MQTT host:port), --tls, --data-dir (dpsd's data
-// directory: the service connection string, the development CA and the ID
-// scope are read from it), or --connection-string, --api-url, --ca-file and
-// --id-scope; --server-pid (default: the process listening on --addr's
-// port). Devices are enrolled through the service API (bulk) first.
+// directory, default ./data: the service connection string, the development
+// CA and the ID scope are read from it), or --connection-string, --api-url,
+// --ca-file and --id-scope; --server-pid (default: the process listening on
+// --addr's port). Devices are enrolled through the service API (bulk) first;
+// --cleanup deletes those enrollments (and the registration records) at the
+// end, also after an interrupt.
 //
 // The software TPMs hold their EK and SRK private keys in memory
 // (internal/softtpm); the server cannot tell them from real TPMs. Server

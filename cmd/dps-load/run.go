@@ -91,7 +91,7 @@ type target struct {
 func (t *target) flags(fs *flag.FlagSet) {
 	fs.StringVar(&t.addr, "addr", "127.0.0.1:1883", "broker MQTT address host:port (the TLS port with --tls)")
 	fs.BoolVar(&t.tls, "tls", false, "MQTT over TLS")
-	fs.StringVar(&t.dataDir, "data-dir", "", "dpsd data directory: service connection string, CA and ID scope are read from it")
+	fs.StringVar(&t.dataDir, "data-dir", defaultDataDir, "dpsd data directory: the service connection string, CA and ID scope that no flag gives are read from it (the default is ignored when it does not exist)")
 	fs.StringVar(&t.connString, "connection-string", "", "service API connection string (default: from --data-dir; env DPSD_CONNECTION_STRING)")
 	fs.StringVar(&t.apiURL, "api-url", "https://127.0.0.1:8443", "service API base URL")
 	fs.StringVar(&t.caFile, "ca-file", "", "CA certificate PEM for TLS and the API (default: ca.pem of --data-dir)")
@@ -101,10 +101,19 @@ func (t *target) flags(fs *flag.FlagSet) {
 	fs.DurationVar(&t.timeout, "timeout", loadgen.DefaultTimeout, "bound of each network step")
 }
 
+// defaultDataDir is dpsd serve's default data directory, relative to the
+// working directory: dps-load run beside a dpsd started there needs no flags.
+const defaultDataDir = "data"
+
 // resolve fills what --data-dir provides and finds the server process.
 func (t *target) resolve() (roots *x509.CertPool, err error) {
 	if t.connString == "" {
 		t.connString = os.Getenv("DPSD_CONNECTION_STRING")
+	}
+	if t.dataDir == defaultDataDir {
+		if _, err := os.Stat(t.dataDir); err != nil {
+			t.dataDir = "" // no dpsd data directory here: the flags must say it all
+		}
 	}
 	if t.dataDir != "" {
 		if t.connString == "" {
@@ -168,7 +177,7 @@ func (t *target) tlsConfig(roots *x509.CertPool) *tls.Config {
 // apiClient returns a service API client.
 func (t *target) apiClient(roots *x509.CertPool) (*apiclient.Client, error) {
 	if t.connString == "" {
-		return nil, fmt.Errorf("%w: a connection string is needed to enroll devices (--data-dir or --connection-string)", errUsage)
+		return nil, fmt.Errorf("%w: a connection string is needed to enroll devices: run beside dpsd's data directory (./data, or --data-dir), or pass --connection-string", errUsage)
 	}
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.TLSClientConfig = &tls.Config{RootCAs: roots, ServerName: t.serverName, MinVersion: tls.VersionTLS12}
@@ -233,7 +242,7 @@ type runOpts struct {
 	rate                                       float64
 	prefix                                     string
 	verifyHubKey, baseline, jsonOut            bool
-	baselineOnly, quiet                        bool
+	baselineOnly, quiet, cleanup               bool
 	replySize                                  int
 }
 
@@ -258,6 +267,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	fs.IntVar(&o.replySize, "reply-size", 0, "bare broker answer size in bytes (default: about a TPM challenge answer)")
 	fs.BoolVar(&o.jsonOut, "json", false, "print the report as JSON")
 	fs.BoolVar(&o.quiet, "quiet", false, "no live progress line")
+	fs.BoolVar(&o.cleanup, "cleanup", false, "at the end, delete the enrollments this run created and their registration records")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -305,6 +315,10 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 			return err
 		}
 		fmt.Fprintf(stderr, "enrolling %d devices through %s...\n", len(devices), o.apiURL)
+		if o.cleanup {
+			// Registered before Enroll: a partly enrolled batch is deleted too.
+			defer cleanup(c, devices, stderr)
+		}
 		if err := loadgen.Enroll(ctx, c, devices); err != nil {
 			return err
 		}
@@ -334,6 +348,22 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		}
 	}
 	return nil
+}
+
+// cleanupTimeout bounds --cleanup, which runs even after an interrupt.
+const cleanupTimeout = 5 * time.Minute
+
+// cleanup deletes the run's enrollments and registration records (--cleanup)
+// and says how many; it runs on a context of its own, so that a run ended
+// by Ctrl-C still cleans up.
+func cleanup(c *apiclient.Client, devices []*loadgen.Device, stderr io.Writer) {
+	ctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
+	defer cancel()
+	e, r, err := loadgen.Unenroll(ctx, c, devices)
+	fmt.Fprintf(stderr, "cleanup: deleted %d enrollments and %d registration records\n", e, r)
+	if err != nil {
+		fmt.Fprintf(stderr, "cleanup: %v\n", err)
+	}
 }
 
 // runBaseline starts a bare broker as a child process (so its CPU time is
@@ -399,6 +429,7 @@ func cmdIdle(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	fs.StringVar(&prefix, "prefix", "", "registration id prefix (default: load-<random>)")
 	fs.DurationVar(&settle, "settle", 3*time.Second, "wait after the last connection before reading the server's memory")
 	fs.BoolVar(&jsonOut, "json", false, "print the report as JSON")
+	doCleanup := fs.Bool("cleanup", false, "authenticated mode: at the end, delete the enrollments this run created")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -430,6 +461,9 @@ func cmdIdle(ctx context.Context, args []string, stdout, stderr io.Writer) error
 			return err
 		}
 		fmt.Fprintf(stderr, "enrolling %d devices...\n", n)
+		if *doCleanup {
+			defer cleanup(c, devices, stderr)
+		}
 		if err := loadgen.Enroll(ctx, c, devices); err != nil {
 			return err
 		}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	"github.com/tpmdps/dpsd/internal/barebroker"
+	"github.com/tpmdps/dpsd/internal/datadir"
 	"github.com/tpmdps/dpsd/internal/dpsdtest"
 	"github.com/tpmdps/dpsd/internal/loadgen"
 	"github.com/tpmdps/dpsd/store"
@@ -184,6 +186,52 @@ func TestUsageErrors(t *testing.T) {
 		var out, errOut bytes.Buffer
 		if code := run(context.Background(), args, &out, &errOut); code != exitUsage || errOut.Len() == 0 {
 			t.Errorf("%q: exit %d, stderr %q", args, code, errOut.String())
+		}
+	}
+}
+
+// TestLoadDefaultDataDirAndCleanup: run beside dpsd's data directory
+// (./data), dps-load needs no connection string, CA or ID scope; --cleanup
+// leaves none of the run's enrollments or registration records behind.
+func TestLoadDefaultDataDirAndCleanup(t *testing.T) {
+	s, _ := startServer(t)
+	work := t.TempDir()
+	data := filepath.Join(work, "data")
+	if err := os.Mkdir(data, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for name, content := range map[string]string{
+		datadir.ConnectionStringFile: s.ServiceConnectionString + "\n",
+		datadir.CACertFile:           string(s.CACertPEM),
+		datadir.SecretsFile:          `{"idScope": "` + s.IDScope + `"}`,
+	} {
+		if err := os.WriteFile(filepath.Join(data, name), []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Chdir(work)
+	var out, errOut bytes.Buffer
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	code := run(ctx, []string{"run", "--addr", s.TLSAddr, "--tls", "--api-url", "https://" + s.APIAddr, "--server-pid", "-1",
+		"--tpm-ecc", "2", "--symmetric", "3", "--prefix", "clean", "--quiet", "--json", "--cleanup"}, &out, &errOut)
+	if code != exitOK {
+		t.Fatalf("exit %d\nstdout: %s\nstderr: %s", code, out.String(), errOut.String())
+	}
+	var sum summary
+	if err := json.Unmarshal(out.Bytes(), &sum); err != nil {
+		t.Fatalf("report: %v\n%s", err, out.String())
+	}
+	checkReport(t, sum.Load, 5)
+	if !strings.Contains(errOut.String(), "cleanup: deleted 5 enrollments and 5 registration records") {
+		t.Errorf("stderr lacks the cleanup line:\n%s", errOut.String())
+	}
+	for _, id := range []string{"clean-tpm-ecc-0", "clean-tpm-ecc-1", "clean-symmetric-0", "clean-symmetric-2"} {
+		if _, err := s.Store.GetEnrollment(ctx, id); !errors.Is(err, store.ErrNotFound) {
+			t.Errorf("enrollment %s after --cleanup: %v", id, err)
+		}
+		if _, err := s.Store.GetRegistration(ctx, id); !errors.Is(err, store.ErrNotFound) {
+			t.Errorf("registration %s after --cleanup: %v", id, err)
 		}
 	}
 }

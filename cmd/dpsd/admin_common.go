@@ -12,13 +12,19 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"net/url"
 	"os"
+	"path/filepath"
 	"strings"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
 	"github.com/tpmdps/dpsd/apiclient"
+	"github.com/tpmdps/dpsd/internal/config"
+	"github.com/tpmdps/dpsd/internal/datadir"
 	"github.com/tpmdps/dpsd/store"
 )
 
@@ -48,46 +54,120 @@ type adminOpts struct {
 	connString string
 	endpoint   string
 	caFile     string
+	configFile string
+	dataDir    string
 	timeout    time.Duration
 	json       bool
 	// warnings receives the service's warnings, one "warning: ..." line
 	// each (the command's stderr).
 	warnings io.Writer
+
+	// url is the service URL the client was built for (for error hints).
+	url string
 }
 
 // register adds the common flags to fs.
 func (o *adminOpts) register(fs *flag.FlagSet) {
-	fs.StringVar(&o.connString, "connection-string", "", "service connection string (default $"+adminConnEnv+")")
-	fs.StringVar(&o.endpoint, "endpoint", os.Getenv(adminEndpointEnv), "service URL overriding https://{HostName}, e.g. https://127.0.0.1:8443 (default $"+adminEndpointEnv+")")
-	fs.StringVar(&o.caFile, "ca-file", os.Getenv(adminCAFileEnv), "PEM file of CA certificates to trust for the service's TLS certificate (default $"+adminCAFileEnv+")")
+	fs.StringVar(&o.connString, "connection-string", "", "service connection string (default $"+adminConnEnv+", else the owner's in the data directory)")
+	fs.StringVar(&o.endpoint, "endpoint", os.Getenv(adminEndpointEnv), "service URL overriding https://{HostName}, e.g. https://127.0.0.1:8443 (default $"+adminEndpointEnv+"; with the data directory's connection string: https://127.0.0.1:{port of api-addr})")
+	fs.StringVar(&o.caFile, "ca-file", os.Getenv(adminCAFileEnv), "PEM file of CA certificates to trust for the service's TLS certificate (default $"+adminCAFileEnv+"; with the data directory's connection string: its ca.pem)")
+	fs.StringVar(&o.configFile, "config", "", "dpsd's JSON config file, for data-dir, api-addr and api-host-name when the connection string comes from the data directory (default $"+config.EnvPrefix+"CONFIG)")
+	fs.StringVar(&o.dataDir, "data-dir", "", "dpsd's data directory, read when no connection string is given (default: as dpsd serve, $"+config.EnvPrefix+"DATA_DIR or ./data)")
 	fs.DurationVar(&o.timeout, "timeout", 5*time.Minute, "timeout of each request")
 	fs.BoolVar(&o.json, "json", false, "print JSON instead of a table")
 }
 
-// client builds the API client from the flags and the environment.
+// localService is what the admin commands take from the server's own
+// configuration and data directory when no connection string is given.
+type localService struct {
+	connString string
+	url        string // https://127.0.0.1:{port of api-addr}
+	serverName string // api-host-name: the name the server's certificate covers
+	caFile     string // the development CA, "" with a tls-cert of one's own
+}
+
+// local reads the owner connection string from the data directory and finds
+// the API address as dpsd serve would: --config/--data-dir, then DPSD_*
+// variables, then the config file, then the defaults.
+func (o *adminOpts) local() (*localService, error) {
+	var args []string
+	if o.configFile != "" {
+		args = append(args, "--config", o.configFile)
+	}
+	if o.dataDir != "" {
+		args = append(args, "--data-dir", o.dataDir)
+	}
+	cfg, err := config.Load("dpsd", "", args, os.LookupEnv, io.Discard)
+	if err != nil {
+		return nil, fmt.Errorf("reading dpsd's configuration for the data directory: %w", err)
+	}
+	csFile := filepath.Join(cfg.DataDir, datadir.ConnectionStringFile)
+	b, err := os.ReadFile(csFile)
+	if err != nil {
+		return nil, fmt.Errorf("no connection string: pass --connection-string or set $%s, or run this on the server's machine "+
+			"(%s: %w; give --data-dir if dpsd serve keeps its data elsewhere)", adminConnEnv, csFile, err)
+	}
+	ls := &localService{connString: strings.TrimSpace(string(b)), serverName: cfg.APIHostName}
+	if cfg.APIAddr == "" {
+		return nil, fmt.Errorf("the service API is off in dpsd's configuration (api-addr is empty): set $%s to where it listens", adminEndpointEnv)
+	}
+	host, port, err := net.SplitHostPort(cfg.APIAddr)
+	if err != nil {
+		return nil, fmt.Errorf("api-addr %q: %w", cfg.APIAddr, err)
+	}
+	if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
+		host = "127.0.0.1"
+	}
+	ls.url = "https://" + net.JoinHostPort(host, port)
+	if cfg.TLSCert == "" {
+		ls.caFile = filepath.Join(cfg.DataDir, datadir.CACertFile)
+	}
+	return ls, nil
+}
+
+// client builds the API client from the flags and the environment, and
+// without a connection string from the server's own data directory and
+// configuration (dpsd serve on this machine).
 func (o *adminOpts) client() (*apiclient.Client, error) {
 	cs := o.connString
 	if cs == "" {
 		cs = os.Getenv(adminConnEnv)
 	}
+	endpoint, caFile, serverName := o.endpoint, o.caFile, ""
 	if cs == "" {
-		return nil, fmt.Errorf("no connection string: pass --connection-string or set $%s", adminConnEnv)
+		ls, err := o.local()
+		if err != nil {
+			return nil, err
+		}
+		cs = ls.connString
+		if endpoint == "" {
+			endpoint, serverName = ls.url, ls.serverName
+		}
+		if caFile == "" {
+			caFile = ls.caFile
+		}
+	}
+	if u, err := url.Parse(endpoint); endpoint != "" && err == nil && u.Scheme == "http" {
+		return nil, fmt.Errorf("endpoint %s: the service API is served over HTTPS only: use https://%s (--endpoint or $%s)", endpoint, u.Host, adminEndpointEnv)
 	}
 	hc := &http.Client{Timeout: o.timeout}
-	if o.caFile != "" {
-		pemBytes, err := os.ReadFile(o.caFile)
-		if err != nil {
-			return nil, fmt.Errorf("reading --ca-file: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pemBytes) {
-			return nil, fmt.Errorf("--ca-file %s holds no PEM certificate", o.caFile)
+	if caFile != "" || serverName != "" {
+		tc := &tls.Config{ServerName: serverName, MinVersion: tls.VersionTLS12}
+		if caFile != "" {
+			pemBytes, err := os.ReadFile(caFile)
+			if err != nil {
+				return nil, fmt.Errorf("reading --ca-file: %w", err)
+			}
+			tc.RootCAs = x509.NewCertPool()
+			if !tc.RootCAs.AppendCertsFromPEM(pemBytes) {
+				return nil, fmt.Errorf("--ca-file %s holds no PEM certificate", caFile)
+			}
 		}
 		tr := http.DefaultTransport.(*http.Transport).Clone()
-		tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+		tr.TLSClientConfig = tc
 		hc.Transport = tr
 	}
-	opts := apiclient.Options{BaseURL: o.endpoint, HTTPClient: hc}
+	opts := apiclient.Options{BaseURL: endpoint, HTTPClient: hc}
 	if o.warnings != nil {
 		opts.Warnings = func(msg string) { fmt.Fprintf(o.warnings, "warning: %s\n", msg) }
 	}
@@ -95,7 +175,40 @@ func (o *adminOpts) client() (*apiclient.Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("connecting to the service: %w", err)
 	}
+	o.url = endpoint
+	if o.url == "" {
+		o.url = "https://" + c.HostName()
+	}
 	return c, nil
+}
+
+// adminHint says how to fix the commonest first-use failures: nothing
+// listening on the cloud's port 443 (dpsd's API is on 8443), and a server
+// certificate signed by a CA the command was not given.
+func adminHint(err error, serviceURL string) string {
+	var unknownCA x509.UnknownAuthorityError
+	if errors.As(err, &unknownCA) {
+		return fmt.Sprintf("the service's certificate is signed by an authority this command does not trust: "+
+			"pass --ca-file or set $%s to the server's CA (the development CA is ca.pem in dpsd's data directory)", adminCAFileEnv)
+	}
+	var hostErr x509.HostnameError
+	if errors.As(err, &hostErr) {
+		return fmt.Sprintf("the service's certificate is not valid for %s: use a name it covers in --endpoint/$%s (dpsd's development certificate covers tls-names, default localhost and 127.0.0.1)",
+			hostErr.Host, adminEndpointEnv)
+	}
+	if !errors.Is(err, syscall.ECONNREFUSED) {
+		return ""
+	}
+	u, perr := url.Parse(serviceURL)
+	if perr != nil || u.Host == "" {
+		return ""
+	}
+	port := u.Port()
+	if port == "" || port == "443" {
+		return fmt.Sprintf("nothing listens on %s: dpsd's service API listens on :8443 by default (api-addr): "+
+			"set $%s=https://%s or pass --endpoint", net.JoinHostPort(u.Hostname(), "443"), adminEndpointEnv, net.JoinHostPort(u.Hostname(), "8443"))
+	}
+	return fmt.Sprintf("nothing listens on %s: is dpsd serve running, with this api-addr? (--endpoint or $%s)", u.Host, adminEndpointEnv)
 }
 
 // adminCmd is one parsed invocation of an admin subcommand.
@@ -158,6 +271,9 @@ func (c *adminCmd) exit(err error) int {
 		return adminExitUsage
 	}
 	fmt.Fprintf(c.stderr, "dpsd %s: %v\n", c.name, err)
+	if hint := adminHint(err, c.opts.url); hint != "" {
+		fmt.Fprintf(c.stderr, "  hint: %s\n", hint)
+	}
 	return adminExitFail
 }
 

@@ -12,6 +12,7 @@ import (
 	"strings"
 
 	"github.com/tpmdps/dpsd/apiclient"
+	"github.com/tpmdps/dpsd/attest"
 	"github.com/tpmdps/dpsd/store"
 )
 
@@ -36,7 +37,8 @@ func runEnrollmentCmd(ctx context.Context, args []string, stdout, stderr io.Writ
 }
 
 // adminReadEK reads an endorsement key given as --ek base64 or --ek-file (the
-// binary TPM2B_PUBLIC written by tpm2_createek -u, or a file holding base64).
+// binary TPM2B_PUBLIC written by tpm2_createek -u, a file holding base64, or
+// the JSON that dps-device ek prints).
 func adminReadEK(ek, ekFile string) (string, error) {
 	if ek != "" && ekFile != "" {
 		return "", fmt.Errorf("give --ek or --ek-file, not both")
@@ -57,6 +59,18 @@ func adminReadEK(ek, ekFile string) (string, error) {
 	if t := strings.TrimSpace(string(b)); t != "" {
 		if _, err := base64.StdEncoding.DecodeString(t); err == nil {
 			return t, nil
+		}
+		var printed struct {
+			EndorsementKey string `json:"endorsementKey"`
+		}
+		if strings.HasPrefix(t, "{") {
+			if err := json.Unmarshal([]byte(t), &printed); err != nil || printed.EndorsementKey == "" {
+				return "", fmt.Errorf("--ek-file %s: JSON without an endorsementKey (the output of dps-device ek has one)", ekFile)
+			}
+			if _, err := base64.StdEncoding.DecodeString(printed.EndorsementKey); err != nil {
+				return "", fmt.Errorf("--ek-file %s: endorsementKey is not base64: %w", ekFile, err)
+			}
+			return printed.EndorsementKey, nil
 		}
 	}
 	return base64.StdEncoding.EncodeToString(b), nil
@@ -92,15 +106,24 @@ func adminEnrollmentAdd(ctx context.Context, c *adminCmd, args []string) error {
 	fs.BoolVar(&disabled, "disabled", false, "create the enrollment disabled")
 	fs.BoolVar(&edge, "edge", false, "the device is an IoT Edge device")
 	fs.BoolVar(&replace, "replace", false, "replace an existing enrollment instead of failing")
-	pos, err := c.parse(args, "add REGISTRATION_ID [--ek-file F | --ek B64 | --symmetric-key K | --cert F] [flags]", 1, 1)
+	pos, err := c.parse(args, "add [REGISTRATION_ID] [--ek-file F | --ek B64 | --symmetric-key K | --cert F] [flags]\n"+
+		"       (with --ek or --ek-file, REGISTRATION_ID defaults to the TPM's, as dps-device ek prints it)", 0, 1)
 	if err != nil {
 		return err
 	}
-	e := &store.Enrollment{RegistrationID: pos[0], DeviceID: deviceID, EnrollmentSettings: store.EnrollmentSettings{IoTHubHostName: hub, AllocationPolicy: alloc}}
 	ekB64, err := adminReadEK(ek, ekFile)
 	if err != nil {
 		return err
 	}
+	if len(pos) == 0 {
+		if ekB64 == "" {
+			c.fs.Usage()
+			return errAdminUsage
+		}
+		raw, _ := base64.StdEncoding.DecodeString(ekB64) // adminReadEK checked it
+		pos = append(pos, attest.RegistrationID(raw))
+	}
+	e := &store.Enrollment{RegistrationID: pos[0], DeviceID: deviceID, EnrollmentSettings: store.EnrollmentSettings{IoTHubHostName: hub, AllocationPolicy: alloc}}
 	kinds := 0
 	for _, given := range []bool{ekB64 != "", symKey != "" || secKey != "", cert != ""} {
 		if given {

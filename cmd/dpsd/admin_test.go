@@ -24,6 +24,7 @@ import (
 
 	"github.com/google/go-tpm/tpm2"
 	"github.com/tpmdps/dpsd/api"
+	"github.com/tpmdps/dpsd/attest"
 	"github.com/tpmdps/dpsd/store"
 	"github.com/tpmdps/dpsd/store/bolt"
 )
@@ -152,6 +153,28 @@ func TestAdminEnrollmentCommands(t *testing.T) {
 	got, err := e.st.GetEnrollment(t.Context(), "tpm-1")
 	if err != nil || got.Attestation.TPM.EndorsementKey != base64.StdEncoding.EncodeToString(ek) {
 		t.Fatalf("tpm enrollment %+v %v", got, err)
+	}
+	// TPM from what dps-device ek prints; the registration id defaults to
+	// the TPM's (the one dps-device provision uses by default).
+	ek2 := adminTestEK(t)
+	printed, _ := json.Marshal(map[string]string{"endorsementKey": base64.StdEncoding.EncodeToString(ek2), "registrationId": attest.RegistrationID(ek2)})
+	ekJSON := filepath.Join(e.dir, "ek.json")
+	if err := os.WriteFile(ekJSON, append(printed, '\n'), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out := e.must(runEnrollmentCmd, "add", "--ek-file", ekJSON); !strings.Contains(out, attest.RegistrationID(ek2)) {
+		t.Fatalf("add --ek-file ek.json:\n%s", out)
+	}
+	if got, err := e.st.GetEnrollment(t.Context(), attest.RegistrationID(ek2)); err != nil || got.Attestation.TPM.EndorsementKey != base64.StdEncoding.EncodeToString(ek2) {
+		t.Fatalf("enrollment from ek.json: %+v %v", got, err)
+	}
+	e.must(runEnrollmentCmd, "delete", attest.RegistrationID(ek2))
+	os.WriteFile(ekJSON, []byte(`{"registrationId": "x"}`), 0o600)
+	if code, _, errs := e.run(runEnrollmentCmd, "add", "--ek-file", ekJSON); code != 1 || !strings.Contains(errs, "endorsementKey") {
+		t.Fatalf("JSON without a key: %d %s", code, errs)
+	}
+	if code, _, _ := e.run(runEnrollmentCmd, "add", "--symmetric-key", "AAAA"); code != 2 {
+		t.Fatalf("add without an id or EK: %d", code)
 	}
 	// X.509 from a PEM file: the service fills in the certificate info.
 	ck, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -52,8 +53,15 @@ func readDockerfile(t *testing.T) dockerfile {
 		case "FROM":
 			d.from = append(d.from, rest)
 		case "ENV":
-			k, v, _ := strings.Cut(rest, "=")
-			d.env[strings.TrimSpace(k)] = strings.TrimSpace(v)
+			k, v, ok := strings.Cut(rest, "=")
+			if !ok || strings.ContainsAny(strings.TrimSpace(k), " \t") {
+				t.Fatalf("Dockerfile: ENV %q: write one KEY=value per ENV line", rest)
+			}
+			v = strings.TrimSpace(v)
+			if uq, err := strconv.Unquote(v); err == nil {
+				v = uq
+			}
+			d.env[strings.TrimSpace(k)] = v
 		case "CMD":
 			d.cmd = jsonArray(rest)
 		case "ENTRYPOINT":
@@ -100,17 +108,36 @@ func TestDockerfile(t *testing.T) {
 	if !binCopied {
 		t.Fatalf("no COPY puts the binary at %s", d.entrypoint[0])
 	}
-	if len(d.cmd) == 0 || d.cmd[0] != "serve" {
-		t.Fatalf("CMD %q", d.cmd)
+	// The settings are ENV, not flags of CMD: docker exec dpsd dpsd config
+	// print (and the admin commands run there) see what serve runs with.
+	if len(d.cmd) != 1 || d.cmd[0] != "serve" {
+		t.Fatalf("CMD %q: the image's settings belong in ENV DPSD_* lines, where docker exec ... dpsd config print sees them", d.cmd)
 	}
 	env := func(k string) (string, bool) { v, ok := d.env[k]; return v, ok }
 	var out bytes.Buffer
-	cfg, err := config.Load("dpsd serve", "", d.cmd[1:], env, &out)
+	vals, cfg, err := config.Effective("dpsd serve", "", d.cmd[1:], env, &out)
 	if err != nil {
-		t.Fatalf("the Dockerfile's CMD does not parse: %v\n%s", err, out.String())
+		t.Fatalf("the Dockerfile's settings do not parse: %v\n%s", err, out.String())
 	}
 	if cfg.DataDir != "/data" || cfg.MQTTAddr != "" || cfg.LogFormat != "json" {
 		t.Fatalf("container config %+v", cfg)
+	}
+	for k := range d.env {
+		if !strings.HasPrefix(k, config.EnvPrefix) {
+			t.Errorf("ENV %s is not a dpsd setting", k)
+		}
+	}
+	for _, v := range vals {
+		if _, set := d.env[v.Env]; set && v.Source != config.SourceEnv {
+			t.Errorf("ENV %s is not what config print reports for %s (%s)", v.Env, v.Name, v.Source)
+		}
+	}
+	for _, name := range []string{"data-dir", "mqtt-addr", "mqtts-addr", "api-addr", "log-format"} {
+		for _, v := range vals {
+			if v.Name == name && v.Source != config.SourceEnv {
+				t.Errorf("%s comes from %s, not from the image's ENV", name, v.Source)
+			}
+		}
 	}
 	for _, addr := range []string{cfg.MQTTSAddr, cfg.APIAddr} {
 		host, port, err := net.SplitHostPort(addr)

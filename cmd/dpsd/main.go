@@ -9,8 +9,9 @@ import (
 	"io"
 	"os"
 	"os/signal"
-	"runtime/debug"
 	"syscall"
+
+	"github.com/tpmdps/dpsd/internal/version"
 )
 
 // command is one subcommand. To add one, add a line to commands.
@@ -28,7 +29,7 @@ func commands() []command {
 		{"group", "manage enrollment groups through the service API", runGroupCmd},
 		{"registration", "show or delete device registrations through the service API", runRegistrationCmd},
 		{"backup", "write a consistent hot backup of the store through the service API", runBackup},
-		{"config", "print the effective configuration (config print), secrets redacted", runConfigCmd},
+		{"config", "print the effective configuration (config print), secrets redacted, or a service connection string (config connection-string)", runConfigCmd},
 		{"health", "probe a running server's /readyz (for container health checks)", runHealth},
 		{"version", "print the version", runVersion},
 		{"help", "print this help", nil}, // handled by run
@@ -84,21 +85,4 @@ func runVersion(_ context.Context, args []string, stdout, stderr io.Writer) int 
 }
 
 // versionString describes the build.
-func versionString() string {
-	bi, ok := debug.ReadBuildInfo()
-	if !ok {
-		return "dpsd (unknown version)"
-	}
-	v := "dpsd " + bi.Main.Version
-	for _, s := range bi.Settings {
-		switch s.Key {
-		case "vcs.revision":
-			v += " " + s.Value
-		case "vcs.modified":
-			if s.Value == "true" {
-				v += " (modified)"
-			}
-		}
-	}
-	return v + " " + bi.GoVersion
-}
+func versionString() string { return version.String("dpsd") }

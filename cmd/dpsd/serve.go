@@ -27,7 +27,7 @@ import (
 // sweepInterval is how often expired operations are deleted.
 const sweepInterval = time.Minute
 
-const serveUsage = `Usage: dpsd serve [flags]
+const serveUsage = `Usage: dpsd serve [--print-connection-strings] [flags]
 
 Runs the provisioning broker: devices connect over MQTT (plain, TLS or secure
 WebSocket), authenticate with a SAS token, an X.509 certificate or the TPM
@@ -43,14 +43,22 @@ The service API (enrollments, groups, registrations; the DPS service REST
 shape) is served over HTTPS on api-addr with two generated policies:
 provisioningserviceowner (all rights) and provisioningservicereader (read
 only). Their connection strings are written to ` + datadir.ConnectionStringFile + `
-and ` + datadir.ReadOnlyConnectionStringFile + ` in the data directory (0600), and
-printed once, on the first start, when stdout is a terminal (never to logs).
-The admin commands read one from $DPSD_CONNECTION_STRING (with
-$DPSD_ENDPOINT when api-addr is not https://{api-host-name}:443). The same HTTPS listener (default :8443,
-unprivileged; forward 443 to it) carries MQTT over WebSocket for any request
-that asks to upgrade (/$iothub/websocket, / or any path), GET /backup (dpsd
-backup), and the unauthenticated /metrics (Prometheus; on a plain-HTTP
-listener of its own instead when metrics-addr is set), /healthz and /readyz.
+and ` + datadir.ReadOnlyConnectionStringFile + ` in the data directory (0600), never
+to the log; --print-connection-strings also prints them on stdout at start
+(dpsd config connection-string prints one at any time). The admin commands
+on this machine find the owner's, the CA and api-addr in the data directory
+and the configuration by themselves; elsewhere they read
+$DPSD_CONNECTION_STRING, $DPSD_ENDPOINT and $DPSD_CA_FILE.
+
+Until hubs names your IoT hubs, devices whose enrollment names none are told
+to use the placeholder hub.localdomain (a warning at start says so).
+
+The same HTTPS listener (default :8443, unprivileged; forward 443 to it)
+carries MQTT over WebSocket for any request that asks to upgrade
+(/$iothub/websocket, / or any path), GET /backup (dpsd backup), and the
+unauthenticated /metrics (Prometheus; on a plain-HTTP listener of its own
+instead when metrics-addr is set), /healthz and /readyz. The start log's
+wss names it, unless wss-addr gives WebSocket a listener of its own.
 See docs/operations.md.
 
 SIGTERM or SIGINT stops accepting connections, waits up to shutdown-timeout
@@ -60,6 +68,7 @@ for requests in flight, then closes the connections and the store.
 // runServe is `dpsd serve`. It returns when ctx ends (a signal) or on error.
 func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	var out bytes.Buffer
+	printCS, args := configFlag(args, "print-connection-strings")
 	cfg, err := config.Load("dpsd serve", serveUsage, args, os.LookupEnv, &out)
 	if errors.Is(err, flag.ErrHelp) {
 		_, _ = stdout.Write(out.Bytes())
@@ -71,16 +80,21 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		return 2
 	}
 	log := cfg.Logger(stderr)
-	if err := serve(ctx, cfg, log, stdout); err != nil {
+	var csOut io.Writer // nil: the connection strings are not printed
+	if printCS {
+		csOut = stdout
+	}
+	if err := serve(ctx, cfg, log, csOut); err != nil {
 		log.Error("dpsd serve failed", "error", err)
 		return 1
 	}
 	return 0
 }
 
-// serve runs the server with cfg until ctx ends. On the first start, when
-// stdout is a terminal, it prints the service connection strings there once.
-func serve(ctx context.Context, cfg config.Config, log *slog.Logger, stdout io.Writer) error {
+// serve runs the server with cfg until ctx ends. When csOut is not nil
+// (dpsd serve --print-connection-strings) it prints the service connection
+// strings there once the API listens.
+func serve(ctx context.Context, cfg config.Config, log *slog.Logger, csOut io.Writer) error {
 	dir, err := datadir.Open(cfg.DataDir)
 	if err != nil {
 		return err
@@ -198,6 +212,10 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger, stdout io.W
 		}
 		return "off"
 	}
+	wssAddr := addr(broker.ListenerWS)
+	if wssAddr == "off" && apiSrv != nil {
+		wssAddr = apiAddr // the HTTPS listener carries MQTT over WebSocket
+	}
 	log.Info("dpsd started",
 		"idScope", scope,
 		"dataDir", dir.Path,
@@ -206,7 +224,7 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger, stdout io.W
 		"caCert", caFile,
 		"mqtt", addr(broker.ListenerTCP),
 		"mqtts", addr(broker.ListenerTLS),
-		"wss", addr(broker.ListenerWS),
+		"wss", wssAddr,
 		"api", apiAddr,
 		"metrics", metricsAddr,
 		"connectionStringFile", csFile,
@@ -215,8 +233,16 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger, stdout io.W
 		"version", versionString())
 	if dir.Created {
 		log.Info("generated a new ID scope and secrets", "idScope", dir.Secrets.IDScope, "secrets", dir.File(datadir.SecretsFile))
-		if apiSrv != nil && isTerminal(stdout) {
-			printConnectionStrings(stdout, cfg.APIHostName, dir)
+	}
+	if placeholderHubs(cfg.Hubs) {
+		log.Warn("hubs is still the placeholder "+config.PlaceholderHub+": devices whose enrollment names no hub are told to use a hub that does not exist; set --hubs or DPSD_HUBS to your IoT hubs",
+			"hubs", cfg.Hubs)
+	}
+	if csOut != nil {
+		if apiSrv == nil {
+			log.Warn("--print-connection-strings: the service API is off (api-addr is empty), so there is nothing to connect to")
+		} else {
+			printConnectionStrings(csOut, cfg.APIHostName, dir)
 		}
 	}
 
@@ -296,22 +322,17 @@ func serverTLS(cfg config.Config, dir *datadir.Dir, log *slog.Logger) (*tls.Conf
 	return tc, dir.File(datadir.CACertFile), nil
 }
 
-// isTerminal reports whether w is a character device (an interactive
-// terminal), where a secret may be shown once; logs, pipes and files never
-// receive one.
-func isTerminal(w io.Writer) bool {
-	f, ok := w.(*os.File)
-	if !ok {
-		return false
-	}
-	fi, err := f.Stat()
-	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+// placeholderHubs reports whether hubs is still the default placeholder.
+func placeholderHubs(hubs []string) bool {
+	return len(hubs) == 1 && hubs[0] == config.PlaceholderHub
 }
 
 // printConnectionStrings shows the service policies' connection strings,
-// which are also kept (0600) in the data directory.
+// which are also kept (0600) in the data directory. Only an explicit
+// --print-connection-strings calls it: under docker run -t a terminal is
+// the container log.
 func printConnectionStrings(w io.Writer, hostName string, dir *datadir.Dir) {
-	fmt.Fprintf(w, "\nService API connection strings (shown once; also in %s and %s):\n  owner:     %s\n  read-only: %s\n\n",
+	fmt.Fprintf(w, "Service API connection strings (also in %s and %s):\n  owner:     %s\n  read-only: %s\n",
 		dir.File(datadir.ConnectionStringFile), dir.File(datadir.ReadOnlyConnectionStringFile),
 		datadir.ConnectionString(hostName, api.DefaultPolicyName, dir.Secrets.ServicePolicyKey),
 		datadir.ConnectionString(hostName, api.ReadOnlyPolicyName, dir.Secrets.ServiceReadPolicyKey))

@@ -7,6 +7,7 @@ package config
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -24,6 +25,10 @@ var ErrInvalid = errors.New("config: invalid setting")
 
 // EnvPrefix starts every environment variable name.
 const EnvPrefix = "DPSD_"
+
+// PlaceholderHub is the default of hubs: a name that is no IoT hub, so that
+// a server that was never told its hubs says so (serve warns at start).
+const PlaceholderHub = "hub.localdomain"
 
 // Config is the server's configuration. Each field is one setting of the
 // table in settings(), which documents it (and `dpsd serve --help` prints).
@@ -79,7 +84,7 @@ type Config struct {
 func Default() Config {
 	c := Config{}
 	for _, s := range settings() {
-		if err := s.set(&c, s.def); err != nil {
+		if err := s.setValue(&c, s.def); err != nil {
 			panic(fmt.Sprintf("config: bad default for %s: %v", s.name, err))
 		}
 	}
@@ -91,20 +96,34 @@ type setting struct {
 	name string // flag name and file key; env is DPSD_ + upper snake case
 	def  string
 	help string
-	set  func(c *Config, v string) error
+	set  setter
 }
+
+// setter parses a setting's text into a Config field. quantity marks a
+// duration or a number: such a value is never a secret, whatever the
+// setting's name says (sas-max-lifetime is a duration, not a SAS token).
+type setter struct {
+	apply    func(c *Config, v string) error
+	quantity bool
+}
+
+// setValue applies v to c.
+func (s setting) setValue(c *Config, v string) error { return s.set.apply(c, v) }
 
 // envName returns the environment variable name of a setting.
 func envName(name string) string {
 	return EnvPrefix + strings.ToUpper(strings.ReplaceAll(name, "-", "_"))
 }
 
-func str(p func(*Config) *string) func(*Config, string) error {
-	return func(c *Config, v string) error { *p(c) = strings.TrimSpace(v); return nil }
+func str(p func(*Config) *string) setter {
+	return setter{apply: func(c *Config, v string) error { *p(c) = strings.TrimSpace(v); return nil }}
 }
 
-func list(p func(*Config) *[]string) func(*Config, string) error {
-	return func(c *Config, v string) error {
+// choice is a setter of a word from a fixed set (log format, log level).
+func choice(apply func(c *Config, v string) error) setter { return setter{apply: apply} }
+
+func list(p func(*Config) *[]string) setter {
+	return setter{apply: func(c *Config, v string) error {
 		var out []string
 		for _, s := range strings.Split(v, ",") {
 			if s = strings.TrimSpace(s); s != "" {
@@ -113,29 +132,29 @@ func list(p func(*Config) *[]string) func(*Config, string) error {
 		}
 		*p(c) = out
 		return nil
-	}
+	}}
 }
 
-func dur(p func(*Config) *time.Duration) func(*Config, string) error {
-	return func(c *Config, v string) error {
+func dur(p func(*Config) *time.Duration) setter {
+	return setter{quantity: true, apply: func(c *Config, v string) error {
 		d, err := time.ParseDuration(strings.TrimSpace(v))
 		if err != nil || d < 0 {
 			return fmt.Errorf("%w: %q is not a non-negative duration (e.g. 10m, 30s)", ErrInvalid, v)
 		}
 		*p(c) = d
 		return nil
-	}
+	}}
 }
 
-func num(p func(*Config) *int) func(*Config, string) error {
-	return func(c *Config, v string) error {
+func num(p func(*Config) *int) setter {
+	return setter{quantity: true, apply: func(c *Config, v string) error {
 		n, err := strconv.Atoi(strings.TrimSpace(v))
 		if err != nil {
 			return fmt.Errorf("%w: %q is not an integer", ErrInvalid, v)
 		}
 		*p(c) = n
 		return nil
-	}
+	}}
 }
 
 // settings returns the table of every setting, in help order.
@@ -154,7 +173,7 @@ func settings() []setting {
 		{"tls-cert", "", "server certificate PEM file (default: issued by the development CA in the data directory)", str(func(c *Config) *string { return &c.TLSCert })},
 		{"tls-key", "", "server private key PEM file (with tls-cert)", str(func(c *Config) *string { return &c.TLSKey })},
 		{"tls-names", "localhost,127.0.0.1", "comma-separated DNS names and IPs of the development server certificate", list(func(c *Config) *[]string { return &c.TLSNames })},
-		{"hubs", "hub.localdomain", "comma-separated IoT hub host names for hashed allocation of enrollments that name none (the default is a placeholder: set your hubs)", list(func(c *Config) *[]string { return &c.Hubs })},
+		{"hubs", PlaceholderHub, "comma-separated IoT hub host names for hashed allocation of enrollments that name none (the default is a placeholder, warned about at start: set your hubs)", list(func(c *Config) *[]string { return &c.Hubs })},
 		{"challenge-lifetime", "10m", "how long a TPM challenge can be answered (and only until dpsd restarts)", dur(func(c *Config) *time.Duration { return &c.ChallengeLifetime })},
 		{"retry-after", "1s", "retry-after of 202 answers (0s: ask again now)", dur(func(c *Config) *time.Duration { return &c.RetryAfter })},
 		{"sas-max-lifetime", "0s", "longest SAS token lifetime accepted (0s: the service default)", dur(func(c *Config) *time.Duration { return &c.SASMaxLifetime })},
@@ -180,20 +199,20 @@ func settings() []setting {
 		{"registers-per-device", "10", "register requests per register-window per authenticated device, then 429 (-1: unlimited; never applied to TPM challenge requests)", num(func(c *Config) *int { return &c.RegistersPerDevice })},
 		{"register-window", "1m", "window of registers-per-device", dur(func(c *Config) *time.Duration { return &c.RegisterWindow })},
 		{"max-groups", "1000", "enrollment groups that may exist, symmetric-key and X.509 together; creating one more is refused with 403 (-1: unlimited; the cloud allows 100 of each type). Each symmetric-key CONNECT without an individual enrollment tries every symmetric-key group", num(func(c *Config) *int { return &c.MaxGroups })},
-		{"log-format", "text", "log format: text or json", func(c *Config, v string) error {
+		{"log-format", "text", "log format: text or json", choice(func(c *Config, v string) error {
 			v = strings.ToLower(strings.TrimSpace(v))
 			if v != "text" && v != "json" {
 				return fmt.Errorf("%w: log format %q (want text or json)", ErrInvalid, v)
 			}
 			c.LogFormat = v
 			return nil
-		}},
-		{"log-level", "info", "log level: debug, info, warn or error", func(c *Config, v string) error {
+		})},
+		{"log-level", "info", "log level: debug, info, warn or error", choice(func(c *Config, v string) error {
 			if err := c.LogLevel.UnmarshalText([]byte(strings.TrimSpace(v))); err != nil {
 				return fmt.Errorf("%w: log level %q (want debug, info, warn or error)", ErrInvalid, v)
 			}
 			return nil
-		}},
+		})},
 	}
 }
 
@@ -215,7 +234,7 @@ func Load(name, usageHead string, args []string, lookupEnv func(string) (string,
 	for _, s := range table {
 		fs.Func(s.name, fmt.Sprintf("%s (env %s, default %q)", s.help, envName(s.name), s.def), func(v string) error {
 			var probe Config
-			if err := s.set(&probe, v); err != nil {
+			if err := s.setValue(&probe, v); err != nil {
 				return err
 			}
 			set[s.name] = v
@@ -245,14 +264,14 @@ func Load(name, usageHead string, args []string, lookupEnv func(string) (string,
 	}
 	for _, s := range table {
 		if v, ok := lookupEnv(envName(s.name)); ok {
-			if err := s.set(&c, v); err != nil {
+			if err := s.setValue(&c, v); err != nil {
 				return Config{}, fmt.Errorf("%s: %w", envName(s.name), err)
 			}
 		}
 	}
 	for _, s := range table {
 		if v, ok := set[s.name]; ok {
-			if err := s.set(&c, v); err != nil {
+			if err := s.setValue(&c, v); err != nil {
 				return Config{}, fmt.Errorf("-%s: %w", s.name, err)
 			}
 		}
@@ -285,7 +304,7 @@ func (c *Config) loadFile(path string) error {
 		if err != nil {
 			return fmt.Errorf("%w: %s: key %q: %w", ErrInvalid, path, k, err)
 		}
-		if err := s.set(c, val); err != nil {
+		if err := s.setValue(c, val); err != nil {
 			return fmt.Errorf("%s: key %q: %w", path, k, err)
 		}
 	}
@@ -340,12 +359,98 @@ func (c Config) Validate() error {
 }
 
 // Logger builds the slog logger the configuration asks for, writing to w.
+// JSON logs write durations as text ("1.5s", as the text format and the
+// settings do), not as slog's default integer nanoseconds.
 func (c Config) Logger(w io.Writer) *slog.Logger {
 	opts := &slog.HandlerOptions{Level: c.LogLevel}
 	if c.LogFormat == "json" {
-		return slog.New(slog.NewJSONHandler(w, opts))
+		return slog.New(durationHandler{slog.NewJSONHandler(w, opts)})
 	}
 	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// durationHandler writes duration attributes as text ("1.5s") through the
+// handler it wraps. It is not a HandlerOptions.ReplaceAttr: that takes
+// slog's slow path for every attribute of every record (measured: a
+// request's log line from 0.7 to 1.3-2.5 µs), while records without a
+// duration, most of them, pass through here after one look at their
+// attributes.
+type durationHandler struct{ slog.Handler }
+
+// Handle rewrites the record's durations, if it has any.
+func (h durationHandler) Handle(ctx context.Context, r slog.Record) error {
+	has := false
+	r.Attrs(func(a slog.Attr) bool {
+		has = hasDuration(a)
+		return !has
+	})
+	if !has {
+		return h.Handler.Handle(ctx, r)
+	}
+	var buf [16]slog.Attr
+	attrs := buf[:0]
+	r.Attrs(func(a slog.Attr) bool {
+		attrs = append(attrs, durationText(a))
+		return true
+	})
+	out := slog.NewRecord(r.Time, r.Level, r.Message, r.PC)
+	out.AddAttrs(attrs...)
+	return h.Handler.Handle(ctx, out)
+}
+
+// WithAttrs rewrites the durations of attributes added with Logger.With.
+func (h durationHandler) WithAttrs(attrs []slog.Attr) slog.Handler {
+	for i, a := range attrs {
+		if hasDuration(a) {
+			out := append([]slog.Attr(nil), attrs...)
+			for j := i; j < len(out); j++ {
+				out[j] = durationText(out[j])
+			}
+			return durationHandler{h.Handler.WithAttrs(out)}
+		}
+	}
+	return durationHandler{h.Handler.WithAttrs(attrs)}
+}
+
+// WithGroup keeps the rewriting for the group's attributes.
+func (h durationHandler) WithGroup(name string) slog.Handler {
+	return durationHandler{h.Handler.WithGroup(name)}
+}
+
+// hasDuration reports whether a, or an attribute of a group a is, holds a
+// duration.
+func hasDuration(a slog.Attr) bool {
+	switch a.Value.Kind() {
+	case slog.KindDuration:
+		return true
+	case slog.KindGroup:
+		for _, g := range a.Value.Group() {
+			if hasDuration(g) {
+				return true
+			}
+		}
+	case slog.KindLogValuer:
+		return hasDuration(slog.Attr{Key: a.Key, Value: a.Value.Resolve()})
+	}
+	return false
+}
+
+// durationText returns a with every duration in it, groups included,
+// written as its String.
+func durationText(a slog.Attr) slog.Attr {
+	a.Value = a.Value.Resolve()
+	switch a.Value.Kind() {
+	case slog.KindDuration:
+		return slog.String(a.Key, a.Value.Duration().String())
+	case slog.KindGroup:
+		g := a.Value.Group()
+		out := make([]slog.Attr, len(g))
+		for i, x := range g {
+			out[i] = durationText(x)
+		}
+		return slog.Attr{Key: a.Key, Value: slog.GroupValue(out...)}
+	}
+	return a
 }
 
 // NeedsTLS reports whether a TLS listener (MQTT, WebSocket or API) is on.

@@ -2,6 +2,7 @@ package config
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"flag"
 	"log/slog"
@@ -116,5 +117,43 @@ func TestHelpListsEverySetting(t *testing.T) {
 		if !strings.Contains(help, "-"+s.name) || !strings.Contains(help, envName(s.name)) {
 			t.Errorf("help lacks %s / %s", s.name, envName(s.name))
 		}
+	}
+}
+
+// TestJSONLogDurations: JSON logs write durations as text, at the top level
+// and inside groups; the text format already does.
+func TestJSONLogDurations(t *testing.T) {
+	c := Default()
+	c.LogFormat = "json"
+	var b bytes.Buffer
+	log := c.Logger(&b).With("shutdownTimeout", 30*time.Second, "id", "a").WithGroup("g")
+	log.Info("x", "timeout", 1500*time.Millisecond, slog.Group("audit", "took", 2*time.Minute), "n", 3)
+	var rec struct {
+		ShutdownTimeout string `json:"shutdownTimeout"`
+		ID              string `json:"id"`
+		G               struct {
+			Timeout string `json:"timeout"`
+			Audit   struct {
+				Took string `json:"took"`
+			} `json:"audit"`
+			N int `json:"n"`
+		} `json:"g"`
+	}
+	if err := json.Unmarshal(b.Bytes(), &rec); err != nil {
+		t.Fatalf("%v: %s", err, b.String())
+	}
+	if rec.ShutdownTimeout != "30s" || rec.ID != "a" || rec.G.Timeout != "1.5s" || rec.G.Audit.Took != "2m0s" || rec.G.N != 3 {
+		t.Fatalf("log record %s", b.String())
+	}
+	b.Reset()
+	c.Logger(&b).Info("no durations", "n", 1)
+	if !strings.Contains(b.String(), `"msg":"no durations","n":1}`) {
+		t.Fatalf("log record %s", b.String())
+	}
+	b.Reset()
+	c.LogFormat = "text"
+	c.Logger(&b).Info("x", "timeout", 1500*time.Millisecond)
+	if !strings.Contains(b.String(), "timeout=1.5s") {
+		t.Fatalf("text log %s", b.String())
 	}
 }

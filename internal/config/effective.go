@@ -17,6 +17,10 @@ const (
 	SourceEnv     = "env"
 	SourceFile    = "file"
 	SourceDefault = "default"
+	// SourceGenerated: no setting names the value; dpsd generated it and
+	// keeps it in the data directory (the ID scope). Effective never
+	// reports it: the command that reads the data directory does.
+	SourceGenerated = "generated"
 )
 
 // Redacted replaces the value of a secret setting that is set.
@@ -65,7 +69,7 @@ func Effective(name, usageHead string, args []string, lookupEnv func(string) (st
 	}
 	vals := []Value{{Name: configFlag, Env: envName(configFlag), Value: c.ConfigFile, Source: cfgSource}}
 	for _, s := range table {
-		v := Value{Name: s.name, Env: envName(s.name), Value: s.def, Source: SourceDefault, Secret: isSecret(s.name)}
+		v := Value{Name: s.name, Env: envName(s.name), Value: s.def, Source: SourceDefault, Secret: s.secret()}
 		if fv, ok := fileVals[s.name]; ok {
 			v.Value, v.Source = fv, SourceFile
 		}
@@ -124,6 +128,11 @@ func fileValues(path string) (map[string]string, error) {
 // notSecretNames are settings whose names look secret but hold no secret
 // (tls-key names a file; the file is the secret).
 func notSecretNames() map[string]bool { return map[string]bool{"tls-key": true} }
+
+// secret reports whether the setting's value must never be shown: its name
+// says so (isSecret) and its value is not a duration or a number, which
+// cannot hold a key (sas-max-lifetime names SAS tokens but is a duration).
+func (s setting) secret() bool { return !s.set.quantity && isSecret(s.name) }
 
 // isSecret reports whether a setting's value must never be shown: its name
 // says it is a key, password, token, secret, credential or connection

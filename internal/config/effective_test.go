@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 )
 
 func TestEffectiveSourcesAndPrecedence(t *testing.T) {
@@ -67,5 +68,35 @@ func TestRedaction(t *testing.T) {
 	}
 	if got := redact("https://user:hunter2@example.com/x", false); got != "https://user:xxxxx@example.com/x" {
 		t.Errorf("URL password: %q", got)
+	}
+}
+
+// TestDurationsAreNotSecret: sas-max-lifetime names SAS tokens but holds a
+// duration, which is shown; a string setting so named is still redacted.
+func TestDurationsAreNotSecret(t *testing.T) {
+	vals, _, err := Effective("config print", "", []string{"-sas-max-lifetime", "2h"}, env(nil), &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range vals {
+		if v.Name == "sas-max-lifetime" && (v.Value != "2h" || v.Secret) {
+			t.Fatalf("sas-max-lifetime shown as %q (secret %v)", v.Value, v.Secret)
+		}
+		if v.Value == Redacted {
+			t.Errorf("%s redacted, but no setting of dpsd holds a secret", v.Name)
+		}
+	}
+	for _, s := range settings() {
+		if s.set.quantity && s.secret() {
+			t.Errorf("%s: a duration or number is redacted", s.name)
+		}
+	}
+	secretString := setting{name: "hub-sas-token", set: str(func(c *Config) *string { return &c.IDScope })}
+	if !secretString.secret() {
+		t.Error("a string setting named a SAS token is not redacted")
+	}
+	secretDuration := setting{name: "hub-sas-token", set: dur(func(c *Config) *time.Duration { return &c.SASMaxLifetime })}
+	if secretDuration.secret() {
+		t.Error("a duration is redacted")
 	}
 }

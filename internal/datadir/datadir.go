@@ -86,15 +86,10 @@ func Open(path string) (*Dir, error) {
 		return nil, fmt.Errorf("datadir: creating %s: %w", path, err)
 	}
 	d := &Dir{Path: path}
-	data, err := readSecret(d.File(SecretsFile))
+	secrets, err := ReadSecrets(path)
 	switch {
 	case err == nil:
-		if err := json.Unmarshal(data, &d.Secrets); err != nil {
-			return nil, fmt.Errorf("%w: %s: %w", ErrBadSecrets, d.File(SecretsFile), err)
-		}
-		if d.Secrets.IDScope == "" || len(d.Secrets.ChallengeSecret) < SecretSize || len(d.Secrets.ServicePolicyKey) < SecretSize {
-			return nil, fmt.Errorf("%w: %s: missing or short values", ErrBadSecrets, d.File(SecretsFile))
-		}
+		d.Secrets = secrets
 		if len(d.Secrets.ServiceReadPolicyKey) == 0 {
 			d.Secrets.ServiceReadPolicyKey = randomBytes(SecretSize)
 			if err := d.writeSecrets(); err != nil {
@@ -119,6 +114,27 @@ func Open(path string) (*Dir, error) {
 		return nil, err
 	}
 	return d, nil
+}
+
+// ReadSecrets reads the secrets of the data directory at path without
+// creating or changing anything (for the commands that only look, such as
+// dpsd config print); the error wraps fs.ErrNotExist when dpsd has not
+// started there yet. ServiceReadPolicyKey may be empty in a directory
+// written before it existed (Open adds it).
+func ReadSecrets(path string) (Secrets, error) {
+	file := filepath.Join(path, SecretsFile)
+	data, err := readSecret(file)
+	if err != nil {
+		return Secrets{}, err
+	}
+	var s Secrets
+	if err := json.Unmarshal(data, &s); err != nil {
+		return Secrets{}, fmt.Errorf("%w: %s: %w", ErrBadSecrets, file, err)
+	}
+	if s.IDScope == "" || len(s.ChallengeSecret) < SecretSize || len(s.ServicePolicyKey) < SecretSize {
+		return Secrets{}, fmt.Errorf("%w: %s: missing or short values", ErrBadSecrets, file)
+	}
+	return s, nil
 }
 
 // writeSecrets persists d.Secrets to SecretsFile (0600).

@@ -3,6 +3,7 @@ package datadir
 import (
 	"bytes"
 	"errors"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -151,5 +152,29 @@ func TestReadOnlyPolicyKey(t *testing.T) {
 	}
 	if fi, _ := os.Stat(path); fi.Mode().Perm() != 0o600 {
 		t.Fatalf("connection string mode %v", fi.Mode().Perm())
+	}
+}
+
+// TestReadSecretsOnlyLooks: ReadSecrets never creates a directory or a
+// file, and reads what Open generated.
+func TestReadSecretsOnlyLooks(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "data")
+	if _, err := ReadSecrets(dir); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("no directory: %v", err)
+	}
+	if _, err := os.Stat(dir); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("ReadSecrets created %s: %v", dir, err)
+	}
+	d, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := ReadSecrets(dir)
+	if err != nil || s.IDScope != d.Secrets.IDScope || !bytes.Equal(s.ServiceReadPolicyKey, d.Secrets.ServiceReadPolicyKey) {
+		t.Fatalf("ReadSecrets: %+v %v", s, err)
+	}
+	os.WriteFile(d.File(SecretsFile), []byte(`{"idScope": "0ne00000001"}`), 0o600)
+	if _, err := ReadSecrets(dir); !errors.Is(err, ErrBadSecrets) {
+		t.Fatalf("short secrets: %v", err)
 	}
 }

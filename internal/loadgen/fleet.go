@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"strings"
+	"sync"
 
 	"github.com/tpmdps/dpsd/apiclient"
 	"github.com/tpmdps/dpsd/internal/softtpm"
@@ -183,4 +184,71 @@ func Enroll(ctx context.Context, c *apiclient.Client, devices []*Device) error {
 		}
 	}
 	return nil
+}
+
+// cleanupWorkers bounds the registration deletions in flight.
+const cleanupWorkers = 8
+
+// Unenroll deletes what Enroll and a run left in the service: the devices'
+// enrollments (bulk delete, EnrollBatch at a time) and their registration
+// records (one request each, a few at once; a device that never registered
+// has none). It returns how many of each were deleted.
+func Unenroll(ctx context.Context, c *apiclient.Client, devices []*Device) (enrollments, registrations int, err error) {
+	for i := 0; i < len(devices); i += EnrollBatch {
+		batch := devices[i:min(i+EnrollBatch, len(devices))]
+		es := make([]*store.Enrollment, len(batch))
+		for j, d := range batch {
+			es[j] = d.Enrollment()
+		}
+		res, err := c.BulkEnrollments(ctx, apiclient.BulkDelete, es)
+		if err != nil {
+			return enrollments, 0, fmt.Errorf("loadgen: bulk delete of %d enrollments: %w", len(es), err)
+		}
+		gone := 0
+		for _, e := range res.Errors {
+			if e.ErrorCode/1000 != 404 {
+				return enrollments, 0, fmt.Errorf("loadgen: bulk delete: %d of %d failed, first %s: %d %s",
+					len(res.Errors), len(es), e.RegistrationID, e.ErrorCode, e.ErrorStatus)
+			}
+			gone++
+		}
+		enrollments += len(es) - gone
+	}
+	var (
+		mu    sync.Mutex
+		first error
+		next  = make(chan string)
+		wg    sync.WaitGroup
+	)
+	for range min(cleanupWorkers, len(devices)) {
+		wg.Go(func() {
+			for id := range next {
+				err := c.DeleteRegistration(ctx, id, "")
+				mu.Lock()
+				switch {
+				case err == nil:
+					registrations++
+				case apiclient.IsStatus(err, 404):
+				case first == nil:
+					first = fmt.Errorf("loadgen: deleting registration %s: %w", id, err)
+				}
+				mu.Unlock()
+			}
+		})
+	}
+	for _, d := range devices {
+		mu.Lock()
+		stop := first != nil
+		mu.Unlock()
+		if stop || ctx.Err() != nil {
+			break
+		}
+		next <- d.RegistrationID
+	}
+	close(next)
+	wg.Wait()
+	if first == nil && ctx.Err() != nil {
+		first = ctx.Err()
+	}
+	return enrollments, registrations, first
 }

@@ -106,14 +106,17 @@ func (s *Store) readMeta() (int, []byte, error) {
 
 // migrate runs every migration from version from to SchemaVersion, records
 // the new version and the key check, all in one transaction: a crash leaves
-// the old version intact.
-func (s *Store) migrate(from int, check []byte) error {
+// the old version intact. A file created by this open is set up by the same
+// steps but logs none of them ("store: opened ... created=true" says it).
+func (s *Store) migrate(from int, check []byte, created bool) error {
 	err := s.db.Update(func(tx *bbolt.Tx) error {
 		for _, m := range migrations() {
 			if m.from < from {
 				continue
 			}
-			s.log.Info("store: migrating", "path", s.path, "from", m.from, "to", m.from+1, "what", m.name)
+			if !created {
+				s.log.Info("store: migrating", "path", s.path, "from", m.from, "to", m.from+1, "what", m.name)
+			}
 			if err := m.fn(s, tx); err != nil {
 				return fmt.Errorf("migration %d->%d (%s): %w", m.from, m.from+1, m.name, err)
 			}

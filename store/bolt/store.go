@@ -174,7 +174,7 @@ func (s *Store) init(created bool) error {
 		return fmt.Errorf("%w: %s is not the key of %s", ErrKeyFile, s.keyPath, s.path)
 	}
 	if version < SchemaVersion || check == nil {
-		if err := s.migrate(version, want); err != nil {
+		if err := s.migrate(version, want, created); err != nil {
 			return err
 		}
 	}
