@@ -23,8 +23,8 @@ import (
 
 	"github.com/tpmdps/dpsd/attest"
 	"github.com/tpmdps/dpsd/broker"
+	"github.com/tpmdps/dpsd/dpsdtest"
 	"github.com/tpmdps/dpsd/hooks"
-	"github.com/tpmdps/dpsd/internal/dpsdtest"
 	"github.com/tpmdps/dpsd/store"
 )
 

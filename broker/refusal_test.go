@@ -13,7 +13,7 @@ import (
 	"time"
 
 	"github.com/tpmdps/dpsd/broker"
-	"github.com/tpmdps/dpsd/internal/dpsdtest"
+	"github.com/tpmdps/dpsd/dpsdtest"
 	"github.com/tpmdps/dpsd/internal/refusal"
 )
 

@@ -22,8 +22,8 @@ import (
 	"github.com/gorilla/websocket"
 
 	"github.com/tpmdps/dpsd/broker"
+	"github.com/tpmdps/dpsd/dpsdtest"
 	"github.com/tpmdps/dpsd/hooks"
-	"github.com/tpmdps/dpsd/internal/dpsdtest"
 	"github.com/tpmdps/dpsd/internal/refusal"
 	"github.com/tpmdps/dpsd/provision"
 	"github.com/tpmdps/dpsd/store/bolt"

@@ -14,7 +14,7 @@ import (
 	"github.com/tpmdps/dpsd/attest"
 	"github.com/tpmdps/dpsd/device/devtpm"
 	"github.com/tpmdps/dpsd/device/tpmtransport"
-	"github.com/tpmdps/dpsd/internal/dpsdtest"
+	"github.com/tpmdps/dpsd/dpsdtest"
 	"github.com/tpmdps/dpsd/internal/swtpmtest"
 )
 

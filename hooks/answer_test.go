@@ -7,8 +7,8 @@ import (
 	"testing"
 
 	"github.com/tpmdps/dpsd/broker"
+	"github.com/tpmdps/dpsd/dpsdtest"
 	"github.com/tpmdps/dpsd/hooks"
-	"github.com/tpmdps/dpsd/internal/dpsdtest"
 )
 
 // TestNoGoroutinePerSession: requests are answered on mochi's read

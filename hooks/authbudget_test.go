@@ -4,8 +4,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tpmdps/dpsd/dpsdtest"
 	"github.com/tpmdps/dpsd/hooks"
-	"github.com/tpmdps/dpsd/internal/dpsdtest"
 	"github.com/tpmdps/dpsd/internal/metrics"
 	"github.com/tpmdps/dpsd/internal/refusal"
 )

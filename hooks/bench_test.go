@@ -6,8 +6,8 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/tpmdps/dpsd/dpsdtest"
 	"github.com/tpmdps/dpsd/hooks"
-	"github.com/tpmdps/dpsd/internal/dpsdtest"
 )
 
 func BenchmarkParseRequestTopic(b *testing.B) {

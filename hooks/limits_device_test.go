@@ -11,8 +11,8 @@ import (
 	"time"
 
 	"github.com/tpmdps/dpsd/broker"
+	"github.com/tpmdps/dpsd/dpsdtest"
 	"github.com/tpmdps/dpsd/hooks"
-	"github.com/tpmdps/dpsd/internal/dpsdtest"
 )
 
 // retryAfter returns the retry-after seconds of a response topic, or -1.

@@ -6,8 +6,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/tpmdps/dpsd/dpsdtest"
 	"github.com/tpmdps/dpsd/hooks"
-	"github.com/tpmdps/dpsd/internal/dpsdtest"
 )
 
 // mqtt5Publish splits a received MQTT 5 PUBLISH: topic, QoS, packet id,

@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tpmdps/dpsd/internal/dpsdtest"
+	"github.com/tpmdps/dpsd/dpsdtest"
 )
 
 // logSink is a log destination safe for concurrent use.

@@ -10,8 +10,8 @@ import (
 
 	"github.com/tpmdps/dpsd/broker"
 	"github.com/tpmdps/dpsd/device/devtpm"
+	"github.com/tpmdps/dpsd/dpsdtest"
 	"github.com/tpmdps/dpsd/hooks"
-	"github.com/tpmdps/dpsd/internal/dpsdtest"
 	"github.com/tpmdps/dpsd/internal/metrics"
 	"github.com/tpmdps/dpsd/internal/refusal"
 )

@@ -7,8 +7,8 @@ import (
 	"time"
 
 	"github.com/tpmdps/dpsd/broker"
+	"github.com/tpmdps/dpsd/dpsdtest"
 	"github.com/tpmdps/dpsd/hooks"
-	"github.com/tpmdps/dpsd/internal/dpsdtest"
 	"github.com/tpmdps/dpsd/internal/loadgen"
 )
 
