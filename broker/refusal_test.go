@@ -15,6 +15,7 @@ import (
 	"github.com/tpmdps/dpsd/broker"
 	"github.com/tpmdps/dpsd/dpsdtest"
 	"github.com/tpmdps/dpsd/internal/refusal"
+	"github.com/tpmdps/dpsd/internal/testkit"
 )
 
 // logBuffer is a log sink safe for concurrent use.
@@ -75,7 +76,7 @@ func expectDropped(t *testing.T, c net.Conn) {
 // still served.
 func TestRefusedConnectionsCountedAndLogged(t *testing.T) {
 	logs := &logBuffer{}
-	rec := &recordingMetrics{}
+	rec := &testkit.Metrics{}
 	s := dpsdtest.Start(t, dpsdtest.Options{
 		Logger:  slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelInfo})),
 		Metrics: rec,
@@ -85,7 +86,7 @@ func TestRefusedConnectionsCountedAndLogged(t *testing.T) {
 	expectDropped(t, dialFrom(t, "127.0.0.1", s.TCPAddr)) // the second token, but no slot
 	expectDropped(t, dialFrom(t, "127.0.0.1", s.TCPAddr)) // no token
 	expectDropped(t, dialFrom(t, "127.0.0.1", s.TCPAddr)) // no token
-	got := rec.connsRefused()
+	got := rec.ConnectionsRefused()
 	if got[broker.ListenerTCP+"/"+refusal.AddressCap] != 1 || got[broker.ListenerTCP+"/"+refusal.AddressRate] != 2 || len(got) != 2 {
 		t.Fatalf("refusals counted %v, want 1 %s and 2 %s on %s", got, refusal.AddressCap, refusal.AddressRate, broker.ListenerTCP)
 	}

@@ -13,9 +13,7 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
-	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -25,6 +23,7 @@ import (
 	"github.com/tpmdps/dpsd/dpsdtest"
 	"github.com/tpmdps/dpsd/hooks"
 	"github.com/tpmdps/dpsd/internal/refusal"
+	"github.com/tpmdps/dpsd/internal/testkit"
 	"github.com/tpmdps/dpsd/provision"
 	"github.com/tpmdps/dpsd/store/bolt"
 )
@@ -106,7 +105,7 @@ func TestWebSocketHandlerClientCertificate(t *testing.T) {
 // TestWebSocketHandlerLimitsAndShutdown: the per-address cap applies to the
 // handler's connections, and Shutdown closes one that never sent CONNECT.
 func TestWebSocketHandlerLimitsAndShutdown(t *testing.T) {
-	rec := &recordingMetrics{}
+	rec := &testkit.Metrics{}
 	s := dpsdtest.Start(t, dpsdtest.Options{APIAddr: "127.0.0.1:0", APIWebSocket: true, Metrics: rec,
 		ConnectTimeout: time.Minute, Limits: broker.Limits{ConnectionsPerAddress: 1}})
 	dialer := websocket.Dialer{TLSClientConfig: s.TLSConfig(), Subprotocols: []string{"mqtt"}, HandshakeTimeout: 10 * time.Second}
@@ -125,7 +124,7 @@ func TestWebSocketHandlerLimitsAndShutdown(t *testing.T) {
 	if _, resp, err := dialer.Dial("wss://"+s.APIAddr+"/", nil); err == nil || resp == nil || resp.StatusCode != http.StatusServiceUnavailable {
 		t.Fatalf("second connection from one address: %v %v", err, resp)
 	}
-	if got := rec.connsRefused(); got[broker.ListenerWSHandler+"/"+refusal.AddressCap] != 1 {
+	if got := rec.ConnectionsRefused(); got[broker.ListenerWSHandler+"/"+refusal.AddressCap] != 1 {
 		t.Fatalf("refusals counted %v", got)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
@@ -145,46 +144,6 @@ func TestWebSocketHandlerLimitsAndShutdown(t *testing.T) {
 	}
 }
 
-// recordingMetrics is a hooks.Metrics that keeps what it is told.
-type recordingMetrics struct {
-	mu      sync.Mutex
-	phases  []string
-	refused []string
-	conns   map[string]int // listener/reason of connections refused by a per-address limit
-}
-
-func (r *recordingMetrics) ConnectionRefused(listener, reason string) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.conns == nil {
-		r.conns = make(map[string]int)
-	}
-	r.conns[listener+"/"+reason]++
-}
-
-// connsRefused returns a copy of the per-address refusals counted so far.
-func (r *recordingMetrics) connsRefused() map[string]int {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	out := make(map[string]int, len(r.conns))
-	for k, v := range r.conns {
-		out[k] = v
-	}
-	return out
-}
-
-func (r *recordingMetrics) Observe(phase string, status int, _ time.Duration) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.phases = append(r.phases, phase+"/"+strconv.Itoa(status))
-}
-
-func (r *recordingMetrics) ConnectRefused(reason string) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.refused = append(r.refused, reason)
-}
-
 // TestBrokerMetrics: the hook's Metrics receives the CONNECT phase and the
 // hook's own refusals (here the restricted session cap).
 func TestBrokerMetrics(t *testing.T) {
@@ -197,7 +156,7 @@ func TestBrokerMetrics(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rec := &recordingMetrics{}
+	rec := &testkit.Metrics{}
 	b, err := broker.New(broker.Config{TCPAddr: "127.0.0.1:0", Metrics: rec},
 		dpsHook(svc, hooks.Limits{RestrictedSessions: 1}, rec))
 	if err != nil {
@@ -237,12 +196,10 @@ func TestBrokerMetrics(t *testing.T) {
 	if code != 3 {
 		t.Fatalf("second restricted CONNACK %d, want 3 (cap)", code)
 	}
-	rec.mu.Lock()
-	defer rec.mu.Unlock()
-	if strings.Join(rec.refused, ",") != hooks.RefusedRestrictedCap {
-		t.Fatalf("refusals %v", rec.refused)
+	if refused := rec.ConnectRefusals(); strings.Join(refused, ",") != hooks.RefusedRestrictedCap {
+		t.Fatalf("refusals %v", refused)
 	}
-	if strings.Join(rec.phases, ",") != "connect/0,connect/0" {
-		t.Fatalf("phases %v", rec.phases)
+	if phases := rec.Phases(); strings.Join(phases, ",") != "connect/0,connect/0" {
+		t.Fatalf("phases %v", phases)
 	}
 }
