@@ -12,7 +12,6 @@ import (
 	"github.com/tpmdps/dpsd/device/devtpm"
 	"github.com/tpmdps/dpsd/dpsdtest"
 	"github.com/tpmdps/dpsd/hooks"
-	"github.com/tpmdps/dpsd/internal/metrics"
 	"github.com/tpmdps/dpsd/internal/refusal"
 )
 
@@ -67,7 +66,7 @@ func holdRestricted(t *testing.T, s *dpsdtest.Server, ip, prefix string, n int) 
 func TestRestrictedFloodFromOneAddress(t *testing.T) {
 	const totalCap = 40
 	tpm := simulator(t)
-	mx := metrics.New()
+	mx := &observer{}
 	s := dpsdtest.Start(t, dpsdtest.Options{Metrics: mx, HookLimits: hooks.Limits{RestrictedSessions: totalCap}})
 	ek, srk := tpmKeys(t, tpm, devtpm.ECCP256, devtpm.SRKECCP256)
 	id := "tpm-beside-a-flood"
@@ -104,8 +103,8 @@ func TestRestrictedFloodFromOneAddress(t *testing.T) {
 	}
 	provision()
 
-	refused := metricValue(t, mx, "dpsd_connections_refused_total", map[string]string{"listener": broker.ListenerTCP, "reason": refusal.RestrictedAddressCap})
-	if want := float64(2 * (totalCap - hooks.DefaultRestrictedSessionsPerAddress)); refused != want {
+	refused := mx.ConnectionsRefused()[broker.ListenerTCP+"/"+refusal.RestrictedAddressCap]
+	if want := 2 * (totalCap - hooks.DefaultRestrictedSessionsPerAddress); refused != want {
 		t.Fatalf("%v restricted sessions counted as refused by the per-address cap, want %v", refused, want)
 	}
 }
