@@ -1,4 +1,4 @@
-package softtpm_test
+package attesttest_test
 
 import (
 	"bytes"
@@ -11,8 +11,8 @@ import (
 	"github.com/google/go-tpm/tpm2/transport"
 	"github.com/google/go-tpm/tpm2/transport/simulator"
 
+	"github.com/tpmdps/dpsd/attest/attesttest"
 	"github.com/tpmdps/dpsd/device/devtpm"
-	"github.com/tpmdps/dpsd/internal/softtpm"
 )
 
 // Persistent handles the imported copies of the software keys use in the
@@ -34,7 +34,7 @@ func importable(tmpl tpm2.TPMTPublic) tpm2.TPMTPublic {
 
 // loadIntoSim imports k under parent (no wrappers: the duplicate is the
 // plain TPM2B_SENSITIVE), loads it, persists it at handle and returns it.
-func loadIntoSim(t *testing.T, tpm transport.TPM, parent *devtpm.Key, k *softtpm.Key, handle tpm2.TPMHandle) *devtpm.Key {
+func loadIntoSim(t *testing.T, tpm transport.TPM, parent *devtpm.Key, k *attesttest.Key, handle tpm2.TPMHandle) *devtpm.Key {
 	t.Helper()
 	pub, err := tpm2.Unmarshal[tpm2.TPM2BPublic](k.Public())
 	if err != nil {
@@ -56,7 +56,7 @@ func loadIntoSim(t *testing.T, tpm transport.TPM, parent *devtpm.Key, k *softtpm
 		t.Fatalf("TPM2_Load: %v", err)
 	}
 	if !bytes.Equal(ld.Name.Buffer, k.Name()) {
-		t.Errorf("the simulator names the key %x, softtpm %x", ld.Name.Buffer, k.Name())
+		t.Errorf("the simulator names the key %x, attesttest %x", ld.Name.Buffer, k.Name())
 	}
 	_ = devtpm.EvictPersistent(tpm, handle)
 	_, err = tpm2.EvictControl{
@@ -80,7 +80,7 @@ func loadIntoSim(t *testing.T, tpm transport.TPM, parent *devtpm.Key, k *softtpm
 // the Microsoft reference TPM simulator holding the same EK and SRK (the
 // software keys imported into it), and checks that both recover the same
 // HMAC key: an HMAC computed inside the simulator equals the one computed
-// with the key softtpm recovered.
+// with the key attesttest recovered.
 func TestSameKeyAsTheSimulator(t *testing.T) {
 	tpm, err := simulator.OpenSimulator()
 	if err != nil {
@@ -93,19 +93,19 @@ func TestSameKeyAsTheSimulator(t *testing.T) {
 	}
 	defer parent.Close()
 
-	for _, alg := range []softtpm.Alg{softtpm.RSA2048, softtpm.ECCP256} {
+	for _, alg := range []attesttest.Alg{attesttest.RSA2048, attesttest.ECCP256} {
 		t.Run(alg.String(), func(t *testing.T) {
-			ekT, _ := softtpm.EKTemplate(alg)
-			srkT, _ := softtpm.SRKTemplate(alg)
-			ek, err := softtpm.NewKey(rand.Reader, importable(ekT))
+			ekT, _ := attesttest.EKTemplate(alg)
+			srkT, _ := attesttest.SRKTemplate(alg)
+			ek, err := attesttest.NewKey(rand.Reader, importable(ekT))
 			if err != nil {
 				t.Fatal(err)
 			}
-			srk, err := softtpm.NewKey(rand.Reader, importable(srkT))
+			srk, err := attesttest.NewKey(rand.Reader, importable(srkT))
 			if err != nil {
 				t.Fatal(err)
 			}
-			soft := &softtpm.Device{EK: ek, SRK: srk}
+			soft := &attesttest.Device{EK: ek, SRK: srk}
 			simEK := loadIntoSim(t, tpm, parent, ek, simEKHandle)
 			simSRK := loadIntoSim(t, tpm, parent, srk, simSRKHandle)
 
@@ -113,10 +113,10 @@ func TestSameKeyAsTheSimulator(t *testing.T) {
 			blob := blobFor(t, soft, key)
 			softKey, err := soft.Activate(blob)
 			if err != nil {
-				t.Fatalf("softtpm Activate: %v", err)
+				t.Fatalf("attesttest Activate: %v", err)
 			}
 			if !bytes.Equal(softKey, key) {
-				t.Fatalf("softtpm recovered %x, want %x", softKey, key)
+				t.Fatalf("attesttest recovered %x, want %x", softKey, key)
 			}
 			idKey, err := devtpm.Activate(simEK, simSRK, blob)
 			if err != nil {
@@ -131,7 +131,7 @@ func TestSameKeyAsTheSimulator(t *testing.T) {
 			m := hmac.New(sha256.New, softKey)
 			m.Write(data)
 			if !hmac.Equal(simMAC, m.Sum(nil)) {
-				t.Fatalf("the simulator and softtpm opened different keys: HMACs %x and %x", simMAC, m.Sum(nil))
+				t.Fatalf("the simulator and attesttest opened different keys: HMACs %x and %x", simMAC, m.Sum(nil))
 			}
 		})
 	}
