@@ -16,7 +16,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tpmdps/dpsd/internal/loadgen"
+	"github.com/tpmdps/dpsd/internal/procnet"
 )
 
 // readmeBlocks returns the fenced code blocks of the README that follow a
@@ -157,7 +157,7 @@ func TestReadmeWalkthrough(t *testing.T) {
 	}
 	env = append(env, "DPSD_MQTT_ADDR="+mqtt, "DPSD_MQTTS_ADDR="+mqtts, "DPSD_API_ADDR="+api)
 	t.Cleanup(func() { // swtpm runs as a daemon: stop it by its port if the block did not
-		if pid, err := loadgen.FindListeningPID(tpmPort); err == nil && pid > 0 {
+		if pid, err := procnet.ListeningPID(tpmPort); err == nil && pid > 0 {
 			_ = syscall.Kill(pid, syscall.SIGKILL)
 		}
 	})

@@ -23,6 +23,3 @@ func selfCPU() time.Duration { return 0 }
 
 // RaiseFileLimit raises the open file limit (Linux only).
 func RaiseFileLimit() (uint64, error) { return 0, errNoProc }
-
-// FindListeningPID finds the process listening on port (Linux only).
-func FindListeningPID(port int) (int, error) { return 0, errNoProc }
