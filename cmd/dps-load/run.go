@@ -23,8 +23,8 @@ import (
 	"time"
 
 	"github.com/tpmdps/dpsd/apiclient"
+	"github.com/tpmdps/dpsd/cmd/dps-load/internal/loadgen"
 	"github.com/tpmdps/dpsd/internal/datadir"
-	"github.com/tpmdps/dpsd/internal/loadgen"
 	"github.com/tpmdps/dpsd/internal/procnet"
 )
 
