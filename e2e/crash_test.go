@@ -15,6 +15,7 @@ import (
 	"github.com/tpmdps/dpsd/attest"
 	"github.com/tpmdps/dpsd/device"
 	"github.com/tpmdps/dpsd/internal/datadir"
+	"github.com/tpmdps/dpsd/internal/testkit/tpmsim"
 	"github.com/tpmdps/dpsd/store"
 	"github.com/tpmdps/dpsd/store/bolt"
 )
@@ -90,7 +91,7 @@ func TestCrashSafety(t *testing.T) {
 			},
 		})
 	}
-	att := &device.TPM{Device: simulator(t)}
+	att := &device.TPM{Device: tpmsim.Open(t)}
 	ek, err := att.EndorsementKey(ctx)
 	if err != nil {
 		t.Fatal(err)

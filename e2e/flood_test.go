@@ -19,6 +19,7 @@ import (
 	"github.com/tpmdps/dpsd/device"
 	"github.com/tpmdps/dpsd/dpsdtest"
 	"github.com/tpmdps/dpsd/hooks"
+	"github.com/tpmdps/dpsd/internal/testkit/tpmsim"
 	"github.com/tpmdps/dpsd/store"
 )
 
@@ -193,7 +194,7 @@ func TestFloodSilentConnections(t *testing.T) {
 // the register body fields (EK and SRK) a flooder who has seen them can send.
 func tpmDevice(t testing.TB) (*device.TPM, string, []byte) {
 	t.Helper()
-	att := &device.TPM{Device: simulator(t)}
+	att := &device.TPM{Device: tpmsim.Open(t)}
 	ctx := context.Background()
 	ek, err := att.EndorsementKey(ctx)
 	if err != nil {

@@ -10,45 +10,14 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"os"
 	"runtime"
 	"strconv"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
-	"github.com/google/go-tpm/tpm2/transport"
-
 	"github.com/tpmdps/dpsd/device"
-	"github.com/tpmdps/dpsd/device/tpmtransport"
 )
-
-// The reference simulator is one instance per process: the tests of this
-// package share it (one EK, one TPM device identity), opened once.
-var sharedSim struct {
-	once sync.Once
-	tpm  transport.TPMCloser
-	err  error
-}
-
-func TestMain(m *testing.M) {
-	code := m.Run()
-	if sharedSim.tpm != nil {
-		_ = sharedSim.tpm.Close()
-	}
-	os.Exit(code)
-}
-
-// simulator returns the shared in-process reference simulator.
-func simulator(t testing.TB) transport.TPM {
-	t.Helper()
-	sharedSim.once.Do(func() { sharedSim.tpm, sharedSim.err = tpmtransport.OpenSimulator() })
-	if sharedSim.err != nil {
-		t.Fatalf("simulator: %v", sharedSim.err)
-	}
-	return sharedSim.tpm
-}
 
 // raiseFileLimit lifts the soft RLIMIT_NOFILE to the hard limit and fails
 // the test when fewer than need descriptors are possible.

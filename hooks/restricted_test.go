@@ -13,6 +13,7 @@ import (
 	"github.com/tpmdps/dpsd/dpsdtest"
 	"github.com/tpmdps/dpsd/hooks"
 	"github.com/tpmdps/dpsd/internal/refusal"
+	"github.com/tpmdps/dpsd/internal/testkit/tpmsim"
 )
 
 // dialRawFrom opens a raw MQTT connection to addr from the loopback source
@@ -65,7 +66,7 @@ func holdRestricted(t *testing.T, s *dpsdtest.Server, ip, prefix string, n int) 
 // its share and just holds it, the device still provisions.
 func TestRestrictedFloodFromOneAddress(t *testing.T) {
 	const totalCap = 40
-	tpm := simulator(t)
+	tpm := tpmsim.Open(t)
 	mx := &observer{}
 	s := dpsdtest.Start(t, dpsdtest.Options{Metrics: mx, HookLimits: hooks.Limits{RestrictedSessions: totalCap}})
 	ek, srk := tpmKeys(t, tpm, devtpm.ECCP256, devtpm.SRKECCP256)

@@ -16,32 +16,12 @@ import (
 
 	"github.com/tpmdps/dpsd/attest"
 	"github.com/tpmdps/dpsd/device/devtpm"
-	"github.com/tpmdps/dpsd/device/tpmtransport"
 	"github.com/tpmdps/dpsd/dpsdtest"
 	"github.com/tpmdps/dpsd/hooks"
 	"github.com/tpmdps/dpsd/internal/swtpmtest"
+	"github.com/tpmdps/dpsd/internal/testkit/tpmsim"
 	"github.com/tpmdps/dpsd/store"
 )
-
-// sim is the one reference TPM simulator of this test process, shared by the
-// tests that need it (it is one instance per process).
-var sim struct {
-	once sync.Once
-	tpm  transport.TPMCloser
-	err  error
-	mu   sync.Mutex // one test at a time uses it
-}
-
-func simulator(t *testing.T) transport.TPM {
-	t.Helper()
-	sim.once.Do(func() { sim.tpm, sim.err = tpmtransport.OpenSimulator() })
-	if sim.err != nil {
-		t.Fatalf("simulator: %v", sim.err)
-	}
-	sim.mu.Lock()
-	t.Cleanup(sim.mu.Unlock)
-	return sim.tpm
-}
 
 // tpmKeys creates an EK and SRK on the simulator (flushed at cleanup).
 func tpmKeys(t *testing.T, tpm transport.TPM, alg devtpm.Alg, srkT devtpm.SRKTemplate) (ek, srk *devtpm.Key) {
@@ -210,7 +190,7 @@ func activate(t *testing.T, s *dpsdtest.Server, ek, srk *devtpm.Key, id string, 
 // ECC keys on the reference simulator; the hub key blob activates too; the
 // used challenge cannot authenticate again.
 func TestTPMFlowSimulator(t *testing.T) {
-	tpm := simulator(t)
+	tpm := tpmsim.Open(t)
 	s := dpsdtest.Start(t, dpsdtest.Options{})
 	cases := []struct {
 		name string
@@ -249,7 +229,7 @@ func TestTPMFlowSimulator(t *testing.T) {
 // from several connections neither block the real device nor cancel the
 // challenge it took before them.
 func TestTPMHostile(t *testing.T) {
-	tpm := simulator(t)
+	tpm := tpmsim.Open(t)
 	s := dpsdtest.Start(t, dpsdtest.Options{HookLimits: hooks.Limits{
 		ChallengesPerConnection:        60,
 		ChallengesPerAddressPerMinute:  1000,
