@@ -7,6 +7,7 @@ import (
 	"github.com/tpmdps/dpsd/dpsdtest"
 	"github.com/tpmdps/dpsd/hooks"
 	"github.com/tpmdps/dpsd/internal/refusal"
+	"github.com/tpmdps/dpsd/internal/testkit/mqtttest"
 )
 
 // TestAuthFailureBudget: after a burst of refused CONNECTs from one address,
@@ -25,8 +26,8 @@ func TestAuthFailureBudget(t *testing.T) {
 	wrong := symDevice{id: d.id, key: make([]byte, 32)}
 	serviceCalls := func() int { return mx.PhaseCount(hooks.PhaseConnect) }
 	for i := 0; i < hooks.DefaultAuthFailureBurstPerAddress; i++ {
-		c := dialRawFrom(t, "127.0.0.1", s.TCPAddr)
-		if code, _ := c.connect(d.id, username(s, d.id), wrong.sasAt(s), true, 0); code != 5 {
+		c := mqtttest.DialFrom(t, "127.0.0.1", s.TCPAddr)
+		if code, _ := c.Connect(d.id, username(s, d.id), wrong.sasAt(s), true, 0); code != 5 {
 			t.Fatalf("bad token %d: CONNACK %d, want 5", i, code)
 		}
 	}
@@ -37,11 +38,11 @@ func TestAuthFailureBudget(t *testing.T) {
 	}
 
 	// The valid credential from the same address is refused before the service.
-	c := dialRawFrom(t, "127.0.0.1", s.TCPAddr)
-	if code, _ := c.connect(d.id, username(s, d.id), d.sasAt(s), true, 0); code != 3 {
+	c := mqtttest.DialFrom(t, "127.0.0.1", s.TCPAddr)
+	if code, _ := c.Connect(d.id, username(s, d.id), d.sasAt(s), true, 0); code != 3 {
 		t.Fatalf("valid token after the burst: CONNACK %d, want 3", code)
 	}
-	c.expectClosed()
+	c.ExpectClosed()
 	if n := serviceCalls(); n != calls {
 		t.Fatalf("the refused CONNECT reached the service (%d calls, was %d)", n, calls)
 	}
@@ -50,8 +51,8 @@ func TestAuthFailureBudget(t *testing.T) {
 	}
 
 	// Another address has its own budget.
-	o := dialRawFrom(t, "127.0.0.2", s.TCPAddr)
-	if code, _ := o.connect(d.id, username(s, d.id), d.sas(s, time.Now().Add(time.Hour)), true, 0); code != 0 {
+	o := mqtttest.DialFrom(t, "127.0.0.2", s.TCPAddr)
+	if code, _ := o.Connect(d.id, username(s, d.id), d.sas(s, time.Now().Add(time.Hour)), true, 0); code != 0 {
 		t.Fatalf("valid token from another address: CONNACK %d, want 0", code)
 	}
 	if n := mx.PhaseStatusCount(hooks.PhaseConnect, 0); n != 1 {
