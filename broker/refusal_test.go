@@ -16,6 +16,7 @@ import (
 	"github.com/tpmdps/dpsd/dpsdtest"
 	"github.com/tpmdps/dpsd/internal/refusal"
 	"github.com/tpmdps/dpsd/internal/testkit"
+	"github.com/tpmdps/dpsd/internal/testkit/mqtttest"
 )
 
 // logBuffer is a log sink safe for concurrent use.
@@ -98,7 +99,7 @@ func TestRefusedConnectionsCountedAndLogged(t *testing.T) {
 	// Another address has its own budget and slot.
 	other := dialFrom(t, "127.0.0.2", s.TCPAddr)
 	other.SetDeadline(time.Now().Add(10 * time.Second))
-	if _, err := other.Write(restrictedConnect("other-addr", s.IDScope+"/registrations/other-addr/api-version=2019-03-31")); err != nil {
+	if _, err := other.Write(mqtttest.Encode(mqtttest.ConnectPacket("other-addr", s.IDScope+"/registrations/other-addr/api-version=2019-03-31", ""))); err != nil {
 		t.Fatal(err)
 	}
 	ack := make([]byte, 4)

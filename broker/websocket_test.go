@@ -24,6 +24,7 @@ import (
 	"github.com/tpmdps/dpsd/hooks"
 	"github.com/tpmdps/dpsd/internal/refusal"
 	"github.com/tpmdps/dpsd/internal/testkit"
+	"github.com/tpmdps/dpsd/internal/testkit/mqtttest"
 	"github.com/tpmdps/dpsd/provision"
 	"github.com/tpmdps/dpsd/store/bolt"
 )
@@ -49,17 +50,6 @@ func selfSignedClient(t *testing.T, id string) tls.Certificate {
 	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
 }
 
-// restrictedConnect is a 3.1.1 CONNECT without a password (a restricted
-// session, or X.509 with a client certificate): connectPacket with an empty
-// password, its flag cleared and its two length bytes dropped.
-func restrictedConnect(id, user string) []byte {
-	pkt := connectPacket(id, user, "")
-	pkt[9] &^= 0x40 // fixed header (2) + "MQTT" (6) + level (1): the flags byte
-	pkt = pkt[:len(pkt)-2]
-	pkt[1] -= 2 // short packet: one remaining-length byte
-	return pkt
-}
-
 // wsConnack dials the API listener's WebSocket, sends a CONNECT without a
 // password and returns the CONNACK return code.
 func wsConnack(t *testing.T, s *dpsdtest.Server, path, id string, certs []tls.Certificate) byte {
@@ -73,7 +63,7 @@ func wsConnack(t *testing.T, s *dpsdtest.Server, path, id string, certs []tls.Ce
 	}
 	defer ws.Close()
 	user := s.IDScope + "/registrations/" + id + "/api-version=2019-03-31"
-	pkt := restrictedConnect(id, user)
+	pkt := mqtttest.Encode(mqtttest.ConnectPacket(id, user, "")) // no password
 	if err := ws.WriteMessage(websocket.BinaryMessage, pkt); err != nil {
 		t.Fatal(err)
 	}
@@ -175,7 +165,7 @@ func TestBrokerMetrics(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		pkt := restrictedConnect(id, dpsdtest.DefaultIDScope+"/registrations/"+id+"/api-version=2019-03-31")
+		pkt := mqtttest.Encode(mqtttest.ConnectPacket(id, dpsdtest.DefaultIDScope+"/registrations/"+id+"/api-version=2019-03-31", ""))
 		c.SetDeadline(time.Now().Add(10 * time.Second))
 		if _, err := c.Write(pkt); err != nil {
 			t.Fatal(err)
