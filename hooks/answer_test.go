@@ -9,6 +9,7 @@ import (
 	"github.com/tpmdps/dpsd/broker"
 	"github.com/tpmdps/dpsd/dpsdtest"
 	"github.com/tpmdps/dpsd/hooks"
+	"github.com/tpmdps/dpsd/internal/testkit"
 	"github.com/tpmdps/dpsd/internal/testkit/mqtttest"
 )
 
@@ -34,7 +35,7 @@ func TestNoGoroutinePerSession(t *testing.T) {
 		clients[i] = c
 	}
 	// Every connection has its reader and writer once its SUBACK came back.
-	waitFor(t, "the connections' goroutines", func() bool { return runtime.NumGoroutine()-base >= 2*n })
+	testkit.Await(t, "the connections' goroutines", func() bool { return runtime.NumGoroutine()-base >= 2*n })
 	if idle := runtime.NumGoroutine() - base; idle >= 3*n {
 		t.Fatalf("%d idle sessions run %d goroutines, want fewer than 3 each", n, idle)
 	}

@@ -13,6 +13,7 @@ import (
 	"github.com/tpmdps/dpsd/dpsdtest"
 	"github.com/tpmdps/dpsd/hooks"
 	"github.com/tpmdps/dpsd/internal/refusal"
+	"github.com/tpmdps/dpsd/internal/testkit"
 	"github.com/tpmdps/dpsd/internal/testkit/mqtttest"
 	"github.com/tpmdps/dpsd/internal/testkit/tpmsim"
 )
@@ -84,7 +85,7 @@ func TestRestrictedFloodFromOneAddress(t *testing.T) {
 	for _, c := range flood {
 		c.ExpectClosed() // the poll ended the session
 	}
-	waitFor(t, "the flood's sessions released", func() bool { _, r := s.Broker.Sessions(); return r == 0 })
+	testkit.Await(t, "the flood's sessions released", func() bool { _, r := s.Broker.Sessions(); return r == 0 })
 
 	// The address takes its share again and just holds it (no polls).
 	if again := holdRestricted(t, s, "127.0.0.1", "refill", totalCap); len(again) != hooks.DefaultRestrictedSessionsPerAddress {
@@ -164,5 +165,5 @@ func TestRestrictedLifetime(t *testing.T) {
 			t.Fatalf("restricted session still open after %d TPM register requests over 10 s", i+1)
 		}
 	}
-	waitFor(t, "the session released", func() bool { _, r := s.Broker.Sessions(); return r == 0 })
+	testkit.Await(t, "the session released", func() bool { _, r := s.Broker.Sessions(); return r == 0 })
 }
