@@ -104,13 +104,9 @@ func TestWebSocketHandlerLimitsAndShutdown(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer first.Close()
-	deadline := time.Now().Add(10 * time.Second)
-	for s.Broker.Connections()[broker.ListenerWSHandler] != 1 {
-		if time.Now().After(deadline) {
-			t.Fatalf("connections %v", s.Broker.Connections())
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testkit.Await(t, "the first WebSocket connection counted", func() bool {
+		return s.Broker.Connections()[broker.ListenerWSHandler] == 1
+	})
 	if _, resp, err := dialer.Dial("wss://"+s.APIAddr+"/", nil); err == nil || resp == nil || resp.StatusCode != http.StatusServiceUnavailable {
 		t.Fatalf("second connection from one address: %v %v", err, resp)
 	}
