@@ -21,6 +21,7 @@ import (
 	"github.com/tpmdps/dpsd/device"
 	"github.com/tpmdps/dpsd/dpsdtest"
 	"github.com/tpmdps/dpsd/hooks"
+	"github.com/tpmdps/dpsd/internal/testkit"
 	"github.com/tpmdps/dpsd/internal/testkit/mqtttest"
 	"github.com/tpmdps/dpsd/internal/testkit/tpmsim"
 	"github.com/tpmdps/dpsd/store"
@@ -359,7 +360,7 @@ func TestFloodRestrictedChallenges(t *testing.T) {
 	if err := tpmDone(); err != nil {
 		t.Fatalf("TPM device started during the flood: %v", err)
 	}
-	waitFor(t, 10*time.Second, "restricted sessions released", func() bool { _, r := srv.Broker.Sessions(); return r == 0 })
+	testkit.AwaitWithin(t, 10*time.Second, "restricted sessions released", func() bool { _, r := srv.Broker.Sessions(); return r == 0 })
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	provisionOK(t, ctx, deviceConfig(t, srv, id, att)) // after
@@ -490,7 +491,7 @@ func TestSlowReader(t *testing.T) {
 	if ack, err := mqtttest.ReadPacket(r, mqtttest.V311); err != nil || ack.Type() != packets.Connack || ack.ReasonCode != 0 {
 		t.Fatalf("CONNACK %v %v", ack, err)
 	}
-	waitFor(t, 10*time.Second, "the slow reader's session", func() bool { n, _ := srv.Broker.Sessions(); return n == 1 })
+	testkit.AwaitWithin(t, 10*time.Second, "the slow reader's session", func() bool { n, _ := srv.Broker.Sessions(); return n == 1 })
 	if _, err := c.Write(mqtttest.Encode(mqtttest.SubscribePacket(1, 1, responseFilter))); err != nil {
 		t.Fatal(err)
 	}
@@ -527,7 +528,7 @@ func TestSlowReader(t *testing.T) {
 	if err := done(); err != nil {
 		t.Fatalf("neighbour during the slow reader: %v", err)
 	}
-	waitFor(t, 30*time.Second, "the server to drop the slow reader", func() bool {
+	testkit.AwaitWithin(t, 30*time.Second, "the server to drop the slow reader", func() bool {
 		n, _ := srv.Broker.Sessions()
 		return n == 0
 	})

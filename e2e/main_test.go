@@ -15,6 +15,7 @@ import (
 	"github.com/eclipse/paho.mqtt.golang/packets"
 
 	"github.com/tpmdps/dpsd/device"
+	"github.com/tpmdps/dpsd/internal/testkit"
 	"github.com/tpmdps/dpsd/internal/testkit/mqtttest"
 )
 
@@ -58,18 +59,6 @@ func dialFrom(ip net.IP, addr string) (net.Conn, error) {
 	return d.Dial("tcp", addr)
 }
 
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", d, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // heapInUse returns the live heap after a GC.
 func heapInUse() uint64 {
 	runtime.GC()
@@ -94,18 +83,13 @@ func (r resources) String() string {
 func expectBaseline(t testing.TB, base resources) {
 	t.Helper()
 	var now resources
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	if !testkit.Poll(30*time.Second, func() bool {
 		now = sample()
-		if now.goroutines <= base.goroutines+40 && now.heap <= base.heap+64<<20 {
-			t.Logf("after the flood: %v (baseline %v)", now, base)
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("resources did not return to baseline: %v, baseline %v", now, base)
-		}
-		time.Sleep(100 * time.Millisecond)
+		return now.goroutines <= base.goroutines+40 && now.heap <= base.heap+64<<20
+	}) {
+		t.Fatalf("resources did not return to baseline: %v, baseline %v", now, base)
 	}
+	t.Logf("after the flood: %v (baseline %v)", now, base)
 }
 
 // provisionOK runs one Provision and fails unless it ends assigned.

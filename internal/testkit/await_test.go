@@ -12,10 +12,7 @@ import (
 func TestPoll(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		var done atomic.Bool
-		go func() {
-			time.Sleep(3 * time.Second)
-			done.Store(true)
-		}()
+		time.AfterFunc(3*time.Second, func() { done.Store(true) })
 		if !Poll(DefaultWait, done.Load) {
 			t.Fatal("Poll gave up on a condition that became true")
 		}
