@@ -9,14 +9,14 @@ import (
 	"github.com/google/go-tpm/tpm2"
 
 	"github.com/tpmdps/dpsd/attest"
-	"github.com/tpmdps/dpsd/attest/attesttest"
 	"github.com/tpmdps/dpsd/device/devtpm"
+	"github.com/tpmdps/dpsd/softtpm"
 	"github.com/tpmdps/dpsd/store"
 )
 
-// softTPMLogin runs the TPM challenge for a software TPM (attest/attesttest)
+// softTPMLogin runs the TPM challenge for a software TPM (softtpm)
 // registering as regID and returns the authenticated identity and its keys.
-func (e *env) softTPMLogin(d *attesttest.Device, regID string) (Identity, *TPMKeys) {
+func (e *env) softTPMLogin(d *softtpm.Device, regID string) (Identity, *TPMKeys) {
 	e.t.Helper()
 	keys := &TPMKeys{EndorsementKey: b64(d.EK.Public()), StorageRootKey: b64(d.SRK.Public())}
 	restricted := e.mustConnect(regID, nil)
@@ -53,7 +53,7 @@ func TestTPMReplacedGetsNewHubKey(t *testing.T) {
 	}
 	hubKeyMAC(t, a, gotA.RegistrationState.TPM.AuthenticationKey, recA.HubKey) // A holds its key
 
-	b, err := attesttest.NewDevice(rand.Reader, attesttest.RSA2048)
+	b, err := softtpm.NewDevice(rand.Reader, softtpm.RSA2048)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,19 +7,19 @@ import (
 	"testing"
 
 	"github.com/tpmdps/dpsd/attest"
-	"github.com/tpmdps/dpsd/attest/attesttest"
+	"github.com/tpmdps/dpsd/softtpm"
 )
 
 func TestTPMKeyCache(t *testing.T) {
-	dev, err := attesttest.NewDevice(rand.Reader, attesttest.ECCP256)
+	dev, err := softtpm.NewDevice(rand.Reader, softtpm.ECCP256)
 	if err != nil {
 		t.Fatal(err)
 	}
-	other, err := attesttest.NewDevice(rand.Reader, attesttest.ECCP256)
+	other, err := softtpm.NewDevice(rand.Reader, softtpm.ECCP256)
 	if err != nil {
 		t.Fatal(err)
 	}
-	keys := func(d *attesttest.Device) *TPMKeys {
+	keys := func(d *softtpm.Device) *TPMKeys {
 		return &TPMKeys{EndorsementKey: base64.StdEncoding.EncodeToString(d.EK.Public()),
 			StorageRootKey: base64.StdEncoding.EncodeToString(d.SRK.Public())}
 	}

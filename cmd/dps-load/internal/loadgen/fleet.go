@@ -10,7 +10,7 @@ import (
 	"sync"
 
 	"github.com/tpmdps/dpsd/apiclient"
-	"github.com/tpmdps/dpsd/attest/attesttest"
+	"github.com/tpmdps/dpsd/softtpm"
 	"github.com/tpmdps/dpsd/store"
 )
 
@@ -58,7 +58,7 @@ type Device struct {
 	Kind DeviceKind
 	// TPM is the software TPM of a TPM device (possibly shared with other
 	// devices: the service does not require distinct EKs).
-	TPM *attesttest.Device
+	TPM *softtpm.Device
 	// SymmetricKey is a symmetric device's key (a secret).
 	SymmetricKey []byte
 
@@ -83,19 +83,19 @@ func NewFleet(spec FleetSpec) ([]*Device, error) {
 	if spec.Prefix == "" {
 		spec.Prefix = "load"
 	}
-	pools := map[DeviceKind][]*attesttest.Device{}
-	makeTPM := func(kind DeviceKind, n, count int) (*attesttest.Device, error) {
+	pools := map[DeviceKind][]*softtpm.Device{}
+	makeTPM := func(kind DeviceKind, n, count int) (*softtpm.Device, error) {
 		size := spec.KeyPool
 		if size <= 0 || size > count {
 			size = count
 		}
 		p := pools[kind]
 		if len(p) < size {
-			alg := attesttest.RSA2048
+			alg := softtpm.RSA2048
 			if kind == TPMECC {
-				alg = attesttest.ECCP256
+				alg = softtpm.ECCP256
 			}
-			d, err := attesttest.NewDevice(rand.Reader, alg)
+			d, err := softtpm.NewDevice(rand.Reader, alg)
 			if err != nil {
 				return nil, fmt.Errorf("loadgen: software TPM: %w", err)
 			}

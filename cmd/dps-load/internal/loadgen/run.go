@@ -1,6 +1,6 @@
 // Package loadgen is the engine of the dps-load tool: it simulates many
 // devices provisioning concurrently against a running dpsd over MQTT (TCP or
-// TLS), with software-emulated TPMs (attest/attesttest) or symmetric keys,
+// TLS), with software-emulated TPMs (softtpm) or symmetric keys,
 // and reports throughput, latency per phase, errors by kind and the server's
 // CPU time per provisioning (read from /proc). Against a bare broker
 // (cmd/dps-load/internal/barebroker) it runs the same packets without any crypto, the

@@ -1,4 +1,4 @@
-package attesttest_test
+package softtpm_test
 
 import (
 	"bytes"
@@ -7,11 +7,11 @@ import (
 	"testing"
 
 	"github.com/tpmdps/dpsd/attest"
-	"github.com/tpmdps/dpsd/attest/attesttest"
+	"github.com/tpmdps/dpsd/softtpm"
 )
 
 // blobFor builds a blob as the server does, from the device's public areas.
-func blobFor(t testing.TB, d *attesttest.Device, key []byte) []byte {
+func blobFor(t testing.TB, d *softtpm.Device, key []byte) []byte {
 	t.Helper()
 	ek, err := attest.ParsePublic(d.EK.Public())
 	if err != nil {
@@ -39,11 +39,11 @@ func randomKey(t testing.TB, n int) []byte {
 
 func TestActivateServerBlob(t *testing.T) {
 	for _, tc := range []struct {
-		alg     attesttest.Alg
+		alg     softtpm.Alg
 		blobLen int
-	}{{attesttest.RSA2048, 766}, {attesttest.ECCP256, 390}} {
+	}{{softtpm.RSA2048, 766}, {softtpm.ECCP256, 390}} {
 		t.Run(tc.alg.String(), func(t *testing.T) {
-			d, err := attesttest.NewDevice(rand.Reader, tc.alg)
+			d, err := softtpm.NewDevice(rand.Reader, tc.alg)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -66,25 +66,25 @@ func TestActivateServerBlob(t *testing.T) {
 }
 
 func TestActivateRefusesOtherDevicesAndTampering(t *testing.T) {
-	for _, alg := range []attesttest.Alg{attesttest.RSA2048, attesttest.ECCP256} {
+	for _, alg := range []softtpm.Alg{softtpm.RSA2048, softtpm.ECCP256} {
 		t.Run(alg.String(), func(t *testing.T) {
-			d, err := attesttest.NewDevice(rand.Reader, alg)
+			d, err := softtpm.NewDevice(rand.Reader, alg)
 			if err != nil {
 				t.Fatal(err)
 			}
-			other, err := attesttest.NewDevice(rand.Reader, alg)
+			other, err := softtpm.NewDevice(rand.Reader, alg)
 			if err != nil {
 				t.Fatal(err)
 			}
 			blob := blobFor(t, d, randomKey(t, 32))
 
 			// Another device's EK cannot open it.
-			if _, err := other.Activate(blob); !errors.Is(err, attesttest.ErrIntegrity) && !errors.Is(err, attesttest.ErrMalformed) {
+			if _, err := other.Activate(blob); !errors.Is(err, softtpm.ErrIntegrity) && !errors.Is(err, softtpm.ErrMalformed) {
 				t.Errorf("other device: got %v, want an integrity or malformed error", err)
 			}
 			// The right EK with another SRK: the credential is bound to the SRK's Name.
-			mixed := &attesttest.Device{EK: d.EK, SRK: other.SRK}
-			if _, err := mixed.Activate(blob); !errors.Is(err, attesttest.ErrIntegrity) {
+			mixed := &softtpm.Device{EK: d.EK, SRK: other.SRK}
+			if _, err := mixed.Activate(blob); !errors.Is(err, softtpm.ErrIntegrity) {
 				t.Errorf("other SRK: got %v, want ErrIntegrity", err)
 			}
 			parts, err := attest.ParseActivationBlob(blob)
@@ -100,7 +100,7 @@ func TestActivateRefusesOtherDevicesAndTampering(t *testing.T) {
 			for name, p := range flips {
 				orig := bytes.Clone(*p)
 				(*p)[len(*p)-1] ^= 1
-				if _, err := d.Activate(parts.Marshal()); !errors.Is(err, attesttest.ErrIntegrity) {
+				if _, err := d.Activate(parts.Marshal()); !errors.Is(err, softtpm.ErrIntegrity) {
 					t.Errorf("flipped %s: got %v, want ErrIntegrity", name, err)
 				}
 				*p = orig
@@ -111,10 +111,10 @@ func TestActivateRefusesOtherDevicesAndTampering(t *testing.T) {
 				t.Fatal(err)
 			}
 			inner[0] ^= 1
-			if _, err := d.Import(inner, parts.Public, parts.Duplicate, parts.EncryptedSeed); !errors.Is(err, attesttest.ErrIntegrity) {
+			if _, err := d.Import(inner, parts.Public, parts.Duplicate, parts.EncryptedSeed); !errors.Is(err, softtpm.ErrIntegrity) {
 				t.Errorf("wrong inner key: got %v, want ErrIntegrity", err)
 			}
-			if _, err := d.Activate(blob[:len(blob)-3]); !errors.Is(err, attesttest.ErrMalformed) {
+			if _, err := d.Activate(blob[:len(blob)-3]); !errors.Is(err, softtpm.ErrMalformed) {
 				t.Errorf("truncated blob: got %v, want ErrMalformed", err)
 			}
 		})
@@ -122,12 +122,12 @@ func TestActivateRefusesOtherDevicesAndTampering(t *testing.T) {
 }
 
 func TestPublicAreasFollowTheTemplates(t *testing.T) {
-	for _, alg := range []attesttest.Alg{attesttest.RSA2048, attesttest.ECCP256} {
-		d, err := attesttest.NewDevice(rand.Reader, alg)
+	for _, alg := range []softtpm.Alg{softtpm.RSA2048, softtpm.ECCP256} {
+		d, err := softtpm.NewDevice(rand.Reader, alg)
 		if err != nil {
 			t.Fatal(err)
 		}
-		for name, k := range map[string]*attesttest.Key{"EK": d.EK, "SRK": d.SRK} {
+		for name, k := range map[string]*softtpm.Key{"EK": d.EK, "SRK": d.SRK} {
 			p, err := attest.ParsePublic(k.Public())
 			if err != nil {
 				t.Fatalf("%v %s: %v", alg, name, err)
@@ -143,15 +143,15 @@ func TestPublicAreasFollowTheTemplates(t *testing.T) {
 			t.Errorf("%v: empty registration id", alg)
 		}
 	}
-	if _, err := attesttest.NewDevice(rand.Reader, attesttest.Alg(9)); !errors.Is(err, attesttest.ErrUnsupported) {
+	if _, err := softtpm.NewDevice(rand.Reader, softtpm.Alg(9)); !errors.Is(err, softtpm.ErrUnsupported) {
 		t.Errorf("unknown algorithm: got %v, want ErrUnsupported", err)
 	}
 }
 
 func BenchmarkActivate(b *testing.B) {
-	for _, alg := range []attesttest.Alg{attesttest.RSA2048, attesttest.ECCP256} {
+	for _, alg := range []softtpm.Alg{softtpm.RSA2048, softtpm.ECCP256} {
 		b.Run(alg.String(), func(b *testing.B) {
-			d, err := attesttest.NewDevice(rand.Reader, alg)
+			d, err := softtpm.NewDevice(rand.Reader, alg)
 			if err != nil {
 				b.Fatal(err)
 			}

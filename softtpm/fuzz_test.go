@@ -1,17 +1,17 @@
-package attesttest_test
+package softtpm_test
 
 import (
 	"crypto/rand"
 	"errors"
 	"testing"
 
-	"github.com/tpmdps/dpsd/attest/attesttest"
+	"github.com/tpmdps/dpsd/softtpm"
 )
 
 // FuzzActivate: blobs come from the network. Every input either opens or
 // fails with a classified error, and never panics.
 func FuzzActivate(f *testing.F) {
-	d, err := attesttest.NewDevice(rand.Reader, attesttest.ECCP256)
+	d, err := softtpm.NewDevice(rand.Reader, softtpm.ECCP256)
 	if err != nil {
 		f.Fatal(err)
 	}
@@ -20,7 +20,7 @@ func FuzzActivate(f *testing.F) {
 	f.Add([]byte{})
 	f.Fuzz(func(t *testing.T, blob []byte) {
 		_, err := d.Activate(blob)
-		if err != nil && !errors.Is(err, attesttest.ErrMalformed) && !errors.Is(err, attesttest.ErrIntegrity) && !errors.Is(err, attesttest.ErrUnsupported) {
+		if err != nil && !errors.Is(err, softtpm.ErrMalformed) && !errors.Is(err, softtpm.ErrIntegrity) && !errors.Is(err, softtpm.ErrUnsupported) {
 			t.Fatalf("unclassified error: %v", err)
 		}
 	})

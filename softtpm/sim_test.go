@@ -1,4 +1,4 @@
-package attesttest_test
+package softtpm_test
 
 import (
 	"bytes"
@@ -10,9 +10,9 @@ import (
 	"github.com/google/go-tpm/tpm2"
 	"github.com/google/go-tpm/tpm2/transport"
 
-	"github.com/tpmdps/dpsd/attest/attesttest"
 	"github.com/tpmdps/dpsd/device/devtpm"
 	"github.com/tpmdps/dpsd/internal/testkit/tpmsim"
+	"github.com/tpmdps/dpsd/softtpm"
 )
 
 // Persistent handles the imported copies of the software keys use in the
@@ -34,7 +34,7 @@ func importable(tmpl tpm2.TPMTPublic) tpm2.TPMTPublic {
 
 // loadIntoSim imports k under parent (no wrappers: the duplicate is the
 // plain TPM2B_SENSITIVE), loads it, persists it at handle and returns it.
-func loadIntoSim(t *testing.T, tpm transport.TPM, parent *devtpm.Key, k *attesttest.Key, handle tpm2.TPMHandle) *devtpm.Key {
+func loadIntoSim(t *testing.T, tpm transport.TPM, parent *devtpm.Key, k *softtpm.Key, handle tpm2.TPMHandle) *devtpm.Key {
 	t.Helper()
 	pub, err := tpm2.Unmarshal[tpm2.TPM2BPublic](k.Public())
 	if err != nil {
@@ -56,7 +56,7 @@ func loadIntoSim(t *testing.T, tpm transport.TPM, parent *devtpm.Key, k *attestt
 		t.Fatalf("TPM2_Load: %v", err)
 	}
 	if !bytes.Equal(ld.Name.Buffer, k.Name()) {
-		t.Errorf("the simulator names the key %x, attesttest %x", ld.Name.Buffer, k.Name())
+		t.Errorf("the simulator names the key %x, softtpm %x", ld.Name.Buffer, k.Name())
 	}
 	_ = devtpm.EvictPersistent(tpm, handle)
 	_, err = tpm2.EvictControl{
@@ -80,7 +80,7 @@ func loadIntoSim(t *testing.T, tpm transport.TPM, parent *devtpm.Key, k *attestt
 // the Microsoft reference TPM simulator holding the same EK and SRK (the
 // software keys imported into it), and checks that both recover the same
 // HMAC key: an HMAC computed inside the simulator equals the one computed
-// with the key attesttest recovered.
+// with the key softtpm recovered.
 func TestSameKeyAsTheSimulator(t *testing.T) {
 	tpm := tpmsim.Open(t)
 	parent, err := devtpm.CreateSRK(tpm, devtpm.SRKRSAEmptyUnique)
@@ -89,19 +89,19 @@ func TestSameKeyAsTheSimulator(t *testing.T) {
 	}
 	defer parent.Close()
 
-	for _, alg := range []attesttest.Alg{attesttest.RSA2048, attesttest.ECCP256} {
+	for _, alg := range []softtpm.Alg{softtpm.RSA2048, softtpm.ECCP256} {
 		t.Run(alg.String(), func(t *testing.T) {
-			ekT, _ := attesttest.EKTemplate(alg)
-			srkT, _ := attesttest.SRKTemplate(alg)
-			ek, err := attesttest.NewKey(rand.Reader, importable(ekT))
+			ekT, _ := softtpm.EKTemplate(alg)
+			srkT, _ := softtpm.SRKTemplate(alg)
+			ek, err := softtpm.NewKey(rand.Reader, importable(ekT))
 			if err != nil {
 				t.Fatal(err)
 			}
-			srk, err := attesttest.NewKey(rand.Reader, importable(srkT))
+			srk, err := softtpm.NewKey(rand.Reader, importable(srkT))
 			if err != nil {
 				t.Fatal(err)
 			}
-			soft := &attesttest.Device{EK: ek, SRK: srk}
+			soft := &softtpm.Device{EK: ek, SRK: srk}
 			simEK := loadIntoSim(t, tpm, parent, ek, simEKHandle)
 			simSRK := loadIntoSim(t, tpm, parent, srk, simSRKHandle)
 
@@ -109,10 +109,10 @@ func TestSameKeyAsTheSimulator(t *testing.T) {
 			blob := blobFor(t, soft, key)
 			softKey, err := soft.Activate(blob)
 			if err != nil {
-				t.Fatalf("attesttest Activate: %v", err)
+				t.Fatalf("softtpm Activate: %v", err)
 			}
 			if !bytes.Equal(softKey, key) {
-				t.Fatalf("attesttest recovered %x, want %x", softKey, key)
+				t.Fatalf("softtpm recovered %x, want %x", softKey, key)
 			}
 			idKey, err := devtpm.Activate(simEK, simSRK, blob)
 			if err != nil {
@@ -127,7 +127,7 @@ func TestSameKeyAsTheSimulator(t *testing.T) {
 			m := hmac.New(sha256.New, softKey)
 			m.Write(data)
 			if !hmac.Equal(simMAC, m.Sum(nil)) {
-				t.Fatalf("the simulator and attesttest opened different keys: HMACs %x and %x", simMAC, m.Sum(nil))
+				t.Fatalf("the simulator and softtpm opened different keys: HMACs %x and %x", simMAC, m.Sum(nil))
 			}
 		})
 	}

@@ -1,4 +1,4 @@
-// Package attesttest emulates in software the device half of DPS TPM
+// Package softtpm emulates in software the device half of DPS TPM
 // attestation, for load generation and tests: an endorsement key (EK) and a
 // storage root key (SRK) whose private keys are held in memory, their
 // TPM2B_PUBLIC areas built from the TCG templates (so the server's strict
@@ -18,10 +18,10 @@
 // process can act as thousands of TPM devices; device/devtpm is the real
 // thing. A Device is safe for concurrent use (it holds no mutable state).
 //
-// It is test and load support, named as net/http/httptest is: it sits
-// beside attest, whose blobs it opens, and is imported by tests and by the
-// load tool (cmd/dps-load), never by dpsd or by device code.
-package attesttest
+// It is test and load support: tests and the load tool (cmd/dps-load)
+// import it, dpsd and device code never do. It sits above attest, whose
+// blobs it opens, and device/devtpm, whose key templates it shares.
+package softtpm
 
 import (
 	"bytes"
@@ -48,13 +48,13 @@ import (
 var (
 	// ErrMalformed means a structure given to a command does not parse (a TPM
 	// answers TPM_RC_SIZE or TPM_RC_VALUE).
-	ErrMalformed = errors.New("attesttest: malformed input")
+	ErrMalformed = errors.New("softtpm: malformed input")
 	// ErrIntegrity means an integrity check failed: the blob was not made
 	// for these keys, or was altered (a TPM answers TPM_RC_INTEGRITY).
-	ErrIntegrity = errors.New("attesttest: integrity check failed")
+	ErrIntegrity = errors.New("softtpm: integrity check failed")
 	// ErrUnsupported means a key type or algorithm this emulation does not
 	// implement.
-	ErrUnsupported = errors.New("attesttest: unsupported")
+	ErrUnsupported = errors.New("softtpm: unsupported")
 )
 
 // Alg selects a key algorithm: the device side's (devtpm.Alg), so that
@@ -123,7 +123,7 @@ func NewKey(rand io.Reader, tmpl tpm2.TPMTPublic) (*Key, error) {
 	var sens tpm2.TPMTSensitive
 	seedValue := make([]byte, sha256.Size)
 	if _, err := io.ReadFull(rand, seedValue); err != nil {
-		return nil, fmt.Errorf("attesttest: read random: %w", err)
+		return nil, fmt.Errorf("softtpm: read random: %w", err)
 	}
 	switch tmpl.Type {
 	case tpm2.TPMAlgRSA:
@@ -136,7 +136,7 @@ func NewKey(rand io.Reader, tmpl tpm2.TPMTPublic) (*Key, error) {
 		}
 		priv, err := rsa.GenerateKey(rand, 2048)
 		if err != nil {
-			return nil, fmt.Errorf("attesttest: generate RSA key: %w", err)
+			return nil, fmt.Errorf("softtpm: generate RSA key: %w", err)
 		}
 		priv.Precompute()
 		k.rsa = priv
@@ -157,7 +157,7 @@ func NewKey(rand io.Reader, tmpl tpm2.TPMTPublic) (*Key, error) {
 		}
 		priv, err := ecdh.P256().GenerateKey(rand)
 		if err != nil {
-			return nil, fmt.Errorf("attesttest: generate ECC key: %w", err)
+			return nil, fmt.Errorf("softtpm: generate ECC key: %w", err)
 		}
 		k.ecc = priv
 		raw := priv.PublicKey().Bytes() // 0x04 || X || Y
@@ -193,7 +193,7 @@ func NewKey(rand io.Reader, tmpl tpm2.TPMTPublic) (*Key, error) {
 	// Name and proves the area is acceptable.
 	p, err := attest.ParsePublic(k.public2B)
 	if err != nil {
-		return nil, fmt.Errorf("attesttest: generated public area refused: %w", err)
+		return nil, fmt.Errorf("softtpm: generated public area refused: %w", err)
 	}
 	k.name = p.Name()
 	k.sensitive = tpm2.Marshal(sens)
@@ -272,11 +272,11 @@ func NewDevice(rand io.Reader, alg Alg) (*Device, error) {
 	}
 	ek, err := NewKey(rand, ekT)
 	if err != nil {
-		return nil, fmt.Errorf("attesttest: EK: %w", err)
+		return nil, fmt.Errorf("softtpm: EK: %w", err)
 	}
 	srk, err := NewKey(rand, srkT)
 	if err != nil {
-		return nil, fmt.Errorf("attesttest: SRK: %w", err)
+		return nil, fmt.Errorf("softtpm: SRK: %w", err)
 	}
 	return &Device{EK: ek, SRK: srk}, nil
 }
@@ -289,25 +289,25 @@ func NewDevice(rand io.Reader, alg Alg) (*Device, error) {
 func (d *Device) ActivateCredential(credentialBlob, encSecret []byte) ([]byte, error) {
 	seed, err := d.EK.Decapsulate(encSecret, "IDENTITY")
 	if err != nil {
-		return nil, fmt.Errorf("attesttest: ActivateCredential: %w", err)
+		return nil, fmt.Errorf("softtpm: ActivateCredential: %w", err)
 	}
 	integrity, encIdentity, err := read2B(credentialBlob)
 	if err != nil {
-		return nil, fmt.Errorf("attesttest: ActivateCredential: %w: credential integrity: %w", ErrMalformed, err)
+		return nil, fmt.Errorf("softtpm: ActivateCredential: %w: credential integrity: %w", ErrMalformed, err)
 	}
 	mac := hmac.New(sha256.New, tpm2.KDFa(crypto.SHA256, seed, "INTEGRITY", nil, nil, 8*sha256.Size))
 	mac.Write(encIdentity)
 	mac.Write(d.SRK.name)
 	if !hmac.Equal(mac.Sum(nil), integrity) {
-		return nil, fmt.Errorf("attesttest: ActivateCredential: %w: credential HMAC", ErrIntegrity)
+		return nil, fmt.Errorf("softtpm: ActivateCredential: %w: credential HMAC", ErrIntegrity)
 	}
 	plain := make([]byte, len(encIdentity))
 	if err := cfbDecrypt(tpm2.KDFa(crypto.SHA256, seed, "STORAGE", d.SRK.name, nil, d.EK.symBits), plain, encIdentity); err != nil {
-		return nil, fmt.Errorf("attesttest: ActivateCredential: %w", err)
+		return nil, fmt.Errorf("softtpm: ActivateCredential: %w", err)
 	}
 	cred, rest, err := read2B(plain)
 	if err != nil || len(rest) != 0 {
-		return nil, fmt.Errorf("attesttest: ActivateCredential: %w: credential size", ErrMalformed)
+		return nil, fmt.Errorf("softtpm: ActivateCredential: %w: credential size", ErrMalformed)
 	}
 	return cred, nil
 }
@@ -320,10 +320,10 @@ func (d *Device) ActivateCredential(credentialBlob, encSecret []byte) ([]byte, e
 // the HMAC key, for a keyed-hash object.
 func (d *Device) Import(innerKey, public, duplicate, encSeed []byte) ([]byte, error) {
 	if len(public) < 2 {
-		return nil, fmt.Errorf("attesttest: Import: %w: public area too short", ErrMalformed)
+		return nil, fmt.Errorf("softtpm: Import: %w: public area too short", ErrMalformed)
 	}
 	if alg := tpm2.TPMAlgID(binary.BigEndian.Uint16(public)); alg != tpm2.TPMAlgKeyedHash {
-		return nil, fmt.Errorf("attesttest: Import: %w: object type %v (want keyed hash)", ErrUnsupported, alg)
+		return nil, fmt.Errorf("softtpm: Import: %w: object type %v (want keyed hash)", ErrUnsupported, alg)
 	}
 	h := sha256.Sum256(public)
 	name := binary.BigEndian.AppendUint16(make([]byte, 0, 2+sha256.Size), uint16(tpm2.TPMAlgSHA256))
@@ -331,56 +331,56 @@ func (d *Device) Import(innerKey, public, duplicate, encSeed []byte) ([]byte, er
 
 	seed, err := d.SRK.Decapsulate(encSeed, "DUPLICATE")
 	if err != nil {
-		return nil, fmt.Errorf("attesttest: Import: %w", err)
+		return nil, fmt.Errorf("softtpm: Import: %w", err)
 	}
 	// Outer wrapper (Part 1, 23.3.2.2): TPM2B(outerHMAC) || dupSensitive.
 	outer, dup, err := read2B(duplicate)
 	if err != nil {
-		return nil, fmt.Errorf("attesttest: Import: %w: outer HMAC: %w", ErrMalformed, err)
+		return nil, fmt.Errorf("softtpm: Import: %w: outer HMAC: %w", ErrMalformed, err)
 	}
 	mac := hmac.New(sha256.New, tpm2.KDFa(crypto.SHA256, seed, "INTEGRITY", nil, nil, 8*sha256.Size))
 	mac.Write(dup)
 	mac.Write(name)
 	if !hmac.Equal(mac.Sum(nil), outer) {
-		return nil, fmt.Errorf("attesttest: Import: %w: outer HMAC", ErrIntegrity)
+		return nil, fmt.Errorf("softtpm: Import: %w: outer HMAC", ErrIntegrity)
 	}
 	inner := make([]byte, len(dup))
 	if err := cfbDecrypt(tpm2.KDFa(crypto.SHA256, seed, "STORAGE", name, nil, d.SRK.symBits), inner, dup); err != nil {
-		return nil, fmt.Errorf("attesttest: Import: outer wrapper: %w", err)
+		return nil, fmt.Errorf("softtpm: Import: outer wrapper: %w", err)
 	}
 	// Inner wrapper (Part 1, 23.3.2.3): TPM2B(H(sensitive2B || Name)) || sensitive2B.
 	plain := inner
 	if err := cfbDecrypt(innerKey, plain, inner); err != nil {
-		return nil, fmt.Errorf("attesttest: Import: inner wrapper: %w", err)
+		return nil, fmt.Errorf("softtpm: Import: inner wrapper: %w", err)
 	}
 	digest, sensitive2B, err := read2B(plain)
 	if err != nil {
 		// Decrypted garbage: a wrong inner key, as the TPM would find.
-		return nil, fmt.Errorf("attesttest: Import: %w: inner integrity size: %w", ErrIntegrity, err)
+		return nil, fmt.Errorf("softtpm: Import: %w: inner integrity size: %w", ErrIntegrity, err)
 	}
 	ih := sha256.New()
 	ih.Write(sensitive2B)
 	ih.Write(name)
 	if subtle.ConstantTimeCompare(ih.Sum(nil), digest) != 1 {
-		return nil, fmt.Errorf("attesttest: Import: %w: inner integrity digest", ErrIntegrity)
+		return nil, fmt.Errorf("softtpm: Import: %w: inner integrity digest", ErrIntegrity)
 	}
 	sensitive, rest, err := read2B(sensitive2B)
 	if err != nil || len(rest) != 0 {
-		return nil, fmt.Errorf("attesttest: Import: %w: sensitive size", ErrMalformed)
+		return nil, fmt.Errorf("softtpm: Import: %w: sensitive size", ErrMalformed)
 	}
 	// TPMT_SENSITIVE: type, TPM2B authValue, TPM2B seedValue, TPM2B sensitive.
 	if len(sensitive) < 2 || tpm2.TPMAlgID(binary.BigEndian.Uint16(sensitive)) != tpm2.TPMAlgKeyedHash {
-		return nil, fmt.Errorf("attesttest: Import: %w: sensitive type", ErrMalformed)
+		return nil, fmt.Errorf("softtpm: Import: %w: sensitive type", ErrMalformed)
 	}
 	rest = sensitive[2:]
 	for _, field := range []string{"authValue", "seedValue"} {
 		if _, rest, err = read2B(rest); err != nil {
-			return nil, fmt.Errorf("attesttest: Import: %w: sensitive %s: %w", ErrMalformed, field, err)
+			return nil, fmt.Errorf("softtpm: Import: %w: sensitive %s: %w", ErrMalformed, field, err)
 		}
 	}
 	key, rest, err := read2B(rest)
 	if err != nil || len(rest) != 0 {
-		return nil, fmt.Errorf("attesttest: Import: %w: sensitive data", ErrMalformed)
+		return nil, fmt.Errorf("softtpm: Import: %w: sensitive data", ErrMalformed)
 	}
 	return bytes.Clone(key), nil
 }
@@ -391,7 +391,7 @@ func (d *Device) Import(innerKey, public, duplicate, encSeed []byte) ([]byte, er
 func (d *Device) Activate(blob []byte) ([]byte, error) {
 	parts, err := attest.ParseActivationBlob(blob)
 	if err != nil {
-		return nil, fmt.Errorf("attesttest: activate: %w: %w", ErrMalformed, err)
+		return nil, fmt.Errorf("softtpm: activate: %w: %w", ErrMalformed, err)
 	}
 	innerKey, err := d.ActivateCredential(parts.CredentialBlob, parts.EncryptedSecret)
 	if err != nil {
