@@ -79,6 +79,10 @@ func Run(t *testing.T, e Engine) {
 		{"GroupLimit", s.groupLimit},
 		{"BulkEnrollments", s.bulkEnrollments},
 		{"EnrollmentsByEK", s.enrollmentsByEK},
+		{"LinkedHubs", s.linkedHubs},
+		{"JobLifecycle", s.jobLifecycle},
+		{"JobLimit", s.jobLimit},
+		{"ConcurrentClaims", s.concurrentClaims},
 		{"Backup", s.backup},
 		{"Close", s.close},
 		{"ConcurrentWriters", s.concurrentWriters},
@@ -151,7 +155,7 @@ func FullEnrollment(id string) *store.Enrollment {
 			InitialTwin:                json.RawMessage(`{"tags":{"a":1},"properties":{"desired":{"b":"c"}}}`),
 			Capabilities:               &store.Capabilities{IoTEdge: true},
 			ReprovisionPolicy:          &store.ReprovisionPolicy{UpdateHubAssignment: true, MigrateDeviceData: true},
-			CustomAllocationDefinition: &store.CustomAllocationDefinition{WebhookURL: "https://alloc.example/x", APIVersion: "2019-03-31"},
+			CustomAllocationDefinition: &store.CustomAllocationDefinition{WebhookURL: "https://alloc.example/x?code=k", APIVersion: "2019-03-31", TimeoutSeconds: 7, FallbackPolicy: store.FallbackHashed},
 		},
 	}
 }
