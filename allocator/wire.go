@@ -143,6 +143,9 @@ func echoSettings(out *Enrollment, s *store.EnrollmentSettings) {
 		out.ETag = `"` + s.ETag + `"`
 	}
 	out.ProvisioningStatus = s.ProvisioningStatus
+	if out.ProvisioningStatus == "" {
+		out.ProvisioningStatus = store.StatusEnabled // what an absent status means
+	}
 	out.ReprovisionPolicy = s.ReprovisionPolicy
 	out.InitialTwin = s.InitialTwin
 	out.CreatedDateTimeUTC = formatTime(s.CreatedAt)
