@@ -200,6 +200,17 @@ func (s *Store) ClaimJobs(ctx context.Context, owner string, lease time.Duration
 	if ns := now.UnixNano(); ns > 0 {
 		limit = uint64(ns)
 	}
+	// Idle workers ask often: look first in a read transaction, so that
+	// asking when nothing is due writes (and fsyncs) nothing.
+	due := false
+	err = s.db.View(func(tx *bbolt.Tx) error {
+		k, _ := tx.Bucket([]byte(bktJobDue)).Cursor().First()
+		due = k != nil && len(k) >= 8 && binary.BigEndian.Uint64(k[:8]) <= limit
+		return nil
+	})
+	if err != nil || !due {
+		return nil, err
+	}
 	var out []*store.Job
 	err = s.batch(func(tx *bbolt.Tx) error {
 		out = out[:0]
