@@ -43,7 +43,7 @@ const (
 type Definition struct {
 	// URL is the webhook's https URL, function key (?code=...) included.
 	URL string
-	// Timeout bounds the call (0: DefaultTimeout).
+	// Timeout bounds the call (0: the Webhook's default).
 	Timeout time.Duration
 }
 
@@ -79,8 +79,9 @@ func (e *Error) Error() string { return "custom allocation: " + e.Message }
 
 // Webhook calls custom allocation webhooks over HTTPS. Safe for concurrent use.
 type Webhook struct {
-	client *http.Client
-	agent  string
+	client  *http.Client
+	agent   string
+	timeout time.Duration
 }
 
 // WebhookOptions configure a Webhook.
@@ -91,11 +92,17 @@ type WebhookOptions struct {
 	Client *http.Client
 	// UserAgent is sent with each call (default "dpsd").
 	UserAgent string
+	// DefaultTimeout bounds a call whose Definition names no timeout
+	// (default DefaultTimeout).
+	DefaultTimeout time.Duration
 }
 
 // NewWebhook returns a webhook caller.
 func NewWebhook(opts WebhookOptions) *Webhook {
-	w := &Webhook{client: opts.Client, agent: opts.UserAgent}
+	w := &Webhook{client: opts.Client, agent: opts.UserAgent, timeout: opts.DefaultTimeout}
+	if w.timeout <= 0 {
+		w.timeout = DefaultTimeout
+	}
 	if w.client == nil {
 		w.client = &http.Client{}
 	}
@@ -122,7 +129,7 @@ func (w *Webhook) Allocate(ctx context.Context, def Definition, req *Request) (*
 	}
 	timeout := def.Timeout
 	if timeout <= 0 {
-		timeout = DefaultTimeout
+		timeout = w.timeout
 	}
 	ctx, cancel := context.WithTimeout(ctx, min(timeout, MaxTimeout))
 	defer cancel()
