@@ -325,9 +325,13 @@ func (s *Service) attempt(ctx context.Context, j *store.Job, d *handoffJob, sec 
 				dev.Auth = hubconn.Auth{Type: hubconn.AuthCertificateAuthority}
 			}
 		}
+		start := time.Now()
 		if err := conn.Register(ctx, dev, twin); err != nil {
-			return s.hubFailure(err, late, d.Hub, "register the device in")
+			o := s.hubFailure(err, late, d.Hub, "register the device in")
+			s.observeHandoff(ctx, HandoffStepHub, o, time.Since(start))
+			return o
 		}
+		s.observeHandoff(ctx, HandoffStepHub, outcome{}, time.Since(start))
 	}
 	if moved && old != nil {
 		if err := old.Remove(ctx, d.PrevDeviceID); err != nil {
@@ -352,14 +356,16 @@ func (s *Service) decideCustom(ctx context.Context, d *handoffJob, snap *hubSnap
 	if s.cfg.Custom == nil {
 		return outcome{fail: true, code: ErrorCodeCustomAllocationFailed, msg: "Custom allocation is not configured on this provisioning service"}, false
 	}
-	start := s.cfg.Now()
+	start := time.Now()
 	resp, err := s.cfg.Custom.Allocate(ctx, c.definition(), c.Request)
+	took := time.Since(start)
 	var hub string
 	if err != nil {
 		var ae *allocator.Error
 		if !errors.As(err, &ae) {
 			ae = &allocator.Error{Retryable: true, Message: err.Error()}
 		}
+		s.observeHandoff(ctx, HandoffStepWebhook, outcome{retry: ae.Retryable, fail: !ae.Retryable}, took)
 		if !ae.Retryable {
 			return outcome{fail: true, code: ae.ErrorCode, msg: ae.Message}, false
 		}
@@ -382,8 +388,8 @@ func (s *Service) decideCustom(ctx context.Context, d *handoffJob, snap *hubSnap
 			return outcome{fail: true, code: ErrorCodeCustomAllocationFailed, msg: msg}, false
 		}
 		c.Twin, c.Payload = resp.InitialTwin, resp.Payload
-		log.LogAttrs(ctx, slog.LevelDebug, "outbox: custom allocation answered", slog.String("hub", hub),
-			slog.Duration("took", s.cfg.Now().Sub(start)))
+		s.observeHandoff(ctx, HandoffStepWebhook, outcome{}, took)
+		log.LogAttrs(ctx, slog.LevelDebug, "outbox: custom allocation answered", slog.String("hub", hub), slog.Duration("took", took))
 	}
 	a := allocation{prevHub: d.PrevHub, prevDeviceID: d.PrevDeviceID, never: d.Never, migrate: d.Migrate}.settle(hub)
 	d.Hub, d.Substatus, c.Decided = a.hub, a.substatus, true
