@@ -25,9 +25,11 @@ import (
 
 	"github.com/gorilla/websocket"
 
+	"github.com/tpmdps/dpsd/allocator"
 	"github.com/tpmdps/dpsd/api"
 	"github.com/tpmdps/dpsd/broker"
 	"github.com/tpmdps/dpsd/hooks"
+	"github.com/tpmdps/dpsd/hubconn"
 	"github.com/tpmdps/dpsd/internal/devca"
 	"github.com/tpmdps/dpsd/provision"
 	"github.com/tpmdps/dpsd/store/bolt"
@@ -80,6 +82,12 @@ type Options struct {
 	Metrics hooks.Metrics
 	// Observer, if set, is the service's provision.Observer.
 	Observer provision.Observer
+	// Custom calls custom allocation webhooks, Connectors builds the linked
+	// hubs' hand-off connectors and Handoff tunes the outbox (see
+	// provision.Config); the outbox's workers run for the server's life.
+	Custom     allocator.Custom
+	Connectors hubconn.Factory
+	Handoff    provision.HandoffConfig
 	// Logger receives server logs. Default: discarded, unless the environment
 	// variable DPSD_TEST_LOG is set, then text on stderr at debug level.
 	Logger *slog.Logger
@@ -151,6 +159,9 @@ func Start(t testing.TB, opts Options) *Server {
 		Hubs:              opts.Hubs,
 		RetryAfter:        opts.RetryAfter,
 		Observer:          opts.Observer,
+		Custom:            opts.Custom,
+		Connectors:        opts.Connectors,
+		Handoff:           opts.Handoff,
 		Logger:            log,
 	})
 	if err != nil {
@@ -205,6 +216,13 @@ func Start(t testing.TB, opts Options) *Server {
 		st.Close()
 		t.Fatalf("dpsdtest: broker.Start: %v", err)
 	}
+	outboxCtx, stopOutbox := context.WithCancel(context.Background())
+	outboxDone := make(chan struct{})
+	go func() {
+		defer close(outboxDone)
+		_ = svc.Run(outboxCtx)
+	}()
+
 	pool := x509.NewCertPool()
 	pool.AddCert(ca.Cert)
 	s := &Server{
@@ -227,6 +245,8 @@ func Start(t testing.TB, opts Options) *Server {
 		if err := b.Shutdown(ctx); err != nil {
 			t.Errorf("dpsdtest: broker shutdown: %v", err)
 		}
+		stopOutbox()
+		<-outboxDone
 		if err := st.Close(); err != nil {
 			t.Errorf("dpsdtest: store close: %v", err)
 		}

@@ -127,7 +127,9 @@ func fileValues(path string) (map[string]string, error) {
 
 // notSecretNames are settings whose names look secret but hold no secret
 // (tls-key names a file; the file is the secret).
-func notSecretNames() map[string]bool { return map[string]bool{"tls-key": true} }
+func notSecretNames() map[string]bool {
+	return map[string]bool{"tls-key": true, "outbound-client-key": true}
+}
 
 // secret reports whether the setting's value must never be shown: its name
 // says so (isSecret) and its value is not a duration or a number, which
