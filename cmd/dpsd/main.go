@@ -28,6 +28,7 @@ func commands() []command {
 		{"enrollment", "manage individual enrollments through the service API", runEnrollmentCmd},
 		{"group", "manage enrollment groups through the service API", runGroupCmd},
 		{"registration", "show or delete device registrations through the service API", runRegistrationCmd},
+		{"hub", "link, list and unlink IoT hubs (allocation weights, hand-off to the hub's registry) through the service API", runHubCmd},
 		{"backup", "write a consistent hot backup of the store through the service API", runBackup},
 		{"config", "print the effective configuration (config print), secrets redacted, or a service connection string (config connection-string)", runConfigCmd},
 		{"health", "probe a running server's /readyz (for container health checks)", runHealth},
