@@ -112,6 +112,10 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger, csOut io.Wr
 			log.Error("closing store", "error", err)
 		}
 	}()
+	tpmRoots, err := loadTPMRoots(cfg.TPMRoots, log)
+	if err != nil {
+		return err
+	}
 	mx := metrics.New()
 	sst := mx.Store(st) // every store operation timed
 	retryAfter := cfg.RetryAfter
@@ -125,6 +129,7 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger, csOut io.Wr
 		ChallengeSecret:   dir.Secrets.ChallengeSecret,
 		ChallengeLifetime: cfg.ChallengeLifetime,
 		SAS:               attest.SASPolicy{MaxLifetime: cfg.SASMaxLifetime},
+		TPMRoots:          tpmRoots,
 		Hubs:              cfg.Hubs,
 		RetryAfter:        retryAfter,
 		Logger:            log,
