@@ -32,7 +32,7 @@ func keyAttestation(fs *flag.FlagSet, symKey, groupKey, certFile, keyFile, regID
 	}
 	var tpmSet []string
 	fs.Visit(func(f *flag.Flag) {
-		if slices.Contains([]string{"tpm", "ecc", "identity-handle", "hub-handle"}, f.Name) {
+		if slices.Contains([]string{"tpm", "ecc", "identity-handle", "hub-handle", "ek-cert", "no-ek-cert"}, f.Name) {
 			tpmSet = append(tpmSet, "--"+f.Name)
 		}
 	})

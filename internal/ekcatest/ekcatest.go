@@ -221,6 +221,11 @@ func PEM(certs ...*x509.Certificate) []byte {
 	return out
 }
 
+// PEMDER encodes one DER certificate as PEM.
+func PEMDER(der []byte) []byte {
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+}
+
 // WriteDir writes the CA's root and intermediate as PEM files into a new
 // directory (what --tpm-roots reads) and returns it.
 func (ca *CA) WriteDir(t testing.TB) string {
