@@ -22,6 +22,7 @@ import (
 	"github.com/gorilla/websocket"
 
 	"github.com/tpmdps/dpsd/api"
+	"github.com/tpmdps/dpsd/attest"
 	"github.com/tpmdps/dpsd/broker"
 	"github.com/tpmdps/dpsd/hooks"
 	"github.com/tpmdps/dpsd/internal/devca"
@@ -76,6 +77,8 @@ type Options struct {
 	Metrics hooks.Metrics
 	// Observer, if set, is the service's provision.Observer.
 	Observer provision.Observer
+	// TPMRoots is the service's EK certificate trust (dpsd's tpm-roots).
+	TPMRoots *attest.CertBundle
 	// Logger receives server logs. Default: discarded, unless the environment
 	// variable DPSD_TEST_LOG is set, then text on stderr at debug level.
 	Logger *slog.Logger
@@ -147,6 +150,7 @@ func Start(t testing.TB, opts Options) *Server {
 		Hubs:              opts.Hubs,
 		RetryAfter:        opts.RetryAfter,
 		Observer:          opts.Observer,
+		TPMRoots:          opts.TPMRoots,
 		Logger:            log,
 	})
 	if err != nil {
