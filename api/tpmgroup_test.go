@@ -12,14 +12,14 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/tpmdps/dpsd/internal/ekcatest"
+	"github.com/tpmdps/dpsd/internal/testkit/ekca"
 	"github.com/tpmdps/dpsd/store"
 )
 
 func TestTPMGroups(t *testing.T) {
 	env := newTestEnv(t)
-	ca := ekcatest.New(t, "vendor A")
-	root, inter := string(ekcatest.PEM(ca.Root)), base64.StdEncoding.EncodeToString(ca.Intermediate.Raw)
+	ca := ekca.New(t, "vendor A")
+	root, inter := string(ekca.PEM(ca.Root)), base64.StdEncoding.EncodeToString(ca.Intermediate.Raw)
 	crl := string(pem.EncodeToMemory(&pem.Block{Type: "X509 CRL", Bytes: ca.CRL(t, big.NewInt(3))}))
 	hash := strings.Repeat("Ab", 32)
 	tpm := func(fields map[string]any) map[string]any {
@@ -46,7 +46,7 @@ func TestTPMGroups(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	leaf := string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ca.Issue(t, &leafKey.PublicKey, ekcatest.EK{})}))
+	leaf := string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ca.Issue(t, &leafKey.PublicKey, ekca.EK{})}))
 	for name, body := range map[string]map[string]any{
 		"no roots":            tpm(map[string]any{}),
 		"no tpm":              {"attestation": map[string]any{"type": "tpm"}},

@@ -21,7 +21,7 @@ import (
 	"time"
 
 	"github.com/tpmdps/dpsd/attest"
-	"github.com/tpmdps/dpsd/internal/ekcatest"
+	"github.com/tpmdps/dpsd/internal/testkit/ekca"
 )
 
 // fixture reads attest/testdata/ekcert/name (see its README).
@@ -183,7 +183,7 @@ func eccKey(t testing.TB) *ecdsa.PrivateKey {
 }
 
 // caTrust is the trust of a test CA, with optional CRLs.
-func caTrust(ca *ekcatest.CA, crls ...[]byte) *attest.EKTrust {
+func caTrust(ca *ekca.CA, crls ...[]byte) *attest.EKTrust {
 	b := &attest.CertBundle{Roots: []*x509.Certificate{ca.Root}, Intermediates: []*x509.Certificate{ca.Intermediate}}
 	for _, d := range crls {
 		l, err := x509.ParseRevocationList(d)
@@ -196,8 +196,8 @@ func caTrust(ca *ekcatest.CA, crls ...[]byte) *attest.EKTrust {
 }
 
 func TestEKTrustVerify(t *testing.T) {
-	ca := ekcatest.New(t, "vendor A")
-	other := ekcatest.New(t, "vendor B")
+	ca := ekca.New(t, "vendor A")
+	other := ekca.New(t, "vendor B")
 	key := eccKey(t)
 	now := time.Now()
 	parse := func(der []byte) *attest.EKCertificate {
@@ -208,7 +208,7 @@ func TestEKTrustVerify(t *testing.T) {
 		}
 		return c
 	}
-	good := parse(ca.Issue(t, &key.PublicKey, ekcatest.EK{}))
+	good := parse(ca.Issue(t, &key.PublicKey, ekca.EK{}))
 	if _, err := caTrust(ca).Verify(good, now); err != nil {
 		t.Fatalf("good: %v", err)
 	}
@@ -222,22 +222,22 @@ func TestEKTrustVerify(t *testing.T) {
 	if _, err := attest.NewEKTrust(&attest.CertBundle{Intermediates: []*x509.Certificate{ca.Intermediate}}).Verify(good, now); !errors.Is(err, attest.ErrEKCertificateUntrusted) {
 		t.Fatalf("intermediate only: %v", err)
 	}
-	expired := parse(ca.Issue(t, &key.PublicKey, ekcatest.EK{NotBefore: now.Add(-48 * time.Hour), NotAfter: now.Add(-time.Hour)}))
+	expired := parse(ca.Issue(t, &key.PublicKey, ekca.EK{NotBefore: now.Add(-48 * time.Hour), NotAfter: now.Add(-time.Hour)}))
 	if _, err := caTrust(ca).Verify(expired, now); !errors.Is(err, attest.ErrEKCertificateExpired) {
 		t.Fatalf("expired: %v", err)
 	}
-	future := parse(ca.Issue(t, &key.PublicKey, ekcatest.EK{NotBefore: now.Add(time.Hour)}))
+	future := parse(ca.Issue(t, &key.PublicKey, ekca.EK{NotBefore: now.Add(time.Hour)}))
 	if _, err := caTrust(ca).Verify(future, now); !errors.Is(err, attest.ErrEKCertificateExpired) {
 		t.Fatalf("not yet valid: %v", err)
 	}
 	// An unknown critical extension still fails: only the SAN is cleared.
-	odd := parse(ca.Issue(t, &key.PublicKey, ekcatest.EK{ExtraExtensions: []pkix.Extension{
+	odd := parse(ca.Issue(t, &key.PublicKey, ekca.EK{ExtraExtensions: []pkix.Extension{
 		{Id: asn1.ObjectIdentifier{1, 3, 6, 1, 4, 1, 99999, 1}, Critical: true, Value: []byte{5, 0}}}}))
 	if _, err := caTrust(ca).Verify(odd, now); !errors.Is(err, attest.ErrEKCertificateUntrusted) {
 		t.Fatalf("unknown critical extension: %v", err)
 	}
 	// RSA-PSS (standard parameters) signed by the RSA root.
-	pss := parse(ca.Issue(t, &key.PublicKey, ekcatest.EK{ByRoot: true, SignatureAlgorithm: x509.SHA256WithRSAPSS}))
+	pss := parse(ca.Issue(t, &key.PublicKey, ekca.EK{ByRoot: true, SignatureAlgorithm: x509.SHA256WithRSAPSS}))
 	if pss.Certificate.SignatureAlgorithm != x509.SHA256WithRSAPSS {
 		t.Fatalf("signature algorithm %v", pss.Certificate.SignatureAlgorithm)
 	}
@@ -247,10 +247,10 @@ func TestEKTrustVerify(t *testing.T) {
 }
 
 func TestEKTrustRevocation(t *testing.T) {
-	ca := ekcatest.New(t, "vendor A")
+	ca := ekca.New(t, "vendor A")
 	key := eccKey(t)
 	now := time.Now()
-	c, err := attest.ParseEKCertificate(ca.Issue(t, &key.PublicKey, ekcatest.EK{Serial: big.NewInt(4242)}))
+	c, err := attest.ParseEKCertificate(ca.Issue(t, &key.PublicKey, ekca.EK{Serial: big.NewInt(4242)}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -261,7 +261,7 @@ func TestEKTrustRevocation(t *testing.T) {
 		t.Fatalf("another serial revoked: %v", err)
 	}
 	// A list with the right issuer name but signed by another key does not count.
-	forger := ekcatest.New(t, "vendor A")
+	forger := ekca.New(t, "vendor A")
 	forger.Intermediate = ca.Intermediate // same name, other key
 	if _, err := caTrust(ca, forger.CRL(t, big.NewInt(4242))).Verify(c, now); err != nil {
 		t.Fatalf("CRL not signed by the issuer counted: %v", err)
@@ -271,13 +271,13 @@ func TestEKTrustRevocation(t *testing.T) {
 // TestEKCertificateQuirks: the forms of real EK certificates accepted, and
 // those refused, as the comment of attest/ekcert.go decides.
 func TestEKCertificateQuirks(t *testing.T) {
-	ca := ekcatest.New(t, "vendor A")
+	ca := ekca.New(t, "vendor A")
 	rk := rsaKey(t)
 	ek := ekPublicOf(t, &rk.PublicKey)
 	now := time.Now()
 
 	// RSAES-OAEP subject public key: Go leaves the key nil; we read it.
-	good := ca.Issue(t, &rk.PublicKey, ekcatest.EK{})
+	good := ca.Issue(t, &rk.PublicKey, ekca.EK{})
 	rsaEncryption := []byte{0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01}
 	oaep := ca.Resign(t, good, func(tbs []byte) []byte {
 		i := bytes.Index(tbs, rsaEncryption)
@@ -302,7 +302,7 @@ func TestEKCertificateQuirks(t *testing.T) {
 	}
 
 	// A negative serial number: refused, as Go refuses it.
-	negative := ca.Resign(t, ca.Issue(t, &rk.PublicKey, ekcatest.EK{Serial: big.NewInt(0x55)}), func(tbs []byte) []byte {
+	negative := ca.Resign(t, ca.Issue(t, &rk.PublicKey, ekca.EK{Serial: big.NewInt(0x55)}), func(tbs []byte) []byte {
 		// TBSCertificate: SEQUENCE, [0] version, then the serial INTEGER 02 01 55.
 		i := bytes.Index(tbs, []byte{0x02, 0x01, 0x55})
 		if i < 0 {
@@ -320,17 +320,17 @@ func TestEKCertificateQuirks(t *testing.T) {
 		t.Fatalf("CA certificate: %v", err)
 	}
 	// An EKU for other uses only.
-	tls := ca.Issue(t, &rk.PublicKey, ekcatest.EK{ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}})
+	tls := ca.Issue(t, &rk.PublicKey, ekca.EK{ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}})
 	if _, err := attest.ParseEKCertificate(tls); !errors.Is(err, attest.ErrBadEKCertificate) {
 		t.Fatalf("serverAuth only: %v", err)
 	}
 	// An EKU of "any" is fine.
-	anyEKU, err := attest.ParseEKCertificate(ca.Issue(t, &rk.PublicKey, ekcatest.EK{ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}))
+	anyEKU, err := attest.ParseEKCertificate(ca.Issue(t, &rk.PublicKey, ekca.EK{ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}))
 	if err != nil || anyEKU.EKUsage {
 		t.Fatalf("any EKU: %v", err)
 	}
 	// Without a SAN the certificate parses, names nothing, and verifies.
-	noSAN, err := attest.ParseEKCertificate(ca.Issue(t, &rk.PublicKey, ekcatest.EK{NoSAN: true}))
+	noSAN, err := attest.ParseEKCertificate(ca.Issue(t, &rk.PublicKey, ekca.EK{NoSAN: true}))
 	if err != nil || noSAN.Manufacturer != "" {
 		t.Fatalf("no SAN: %+v %v", noSAN, err)
 	}
@@ -338,13 +338,13 @@ func TestEKCertificateQuirks(t *testing.T) {
 		t.Fatalf("no SAN: %v", err)
 	}
 	// A manufacturer given twice is ambiguous.
-	twice := ekcatest.SubjectAltName(t, "id:1", "m", "v")
+	twice := ekca.SubjectAltName(t, "id:1", "m", "v")
 	var gns []asn1.RawValue
 	if _, err := asn1.Unmarshal(twice.Value, &gns); err != nil {
 		t.Fatal(err)
 	}
 	twice.Value, _ = asn1.Marshal(append(gns, gns[0]))
-	if _, err := attest.ParseEKCertificate(ca.Issue(t, &rk.PublicKey, ekcatest.EK{NoSAN: true, ExtraExtensions: []pkix.Extension{twice}})); !errors.Is(err, attest.ErrBadEKCertificate) {
+	if _, err := attest.ParseEKCertificate(ca.Issue(t, &rk.PublicKey, ekca.EK{NoSAN: true, ExtraExtensions: []pkix.Extension{twice}})); !errors.Is(err, attest.ErrBadEKCertificate) {
 		t.Fatalf("manufacturer twice: %v", err)
 	}
 }
@@ -394,10 +394,10 @@ func TestEKHash(t *testing.T) {
 }
 
 func TestParseTrustFile(t *testing.T) {
-	ca := ekcatest.New(t, "vendor A")
+	ca := ekca.New(t, "vendor A")
 	crl := ca.CRL(t, big.NewInt(7))
-	bundle := "# Vendor A\n# owner: test\n" + string(ekcatest.PEM(ca.Root)) + "comment between blocks\n" +
-		string(ekcatest.PEM(ca.Intermediate)) + string(pem.EncodeToMemory(&pem.Block{Type: "X509 CRL", Bytes: crl}))
+	bundle := "# Vendor A\n# owner: test\n" + string(ekca.PEM(ca.Root)) + "comment between blocks\n" +
+		string(ekca.PEM(ca.Intermediate)) + string(pem.EncodeToMemory(&pem.Block{Type: "X509 CRL", Bytes: crl}))
 	var b attest.CertBundle
 	if err := b.Add([]byte(bundle)); err != nil {
 		t.Fatal(err)

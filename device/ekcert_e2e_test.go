@@ -21,22 +21,23 @@ import (
 	"github.com/tpmdps/dpsd/attest"
 	"github.com/tpmdps/dpsd/device/devtpm"
 	"github.com/tpmdps/dpsd/device/tpmtransport"
+	"github.com/tpmdps/dpsd/dpsdtest"
 	"github.com/tpmdps/dpsd/hooks"
-	"github.com/tpmdps/dpsd/internal/dpsdtest"
-	"github.com/tpmdps/dpsd/internal/ekcatest"
 	"github.com/tpmdps/dpsd/internal/swtpmtest"
+	"github.com/tpmdps/dpsd/internal/testkit/ekca"
+	"github.com/tpmdps/dpsd/internal/testkit/tpmsim"
 	"github.com/tpmdps/dpsd/store"
 )
 
 // putTPMGroup creates or replaces TPM group id trusting ca.
-func putTPMGroup(t *testing.T, srv *dpsdtest.Server, id string, ca *ekcatest.CA) {
+func putTPMGroup(t *testing.T, srv *dpsdtest.Server, id string, ca *ekca.CA) {
 	t.Helper()
 	_, err := srv.Store.PutGroup(context.Background(), &store.Group{
 		EnrollmentGroupID: id,
 		EnrollmentSettings: store.EnrollmentSettings{
 			Attestation: store.Attestation{Type: store.AttestationTPM, TPM: &store.TPMAttestation{
-				EKCertificateRoots:         []string{string(ekcatest.PEM(ca.Root))},
-				EKCertificateIntermediates: []string{string(ekcatest.PEM(ca.Intermediate))},
+				EKCertificateRoots:         []string{string(ekca.PEM(ca.Root))},
+				EKCertificateIntermediates: []string{string(ekca.PEM(ca.Intermediate))},
 			}},
 			IoTHubHostName:     dpsdtest.DefaultHub,
 			ProvisioningStatus: store.StatusEnabled,
@@ -48,7 +49,7 @@ func putTPMGroup(t *testing.T, srv *dpsdtest.Server, id string, ca *ekcatest.CA)
 }
 
 // startEKServer is startServer with service-wide TPM roots.
-func startEKServer(t *testing.T, roots *ekcatest.CA) *dpsdtest.Server {
+func startEKServer(t *testing.T, roots *ekca.CA) *dpsdtest.Server {
 	t.Helper()
 	opts := dpsdtest.Options{RetryAfter: -1, HookLimits: hooks.Limits{AuthFailuresPerAddressPerMinute: -1, RestrictedSessionsPerAddress: -1}}
 	if roots != nil {
@@ -121,7 +122,7 @@ func provisionRefused(t *testing.T, srv *dpsdtest.Server, att *TPM, what string)
 // NV holds a certificate of another key, an expired one, or another TPM's
 // genuine one.
 func TestE2ESwtpmEKCertificateRSA(t *testing.T) {
-	ca := ekcatest.New(t, "vendor A")
+	ca := ekca.New(t, "vendor A")
 	keyFile, certFile := ca.LocalCAFiles(t, t.TempDir())
 	local := swtpmtest.LocalCA{KeyFile: keyFile, CertFile: certFile}
 	dev := openSwtpm(t, swtpmtest.StartDir(t, swtpmtest.ManufactureWithEKCert(t, local)))
@@ -148,7 +149,7 @@ func TestE2ESwtpmEKCertificateRSA(t *testing.T) {
 	}
 
 	// The group's roots replaced by another CA: refused.
-	other := ekcatest.New(t, "vendor B")
+	other := ekca.New(t, "vendor B")
 	putTPMGroup(t, srv, "factory-a", other)
 	provisionRefused(t, srv, &TPM{Device: dev.tpm}, "roots replaced")
 	putTPMGroup(t, srv, "factory-a", ca)
@@ -158,11 +159,11 @@ func TestE2ESwtpmEKCertificateRSA(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dev.writeNV(uint32(devtpm.EKCertIndexRSA2048), ca.Issue(t, &stranger.PublicKey, ekcatest.EK{}))
+	dev.writeNV(uint32(devtpm.EKCertIndexRSA2048), ca.Issue(t, &stranger.PublicKey, ekca.EK{}))
 	provisionRefused(t, srv, &TPM{Device: dev.tpm}, "certificate of another key")
 	// An expired one: refused.
 	now := time.Now()
-	dev.writeNV(uint32(devtpm.EKCertIndexRSA2048), ca.Issue(t, ekKey, ekcatest.EK{NotBefore: now.Add(-72 * time.Hour), NotAfter: now.Add(-time.Hour)}))
+	dev.writeNV(uint32(devtpm.EKCertIndexRSA2048), ca.Issue(t, ekKey, ekca.EK{NotBefore: now.Add(-72 * time.Hour), NotAfter: now.Add(-time.Hour)}))
 	provisionRefused(t, srv, &TPM{Device: dev.tpm}, "expired certificate")
 
 	// Another TPM, manufactured by the same CA: its genuine certificate in
@@ -240,7 +241,7 @@ func (r *replayedEK) RegisterFields(ctx context.Context, s Session) (map[string]
 // by swtpm_cert and stored at 0x01c0000a with tpm2_nvdefine and
 // tpm2_nvwrite provisions through a TPM group.
 func TestE2ESwtpmEKCertificateECC(t *testing.T) {
-	ca := ekcatest.New(t, "vendor A")
+	ca := ekca.New(t, "vendor A")
 	keyFile, certFile := ca.LocalCAFiles(t, t.TempDir())
 	dev := openSwtpm(t, swtpmtest.Start(t))
 	att := &TPM{Device: dev.tpm, KeyAlg: devtpm.ECCP256}
@@ -271,19 +272,19 @@ func TestE2ESwtpmEKCertificateECC(t *testing.T) {
 // certificate; one injected into its NV through the platform hierarchy, as
 // a manufacturer writes it, admits it to a TPM group.
 func TestE2ESimulatorEKCertificate(t *testing.T) {
-	tpm := simulator(t)
+	tpm := tpmsim.Open(t)
 	att := &TPM{Device: tpm}
-	ca := ekcatest.New(t, "vendor A")
+	ca := ekca.New(t, "vendor A")
 	if c, err := att.EndorsementKeyCertificate(context.Background()); err != nil || c != nil {
 		t.Fatalf("simulator before injection: %d bytes, %v", len(c), err)
 	}
 	// With the NV header of the TCG PC Client profile and padding, as some
 	// TPMs store it: the device sends the bare DER.
-	der := ca.Issue(t, ekPublicKey(t, att), ekcatest.EK{})
+	der := ca.Issue(t, ekPublicKey(t, att), ekca.EK{})
 	stored := append([]byte{0x10, 0x01, 0x00, byte(len(der) >> 8), byte(len(der))}, der...)
 	stored = append(stored, make([]byte, 1500-len(stored))...) // more than one 1024-byte NV read
-	ekcatest.InjectNV(t, tpm, devtpm.EKCertIndexRSA2048, stored)
-	t.Cleanup(func() { ekcatest.RemoveNV(t, tpm, devtpm.EKCertIndexRSA2048) })
+	ekca.InjectNV(t, tpm, devtpm.EKCertIndexRSA2048, stored)
+	t.Cleanup(func() { ekca.RemoveNV(t, tpm, devtpm.EKCertIndexRSA2048) })
 	att = &TPM{Device: tpm}
 	got, err := att.EndorsementKeyCertificate(context.Background())
 	if err != nil || string(got) != string(der) {

@@ -17,18 +17,18 @@ import (
 
 	"github.com/tpmdps/dpsd/attest"
 	"github.com/tpmdps/dpsd/device/devtpm"
-	"github.com/tpmdps/dpsd/internal/ekcatest"
+	"github.com/tpmdps/dpsd/internal/testkit/ekca"
 	"github.com/tpmdps/dpsd/store"
 )
 
 // tpmGroup returns a TPM enrollment group trusting ca (root and intermediate).
-func tpmGroupRecord(id string, ca *ekcatest.CA) *store.Group {
+func tpmGroupRecord(id string, ca *ekca.CA) *store.Group {
 	return &store.Group{
 		EnrollmentGroupID: id,
 		EnrollmentSettings: store.EnrollmentSettings{
 			Attestation: store.Attestation{Type: store.AttestationTPM, TPM: &store.TPMAttestation{
-				EKCertificateRoots:         []string{string(ekcatest.PEM(ca.Root))},
-				EKCertificateIntermediates: []string{string(ekcatest.PEM(ca.Intermediate))},
+				EKCertificateRoots:         []string{string(ekca.PEM(ca.Root))},
+				EKCertificateIntermediates: []string{string(ekca.PEM(ca.Intermediate))},
 			}},
 			IoTHubHostName:     "group-hub.azure-devices.net",
 			ProvisioningStatus: store.StatusEnabled,
@@ -102,10 +102,10 @@ func TestTPMGroupProvisions(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			e, _, obs := loggedEnv(t)
-			ca := ekcatest.New(t, "vendor A")
+			ca := ekca.New(t, "vendor A")
 			e.putGroup(tpmGroupRecord("Factory-A", ca))
 			d := newTPMDevice(t, tc.ek, tc.srk)
-			cert := ca.Issue(t, d.ekKey(), ekcatest.EK{})
+			cert := ca.Issue(t, d.ekKey(), ekca.EK{})
 			regID := d.registrationID()
 
 			id := e.loginWith(d, regID, d.keysWith(cert))
@@ -147,8 +147,8 @@ func TestTPMGroupProvisions(t *testing.T) {
 // counted.
 func TestTPMGroupRefusals(t *testing.T) {
 	e, logs, obs := loggedEnv(t)
-	ca := ekcatest.New(t, "vendor A")
-	other := ekcatest.New(t, "vendor B")
+	ca := ekca.New(t, "vendor A")
+	other := ekca.New(t, "vendor B")
 	e.putGroup(tpmGroupRecord("factory-a", ca))
 	d := newTPMDevice(t, devtpm.RSA2048, devtpm.SRKRSAEmptyUnique)
 	regID := d.registrationID()
@@ -168,13 +168,13 @@ func TestTPMGroupRefusals(t *testing.T) {
 		reason  string
 	}{
 		{"no certificate", regID, d.keys(), "", "no EK certificate was sent"},
-		{"another vendor's certificate", regID, d.keysWith(other.Issue(t, d.ekKey(), ekcatest.EK{})), EKCertUntrusted, "does not chain"},
-		{"certificate of another key", regID, d.keysWith(ca.Issue(t, &stranger.PublicKey, ekcatest.EK{})), EKCertKeyMismatch, "another key than the endorsement key"},
-		{"expired certificate", regID, d.keysWith(ca.Issue(t, d.ekKey(), ekcatest.EK{NotBefore: now.Add(-48 * time.Hour), NotAfter: now.Add(-time.Hour)})), EKCertExpired, "validity"},
-		{"not yet valid", regID, d.keysWith(ca.Issue(t, d.ekKey(), ekcatest.EK{NotBefore: now.Add(time.Hour)})), EKCertExpired, "validity"},
+		{"another vendor's certificate", regID, d.keysWith(other.Issue(t, d.ekKey(), ekca.EK{})), EKCertUntrusted, "does not chain"},
+		{"certificate of another key", regID, d.keysWith(ca.Issue(t, &stranger.PublicKey, ekca.EK{})), EKCertKeyMismatch, "another key than the endorsement key"},
+		{"expired certificate", regID, d.keysWith(ca.Issue(t, d.ekKey(), ekca.EK{NotBefore: now.Add(-48 * time.Hour), NotAfter: now.Add(-time.Hour)})), EKCertExpired, "validity"},
+		{"not yet valid", regID, d.keysWith(ca.Issue(t, d.ekKey(), ekca.EK{NotBefore: now.Add(time.Hour)})), EKCertExpired, "validity"},
 		{"not base64", regID, &TPMKeys{EndorsementKey: b64(d.ekPublic()), StorageRootKey: b64(d.srk.Public()), EndorsementKeyCertificate: "!!"}, EKCertMalformed, "not base64"},
 		{"not a certificate", regID, d.keysWith([]byte("hello")), EKCertMalformed, "bad EK certificate"},
-		{"another registration id", "chosen-name", d.keysWith(ca.Issue(t, d.ekKey(), ekcatest.EK{})), EKCertValid, "not the one derived from the EK"},
+		{"another registration id", "chosen-name", d.keysWith(ca.Issue(t, d.ekKey(), ekca.EK{})), EKCertValid, "not the one derived from the EK"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			before := len(obs.ekCerts)
@@ -197,10 +197,10 @@ func TestTPMGroupRefusals(t *testing.T) {
 // group; the first group in id order that admits a TPM is the one.
 func TestTPMGroupFilters(t *testing.T) {
 	e, logs, _ := loggedEnv(t)
-	ca := ekcatest.New(t, "vendor A")
+	ca := ekca.New(t, "vendor A")
 	d := newTPMDevice(t, devtpm.ECCP256, devtpm.SRKECCP256)
 	regID := d.registrationID()
-	cert := ca.Issue(t, d.ekKey(), ekcatest.EK{Manufacturer: "id:494E5443", Model: "SLB9670", Version: "id:0010"})
+	cert := ca.Issue(t, d.ekKey(), ekca.EK{Manufacturer: "id:494E5443", Model: "SLB9670", Version: "id:0010"})
 	ekp, err := attest.ParsePublic(d.ekPublic())
 	if err != nil {
 		t.Fatal(err)
@@ -249,11 +249,11 @@ func TestTPMGroupFilters(t *testing.T) {
 // of the id; the register repeats the decision with the certificate.
 func TestTPMGroupChallengeBinding(t *testing.T) {
 	e, _, _ := loggedEnv(t)
-	ca := ekcatest.New(t, "vendor A")
+	ca := ekca.New(t, "vendor A")
 	e.putGroup(tpmGroupRecord("factory-a", ca))
 	d := newTPMDevice(t, devtpm.RSA2048, devtpm.SRKRSAEmptyUnique)
 	regID := d.registrationID()
-	cert := ca.Issue(t, d.ekKey(), ekcatest.EK{})
+	cert := ca.Issue(t, d.ekKey(), ekca.EK{})
 	token := func() (*TPMChallenge, []byte) {
 		resp := e.challengeWith(regID, d.keysWith(cert))
 		ch := resp.Body.(*TPMChallenge)
@@ -316,14 +316,14 @@ func TestTPMGroupChallengeBinding(t *testing.T) {
 	g := e.putGroup(tpmGroupRecord("factory-a", ca))
 	_, tok = token()
 	id := e.mustConnect(regID, tok)
-	other := ekcatest.New(t, "vendor B")
-	g.Attestation.TPM.EKCertificateRoots = []string{string(ekcatest.PEM(other.Root))}
+	other := ekca.New(t, "vendor B")
+	g.Attestation.TPM.EKCertificateRoots = []string{string(ekca.PEM(other.Root))}
 	if _, err := e.st.PutGroup(e.ctx, g, ""); err != nil {
 		t.Fatal(err)
 	}
 	errorBody(t, e.svc.Register(e.ctx, id, RegisterRequest{TPM: d.keysWith(cert)}, "tr"), ErrorCodeUnauthorized)
 	// A register without the certificate on a group connection: refused.
-	g.Attestation.TPM.EKCertificateRoots = []string{string(ekcatest.PEM(ca.Root))}
+	g.Attestation.TPM.EKCertificateRoots = []string{string(ekca.PEM(ca.Root))}
 	if _, err := e.st.PutGroup(e.ctx, g, ""); err != nil {
 		t.Fatal(err)
 	}
@@ -340,7 +340,7 @@ func TestTPMGroupChallengeBinding(t *testing.T) {
 // sent with this TPM's own EK it is a key mismatch.
 func TestTPMGroupReplayedCertificate(t *testing.T) {
 	e, _, obs := loggedEnv(t)
-	ca := ekcatest.New(t, "vendor A")
+	ca := ekca.New(t, "vendor A")
 	e.putGroup(tpmGroupRecord("factory-a", ca))
 	attacker := newTPMDevice(t, devtpm.RSA2048, devtpm.SRKRSAEmptyUnique)
 	// The victim TPM's EK: an RSA key the attacker's TPM does not hold,
@@ -350,7 +350,7 @@ func TestTPMGroupReplayedCertificate(t *testing.T) {
 		t.Fatal(err)
 	}
 	victimEK := ekWithModulus(t, attacker.ekPublic(), victimKey.N)
-	victimCert := ca.Issue(t, &victimKey.PublicKey, ekcatest.EK{})
+	victimCert := ca.Issue(t, &victimKey.PublicKey, ekca.EK{})
 	victimID := attest.RegistrationID(victimEK)
 
 	// Victim's EK and certificate, attacker's SRK: a challenge, for the victim's EK.
@@ -390,8 +390,8 @@ func ekWithModulus(t testing.TB, ek []byte, n interface{ FillBytes([]byte) []byt
 // certificate admits only one that chains to the service's TPM roots; one
 // that does not require it ignores a bad certificate.
 func TestRequireEKCertificate(t *testing.T) {
-	ca := ekcatest.New(t, "vendor A")
-	groupCA := ekcatest.New(t, "vendor B")
+	ca := ekca.New(t, "vendor A")
+	groupCA := ekca.New(t, "vendor B")
 	e, logs, _ := loggedEnv(t, func(c *Config) {
 		c.TPMRoots = &attest.CertBundle{Roots: []*x509.Certificate{ca.Root}, Intermediates: []*x509.Certificate{ca.Intermediate}}
 	})
@@ -401,11 +401,11 @@ func TestRequireEKCertificate(t *testing.T) {
 	en := tpmEnrollment(regID, d.ekPublic())
 	en.Attestation.TPM.RequireEKCertificate = true
 	e.putEnrollment(en)
-	good := ca.Issue(t, d.ekKey(), ekcatest.EK{})
+	good := ca.Issue(t, d.ekKey(), ekca.EK{})
 	for name, keys := range map[string]*TPMKeys{
 		"none":           d.keys(),
-		"group's vendor": d.keysWith(groupCA.Issue(t, d.ekKey(), ekcatest.EK{})),
-		"expired":        d.keysWith(ca.Issue(t, d.ekKey(), ekcatest.EK{NotAfter: e.clock.Now().Add(-time.Minute)})),
+		"group's vendor": d.keysWith(groupCA.Issue(t, d.ekKey(), ekca.EK{})),
+		"expired":        d.keysWith(ca.Issue(t, d.ekKey(), ekca.EK{NotAfter: e.clock.Now().Add(-time.Minute)})),
 	} {
 		errorBody(t, e.challengeWith(regID, keys), ErrorCodeUnauthorized)
 		if !strings.Contains(logs.String(), "the enrollment requires") {
@@ -436,13 +436,13 @@ func TestRequireEKCertificate(t *testing.T) {
 // and apart from, the lookup of the id.
 func TestEKCertificateOutcomeIgnoresID(t *testing.T) {
 	e, _, obs := loggedEnv(t)
-	ca := ekcatest.New(t, "vendor A")
-	other := ekcatest.New(t, "vendor B")
+	ca := ekca.New(t, "vendor A")
+	other := ekca.New(t, "vendor B")
 	e.putGroup(tpmGroupRecord("factory-a", ca))
 	d := newTPMDevice(t, devtpm.RSA2048, devtpm.SRKRSAEmptyUnique)
 	e.putEnrollment(tpmEnrollment("enrolled-other-ek", otherEK(t)))
 	e.putEnrollment(symmetricEnrollment("enrolled-sym", symKey(3), nil))
-	for _, cert := range [][]byte{ca.Issue(t, d.ekKey(), ekcatest.EK{}), other.Issue(t, d.ekKey(), ekcatest.EK{}), []byte("junk")} {
+	for _, cert := range [][]byte{ca.Issue(t, d.ekKey(), ekca.EK{}), other.Issue(t, d.ekKey(), ekca.EK{}), []byte("junk")} {
 		var answers, outcomes []string
 		for _, rid := range []string{"enrolled-other-ek", "enrolled-sym", "unknown-id"} {
 			before := len(obs.ekCerts)
@@ -459,11 +459,11 @@ func TestEKCertificateOutcomeIgnoresID(t *testing.T) {
 // chain's validity, and a new groups revision is judged afresh.
 func TestEKCertificateVerdictExpires(t *testing.T) {
 	e, _, obs := loggedEnv(t)
-	ca := ekcatest.New(t, "vendor A")
+	ca := ekca.New(t, "vendor A")
 	g := e.putGroup(tpmGroupRecord("factory-a", ca))
 	d := newTPMDevice(t, devtpm.ECCP256, devtpm.SRKECCP256)
 	regID := d.registrationID()
-	cert := ca.Issue(t, d.ekKey(), ekcatest.EK{NotAfter: e.clock.Now().Add(time.Hour)})
+	cert := ca.Issue(t, d.ekKey(), ekca.EK{NotAfter: e.clock.Now().Add(time.Hour)})
 	for range 3 {
 		if resp := e.challengeWith(regID, d.keysWith(cert)); resp.Status != 401 || resp.Body.(*TPMChallenge) == nil {
 			t.Fatalf("challenge %d", resp.Status)
@@ -475,12 +475,12 @@ func TestEKCertificateVerdictExpires(t *testing.T) {
 		t.Fatalf("outcomes %v, want %v", obs.ekCerts, want)
 	}
 	// Roots replaced: the cached verdict is not reused.
-	fresh := ca.Issue(t, d.ekKey(), ekcatest.EK{})
+	fresh := ca.Issue(t, d.ekKey(), ekca.EK{})
 	if resp := e.challengeWith(regID, d.keysWith(fresh)); resp.Status != 401 || resp.Body.(*TPMChallenge) == nil {
 		t.Fatalf("fresh certificate: %d", resp.Status)
 	}
-	other := ekcatest.New(t, "vendor B")
-	g.Attestation.TPM.EKCertificateRoots = []string{string(ekcatest.PEM(other.Root))}
+	other := ekca.New(t, "vendor B")
+	g.Attestation.TPM.EKCertificateRoots = []string{string(ekca.PEM(other.Root))}
 	if _, err := e.st.PutGroup(e.ctx, g, ""); err != nil {
 		t.Fatal(err)
 	}

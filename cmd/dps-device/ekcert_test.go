@@ -13,9 +13,9 @@ import (
 
 	"github.com/tpmdps/dpsd/attest"
 	"github.com/tpmdps/dpsd/device"
-	"github.com/tpmdps/dpsd/internal/dpsdtest"
-	"github.com/tpmdps/dpsd/internal/ekcatest"
+	"github.com/tpmdps/dpsd/dpsdtest"
 	"github.com/tpmdps/dpsd/internal/swtpmtest"
+	"github.com/tpmdps/dpsd/internal/testkit/ekca"
 	"github.com/tpmdps/dpsd/store"
 )
 
@@ -23,7 +23,7 @@ import (
 // TPM holds with its hash and TPM names; provision sends it, so a TPM
 // group admits the device; --no-ek-cert and --ek-cert change what is sent.
 func TestEKCertificateCommands(t *testing.T) {
-	ca := ekcatest.New(t, "vendor A")
+	ca := ekca.New(t, "vendor A")
 	keyFile, certFile := ca.LocalCAFiles(t, t.TempDir())
 	sw := swtpmtest.StartDir(t, swtpmtest.ManufactureWithEKCert(t, swtpmtest.LocalCA{KeyFile: keyFile, CertFile: certFile}))
 	code, out, stderr := runCmd(t, "ek", "--tpm", sw.Selector())
@@ -50,7 +50,7 @@ func TestEKCertificateCommands(t *testing.T) {
 	srv := dpsdtest.Start(t, dpsdtest.Options{RetryAfter: -1})
 	_, err = srv.Store.PutGroup(context.Background(), &store.Group{EnrollmentGroupID: "factory-a", EnrollmentSettings: store.EnrollmentSettings{
 		Attestation: store.Attestation{Type: store.AttestationTPM, TPM: &store.TPMAttestation{
-			EKCertificateRoots: []string{string(ekcatest.PEM(ca.Root))}, EKCertificateIntermediates: []string{string(ekcatest.PEM(ca.Intermediate))},
+			EKCertificateRoots: []string{string(ekca.PEM(ca.Root))}, EKCertificateIntermediates: []string{string(ekca.PEM(ca.Intermediate))},
 			EndorsementKeyHashes: []string{info.EndorsementKeyHash}}},
 		IoTHubHostName: dpsdtest.DefaultHub}}, "")
 	if err != nil {
@@ -63,8 +63,8 @@ func TestEKCertificateCommands(t *testing.T) {
 	}
 	// --ek-cert sends a file instead of NV: another key's certificate is refused.
 	other := filepath.Join(t.TempDir(), "other.pem")
-	otherKey := ekcatest.New(t, "x").IntermediateKey
-	if err := os.WriteFile(other, ekcatest.PEMDER(ca.Issue(t, &otherKey.PublicKey, ekcatest.EK{})), 0o600); err != nil {
+	otherKey := ekca.New(t, "x").IntermediateKey
+	if err := os.WriteFile(other, ekca.PEMDER(ca.Issue(t, &otherKey.PublicKey, ekca.EK{})), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	if code, _, stderr := runCmd(t, append(base, "--ek-cert", other)...); code != exitRefused {

@@ -12,7 +12,7 @@ import (
 	"strings"
 
 	"github.com/tpmdps/dpsd/attest"
-	"github.com/tpmdps/dpsd/internal/trustdir"
+	"github.com/tpmdps/dpsd/cmd/dpsd/internal/trustdir"
 	"github.com/tpmdps/dpsd/store"
 )
 

@@ -11,7 +11,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/tpmdps/dpsd/internal/ekcatest"
+	"github.com/tpmdps/dpsd/internal/testkit/ekca"
 )
 
 // TestAdminTPMGroup: dpsd group add --tpm-roots DIR makes a TPM group from
@@ -20,7 +20,7 @@ import (
 // anything is sent.
 func TestAdminTPMGroup(t *testing.T) {
 	e := newAdminEnv(t)
-	ca := ekcatest.New(t, "vendor A")
+	ca := ekca.New(t, "vendor A")
 	dir := ca.WriteDir(t)
 	if err := os.WriteFile(filepath.Join(dir, "vendor-a.crl"), ca.CRL(t, big.NewInt(9)), 0o600); err != nil {
 		t.Fatal(err)
@@ -53,11 +53,11 @@ func TestAdminTPMGroup(t *testing.T) {
 
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	onlyIntermediate := t.TempDir()
-	if err := os.WriteFile(filepath.Join(onlyIntermediate, "ica.pem"), ekcatest.PEM(ca.Intermediate), 0o600); err != nil {
+	if err := os.WriteFile(filepath.Join(onlyIntermediate, "ica.pem"), ekca.PEM(ca.Intermediate), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	leafDir := t.TempDir()
-	if err := os.WriteFile(filepath.Join(leafDir, "leaf.der"), ca.Issue(t, &key.PublicKey, ekcatest.EK{}), 0o600); err != nil {
+	if err := os.WriteFile(filepath.Join(leafDir, "leaf.der"), ca.Issue(t, &key.PublicKey, ekca.EK{}), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	badHashes := filepath.Join(t.TempDir(), "bad.txt")

@@ -6,7 +6,7 @@ import (
 	"strings"
 
 	"github.com/tpmdps/dpsd/attest"
-	"github.com/tpmdps/dpsd/internal/trustdir"
+	"github.com/tpmdps/dpsd/cmd/dpsd/internal/trustdir"
 )
 
 // loadTPMRoots reads the tpm-roots directory (nil when the setting is

@@ -8,13 +8,13 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/tpmdps/dpsd/internal/ekcatest"
+	"github.com/tpmdps/dpsd/internal/testkit/ekca"
 )
 
 // TestServeTPMRoots: serve reads the tpm-roots directory at start and says
 // what it holds; a directory it cannot use stops the start.
 func TestServeTPMRoots(t *testing.T) {
-	ca := ekcatest.New(t, "vendor A")
+	ca := ekca.New(t, "vendor A")
 	dir := ca.WriteDir(t)
 	recs, _ := runServeOnce(t, "-data-dir", t.TempDir(), "-tpm-roots", dir)
 	r, ok := find(recs, "TPM roots loaded")

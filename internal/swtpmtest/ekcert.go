@@ -19,7 +19,7 @@ import (
 )
 
 // LocalCA is the CA swtpm's tools sign EK certificates with: PEM files of
-// the signing key and its certificate (ekcatest.CA.LocalCAFiles writes them).
+// the signing key and its certificate (ekca.CA.LocalCAFiles writes them).
 type LocalCA struct {
 	KeyFile, CertFile string
 }

@@ -1,4 +1,4 @@
-package ekcatest
+package ekca
 
 import (
 	"errors"
@@ -33,11 +33,11 @@ func InjectNV(t testing.TB, tpm transport.TPM, index tpm2.TPMHandle, data []byte
 		}),
 	}.Execute(tpm)
 	if err != nil {
-		t.Fatalf("ekcatest: NV_DefineSpace 0x%08x: %v", uint32(index), err)
+		t.Fatalf("ekca: NV_DefineSpace 0x%08x: %v", uint32(index), err)
 	}
 	pub, err := tpm2.NVReadPublic{NVIndex: index}.Execute(tpm)
 	if err != nil {
-		t.Fatalf("ekcatest: NV_ReadPublic 0x%08x: %v", uint32(index), err)
+		t.Fatalf("ekca: NV_ReadPublic 0x%08x: %v", uint32(index), err)
 	}
 	for off := 0; off < len(data); off += nvChunk {
 		end := min(off+nvChunk, len(data))
@@ -48,7 +48,7 @@ func InjectNV(t testing.TB, tpm transport.TPM, index tpm2.TPMHandle, data []byte
 			Offset:     uint16(off),
 		}.Execute(tpm)
 		if err != nil {
-			t.Fatalf("ekcatest: NV_Write 0x%08x at %d: %v", uint32(index), off, err)
+			t.Fatalf("ekca: NV_Write 0x%08x at %d: %v", uint32(index), off, err)
 		}
 	}
 }
@@ -61,13 +61,13 @@ func RemoveNV(t testing.TB, tpm transport.TPM, index tpm2.TPMHandle) {
 		return
 	}
 	if err != nil {
-		t.Fatalf("ekcatest: NV_ReadPublic 0x%08x: %v", uint32(index), err)
+		t.Fatalf("ekca: NV_ReadPublic 0x%08x: %v", uint32(index), err)
 	}
 	_, err = tpm2.NVUndefineSpace{
 		AuthHandle: tpm2.AuthHandle{Handle: tpm2.TPMRHPlatform, Auth: tpm2.PasswordAuth(nil)},
 		NVIndex:    tpm2.NamedHandle{Handle: index, Name: pub.NVName},
 	}.Execute(tpm)
 	if err != nil {
-		t.Fatalf("ekcatest: NV_UndefineSpace 0x%08x: %v", uint32(index), err)
+		t.Fatalf("ekca: NV_UndefineSpace 0x%08x: %v", uint32(index), err)
 	}
 }

@@ -11,7 +11,7 @@ import (
 	"testing"
 
 	"github.com/tpmdps/dpsd/attest"
-	"github.com/tpmdps/dpsd/internal/ekcatest"
+	"github.com/tpmdps/dpsd/internal/testkit/ekca"
 )
 
 func write(t *testing.T, dir, name string, data []byte) {
@@ -22,14 +22,14 @@ func write(t *testing.T, dir, name string, data []byte) {
 }
 
 func TestLoad(t *testing.T) {
-	a, b := ekcatest.New(t, "vendor A"), ekcatest.New(t, "vendor B")
+	a, b := ekca.New(t, "vendor A"), ekca.New(t, "vendor B")
 	dir := t.TempDir()
 	// A vendor bundle with comment headers, a DER root, a DER CRL, an
 	// intermediate whose root is elsewhere, and files to skip.
-	write(t, dir, "vendor-a.pem", []byte("# Vendor A\n"+string(ekcatest.PEM(a.Root))+"# intermediate\n"+string(ekcatest.PEM(a.Intermediate))))
+	write(t, dir, "vendor-a.pem", []byte("# Vendor A\n"+string(ekca.PEM(a.Root))+"# intermediate\n"+string(ekca.PEM(a.Intermediate))))
 	write(t, dir, "vendor-b-root.CER", b.Root.Raw)
 	write(t, dir, "vendor-a.crl", a.CRL(t, big.NewInt(5)))
-	write(t, dir, "lonely.crt", pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ekcatest.New(t, "vendor C").Intermediate.Raw}))
+	write(t, dir, "lonely.crt", pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ekca.New(t, "vendor C").Intermediate.Raw}))
 	write(t, dir, "README.md", []byte("not a certificate"))
 	write(t, dir, "checksums.txt", []byte("abc"))
 	write(t, dir, ".hidden.pem", []byte("garbage"))
@@ -53,8 +53,8 @@ func TestLoad(t *testing.T) {
 		t.Fatalf("orphans %v", rep.Orphans)
 	}
 	// The bundle verifies vendor A's EK certificates.
-	key := ekcatest.New(t, "unused").IntermediateKey
-	c, err := attest.ParseEKCertificate(a.Issue(t, &key.PublicKey, ekcatest.EK{}))
+	key := ekca.New(t, "unused").IntermediateKey
+	c, err := attest.ParseEKCertificate(a.Issue(t, &key.PublicKey, ekca.EK{}))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,4 +1,4 @@
-// Package ekcatest is a test kit for EK certificates: a TPM manufacturer CA
+// Package ekca is a test kit for EK certificates: a TPM manufacturer CA
 // made in the test (an RSA-2048 root and an ECDSA P-256 intermediate, as
 // vendors have them) that issues EK certificates shaped as the TCG EK
 // Credential Profile says (empty subject, critical subject alternative
@@ -10,7 +10,7 @@
 // NV at every open).
 //
 // Only tests import it.
-package ekcatest
+package ekca
 
 import (
 	"crypto"
@@ -89,11 +89,11 @@ func mustCreate(t testing.TB, tmpl, parent *x509.Certificate, pub crypto.PublicK
 	t.Helper()
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, pub, key)
 	if err != nil {
-		t.Fatalf("ekcatest: create certificate: %v", err)
+		t.Fatalf("ekca: create certificate: %v", err)
 	}
 	c, err := x509.ParseCertificate(der)
 	if err != nil {
-		t.Fatalf("ekcatest: parse certificate: %v", err)
+		t.Fatalf("ekca: parse certificate: %v", err)
 	}
 	return c
 }
@@ -160,7 +160,7 @@ func (ca *CA) Issue(t testing.TB, pub crypto.PublicKey, opts EK) []byte {
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, pub, key)
 	if err != nil {
-		t.Fatalf("ekcatest: issue EK certificate: %v", err)
+		t.Fatalf("ekca: issue EK certificate: %v", err)
 	}
 	return der
 }
@@ -207,7 +207,7 @@ func (ca *CA) CRL(t testing.TB, serials ...*big.Int) []byte {
 		RevokedCertificateEntries: entries,
 	}, ca.Intermediate, ca.IntermediateKey)
 	if err != nil {
-		t.Fatalf("ekcatest: create CRL: %v", err)
+		t.Fatalf("ekca: create CRL: %v", err)
 	}
 	return der
 }
