@@ -121,11 +121,8 @@ func (s *Service) authTPM(ctx context.Context, tok *attest.SASToken, resource, r
 	case e.Attestation.Type != store.AttestationTPM:
 		return Identity{}, notAuthorized("enrollment is no longer of type tpm")
 	}
-	if err := s.usedRefs.use(cr, now); err != nil {
-		if errors.Is(err, errChallengeUsed) {
-			return Identity{}, notAuthorized("%w", err)
-		}
-		return Identity{}, unavailable("mark challenge used: %w", err)
+	if err := s.useChallenge(cr, now); err != nil {
+		return Identity{}, err
 	}
 	return Identity{RegistrationID: regID, Method: AuthTPM, ChallengeRef: ref}, nil
 }
@@ -153,13 +150,24 @@ func (s *Service) authTPMGroup(ctx context.Context, tok *attest.SASToken, resour
 	case !errors.Is(err, store.ErrNotFound):
 		return Identity{}, unavailable("read enrollment: %w", err)
 	}
-	if err := s.usedRefs.use(cr, now); err != nil {
-		if errors.Is(err, errChallengeUsed) {
-			return Identity{}, notAuthorized("%w", err)
-		}
-		return Identity{}, unavailable("mark challenge used: %w", err)
+	if err := s.useChallenge(cr, now); err != nil {
+		return Identity{}, err
 	}
 	return Identity{RegistrationID: regID, Method: AuthTPM, GroupID: g.id, ChallengeRef: tok.KeyName}, nil
+}
+
+// useChallenge marks the challenge of cr used now, the last step of a TPM
+// CONNECT (individual or group challenge alike): a reference authenticates
+// once. A reference used before is refused; one that cannot be marked is
+// unavailable.
+func (s *Service) useChallenge(cr challengeRef, now time.Time) error {
+	if err := s.usedRefs.use(cr, now); err != nil {
+		if errors.Is(err, errChallengeUsed) {
+			return notAuthorized("%w", err)
+		}
+		return unavailable("mark challenge used: %w", err)
+	}
+	return nil
 }
 
 // registerTPM handles a register on a TPM-authenticated connection: the body

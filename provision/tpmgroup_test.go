@@ -265,6 +265,14 @@ func TestTPMGroupChallengeBinding(t *testing.T) {
 		return ch, k.sas(regID, e.clock.Now().Add(time.Hour), ch.KeyName)
 	}
 
+	// A group challenge authenticates once.
+	_, once := token()
+	if id := e.mustConnect(regID, once); id.GroupID != "factory-a" {
+		t.Fatalf("identity %+v", id)
+	}
+	if _, err := e.connect(regID, once); !errors.Is(err, ErrNotAuthorized) || !strings.Contains(err.Error(), "already used") {
+		t.Fatalf("replayed group SAS: %v", err)
+	}
 	// The key of a group challenge answers neither the individual reference
 	// with the same data nor the same reference naming another group.
 	e.putGroup(tpmGroupRecord("factory-b", ca))
