@@ -233,16 +233,23 @@ func (s *Service) admitTPM(ctx context.Context, id Identity, ek *attest.Public, 
 	if err != nil {
 		return tpmAdmission{}, unauthorized(err.Error())
 	}
+	// The reason names why each group refused, the first few of them.
+	const maxReasons = 10
 	var why []string
 	for _, g := range snap.tpm {
 		err := g.admits(check, ekHash)
 		if err == nil {
 			return tpmAdmission{group: g}, nil
 		}
-		why = append(why, g.id+": "+err.Error())
+		if len(why) < maxReasons {
+			why = append(why, g.id+": "+err.Error())
+		}
 	}
 	if len(why) == 0 {
 		return tpmAdmission{}, unauthorized("no enrollment, and there is no TPM group")
+	}
+	if n := len(snap.tpm) - len(why); n > 0 {
+		why = append(why, fmt.Sprintf("and %d more groups", n))
 	}
 	return tpmAdmission{}, unauthorized(fmt.Sprintf("no enrollment, and no TPM group admits the EK certificate (manufacturer %q, model %q): %s",
 		check.cert.Manufacturer, check.cert.Model, strings.Join(why, "; ")))
