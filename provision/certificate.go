@@ -43,15 +43,9 @@ import (
 	"github.com/tpmdps/dpsd/store"
 )
 
-// Issuance defaults and bounds of store.CertificatePolicy.ValidityDays.
-const (
-	DefaultCertificateValidityDays = 30
-	MinCertificateValidityDays     = 1
-	MaxCertificateValidityDays     = 398
-	// CertificateClockSkew backdates an issued certificate's notBefore, so
-	// that a device whose clock is a little behind accepts it at once.
-	CertificateClockSkew = 5 * time.Minute
-)
+// CertificateClockSkew backdates an issued certificate's notBefore, so
+// that a device whose clock is a little behind accepts it at once.
+const CertificateClockSkew = 5 * time.Minute
 
 // ErrorCodeCSRNotConfigured and MsgCSRNotConfigured are the failed
 // operation's errorCode and errorMessage when a device sends a CSR that
@@ -184,7 +178,7 @@ var errIssuer = errors.New("issuer failed")
 // and checks what comes back: at most issuer.MaxChainLength certificates,
 // the first for the request's key and subject.
 func (s *Service) issueCertificate(ctx context.Context, id Identity, csr *deviceCSR, policy issuancePolicy, now time.Time) ([]*x509.Certificate, error) {
-	days := DefaultCertificateValidityDays
+	days := store.DefaultCertificateValidityDays
 	subject := pkix.Name{CommonName: csr.req.Subject.CommonName}
 	if p := policy.cert; p != nil {
 		if p.ValidityDays != 0 {
@@ -197,8 +191,8 @@ func (s *Service) issueCertificate(ctx context.Context, id Identity, csr *device
 			subject.OrganizationalUnit = []string{p.OrganizationalUnit}
 		}
 	}
-	if days < MinCertificateValidityDays || days > MaxCertificateValidityDays {
-		return nil, fmt.Errorf("%w: the enrollment's validityDays %d is not %d-%d", errIssuer, days, MinCertificateValidityDays, MaxCertificateValidityDays)
+	if days < store.MinCertificateValidityDays || days > store.MaxCertificateValidityDays {
+		return nil, fmt.Errorf("%w: the enrollment's validityDays %d is not %d-%d", errIssuer, days, store.MinCertificateValidityDays, store.MaxCertificateValidityDays)
 	}
 	req := issuer.Request{
 		CSR:       csr.req,

@@ -195,7 +195,7 @@ func TestIssueCertificate2021PEM(t *testing.T) {
 		chain = append(chain, c)
 	}
 	checkIssued(t, chain, ca, &key.PublicKey, "edge-1", "edge-1", e.clock.Now())
-	if leaf := chain[0]; !leaf.NotAfter.Equal(e.clock.Now().Add(DefaultCertificateValidityDays * 24 * time.Hour)) {
+	if leaf := chain[0]; !leaf.NotAfter.Equal(e.clock.Now().Add(store.DefaultCertificateValidityDays * 24 * time.Hour)) {
 		t.Fatalf("default validity: notAfter %v", leaf.NotAfter)
 	}
 }

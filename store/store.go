@@ -195,6 +195,15 @@ type CertificatePolicy struct {
 	OrganizationalUnit string `json:"organizationalUnit,omitempty"`
 }
 
+// Bounds of CertificatePolicy.ValidityDays, in days: the default (the
+// cloud's), and the range (398 days is the longest any public TLS
+// certificate may live).
+const (
+	DefaultCertificateValidityDays = 30
+	MinCertificateValidityDays     = 1
+	MaxCertificateValidityDays     = 398
+)
+
 // X509CAReferences names CA certificates registered with the service.
 type X509CAReferences struct {
 	Primary   string `json:"primary,omitempty"`
