@@ -15,11 +15,11 @@ import (
 	"github.com/tpmdps/dpsd/api"
 	"github.com/tpmdps/dpsd/attest"
 	"github.com/tpmdps/dpsd/broker"
+	"github.com/tpmdps/dpsd/cmd/dpsd/internal/metrics"
 	"github.com/tpmdps/dpsd/hooks"
 	"github.com/tpmdps/dpsd/internal/config"
 	"github.com/tpmdps/dpsd/internal/datadir"
 	"github.com/tpmdps/dpsd/internal/devca"
-	"github.com/tpmdps/dpsd/internal/metrics"
 	"github.com/tpmdps/dpsd/provision"
 	"github.com/tpmdps/dpsd/store/bolt"
 )

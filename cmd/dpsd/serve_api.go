@@ -15,9 +15,9 @@ import (
 	"github.com/tpmdps/dpsd/api"
 	"github.com/tpmdps/dpsd/api/wire"
 	"github.com/tpmdps/dpsd/broker"
+	"github.com/tpmdps/dpsd/cmd/dpsd/internal/metrics"
 	"github.com/tpmdps/dpsd/internal/config"
 	"github.com/tpmdps/dpsd/internal/datadir"
-	"github.com/tpmdps/dpsd/internal/metrics"
 	"github.com/tpmdps/dpsd/internal/refusal"
 	"github.com/tpmdps/dpsd/store"
 )
