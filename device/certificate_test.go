@@ -15,7 +15,8 @@ import (
 	"time"
 
 	"github.com/tpmdps/dpsd/device/devtpm"
-	"github.com/tpmdps/dpsd/internal/dpsdtest"
+	"github.com/tpmdps/dpsd/dpsdtest"
+	"github.com/tpmdps/dpsd/internal/testkit/tpmsim"
 	"github.com/tpmdps/dpsd/issuer"
 	"github.com/tpmdps/dpsd/store"
 )
@@ -129,7 +130,7 @@ func TestProvisionCertificateNotIssued(t *testing.T) {
 // the certificate is for that key; persisted, the key signs from its handle.
 func TestProvisionCertificateTPM(t *testing.T) {
 	srv, ca := startIssuingServer(t)
-	tpm := simulator(t)
+	tpm := tpmsim.Open(t)
 	att := &TPM{Device: tpm}
 	regID := enrollTPM(t, srv, "", endorsementKey(t, att))
 	en, err := srv.Store.GetEnrollment(context.Background(), regID)

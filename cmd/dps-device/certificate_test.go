@@ -19,8 +19,8 @@ import (
 
 	"github.com/tpmdps/dpsd/device/devtpm"
 	"github.com/tpmdps/dpsd/device/tpmtransport"
+	"github.com/tpmdps/dpsd/dpsdtest"
 	"github.com/tpmdps/dpsd/internal/devca"
-	"github.com/tpmdps/dpsd/internal/dpsdtest"
 	"github.com/tpmdps/dpsd/internal/swtpmtest"
 	"github.com/tpmdps/dpsd/issuer"
 	"github.com/tpmdps/dpsd/store"
