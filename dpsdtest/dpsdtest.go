@@ -30,6 +30,7 @@ import (
 	"github.com/tpmdps/dpsd/broker"
 	"github.com/tpmdps/dpsd/hooks"
 	"github.com/tpmdps/dpsd/internal/devca"
+	"github.com/tpmdps/dpsd/issuer"
 	"github.com/tpmdps/dpsd/provision"
 	"github.com/tpmdps/dpsd/store/bolt"
 )
@@ -83,6 +84,9 @@ type Options struct {
 	Observer provision.Observer
 	// TPMRoots is the service's EK certificate trust (dpsd's tpm-roots).
 	TPMRoots *attest.CertBundle
+	// Issuer, if set, signs the certificates devices ask for with a CSR
+	// (provision.Config.Issuer); nil issues none.
+	Issuer issuer.Issuer
 	// Logger receives server logs. Default: discarded, unless the environment
 	// variable DPSD_TEST_LOG is set, then text on stderr at debug level.
 	Logger *slog.Logger
@@ -155,6 +159,7 @@ func Start(t testing.TB, opts Options) *Server {
 		RetryAfter:        opts.RetryAfter,
 		Observer:          opts.Observer,
 		TPMRoots:          opts.TPMRoots,
+		Issuer:            opts.Issuer,
 		Logger:            log,
 	})
 	if err != nil {

@@ -108,5 +108,8 @@ func registrationState(regID string, op *store.Operation, rec *store.Registratio
 		}
 		st.TPM.EnrollmentGroupID = rec.EnrollmentGroupID
 	}
+	if op.Status == store.RegistrationAssigned {
+		issuedChainState(st, op)
+	}
 	return st
 }

@@ -177,15 +177,7 @@ func (a tpmAdmission) source(regID string) source {
 	if a.enrollment != nil {
 		return enrollmentSource(a.enrollment)
 	}
-	g := a.group.rec
-	return source{
-		attestationType: store.AttestationTPM,
-		groupID:         g.EnrollmentGroupID,
-		deviceID:        regID,
-		disabled:        strings.EqualFold(g.ProvisioningStatus, store.StatusDisabled),
-		createdAt:       g.CreatedAt,
-		target:          allocationTargetOf(&g.EnrollmentSettings),
-	}
+	return groupSource(a.group.rec, store.AttestationTPM, regID)
 }
 
 // admitTPM decides what admits the TPM of ek, which sent the base64 EK

@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
+	"encoding/base64"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -18,6 +19,7 @@ import (
 	"github.com/tpmdps/dpsd/attest"
 	"github.com/tpmdps/dpsd/device/devtpm"
 	"github.com/tpmdps/dpsd/internal/testkit/ekca"
+	"github.com/tpmdps/dpsd/issuer"
 	"github.com/tpmdps/dpsd/store"
 )
 
@@ -495,5 +497,34 @@ func TestEKCertificateVerdictExpires(t *testing.T) {
 	errorBody(t, e.challengeWith(regID, d.keysWith(fresh)), ErrorCodeUnauthorized)
 	if last := obs.ekCerts[len(obs.ekCerts)-1]; last != EKCertUntrusted {
 		t.Fatalf("after the roots changed: %s", last)
+	}
+}
+
+// TestTPMGroupIssuesCertificate: a TPM group with a credential policy
+// issues its devices certificates from their CSRs, as an individual TPM
+// enrollment does, with the hub key blob in the same answer.
+func TestTPMGroupIssuesCertificate(t *testing.T) {
+	var ca *issuer.CA
+	e := newEnv(t, withCA(t, &ca))
+	eca := ekca.New(t, "vendor A")
+	g := tpmGroupRecord("factory-a", eca)
+	g.CredentialPolicyName = "tpm-fleet"
+	g.CertificatePolicy = &store.CertificatePolicy{ValidityDays: 90}
+	e.putGroup(g)
+	d := newTPMDevice(t, devtpm.ECCP256, devtpm.SRKECCP256)
+	regID := d.registrationID()
+	cert := eca.Issue(t, d.ekKey(), ekca.EK{})
+	id := e.loginWith(d, regID, d.keysWith(cert))
+	key, der := csrFor(t, regID)
+	req := RegisterRequest{TPM: d.keysWith(cert), CSR: base64.StdEncoding.EncodeToString(der)}
+	got := e.pollFinal(id, e.register(id, req))
+	if got.Status != "assigned" || got.RegistrationState.TPM == nil || got.RegistrationState.TPM.EnrollmentGroupID != "factory-a" ||
+		got.RegistrationState.TPM.AuthenticationKey == "" {
+		t.Fatalf("final %s", encode(t, got))
+	}
+	chain := chainOf(t, got.RegistrationState)
+	checkIssued(t, chain, ca, &key.PublicKey, regID, regID, e.clock.Now())
+	if !chain[0].NotAfter.Equal(e.clock.Now().Add(90 * 24 * time.Hour)) {
+		t.Fatalf("notAfter %v: the group's certificate policy was not applied", chain[0].NotAfter)
 	}
 }

@@ -29,6 +29,7 @@ func commands() []command {
 		{"group", "manage enrollment groups through the service API", runGroupCmd},
 		{"registration", "show or delete device registrations through the service API", runRegistrationCmd},
 		{"backup", "write a consistent hot backup of the store through the service API", runBackup},
+		{"ca", "print the chain of the CA that issues device certificates (ca export), for MQTT brokers to trust", runCACmd},
 		{"config", "print the effective configuration (config print), secrets redacted, or a service connection string (config connection-string)", runConfigCmd},
 		{"health", "probe a running server's /readyz (for container health checks)", runHealth},
 		{"version", "print the version", runVersion},
