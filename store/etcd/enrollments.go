@@ -79,6 +79,12 @@ func (s *Store) GetEnrollment(ctx context.Context, registrationID string) (*stor
 // ifMatch) and moves its endorsement key index entry in the same
 // transaction.
 func (s *Store) PutEnrollment(ctx context.Context, e *store.Enrollment, ifMatch string) (*store.Enrollment, error) {
+	return s.putEnrollment(ctx, e, ifMatch, false)
+}
+
+// putEnrollment is PutEnrollment; with keepTimes the record's own
+// creation and update times are stored (an import).
+func (s *Store) putEnrollment(ctx context.Context, e *store.Enrollment, ifMatch string, keepTimes bool) (*store.Enrollment, error) {
 	ctx, done, err := s.enter(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("store: put enrollment: %w", err)
@@ -117,8 +123,12 @@ func (s *Store) PutEnrollment(ctx context.Context, e *store.Enrollment, ifMatch 
 			}
 			oldEK = h.ek()
 		}
-		stored.CreatedAt, stored.UpdatedAt = created, now
-		out.CreatedAt, out.UpdatedAt = created, now
+		updated := now
+		if keepTimes {
+			created, updated = e.CreatedAt.UTC(), e.UpdatedAt.UTC()
+		}
+		stored.CreatedAt, stored.UpdatedAt = created, updated
+		out.CreatedAt, out.UpdatedAt = created, updated
 		data, err := json.Marshal(enrollmentRecord{Enrollment: stored, Sealed: sealed})
 		if err != nil {
 			return casPlan{}, fmt.Errorf("%w: enrollment %q: %w", store.ErrInvalidRecord, key, err)

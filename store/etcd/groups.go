@@ -61,6 +61,12 @@ func (s *Store) groupsMeta(ctx context.Context) (int, clientv3.Cmp, error) {
 // in one transaction that compares both, so concurrent creates never
 // overshoot the group limit.
 func (s *Store) PutGroup(ctx context.Context, g *store.Group, ifMatch string) (*store.Group, error) {
+	return s.putGroup(ctx, g, ifMatch, false)
+}
+
+// putGroup is PutGroup; with keepTimes the record's own times are stored
+// and the group limit does not apply (an import).
+func (s *Store) putGroup(ctx context.Context, g *store.Group, ifMatch string, keepTimes bool) (*store.Group, error) {
 	ctx, done, err := s.enter(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("store: put group: %w", err)
@@ -93,7 +99,7 @@ func (s *Store) PutGroup(ctx context.Context, g *store.Group, ifMatch string) (*
 		}
 		created := now
 		if old == nil {
-			if s.maxGroups > 0 && n >= s.maxGroups {
+			if s.maxGroups > 0 && n >= s.maxGroups && !keepTimes {
 				return casPlan{}, &store.LimitError{What: "enrollment groups", Limit: s.maxGroups}
 			}
 			n++
@@ -106,8 +112,12 @@ func (s *Store) PutGroup(ctx context.Context, g *store.Group, ifMatch string) (*
 				created = h.CreatedAt
 			}
 		}
-		stored.CreatedAt, stored.UpdatedAt = created, now
-		out.CreatedAt, out.UpdatedAt = created, now
+		updated := now
+		if keepTimes {
+			created, updated = g.CreatedAt.UTC(), g.UpdatedAt.UTC()
+		}
+		stored.CreatedAt, stored.UpdatedAt = created, updated
+		out.CreatedAt, out.UpdatedAt = created, updated
 		data, err := json.Marshal(groupRecord{Group: stored, Sealed: sealed})
 		if err != nil {
 			return casPlan{}, fmt.Errorf("%w: group %q: %w", store.ErrInvalidRecord, key, err)

@@ -128,6 +128,12 @@ func (s *Store) CountGroupRegistrations(ctx context.Context, groupID string) (in
 // leased until its expiry) in the same transaction. It returns the
 // registration as stored.
 func (s *Store) RecordRegistration(ctx context.Context, r *store.Registration, op *store.Operation) (*store.Registration, error) {
+	return s.recordRegistration(ctx, r, op, false)
+}
+
+// recordRegistration is RecordRegistration; with keepTimes the record's
+// own times are stored (an import).
+func (s *Store) recordRegistration(ctx context.Context, r *store.Registration, op *store.Operation, keepTimes bool) (*store.Registration, error) {
 	ctx, done, err := s.enter(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("store: record registration: %w", err)
@@ -185,8 +191,12 @@ func (s *Store) RecordRegistration(ctx context.Context, r *store.Registration, o
 				}
 				oldGroup = lower(h.EnrollmentGroupID)
 			}
-			stored.CreatedAt, stored.UpdatedAt = created, now
-			out.CreatedAt, out.UpdatedAt = created, now
+			updated := now
+			if keepTimes {
+				created, updated = r.CreatedAt.UTC(), r.UpdatedAt.UTC()
+			}
+			stored.CreatedAt, stored.UpdatedAt = created, updated
+			out.CreatedAt, out.UpdatedAt = created, updated
 			data, err := json.Marshal(registrationRecord{Registration: stored, Sealed: sealed, AttHash: attHash})
 			if err != nil {
 				return casPlan{}, fmt.Errorf("%w: registration %q: %w", store.ErrInvalidRecord, key, err)

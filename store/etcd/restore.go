@@ -225,3 +225,6 @@ func (s *Store) Check(ctx context.Context) error {
 	}
 	return nil
 }
+
+// isNotEmpty reports an ErrNotEmpty.
+func isNotEmpty(err error) bool { return errors.Is(err, ErrNotEmpty) }
