@@ -34,10 +34,10 @@ const PlaceholderHub = "hub.localdomain"
 // table in settings(), which documents it (and `dpsd serve --help` prints).
 type Config struct {
 	DataDir           string
-	Store             string // "" = bolt in DataDir; bolt:PATH; etcd://host:port[,...]/prefix
-	SecretsDir        string // cluster secrets directory ("" = secrets in DataDir)
-	EtcdCA            string // CA file of the etcd endpoints ("" = plain HTTP to etcd)
-	EtcdCert, EtcdKey string // etcd client certificate and key
+	Store             string        // "" = bolt in DataDir; bolt:PATH; etcd://host:port[,...]/prefix
+	SecretsDir        string        // cluster secrets directory ("" = secrets in DataDir)
+	EtcdCA            string        // CA file of the etcd endpoints ("" = plain HTTP to etcd)
+	EtcdCert, EtcdKey string        // etcd client certificate and key
 	IDScope           string        // "" = generated and kept in the data directory
 	MQTTAddr          string        // plain MQTT, "" = off
 	MQTTSAddr         string        // MQTT over TLS, "" = off
