@@ -22,6 +22,7 @@ import (
 
 	"github.com/tpmdps/dpsd/device"
 	"github.com/tpmdps/dpsd/device/tpmtransport"
+	"github.com/tpmdps/dpsd/internal/etcdtest"
 )
 
 // The reference simulator is one instance per process: the tests of this
@@ -33,6 +34,8 @@ var sharedSim struct {
 }
 
 func TestMain(m *testing.M) {
+	// The cluster test runs etcd members as children: this binary again.
+	etcdtest.RunChildIfAsked()
 	code := m.Run()
 	if sharedSim.tpm != nil {
 		_ = sharedSim.tpm.Close()
