@@ -127,6 +127,7 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger, csOut io.Wr
 	// In a cluster the store records the single use of TPM challenges (the
 	// timed wrapper hides the engine's optional interfaces).
 	challenges, _ := st.(store.ChallengeRecorder)
+	cluster, _ := st.(store.WindowCounter) // cluster-wide rate limits
 	svc, err := provision.New(provision.Config{
 		IDScope:           scope,
 		Store:             sst,
@@ -189,7 +190,7 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger, csOut io.Wr
 		Metrics: mx,
 	}, func(env broker.HookEnv) (broker.Hook, error) {
 		return hooks.New(hooks.Config{Service: svc, Server: env.Server, Limits: hookLimits,
-			Logger: log, Metrics: mx, Refusals: env.Refusals})
+			Logger: log, Metrics: mx, Refusals: env.Refusals, Cluster: cluster})
 	})
 	if err != nil {
 		return err
