@@ -467,7 +467,7 @@ func TestClusterFailover(t *testing.T) {
 	}
 	// Replays: every TPM-signed token that authenticated is sent again to a node
 	// directly; none may be accepted (CONNACK 5 "not authorized", or 3 once
-// this address has spent its budget of refused CONNECTs).
+	// this address has spent its budget of refused CONNECTs).
 	var replays, refused atomic.Int64
 	replayDone := make(chan struct{})
 	go func() {
