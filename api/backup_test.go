@@ -24,6 +24,7 @@ import (
 
 	"github.com/tpmdps/dpsd/api/wire"
 	"github.com/tpmdps/dpsd/attest"
+	"github.com/tpmdps/dpsd/internal/testkit"
 	"github.com/tpmdps/dpsd/store"
 	"github.com/tpmdps/dpsd/store/bolt"
 )
@@ -255,13 +256,9 @@ func TestBackupStalledClient(t *testing.T) {
 		t.Fatalf("the local copy is visible: %v", ents)
 	}
 	// The stalled client is cut off.
-	deadline := time.Now().Add(30 * time.Second)
-	for !strings.Contains(env.logs.String(), "backup cut short") {
-		if time.Now().After(deadline) {
-			t.Fatal("a client that stopped reading was not cut off")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testkit.AwaitWithin(t, 30*time.Second, "the client that stopped reading cut off", func() bool {
+		return strings.Contains(env.logs.String(), "backup cut short")
+	})
 	if _, err := io.Copy(io.Discard, res.Body); err == nil && res.Trailer.Get(wire.BackupSHA256Trailer) != "" {
 		t.Fatal("a cut transfer ended with trailers")
 	}

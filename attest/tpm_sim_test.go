@@ -6,39 +6,12 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"fmt"
-	"sync"
 	"testing"
-
-	"github.com/google/go-tpm/tpm2/transport"
-	"github.com/google/go-tpm/tpm2/transport/simulator"
 
 	"github.com/tpmdps/dpsd/attest"
 	"github.com/tpmdps/dpsd/device/devtpm"
+	"github.com/tpmdps/dpsd/internal/testkit/tpmsim"
 )
-
-// tpmSimState is the one reference TPM simulator of this test process (one
-// instance per process); mu serializes the tests that use it.
-type tpmSimState struct {
-	once sync.Once
-	mu   sync.Mutex
-	tpm  transport.TPMCloser
-	err  error
-}
-
-// tpmSharedSim is shared by the tests of this package through tpmSim.
-var tpmSharedSim tpmSimState
-
-// tpmSim returns the shared simulator, holding it for the test's duration.
-func tpmSim(t *testing.T) transport.TPM {
-	t.Helper()
-	tpmSharedSim.once.Do(func() { tpmSharedSim.tpm, tpmSharedSim.err = simulator.OpenSimulator() })
-	if tpmSharedSim.err != nil {
-		t.Fatalf("start the TPM simulator: %v", tpmSharedSim.err)
-	}
-	tpmSharedSim.mu.Lock()
-	t.Cleanup(tpmSharedSim.mu.Unlock)
-	return tpmSharedSim.tpm
-}
 
 // tpmClose closes a devtpm key at the end of the test.
 func tpmClose(t *testing.T, k interface{ Close() error }) {
@@ -50,7 +23,7 @@ func tpmClose(t *testing.T, k interface{ Close() error }) {
 }
 
 func TestParsePublicSimulatorKeys(t *testing.T) {
-	tpm := tpmSim(t)
+	tpm := tpmsim.Open(t)
 	for _, alg := range []devtpm.Alg{devtpm.RSA2048, devtpm.ECCP256} {
 		ek, err := devtpm.CreateEK(tpm, alg)
 		if err != nil {
@@ -81,7 +54,7 @@ func TestParsePublicSimulatorKeys(t *testing.T) {
 }
 
 func TestActivationBlobOnSimulator(t *testing.T) {
-	tpm := tpmSim(t)
+	tpm := tpmsim.Open(t)
 	for _, c := range []struct {
 		ek  devtpm.Alg
 		srk devtpm.SRKTemplate

@@ -7,7 +7,6 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"encoding/base64"
-	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"io"
@@ -23,8 +22,9 @@ import (
 
 	"github.com/tpmdps/dpsd/attest"
 	"github.com/tpmdps/dpsd/broker"
+	"github.com/tpmdps/dpsd/dpsdtest"
 	"github.com/tpmdps/dpsd/hooks"
-	"github.com/tpmdps/dpsd/internal/dpsdtest"
+	"github.com/tpmdps/dpsd/internal/testkit/mqtttest"
 	"github.com/tpmdps/dpsd/store"
 )
 
@@ -153,7 +153,7 @@ func TestWebSocket(t *testing.T) {
 	if got := resp.Header.Get("Sec-Websocket-Protocol"); got != "MQTT" {
 		t.Fatalf("negotiated sub-protocol %q", got)
 	}
-	if err := ws.WriteMessage(websocket.BinaryMessage, connectPacket(d.id, d.username(s), d.sas(s))); err != nil {
+	if err := ws.WriteMessage(websocket.BinaryMessage, mqtttest.Encode(mqtttest.ConnectPacket(d.id, d.username(s), d.sas(s)))); err != nil {
 		t.Fatal(err)
 	}
 	ws.SetReadDeadline(time.Now().Add(10 * time.Second))
@@ -168,33 +168,6 @@ func TestWebSocket(t *testing.T) {
 	}
 }
 
-// connectPacket encodes a 3.1.1 CONNECT with clean session and keep-alive 0.
-func connectPacket(clientID, user, pass string) []byte {
-	var b bytes.Buffer
-	str := func(s string) { binary.Write(&b, binary.BigEndian, uint16(len(s))); b.WriteString(s) }
-	str("MQTT")
-	b.WriteByte(4)
-	b.WriteByte(0xC2)
-	b.Write([]byte{0, 0})
-	str(clientID)
-	str(user)
-	str(pass)
-	body := b.Bytes()
-	out := []byte{0x10}
-	for n := len(body); ; {
-		d := byte(n % 128)
-		n /= 128
-		if n > 0 {
-			d |= 0x80
-		}
-		out = append(out, d)
-		if n == 0 {
-			break
-		}
-	}
-	return append(out, body...)
-}
-
 // TestShutdown: Shutdown closes connected clients and connections that never
 // sent CONNECT (no DISCONNECT packet), and stops accepting.
 func TestShutdown(t *testing.T) {
@@ -205,7 +178,7 @@ func TestShutdown(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer dev.Close()
-	dev.Write(connectPacket(d.id, d.username(s), d.sas(s)))
+	dev.Write(mqtttest.Encode(mqtttest.ConnectPacket(d.id, d.username(s), d.sas(s))))
 	r := bufio.NewReader(dev)
 	ack := make([]byte, 4)
 	dev.SetReadDeadline(time.Now().Add(10 * time.Second))
@@ -328,7 +301,7 @@ func TestPerAddressCapIPv6Loopback(t *testing.T) {
 		t.Fatalf("warnings %v, want one naming ::/64", w)
 	}
 	first.SetDeadline(time.Now().Add(10 * time.Second))
-	pkt := restrictedConnect("v6-device", dpsdtest.DefaultIDScope+"/registrations/v6-device/api-version=2019-03-31")
+	pkt := mqtttest.Encode(mqtttest.ConnectPacket("v6-device", dpsdtest.DefaultIDScope+"/registrations/v6-device/api-version=2019-03-31", ""))
 	if _, err := first.Write(pkt); err != nil {
 		t.Fatal(err)
 	}

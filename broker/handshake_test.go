@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/tpmdps/dpsd/internal/ratelimit"
+	"github.com/tpmdps/dpsd/internal/testkit"
 )
 
 // testTLSConfig returns a server config with a fresh self-signed P-256
@@ -93,13 +94,7 @@ func awaitClosedByServer(t *testing.T, c net.Conn) {
 // has both its slots free again.
 func awaitReleased(t *testing.T, g *guardListener) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for g.open() != 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d connections still tracked", g.open())
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testkit.AwaitWithin(t, 30*time.Second, "no connection tracked", func() bool { return g.open() == 0 })
 	for i := 0; i < 2; i++ {
 		if !g.perAddr.Acquire("127.0.0.1") {
 			t.Fatalf("per-address slot %d not released", i)

@@ -13,8 +13,10 @@ import (
 	"time"
 
 	"github.com/tpmdps/dpsd/broker"
-	"github.com/tpmdps/dpsd/internal/dpsdtest"
+	"github.com/tpmdps/dpsd/dpsdtest"
 	"github.com/tpmdps/dpsd/internal/refusal"
+	"github.com/tpmdps/dpsd/internal/testkit"
+	"github.com/tpmdps/dpsd/internal/testkit/mqtttest"
 )
 
 // logBuffer is a log sink safe for concurrent use.
@@ -75,7 +77,7 @@ func expectDropped(t *testing.T, c net.Conn) {
 // still served.
 func TestRefusedConnectionsCountedAndLogged(t *testing.T) {
 	logs := &logBuffer{}
-	rec := &recordingMetrics{}
+	rec := &testkit.Metrics{}
 	s := dpsdtest.Start(t, dpsdtest.Options{
 		Logger:  slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelInfo})),
 		Metrics: rec,
@@ -85,7 +87,7 @@ func TestRefusedConnectionsCountedAndLogged(t *testing.T) {
 	expectDropped(t, dialFrom(t, "127.0.0.1", s.TCPAddr)) // the second token, but no slot
 	expectDropped(t, dialFrom(t, "127.0.0.1", s.TCPAddr)) // no token
 	expectDropped(t, dialFrom(t, "127.0.0.1", s.TCPAddr)) // no token
-	got := rec.connsRefused()
+	got := rec.ConnectionsRefused()
 	if got[broker.ListenerTCP+"/"+refusal.AddressCap] != 1 || got[broker.ListenerTCP+"/"+refusal.AddressRate] != 2 || len(got) != 2 {
 		t.Fatalf("refusals counted %v, want 1 %s and 2 %s on %s", got, refusal.AddressCap, refusal.AddressRate, broker.ListenerTCP)
 	}
@@ -97,7 +99,7 @@ func TestRefusedConnectionsCountedAndLogged(t *testing.T) {
 	// Another address has its own budget and slot.
 	other := dialFrom(t, "127.0.0.2", s.TCPAddr)
 	other.SetDeadline(time.Now().Add(10 * time.Second))
-	if _, err := other.Write(restrictedConnect("other-addr", s.IDScope+"/registrations/other-addr/api-version=2019-03-31")); err != nil {
+	if _, err := other.Write(mqtttest.Encode(mqtttest.ConnectPacket("other-addr", s.IDScope+"/registrations/other-addr/api-version=2019-03-31", ""))); err != nil {
 		t.Fatal(err)
 	}
 	ack := make([]byte, 4)

@@ -2,11 +2,8 @@ package broker
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/rand"
-	"encoding/binary"
-	"io"
 	"net"
 	"path/filepath"
 	"testing"
@@ -15,6 +12,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/tpmdps/dpsd/hooks"
+	"github.com/tpmdps/dpsd/internal/testkit/mqtttest"
 	"github.com/tpmdps/dpsd/provision"
 	"github.com/tpmdps/dpsd/store/bolt"
 )
@@ -49,48 +47,6 @@ func newTestBroker(t *testing.T, cfg Config) *Broker {
 	return b
 }
 
-// mqttPacket frames an MQTT packet: first byte, remaining length, body.
-func mqttPacket(first byte, body []byte) []byte {
-	out := []byte{first}
-	for n := len(body); ; {
-		d := byte(n % 128)
-		n /= 128
-		if n > 0 {
-			d |= 0x80
-		}
-		out = append(out, d)
-		if n == 0 {
-			break
-		}
-	}
-	return append(out, body...)
-}
-
-// readPacketType reads one MQTT packet and returns its type.
-func readPacketType(t *testing.T, r *bufio.Reader) byte {
-	t.Helper()
-	first, err := r.ReadByte()
-	if err != nil {
-		t.Fatalf("reading packet: %v", err)
-	}
-	n, mul := 0, 1
-	for {
-		b, err := r.ReadByte()
-		if err != nil {
-			t.Fatalf("reading packet length: %v", err)
-		}
-		n += int(b&0x7f) * mul
-		mul *= 128
-		if b&0x80 == 0 {
-			break
-		}
-	}
-	if _, err := io.CopyN(io.Discard, r, int64(n)); err != nil {
-		t.Fatalf("reading packet body: %v", err)
-	}
-	return first >> 4
-}
-
 // TestNoRetainedMessagesOnSubscribe: a subscription made through the broker
 // is stored with retain handling 2 (so mochi does not search its retained
 // index), and gets no retained message even when the index holds one on a
@@ -111,30 +67,22 @@ func TestNoRetainedMessagesOnSubscribe(t *testing.T) {
 	}
 	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-	str := func(b *bytes.Buffer, s string) {
-		binary.Write(b, binary.BigEndian, uint16(len(s)))
-		b.WriteString(s)
-	}
-	var connect bytes.Buffer
-	str(&connect, "MQTT")
-	connect.Write([]byte{4, 0x82, 0, 0}) // 3.1.1, username and clean session, keep-alive 0
-	str(&connect, "dev-retained")
-	str(&connect, testIDScope+"/registrations/dev-retained/api-version=2019-03-31&ClientVersion=test")
-	var sub bytes.Buffer
-	sub.Write([]byte{0, 1})
-	str(&sub, hooks.ResponseFilter)
-	sub.WriteByte(1)
+	user := testIDScope + "/registrations/dev-retained/api-version=2019-03-31&ClientVersion=test"
 	var out []byte
-	out = append(out, mqttPacket(packets.Connect<<4, connect.Bytes())...)
-	out = append(out, mqttPacket(packets.Subscribe<<4|2, sub.Bytes())...)
-	out = append(out, mqttPacket(packets.Pingreq<<4, nil)...)
+	out = append(out, mqtttest.Encode(mqtttest.ConnectPacket("dev-retained", user, ""))...)
+	out = append(out, mqtttest.Encode(mqtttest.SubscribePacket(1, 1, hooks.ResponseFilter))...)
+	out = append(out, mqtttest.Encode(mqtttest.PingreqPacket())...)
 	if _, err := c.Write(out); err != nil {
 		t.Fatal(err)
 	}
 	r := bufio.NewReader(c)
 	for _, want := range []byte{packets.Connack, packets.Suback, packets.Pingresp} {
-		if got := readPacketType(t, r); got != want {
-			t.Fatalf("got packet type %d, want %d (CONNACK, SUBACK, PINGRESP in that order)", got, want)
+		p, err := mqtttest.ReadPacket(r, mqtttest.V311)
+		if err != nil {
+			t.Fatalf("reading packet: %v", err)
+		}
+		if p.Type() != want {
+			t.Fatalf("got %v, want packet type %d (CONNACK, SUBACK, PINGRESP in that order)", p, want)
 		}
 	}
 	// The broker's hooks marked the subscription, so mochi skipped its

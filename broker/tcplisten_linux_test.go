@@ -8,6 +8,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/tpmdps/dpsd/internal/testkit"
 )
 
 // acceptedKeepAlive reads the keep-alive options of an accepted socket.
@@ -88,19 +90,14 @@ func TestBrokerListenersKeepAlive(t *testing.T) {
 		defer client.Close()
 		g := b.guards[name]
 		var accepted *guardConn
-		for deadline := time.Now().Add(10 * time.Second); accepted == nil; {
+		testkit.Await(t, name+": the connection accepted", func() bool {
 			g.mu.Lock()
+			defer g.mu.Unlock()
 			for c := range g.conns {
 				accepted = c
 			}
-			g.mu.Unlock()
-			if accepted == nil {
-				if time.Now().After(deadline) {
-					t.Fatalf("%s: connection not accepted within 10 s", name)
-				}
-				time.Sleep(5 * time.Millisecond)
-			}
-		}
+			return accepted != nil
+		})
 		on, got := acceptedKeepAlive(t, accepted.Conn)
 		if on != 1 || got != want {
 			t.Errorf("%s: accepted socket: SO_KEEPALIVE=%d %+v, want 1 %+v", name, on, got, want)

@@ -13,18 +13,18 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
-	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/gorilla/websocket"
 
 	"github.com/tpmdps/dpsd/broker"
+	"github.com/tpmdps/dpsd/dpsdtest"
 	"github.com/tpmdps/dpsd/hooks"
-	"github.com/tpmdps/dpsd/internal/dpsdtest"
 	"github.com/tpmdps/dpsd/internal/refusal"
+	"github.com/tpmdps/dpsd/internal/testkit"
+	"github.com/tpmdps/dpsd/internal/testkit/mqtttest"
 	"github.com/tpmdps/dpsd/provision"
 	"github.com/tpmdps/dpsd/store/bolt"
 )
@@ -50,17 +50,6 @@ func selfSignedClient(t *testing.T, id string) tls.Certificate {
 	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
 }
 
-// restrictedConnect is a 3.1.1 CONNECT without a password (a restricted
-// session, or X.509 with a client certificate): connectPacket with an empty
-// password, its flag cleared and its two length bytes dropped.
-func restrictedConnect(id, user string) []byte {
-	pkt := connectPacket(id, user, "")
-	pkt[9] &^= 0x40 // fixed header (2) + "MQTT" (6) + level (1): the flags byte
-	pkt = pkt[:len(pkt)-2]
-	pkt[1] -= 2 // short packet: one remaining-length byte
-	return pkt
-}
-
 // wsConnack dials the API listener's WebSocket, sends a CONNECT without a
 // password and returns the CONNACK return code.
 func wsConnack(t *testing.T, s *dpsdtest.Server, path, id string, certs []tls.Certificate) byte {
@@ -74,7 +63,7 @@ func wsConnack(t *testing.T, s *dpsdtest.Server, path, id string, certs []tls.Ce
 	}
 	defer ws.Close()
 	user := s.IDScope + "/registrations/" + id + "/api-version=2019-03-31"
-	pkt := restrictedConnect(id, user)
+	pkt := mqtttest.Encode(mqtttest.ConnectPacket(id, user, "")) // no password
 	if err := ws.WriteMessage(websocket.BinaryMessage, pkt); err != nil {
 		t.Fatal(err)
 	}
@@ -106,7 +95,7 @@ func TestWebSocketHandlerClientCertificate(t *testing.T) {
 // TestWebSocketHandlerLimitsAndShutdown: the per-address cap applies to the
 // handler's connections, and Shutdown closes one that never sent CONNECT.
 func TestWebSocketHandlerLimitsAndShutdown(t *testing.T) {
-	rec := &recordingMetrics{}
+	rec := &testkit.Metrics{}
 	s := dpsdtest.Start(t, dpsdtest.Options{APIAddr: "127.0.0.1:0", APIWebSocket: true, Metrics: rec,
 		ConnectTimeout: time.Minute, Limits: broker.Limits{ConnectionsPerAddress: 1}})
 	dialer := websocket.Dialer{TLSClientConfig: s.TLSConfig(), Subprotocols: []string{"mqtt"}, HandshakeTimeout: 10 * time.Second}
@@ -115,17 +104,13 @@ func TestWebSocketHandlerLimitsAndShutdown(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer first.Close()
-	deadline := time.Now().Add(10 * time.Second)
-	for s.Broker.Connections()[broker.ListenerWSHandler] != 1 {
-		if time.Now().After(deadline) {
-			t.Fatalf("connections %v", s.Broker.Connections())
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testkit.Await(t, "the first WebSocket connection counted", func() bool {
+		return s.Broker.Connections()[broker.ListenerWSHandler] == 1
+	})
 	if _, resp, err := dialer.Dial("wss://"+s.APIAddr+"/", nil); err == nil || resp == nil || resp.StatusCode != http.StatusServiceUnavailable {
 		t.Fatalf("second connection from one address: %v %v", err, resp)
 	}
-	if got := rec.connsRefused(); got[broker.ListenerWSHandler+"/"+refusal.AddressCap] != 1 {
+	if got := rec.ConnectionsRefused(); got[broker.ListenerWSHandler+"/"+refusal.AddressCap] != 1 {
 		t.Fatalf("refusals counted %v", got)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
@@ -145,46 +130,6 @@ func TestWebSocketHandlerLimitsAndShutdown(t *testing.T) {
 	}
 }
 
-// recordingMetrics is a hooks.Metrics that keeps what it is told.
-type recordingMetrics struct {
-	mu      sync.Mutex
-	phases  []string
-	refused []string
-	conns   map[string]int // listener/reason of connections refused by a per-address limit
-}
-
-func (r *recordingMetrics) ConnectionRefused(listener, reason string) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.conns == nil {
-		r.conns = make(map[string]int)
-	}
-	r.conns[listener+"/"+reason]++
-}
-
-// connsRefused returns a copy of the per-address refusals counted so far.
-func (r *recordingMetrics) connsRefused() map[string]int {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	out := make(map[string]int, len(r.conns))
-	for k, v := range r.conns {
-		out[k] = v
-	}
-	return out
-}
-
-func (r *recordingMetrics) Observe(phase string, status int, _ time.Duration) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.phases = append(r.phases, phase+"/"+strconv.Itoa(status))
-}
-
-func (r *recordingMetrics) ConnectRefused(reason string) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.refused = append(r.refused, reason)
-}
-
 // TestBrokerMetrics: the hook's Metrics receives the CONNECT phase and the
 // hook's own refusals (here the restricted session cap).
 func TestBrokerMetrics(t *testing.T) {
@@ -197,7 +142,7 @@ func TestBrokerMetrics(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rec := &recordingMetrics{}
+	rec := &testkit.Metrics{}
 	b, err := broker.New(broker.Config{TCPAddr: "127.0.0.1:0", Metrics: rec},
 		dpsHook(svc, hooks.Limits{RestrictedSessions: 1}, rec))
 	if err != nil {
@@ -216,7 +161,7 @@ func TestBrokerMetrics(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		pkt := restrictedConnect(id, dpsdtest.DefaultIDScope+"/registrations/"+id+"/api-version=2019-03-31")
+		pkt := mqtttest.Encode(mqtttest.ConnectPacket(id, dpsdtest.DefaultIDScope+"/registrations/"+id+"/api-version=2019-03-31", ""))
 		c.SetDeadline(time.Now().Add(10 * time.Second))
 		if _, err := c.Write(pkt); err != nil {
 			t.Fatal(err)
@@ -237,12 +182,10 @@ func TestBrokerMetrics(t *testing.T) {
 	if code != 3 {
 		t.Fatalf("second restricted CONNACK %d, want 3 (cap)", code)
 	}
-	rec.mu.Lock()
-	defer rec.mu.Unlock()
-	if strings.Join(rec.refused, ",") != hooks.RefusedRestrictedCap {
-		t.Fatalf("refusals %v", rec.refused)
+	if refused := rec.ConnectRefusals(); strings.Join(refused, ",") != hooks.RefusedRestrictedCap {
+		t.Fatalf("refusals %v", refused)
 	}
-	if strings.Join(rec.phases, ",") != "connect/0,connect/0" {
-		t.Fatalf("phases %v", rec.phases)
+	if phases := rec.Phases(); strings.Join(phases, ",") != "connect/0,connect/0" {
+		t.Fatalf("phases %v", phases)
 	}
 }

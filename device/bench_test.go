@@ -3,6 +3,8 @@ package device
 import (
 	"context"
 	"testing"
+
+	"github.com/tpmdps/dpsd/internal/testkit/tpmsim"
 )
 
 // BenchmarkProvisionSymmetricKey measures one whole provisioning (connect,
@@ -27,7 +29,7 @@ func BenchmarkProvisionSymmetricKey(b *testing.B) {
 // the reference simulator over TCP.
 func BenchmarkProvisionTPMSimulator(b *testing.B) {
 	srv := startServerTB(b)
-	att := &TPM{Device: simulatorTB(b)}
+	att := &TPM{Device: tpmsim.Open(b)}
 	ek, err := att.EndorsementKey(context.Background())
 	if err != nil {
 		b.Fatal(err)

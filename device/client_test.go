@@ -4,13 +4,16 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"log/slog"
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/tpmdps/dpsd/attest"
+	"github.com/tpmdps/dpsd/internal/testkit"
 )
 
 func TestProvisionSymmetricKeyPolls(t *testing.T) {
@@ -97,7 +100,7 @@ func TestProvisionSymmetricKeyPolls(t *testing.T) {
 	if tok.KeyName != "registration" || !tok.Expiry.Equal(now.Add(time.Hour)) {
 		t.Fatalf("token %+v", tok)
 	}
-	awaitCond(t, "clean disconnect", func() bool { return b.disconnects() == 1 })
+	testkit.Await(t, "clean disconnect", func() bool { return b.disconnects() == 1 })
 }
 
 func phasesToStrings(ps []Phase) []string {
@@ -240,19 +243,29 @@ func TestProvisionIgnoresOtherRIDs(t *testing.T) {
 		return scriptResp{}
 	})
 	cfg := b.config(t)
+	// The client's log says when it has read the stray answer and set it
+	// aside; only then is the request cancelled.
+	ignored := make(chan struct{})
+	var once sync.Once
+	cfg.Logger = slog.New(onMessage{Handler: cfg.Logger.Handler(), msg: "ignoring response for another request",
+		fn: func() { once.Do(func() { close(ignored) }) }})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go func() {
-		awaitCond(t, "request", func() bool { return len(b.requests()) == 1 })
-		time.Sleep(100 * time.Millisecond) // give the stray answer time to arrive (and be ignored)
-		cancel()
+		defer cancel()
+		select {
+		case <-ignored:
+		case <-ctx.Done(): // Provision returned first: the assertions below say why
+		case <-time.After(testkit.DefaultWait):
+			t.Error("the stray answer never reached the client")
+		}
 	}()
 	_, err := Provision(ctx, cfg)
 	var e *Error
 	if !errors.As(err, &e) || !errors.Is(err, context.Canceled) || e.Status != 0 {
 		t.Fatalf("err = %v; a stray answer must not be taken for ours", err)
 	}
-	awaitCond(t, "disconnect after cancel", func() bool { return b.disconnects() == 1 })
+	testkit.Await(t, "disconnect after cancel", func() bool { return b.disconnects() == 1 })
 }
 
 func TestProvisionTimeout(t *testing.T) {
@@ -326,4 +339,31 @@ func TestProvisionRetriesServerUnavailable(t *testing.T) {
 	if got := b.connects(); got != 6 {
 		t.Fatalf("%d CONNECTs in all, want 6", got)
 	}
+}
+
+// onMessage is a slog.Handler that passes every record on and calls fn
+// for each one whose message is msg: a test's signal that the code under
+// test reached a point it reports only in its log.
+type onMessage struct {
+	slog.Handler
+	msg string
+	fn  func()
+}
+
+// Handle calls fn for msg, then passes r on.
+func (h onMessage) Handle(ctx context.Context, r slog.Record) error {
+	if r.Message == h.msg {
+		h.fn()
+	}
+	return h.Handler.Handle(ctx, r)
+}
+
+// WithAttrs keeps watching for msg.
+func (h onMessage) WithAttrs(as []slog.Attr) slog.Handler {
+	return onMessage{Handler: h.Handler.WithAttrs(as), msg: h.msg, fn: h.fn}
+}
+
+// WithGroup keeps watching for msg.
+func (h onMessage) WithGroup(name string) slog.Handler {
+	return onMessage{Handler: h.Handler.WithGroup(name), msg: h.msg, fn: h.fn}
 }

@@ -4,9 +4,7 @@ import (
 	"context"
 	"encoding/base64"
 	"net"
-	"os"
 	"strconv"
-	"sync"
 	"testing"
 	"time"
 
@@ -15,40 +13,10 @@ import (
 
 	"github.com/tpmdps/dpsd/attest"
 	"github.com/tpmdps/dpsd/broker"
-	"github.com/tpmdps/dpsd/device/tpmtransport"
+	"github.com/tpmdps/dpsd/dpsdtest"
 	"github.com/tpmdps/dpsd/hooks"
-	"github.com/tpmdps/dpsd/internal/dpsdtest"
 	"github.com/tpmdps/dpsd/store"
 )
-
-// The reference simulator is one instance per process: tests of this
-// package share it (and its persisted EK, SRK and keys), opened once.
-var sharedSim struct {
-	once sync.Once
-	tpm  transport.TPMCloser
-	err  error
-}
-
-func TestMain(m *testing.M) {
-	code := m.Run()
-	if sharedSim.tpm != nil {
-		_ = sharedSim.tpm.Close()
-	}
-	os.Exit(code)
-}
-
-// simulator returns the shared in-process reference simulator.
-func simulator(t *testing.T) transport.TPM { return simulatorTB(t) }
-
-// simulatorTB is simulator for tests and benchmarks.
-func simulatorTB(t testing.TB) transport.TPM {
-	t.Helper()
-	sharedSim.once.Do(func() { sharedSim.tpm, sharedSim.err = tpmtransport.OpenSimulator() })
-	if sharedSim.err != nil {
-		t.Fatalf("simulator: %v", sharedSim.err)
-	}
-	return sharedSim.tpm
-}
 
 // startServer runs the real service with fast polling and challenge limits
 // wide enough for many devices on one loopback address.

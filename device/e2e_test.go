@@ -14,15 +14,16 @@ import (
 	"github.com/tpmdps/dpsd/attest"
 	"github.com/tpmdps/dpsd/device/devtpm"
 	"github.com/tpmdps/dpsd/device/tpmtransport"
-	"github.com/tpmdps/dpsd/internal/dpsdtest"
+	"github.com/tpmdps/dpsd/dpsdtest"
 	"github.com/tpmdps/dpsd/internal/swtpmtest"
+	"github.com/tpmdps/dpsd/internal/testkit/tpmsim"
 )
 
 // TestE2ESimulatorTLS provisions a TPM device on the reference simulator
 // against the real service over TLS, with the default registration id.
 func TestE2ESimulatorTLS(t *testing.T) {
 	srv := startServer(t, false)
-	tpm := simulator(t)
+	tpm := tpmsim.Open(t)
 	att := &TPM{Device: tpm}
 	regID := enrollTPM(t, srv, "", endorsementKey(t, att))
 
@@ -77,7 +78,7 @@ func TestE2ESimulatorTLS(t *testing.T) {
 // of an EK that does not match the enrollment.
 func TestE2ESimulatorRefused(t *testing.T) {
 	srv := startServer(t, false)
-	att := &TPM{Device: simulator(t)}
+	att := &TPM{Device: tpmsim.Open(t)}
 	cfg := serverConfig(t, srv, TransportTCP, att)
 	cfg.RegistrationID = "not-enrolled"
 	_, err := Provision(context.Background(), cfg)
@@ -162,7 +163,7 @@ func TestE2ESwtpmReopen(t *testing.T) {
 // attempt succeeds.
 func TestE2ECancelMidway(t *testing.T) {
 	srv := startServer(t, false)
-	tpm := simulator(t)
+	tpm := tpmsim.Open(t)
 	att := &TPM{Device: tpm, IdentityKeyHandle: devtpm.IdentityKeyHandle}
 	enrollTPM(t, srv, "cancel-me", endorsementKey(t, att))
 	for _, at := range []Phase{PhaseActivate, PhaseReconnect, PhaseRegister, PhasePoll} {
@@ -332,7 +333,7 @@ func (s *spoiledChallenges) Challenge(ctx context.Context, sess Session, c Chall
 // after exactly two challenges otherwise; the TPM is left clean either way.
 func TestE2EReconnectRefusedStartsOverOnce(t *testing.T) {
 	srv := startServer(t, false)
-	tpm := simulator(t)
+	tpm := tpmsim.Open(t)
 	regID := enrollTPM(t, srv, "", endorsementKey(t, &TPM{Device: tpm}))
 	for _, tc := range []struct {
 		spoiled int

@@ -223,18 +223,6 @@ func (s *sleepRecorder) all() []time.Duration {
 	return append([]time.Duration(nil), s.waits...)
 }
 
-// awaitCond polls cond until it holds or the deadline passes.
-func awaitCond(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 const assignedBody = `{"operationId":"op-1","status":"assigned","registrationState":{"registrationId":"dev-1",` +
 	`"createdDateTimeUtc":"2026-01-01T00:00:00Z","assignedHub":"hub1.example","deviceId":"dev-1","status":"assigned",` +
 	`"substatus":"initialAssignment","lastUpdatedDateTimeUtc":"2026-01-01T00:00:00Z","etag":"e1","payload":{"x":1}}}`

@@ -8,7 +8,7 @@ import (
 	"testing"
 
 	"github.com/tpmdps/dpsd/attest"
-	"github.com/tpmdps/dpsd/internal/dpsdtest"
+	"github.com/tpmdps/dpsd/dpsdtest"
 	"github.com/tpmdps/dpsd/store"
 )
 

@@ -29,7 +29,8 @@ import (
 	"github.com/tpmdps/dpsd/internal/datadir"
 	"github.com/tpmdps/dpsd/internal/devca"
 	"github.com/tpmdps/dpsd/internal/etcdtest"
-	"github.com/tpmdps/dpsd/internal/softtpm"
+	"github.com/tpmdps/dpsd/internal/testkit"
+	"github.com/tpmdps/dpsd/softtpm"
 	"github.com/tpmdps/dpsd/store"
 	etcdstore "github.com/tpmdps/dpsd/store/etcd"
 )
@@ -335,7 +336,7 @@ func TestClusterFailover(t *testing.T) {
 	nodes := make([]*dpsdProc, 3)
 	var mqttAddrs, mqttsAddrs []string
 	for i := range nodes {
-		mqtts := freeAddr(t)
+		mqtts := testkit.FreeAddr(t)
 		nodes[i] = newDpsd(t, bin, "-secrets-dir", secrets, "-store", storeURL, "-mqtts-addr", mqtts, "-log-level", "info")
 		nodes[i].start()
 		mqttAddrs = append(mqttAddrs, nodes[i].mqtt)

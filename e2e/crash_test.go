@@ -15,6 +15,8 @@ import (
 	"github.com/tpmdps/dpsd/attest"
 	"github.com/tpmdps/dpsd/device"
 	"github.com/tpmdps/dpsd/internal/datadir"
+	"github.com/tpmdps/dpsd/internal/testkit"
+	"github.com/tpmdps/dpsd/internal/testkit/tpmsim"
 	"github.com/tpmdps/dpsd/store"
 	"github.com/tpmdps/dpsd/store/bolt"
 )
@@ -90,7 +92,7 @@ func TestCrashSafety(t *testing.T) {
 			},
 		})
 	}
-	att := &device.TPM{Device: simulator(t)}
+	att := &device.TPM{Device: tpmsim.Open(t)}
 	ek, err := att.EndorsementKey(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -133,9 +135,18 @@ func TestCrashSafety(t *testing.T) {
 				}
 			}()
 		}
-		// A random moment: anywhere from before the first CONNECT to after
-		// most devices are done.
-		time.Sleep(time.Duration(rng.IntN(500)) * time.Millisecond)
+		// A random moment, counted in events rather than time (a slow
+		// machine shifts nothing): after k more provisionings were told
+		// assigned, k from 0 (before the first CONNECT) to one short of
+		// every device's, while the other devices are mid-flight.
+		mu.Lock()
+		target := provisions + rng.IntN(devices)
+		mu.Unlock()
+		testkit.AwaitWithin(t, time.Minute, "the round's kill moment", func() bool {
+			mu.Lock()
+			defer mu.Unlock()
+			return provisions >= target
+		})
 		p.kill()
 		cancel()
 		wg.Wait()
@@ -167,7 +178,7 @@ func TestCrashSafety(t *testing.T) {
 		t.Fatalf("%d kills between challenge and answer, want 2", kc.kills)
 	}
 	// The log line may still be in the pipe from dpsd.
-	waitFor(t, 10*time.Second, "dpsd to log the refused earlier-run challenge", func() bool {
+	testkit.AwaitWithin(t, 10*time.Second, "dpsd to log the refused earlier-run challenge", func() bool {
 		return strings.Contains(p.logs.String(), "challenge was issued before the broker restarted")
 	})
 	res := provisionOK(t, ctx, p.deviceConfig(scope, tpmID, att))

@@ -22,6 +22,7 @@ import (
 	"github.com/tpmdps/dpsd/apiclient"
 	"github.com/tpmdps/dpsd/device"
 	"github.com/tpmdps/dpsd/internal/datadir"
+	"github.com/tpmdps/dpsd/internal/testkit"
 )
 
 // e2eHub is the hub dpsd assigns devices to in these tests.
@@ -37,18 +38,6 @@ func buildDpsd(t testing.TB) string {
 		t.Fatalf("building dpsd: %v\n%s", err, out)
 	}
 	return bin
-}
-
-// freeAddr returns a 127.0.0.1 address with a port that was free just now.
-func freeAddr(t testing.TB) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
-	return addr
 }
 
 // syncBuffer is a bytes.Buffer safe for concurrent writers and readers.
@@ -87,7 +76,7 @@ type dpsdProc struct {
 func newDpsd(t testing.TB, bin string, extra ...string) *dpsdProc {
 	p := &dpsdProc{
 		t: t, bin: bin, dir: filepath.Join(t.TempDir(), "data"),
-		mqtt: freeAddr(t), api: freeAddr(t), extra: extra, logs: &syncBuffer{},
+		mqtt: testkit.FreeAddr(t), api: testkit.FreeAddr(t), extra: extra, logs: &syncBuffer{},
 	}
 	t.Cleanup(func() {
 		if p.cmd != nil {

@@ -14,11 +14,16 @@ import (
 	"testing"
 	"time"
 
+	"github.com/eclipse/paho.mqtt.golang/packets"
+
 	"github.com/tpmdps/dpsd/attest"
 	"github.com/tpmdps/dpsd/broker"
 	"github.com/tpmdps/dpsd/device"
+	"github.com/tpmdps/dpsd/dpsdtest"
 	"github.com/tpmdps/dpsd/hooks"
-	"github.com/tpmdps/dpsd/internal/dpsdtest"
+	"github.com/tpmdps/dpsd/internal/testkit"
+	"github.com/tpmdps/dpsd/internal/testkit/mqtttest"
+	"github.com/tpmdps/dpsd/internal/testkit/tpmsim"
 	"github.com/tpmdps/dpsd/store"
 )
 
@@ -193,7 +198,7 @@ func TestFloodSilentConnections(t *testing.T) {
 // the register body fields (EK and SRK) a flooder who has seen them can send.
 func tpmDevice(t testing.TB) (*device.TPM, string, []byte) {
 	t.Helper()
-	att := &device.TPM{Device: simulator(t)}
+	att := &device.TPM{Device: tpmsim.Open(t)}
 	ctx := context.Background()
 	ek, err := att.EndorsementKey(ctx)
 	if err != nil {
@@ -271,21 +276,21 @@ func TestFloodRestrictedChallenges(t *testing.T) {
 		}()
 		_ = c.SetDeadline(time.Now().Add(30 * time.Second))
 		r := bufio.NewReader(c)
-		if _, err := c.Write(connectPacket(id, user, "")); err != nil {
+		if _, err := c.Write(mqtttest.Encode(mqtttest.ConnectPacket(id, user, ""))); err != nil {
 			return err
 		}
-		typ, ack, err := readPacket(r)
-		if err != nil || typ != 2 || len(ack) != 2 {
-			return fmt.Errorf("CONNACK: type %d %x %v", typ, ack, err)
+		ack, err := mqtttest.ReadPacket(r, mqtttest.V311)
+		if err != nil || ack.Type() != packets.Connack {
+			return fmt.Errorf("CONNACK: %v %v", ack, err)
 		}
-		if ack[1] == 3 { // restricted session cap: server unavailable
+		if ack.ReasonCode == 3 { // restricted session cap: server unavailable
 			refused.Add(1)
 			return nil
 		}
-		if ack[1] != 0 {
-			return fmt.Errorf("CONNACK code %d", ack[1])
+		if ack.ReasonCode != 0 {
+			return fmt.Errorf("CONNACK code %d", ack.ReasonCode)
 		}
-		if _, err := c.Write(append(subscribePacket(1, responseFilter, 1), publishPacket(registerTopic+"1", body)...)); err != nil {
+		if _, err := c.Write(append(mqtttest.Encode(mqtttest.SubscribePacket(1, 1, responseFilter)), mqtttest.Encode(mqtttest.PublishPacket(registerTopic+"1", 0, 0, body))...)); err != nil {
 			return err
 		}
 		topic, payload, err := readPublish(r)
@@ -355,7 +360,7 @@ func TestFloodRestrictedChallenges(t *testing.T) {
 	if err := tpmDone(); err != nil {
 		t.Fatalf("TPM device started during the flood: %v", err)
 	}
-	waitFor(t, 10*time.Second, "restricted sessions released", func() bool { _, r := srv.Broker.Sessions(); return r == 0 })
+	testkit.AwaitWithin(t, 10*time.Second, "restricted sessions released", func() bool { _, r := srv.Broker.Sessions(); return r == 0 })
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	provisionOK(t, ctx, deviceConfig(t, srv, id, att)) // after
@@ -408,14 +413,14 @@ func TestFloodBadSAS(t *testing.T) {
 		}
 		defer c.Close()
 		_ = c.SetDeadline(time.Now().Add(30 * time.Second))
-		if _, err := c.Write(connectPacket(id, srv.IDScope+"/registrations/"+id+"/api-version="+apiVersion, tok)); err != nil {
+		if _, err := c.Write(mqtttest.Encode(mqtttest.ConnectPacket(id, srv.IDScope+"/registrations/"+id+"/api-version="+apiVersion, tok))); err != nil {
 			return err
 		}
-		typ, ack, err := readPacket(bufio.NewReader(c))
-		if err != nil || typ != 2 || len(ack) != 2 || (ack[1] != 5 && ack[1] != 3) {
-			return fmt.Errorf("want CONNACK 5 (or 3 once the address's budget is spent), got type %d %x %v", typ, ack, err)
+		ack, err := mqtttest.ReadPacket(bufio.NewReader(c), mqtttest.V311)
+		if err != nil || ack.Type() != packets.Connack || (ack.ReasonCode != 5 && ack.ReasonCode != 3) {
+			return fmt.Errorf("want CONNACK 5 (or 3 once the address's budget is spent), got %v %v", ack, err)
 		}
-		if ack[1] == 3 {
+		if ack.ReasonCode == 3 {
 			budgetRefusals.Add(1)
 		}
 		return nil
@@ -479,15 +484,15 @@ func TestSlowReader(t *testing.T) {
 	c := raw.(*net.TCPConn)
 	tok := attest.SignSAS(slow.key, attest.RegistrationResource(srv.IDScope, slow.id), time.Now().Add(time.Hour), "registration")
 	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-	if _, err := c.Write(connectPacket(slow.id, srv.IDScope+"/registrations/"+slow.id+"/api-version="+apiVersion, tok)); err != nil {
+	if _, err := c.Write(mqtttest.Encode(mqtttest.ConnectPacket(slow.id, srv.IDScope+"/registrations/"+slow.id+"/api-version="+apiVersion, tok))); err != nil {
 		t.Fatal(err)
 	}
 	r := bufio.NewReader(c)
-	if typ, ack, err := readPacket(r); err != nil || typ != 2 || len(ack) != 2 || ack[1] != 0 {
-		t.Fatalf("CONNACK %d %x %v", typ, ack, err)
+	if ack, err := mqtttest.ReadPacket(r, mqtttest.V311); err != nil || ack.Type() != packets.Connack || ack.ReasonCode != 0 {
+		t.Fatalf("CONNACK %v %v", ack, err)
 	}
-	waitFor(t, 10*time.Second, "the slow reader's session", func() bool { n, _ := srv.Broker.Sessions(); return n == 1 })
-	if _, err := c.Write(subscribePacket(1, responseFilter, 1)); err != nil {
+	testkit.AwaitWithin(t, 10*time.Second, "the slow reader's session", func() bool { n, _ := srv.Broker.Sessions(); return n == 1 })
+	if _, err := c.Write(mqtttest.Encode(mqtttest.SubscribePacket(1, 1, responseFilter))); err != nil {
 		t.Fatal(err)
 	}
 	// From here on nothing is read. Each request is a poll with a large body
@@ -504,9 +509,9 @@ func TestSlowReader(t *testing.T) {
 	for i := 0; i < 2_000_000; i++ {
 		var pk []byte
 		if i%2 == 0 {
-			pk = publishPacket(registerTopic+strconv.Itoa(i), nil)
+			pk = mqtttest.Encode(mqtttest.PublishPacket(registerTopic+strconv.Itoa(i), 0, 0, nil))
 		} else {
-			pk = publishPacket(pollTopic+strconv.Itoa(i)+"&operationId=none", nil)
+			pk = mqtttest.Encode(mqtttest.PublishPacket(pollTopic+strconv.Itoa(i)+"&operationId=none", 0, 0, nil))
 		}
 		if _, err := c.Write(pk); err != nil {
 			if ne := net.Error(nil); errors.As(err, &ne) && ne.Timeout() {
@@ -523,7 +528,7 @@ func TestSlowReader(t *testing.T) {
 	if err := done(); err != nil {
 		t.Fatalf("neighbour during the slow reader: %v", err)
 	}
-	waitFor(t, 30*time.Second, "the server to drop the slow reader", func() bool {
+	testkit.AwaitWithin(t, 30*time.Second, "the server to drop the slow reader", func() bool {
 		n, _ := srv.Broker.Sessions()
 		return n == 0
 	})

@@ -19,6 +19,7 @@ import (
 	"github.com/tpmdps/dpsd/attest"
 	"github.com/tpmdps/dpsd/device"
 	"github.com/tpmdps/dpsd/internal/datadir"
+	"github.com/tpmdps/dpsd/internal/testkit/tpmsim"
 	"github.com/tpmdps/dpsd/store"
 )
 
@@ -174,7 +175,7 @@ func TestLogsHoldNoSecrets(t *testing.T) {
 	if err != nil {
 		t.Fatalf("PutGroup: %v", err)
 	}
-	att := &device.TPM{Device: simulator(t)}
+	att := &device.TPM{Device: tpmsim.Open(t)}
 	ek, err := att.EndorsementKey(ctx)
 	if err != nil {
 		t.Fatal(err)

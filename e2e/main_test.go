@@ -2,55 +2,29 @@ package e2e
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/rand"
-	"encoding/binary"
-	"errors"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"runtime"
 	"strconv"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
-	"github.com/google/go-tpm/tpm2/transport"
+	"github.com/eclipse/paho.mqtt.golang/packets"
 
 	"github.com/tpmdps/dpsd/device"
-	"github.com/tpmdps/dpsd/device/tpmtransport"
 	"github.com/tpmdps/dpsd/internal/etcdtest"
+	"github.com/tpmdps/dpsd/internal/testkit"
+	"github.com/tpmdps/dpsd/internal/testkit/mqtttest"
 )
-
-// The reference simulator is one instance per process: the tests of this
-// package share it (one EK, one TPM device identity), opened once.
-var sharedSim struct {
-	once sync.Once
-	tpm  transport.TPMCloser
-	err  error
-}
 
 func TestMain(m *testing.M) {
 	// The cluster test runs etcd members as children: this binary again.
 	etcdtest.RunChildIfAsked()
-	code := m.Run()
-	if sharedSim.tpm != nil {
-		_ = sharedSim.tpm.Close()
-	}
-	os.Exit(code)
-}
-
-// simulator returns the shared in-process reference simulator.
-func simulator(t testing.TB) transport.TPM {
-	t.Helper()
-	sharedSim.once.Do(func() { sharedSim.tpm, sharedSim.err = tpmtransport.OpenSimulator() })
-	if sharedSim.err != nil {
-		t.Fatalf("simulator: %v", sharedSim.err)
-	}
-	return sharedSim.tpm
+	os.Exit(m.Run())
 }
 
 // raiseFileLimit lifts the soft RLIMIT_NOFILE to the hard limit and fails
@@ -93,18 +67,6 @@ func dialFrom(ip net.IP, addr string) (net.Conn, error) {
 	return d.Dial("tcp", addr)
 }
 
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", d, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // heapInUse returns the live heap after a GC.
 func heapInUse() uint64 {
 	runtime.GC()
@@ -129,18 +91,13 @@ func (r resources) String() string {
 func expectBaseline(t testing.TB, base resources) {
 	t.Helper()
 	var now resources
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	if !testkit.Poll(30*time.Second, func() bool {
 		now = sample()
-		if now.goroutines <= base.goroutines+40 && now.heap <= base.heap+64<<20 {
-			t.Logf("after the flood: %v (baseline %v)", now, base)
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("resources did not return to baseline: %v, baseline %v", now, base)
-		}
-		time.Sleep(100 * time.Millisecond)
+		return now.goroutines <= base.goroutines+40 && now.heap <= base.heap+64<<20
+	}) {
+		t.Fatalf("resources did not return to baseline: %v, baseline %v", now, base)
 	}
+	t.Logf("after the flood: %v (baseline %v)", now, base)
 }
 
 // provisionOK runs one Provision and fails unless it ends assigned.
@@ -156,130 +113,15 @@ func provisionOK(t testing.TB, ctx context.Context, cfg device.Config) *device.R
 	return res
 }
 
-// --- a minimal MQTT 3.1.1 client for flooders (no library: floods need
-// exact control over what is and is not sent) ---
-
-func mqttString(b *bytes.Buffer, s string) {
-	_ = binary.Write(b, binary.BigEndian, uint16(len(s)))
-	b.WriteString(s)
-}
-
-// packet frames an MQTT control packet.
-func packet(first byte, body []byte) []byte {
-	out := []byte{first}
-	n := len(body)
-	for {
-		d := byte(n % 128)
-		n /= 128
-		if n > 0 {
-			d |= 0x80
-		}
-		out = append(out, d)
-		if n == 0 {
-			break
-		}
-	}
-	return append(out, body...)
-}
-
-// connectPacket is a CONNECT with clean session, keep-alive 0 and an
-// optional password.
-func connectPacket(clientID, username, password string) []byte {
-	var b bytes.Buffer
-	mqttString(&b, "MQTT")
-	b.WriteByte(4)
-	flags := byte(0x02 | 0x80)
-	if password != "" {
-		flags |= 0x40
-	}
-	b.WriteByte(flags)
-	b.Write([]byte{0, 0})
-	mqttString(&b, clientID)
-	mqttString(&b, username)
-	if password != "" {
-		mqttString(&b, password)
-	}
-	return packet(0x10, b.Bytes())
-}
-
-// subscribePacket subscribes to filter at QoS qos.
-func subscribePacket(id uint16, filter string, qos byte) []byte {
-	var b bytes.Buffer
-	_ = binary.Write(&b, binary.BigEndian, id)
-	mqttString(&b, filter)
-	b.WriteByte(qos)
-	return packet(0x82, b.Bytes())
-}
-
-// publishPacket is a QoS 0 PUBLISH.
-func publishPacket(topic string, payload []byte) []byte {
-	var b bytes.Buffer
-	mqttString(&b, topic)
-	b.Write(payload)
-	return packet(0x30, b.Bytes())
-}
-
-// readPacket reads one control packet: type nibble and body.
-func readPacket(r *bufio.Reader) (byte, []byte, error) {
-	first, err := r.ReadByte()
-	if err != nil {
-		return 0, nil, err
-	}
-	n, mult := 0, 1
-	for i := 0; ; i++ {
-		d, err := r.ReadByte()
-		if err != nil {
-			return 0, nil, err
-		}
-		n += int(d&0x7f) * mult
-		mult *= 128
-		if d&0x80 == 0 {
-			break
-		}
-		if i == 3 {
-			return 0, nil, errors.New("bad remaining length")
-		}
-	}
-	body := make([]byte, n)
-	if _, err := io.ReadFull(r, body); err != nil {
-		return 0, nil, err
-	}
-	return first >> 4, body, nil
-}
-
-// publishTopic returns the topic and payload of a QoS 0/1 PUBLISH body.
-func publishTopic(flags byte, body []byte) (string, []byte, error) {
-	if len(body) < 2 {
-		return "", nil, errors.New("short publish")
-	}
-	n := int(binary.BigEndian.Uint16(body))
-	if len(body) < 2+n {
-		return "", nil, errors.New("short publish topic")
-	}
-	topic, rest := string(body[2:2+n]), body[2+n:]
-	if (flags>>1)&3 > 0 {
-		if len(rest) < 2 {
-			return "", nil, errors.New("short publish id")
-		}
-		rest = rest[2:]
-	}
-	return topic, rest, nil
-}
-
 // readPublish reads packets until a PUBLISH and returns its topic and payload.
 func readPublish(r *bufio.Reader) (string, []byte, error) {
 	for {
-		first, err := r.Peek(1)
+		p, err := mqtttest.ReadPacket(r, mqtttest.V311)
 		if err != nil {
 			return "", nil, err
 		}
-		flags := first[0] & 0x0f
-		typ, body, err := readPacket(r)
-		if err != nil {
-			return "", nil, err
-		}
-		if typ == 3 {
-			return publishTopic(flags, body)
+		if p.Type() == packets.Publish {
+			return p.TopicName, p.Payload, nil
 		}
 	}
 }

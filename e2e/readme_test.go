@@ -16,7 +16,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tpmdps/dpsd/internal/loadgen"
+	"github.com/tpmdps/dpsd/internal/procnet"
+	"github.com/tpmdps/dpsd/internal/testkit"
 )
 
 // readmeBlocks returns the fenced code blocks of the README that follow a
@@ -77,27 +78,6 @@ func rewritePorts(t *testing.T, name, block string, rw []portRewrite) string {
 	return block
 }
 
-// freePortPair returns a port P with P and P+1 free on 127.0.0.1 (swtpm's
-// command and control ports).
-func freePortPair(t *testing.T) int {
-	t.Helper()
-	for range 50 {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		p := l.Addr().(*net.TCPAddr).Port
-		l2, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p+1))
-		l.Close()
-		if err == nil {
-			l2.Close()
-			return p
-		}
-	}
-	t.Fatal("no pair of free ports")
-	return 0
-}
-
 // bash runs a README block with bash -euo pipefail in dir, with env, and
 // returns its combined output; a failing command fails the test.
 func bash(t *testing.T, name, dir string, env []string, script string) string {
@@ -146,9 +126,9 @@ func TestReadmeWalkthrough(t *testing.T) {
 	}
 
 	// Ports and the environment every block runs with.
-	mqtt, mqtts, api := freeAddr(t), freeAddr(t), freeAddr(t)
+	mqtt, mqtts, api := testkit.FreeAddr(t), testkit.FreeAddr(t), testkit.FreeAddr(t)
 	port := func(addr string) string { _, p, _ := net.SplitHostPort(addr); return p }
-	tpmPort := freePortPair(t)
+	tpmPort := testkit.FreePortPair(t)
 	var env []string
 	for _, kv := range os.Environ() {
 		if !strings.HasPrefix(kv, "DPSD_") {
@@ -157,7 +137,7 @@ func TestReadmeWalkthrough(t *testing.T) {
 	}
 	env = append(env, "DPSD_MQTT_ADDR="+mqtt, "DPSD_MQTTS_ADDR="+mqtts, "DPSD_API_ADDR="+api)
 	t.Cleanup(func() { // swtpm runs as a daemon: stop it by its port if the block did not
-		if pid, err := loadgen.FindListeningPID(tpmPort); err == nil && pid > 0 {
+		if pid, err := procnet.ListeningPID(tpmPort); err == nil && pid > 0 {
 			_ = syscall.Kill(pid, syscall.SIGKILL)
 		}
 	})

@@ -4,59 +4,58 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tpmdps/dpsd/dpsdtest"
 	"github.com/tpmdps/dpsd/hooks"
-	"github.com/tpmdps/dpsd/internal/dpsdtest"
-	"github.com/tpmdps/dpsd/internal/metrics"
 	"github.com/tpmdps/dpsd/internal/refusal"
+	"github.com/tpmdps/dpsd/internal/testkit/mqtttest"
 )
 
 // TestAuthFailureBudget: after a burst of refused CONNECTs from one address,
 // the next CONNECT from it, even with a valid credential, is refused
 // (CONNACK 3, then closed) without reaching the service; another address
-// still authenticates. The service calls are counted by the real metrics:
-// the hook observes phase "connect" around every call of
-// provision.Service.Authenticate, and the service reports its refusals.
+// still authenticates. The service calls are counted through the hook's
+// Metrics: the hook observes phase "connect" around every call of
+// provision.Service.Authenticate, and the service reports its refusals to
+// its Observer.
 func TestAuthFailureBudget(t *testing.T) {
-	mx := metrics.New()
+	mx := &observer{}
 	s := dpsdtest.Start(t, dpsdtest.Options{Metrics: mx, Observer: mx, HookLimits: hooks.Limits{
 		AuthFailuresPerAddressPerMinute: 1, // the default burst of 20, then one a minute
 	}})
 	d := enrollSymmetric(t, s, "sym-budget")
 	wrong := symDevice{id: d.id, key: make([]byte, 32)}
-	serviceCalls := func() float64 {
-		return metricValue(t, mx, "dpsd_responses_total", map[string]string{"phase": hooks.PhaseConnect})
-	}
+	serviceCalls := func() int { return mx.PhaseCount(hooks.PhaseConnect) }
 	for i := 0; i < hooks.DefaultAuthFailureBurstPerAddress; i++ {
-		c := dialRawFrom(t, "127.0.0.1", s.TCPAddr)
-		if code, _ := c.connect(d.id, username(s, d.id), wrong.sasAt(s), true, 0); code != 5 {
+		c := mqtttest.DialFrom(t, "127.0.0.1", s.TCPAddr)
+		if code, _ := c.Connect(d.id, username(s, d.id), wrong.sasAt(s), true, 0); code != 5 {
 			t.Fatalf("bad token %d: CONNACK %d, want 5", i, code)
 		}
 	}
 	calls := serviceCalls()
-	failures := metricValue(t, mx, "dpsd_auth_failures_total", nil)
+	failures := len(mx.ConnectRefusals()) + len(mx.AuthFailures())
 	if calls != hooks.DefaultAuthFailureBurstPerAddress || failures != calls {
-		t.Fatalf("%v service calls, %v refusals by the service; want %d of each", calls, failures, hooks.DefaultAuthFailureBurstPerAddress)
+		t.Fatalf("%d service calls, %d refusals by the service; want %d of each", calls, failures, hooks.DefaultAuthFailureBurstPerAddress)
 	}
 
 	// The valid credential from the same address is refused before the service.
-	c := dialRawFrom(t, "127.0.0.1", s.TCPAddr)
-	if code, _ := c.connect(d.id, username(s, d.id), d.sasAt(s), true, 0); code != 3 {
+	c := mqtttest.DialFrom(t, "127.0.0.1", s.TCPAddr)
+	if code, _ := c.Connect(d.id, username(s, d.id), d.sasAt(s), true, 0); code != 3 {
 		t.Fatalf("valid token after the burst: CONNACK %d, want 3", code)
 	}
-	c.expectClosed()
+	c.ExpectClosed()
 	if n := serviceCalls(); n != calls {
-		t.Fatalf("the refused CONNECT reached the service (%v calls, was %v)", n, calls)
+		t.Fatalf("the refused CONNECT reached the service (%d calls, was %d)", n, calls)
 	}
-	if n := metricValue(t, mx, "dpsd_connections_refused_total", map[string]string{"reason": refusal.AuthFailureBudget}); n != 1 {
-		t.Fatalf("%v refusals counted as %s, want 1", n, refusal.AuthFailureBudget)
+	if n := refusedFor(mx, refusal.AuthFailureBudget); n != 1 {
+		t.Fatalf("%d refusals counted as %s, want 1", n, refusal.AuthFailureBudget)
 	}
 
 	// Another address has its own budget.
-	o := dialRawFrom(t, "127.0.0.2", s.TCPAddr)
-	if code, _ := o.connect(d.id, username(s, d.id), d.sas(s, time.Now().Add(time.Hour)), true, 0); code != 0 {
+	o := mqtttest.DialFrom(t, "127.0.0.2", s.TCPAddr)
+	if code, _ := o.Connect(d.id, username(s, d.id), d.sas(s, time.Now().Add(time.Hour)), true, 0); code != 0 {
 		t.Fatalf("valid token from another address: CONNACK %d, want 0", code)
 	}
-	if n := metricValue(t, mx, "dpsd_responses_total", map[string]string{"phase": hooks.PhaseConnect, "code": "0"}); n != 1 {
-		t.Fatalf("%v accepted CONNECTs counted, want 1", n)
+	if n := mx.PhaseStatusCount(hooks.PhaseConnect, 0); n != 1 {
+		t.Fatalf("%d accepted CONNECTs counted, want 1", n)
 	}
 }

@@ -6,8 +6,9 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/tpmdps/dpsd/dpsdtest"
 	"github.com/tpmdps/dpsd/hooks"
-	"github.com/tpmdps/dpsd/internal/dpsdtest"
+	"github.com/tpmdps/dpsd/internal/testkit/mqtttest"
 )
 
 func BenchmarkParseRequestTopic(b *testing.B) {
@@ -26,14 +27,14 @@ func BenchmarkParseRequestTopic(b *testing.B) {
 func BenchmarkRegisterPollRoundTrip(b *testing.B) {
 	s := dpsdtest.Start(b, dpsdtest.Options{HookLimits: hooks.Limits{RequestsPerConnectionPerMinute: -1, PollsPerDevice: -1, RegistersPerDevice: -1}})
 	const devices = 8
-	clients := make([]*rawClient, devices)
+	clients := make([]*mqtttest.Conn, devices)
 	for i := range clients {
 		d := enrollSymmetric(b, s, fmt.Sprintf("bench-%d", i))
-		c := dialRaw(b, s.TCPAddr)
-		if code, _ := c.connect(d.id, username(s, d.id), d.sasAt(s), true, 0); code != 0 {
+		c := mqtttest.Dial(b, s.TCPAddr)
+		if code, _ := c.Connect(d.id, username(s, d.id), d.sasAt(s), true, 0); code != 0 {
 			b.Fatalf("CONNACK %d", code)
 		}
-		c.subscribe(1, hooks.ResponseFilter)
+		c.Subscribe(1, hooks.ResponseFilter)
 		clients[i] = c
 	}
 	b.ResetTimer()
@@ -41,16 +42,16 @@ func BenchmarkRegisterPollRoundTrip(b *testing.B) {
 	per := b.N/devices + 1
 	for _, c := range clients {
 		wg.Add(1)
-		go func(c *rawClient) {
+		go func(c *mqtttest.Conn) {
 			defer wg.Done()
 			for i := 0; i < per; i++ {
-				c.publish(registerTopic+"1", 1, nil)
-				c.read() // PUBACK
-				_, body := c.readResponse()
+				c.Publish(registerTopic+"1", 1, nil)
+				c.Read() // PUBACK
+				_, body := c.ReadResponse()
 				op := strings.Split(strings.Split(string(body), `"operationId":"`)[1], `"`)[0]
-				c.publish(pollTopic+"2&operationId="+op, 1, nil)
-				c.read()
-				c.readResponse()
+				c.Publish(pollTopic+"2&operationId="+op, 1, nil)
+				c.Read()
+				c.ReadResponse()
 			}
 		}(c)
 	}

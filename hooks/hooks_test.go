@@ -1,7 +1,6 @@
 package hooks_test
 
 import (
-	"bufio"
 	"context"
 	"crypto/rand"
 	"encoding/base64"
@@ -13,10 +12,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/eclipse/paho.mqtt.golang/packets"
+
 	"github.com/tpmdps/dpsd/attest"
 	"github.com/tpmdps/dpsd/broker"
+	"github.com/tpmdps/dpsd/dpsdtest"
 	"github.com/tpmdps/dpsd/hooks"
-	"github.com/tpmdps/dpsd/internal/dpsdtest"
+	"github.com/tpmdps/dpsd/internal/testkit"
+	"github.com/tpmdps/dpsd/internal/testkit/mqtttest"
 	"github.com/tpmdps/dpsd/store"
 )
 
@@ -57,10 +60,10 @@ func (d symDevice) sas(s *dpsdtest.Server, expiry time.Time) string {
 func (d symDevice) sasAt(s *dpsdtest.Server) string { return d.sas(s, time.Now().Add(time.Hour)) }
 
 // connectSym connects a raw client with the device's SAS and checks CONNACK.
-func connectSym(t *testing.T, s *dpsdtest.Server, d symDevice, clean bool) *rawClient {
+func connectSym(t *testing.T, s *dpsdtest.Server, d symDevice, clean bool) *mqtttest.Conn {
 	t.Helper()
-	c := dialRaw(t, s.TCPAddr)
-	code, present := c.connect(d.id, username(s, d.id), d.sas(s, time.Now().Add(time.Hour)), clean, 0)
+	c := mqtttest.Dial(t, s.TCPAddr)
+	code, present := c.Connect(d.id, username(s, d.id), d.sas(s, time.Now().Add(time.Hour)), clean, 0)
 	if code != 0 || present {
 		t.Fatalf("CONNACK code %d present %v, want 0 false", code, present)
 	}
@@ -101,21 +104,21 @@ func TestSymmetricKeyOrderingAndQoS(t *testing.T) {
 	s := dpsdtest.Start(t, dpsdtest.Options{})
 	d := enrollSymmetric(t, s, "sym-device-1")
 	c := connectSym(t, s, d, false)
-	if codes := c.subscribe(1, hooks.ResponseFilter); len(codes) != 1 || codes[0] != 1 {
+	if codes := c.Subscribe(1, hooks.ResponseFilter); len(codes) != 1 || codes[0] != 1 {
 		t.Fatalf("SUBACK %x, want granted QoS 1", codes)
 	}
 	rid := "0f8fad5b-d9cb-469f-a165-70867728950e"
-	id := c.publish(registerTopic+rid, 1, nil) // C#: empty body
-	p := c.read()
-	if p.typ != pPuback || len(p.body) < 2 || uint16(p.body[0])<<8|uint16(p.body[1]) != id {
+	id := c.Publish(registerTopic+rid, 1, nil) // C#: empty body
+	p := c.Read()
+	if p.Type() != packets.Puback || p.PacketID != id {
 		t.Fatalf("first packet after a QoS 1 request must be its PUBACK, got %v", p)
 	}
-	p = c.read()
-	topic, qos, pid, body := publishParts(p)
-	if p.typ != pPublish || qos != 1 || pid == 0 {
+	p = c.Read()
+	topic, qos, pid, body := p.TopicName, p.FixedHeader.Qos, p.PacketID, p.Payload
+	if p.Type() != packets.Publish || qos != 1 || pid == 0 {
 		t.Fatalf("response %v qos %d", p, qos)
 	}
-	c.puback(pid)
+	c.Puback(pid)
 	if !strings.HasPrefix(topic, "$dps/registrations/res/202/?$rid="+rid+"&retry-after=") {
 		t.Fatalf("response topic %q", topic)
 	}
@@ -123,8 +126,8 @@ func TestSymmetricKeyOrderingAndQoS(t *testing.T) {
 	if op.OperationID == "" || op.Status != "assigning" {
 		t.Fatalf("202 body %s", body)
 	}
-	c.publish(pollTopic+"1&operationId="+op.OperationID, 0, []byte(" "))
-	topic, body = c.readResponse()
+	c.Publish(pollTopic+"1&operationId="+op.OperationID, 0, []byte(" "))
+	topic, body = c.ReadResponse()
 	if !strings.HasPrefix(topic, "$dps/registrations/res/200/?$rid=1") {
 		t.Fatalf("poll topic %q body %s", topic, body)
 	}
@@ -137,7 +140,7 @@ func TestSymmetricKeyOrderingAndQoS(t *testing.T) {
 			t.Fatalf("non-ASCII byte in body %q", body)
 		}
 	}
-	c.unsubscribe(hooks.ResponseFilter)
+	c.Unsubscribe(hooks.ResponseFilter)
 }
 
 // TestPipelinedRequestsAnsweredInOrder sends several QoS 0 requests, all with
@@ -147,20 +150,20 @@ func TestPipelinedRequestsAnsweredInOrder(t *testing.T) {
 	s := dpsdtest.Start(t, dpsdtest.Options{})
 	d := enrollSymmetric(t, s, "sym-pipeline")
 	c := connectSym(t, s, d, true)
-	c.subscribe(0, hooks.ResponseFilter)
-	c.publish(registerTopic+"1", 0, []byte(`{"registrationId":"sym-pipeline","payload":null}`))
-	c.publish(pollTopic+"1&operationId=no-such-op", 0, nil)
-	c.publish(registerTopic+"1", 0, []byte(`{"registrationId":"another-id"}`))
-	c.publish(registerTopic+"2", 0, []byte(`not json`))
+	c.Subscribe(0, hooks.ResponseFilter)
+	c.Publish(registerTopic+"1", 0, []byte(`{"registrationId":"sym-pipeline","payload":null}`))
+	c.Publish(pollTopic+"1&operationId=no-such-op", 0, nil)
+	c.Publish(registerTopic+"1", 0, []byte(`{"registrationId":"another-id"}`))
+	c.Publish(registerTopic+"2", 0, []byte(`not json`))
 	want := []string{"/202/?$rid=1", "/404/?$rid=1", "/400/?$rid=1", "/400/?$rid=2"}
 	for i, w := range want {
-		p := c.read()
-		topic, qos, _, body := publishParts(p)
-		if p.typ != pPublish || qos != 0 || !strings.Contains(topic, w) {
+		p := c.Read()
+		topic, qos, body := p.TopicName, p.FixedHeader.Qos, p.Payload
+		if p.Type() != packets.Publish || qos != 0 || !strings.Contains(topic, w) {
 			t.Fatalf("answer %d: %q (qos %d) %s, want %s", i, topic, qos, body, w)
 		}
 	}
-	c.ping() // nothing else arrived before the PINGRESP
+	c.Ping() // nothing else arrived before the PINGRESP
 }
 
 // TestConnectRefusals: unknown id, wrong key, expired token, a token for
@@ -184,11 +187,11 @@ func TestConnectRefusals(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			c := dialRaw(t, s.TCPAddr)
-			if code, _ := c.connect(tc.client, tc.user, tc.pass, true, 30); code != 5 {
+			c := mqtttest.Dial(t, s.TCPAddr)
+			if code, _ := c.Connect(tc.client, tc.user, tc.pass, true, 30); code != 5 {
 				t.Fatalf("CONNACK %d, want 5", code)
 			}
-			c.expectClosed()
+			c.ExpectClosed()
 		})
 	}
 }
@@ -200,7 +203,7 @@ func TestACL(t *testing.T) {
 	s := dpsdtest.Start(t, dpsdtest.Options{})
 	d := enrollSymmetric(t, s, "sym-acl")
 	c := connectSym(t, s, d, true)
-	codes := c.subscribe(1, "#", hooks.ResponseFilter, "$dps/registrations/res/200/#", "devices/x/messages/devicebound/#",
+	codes := c.Subscribe(1, "#", hooks.ResponseFilter, "$dps/registrations/res/200/#", "devices/x/messages/devicebound/#",
 		"$dps/#", "$dps/registrations/+/200/#", "$share/g/$dps/registrations/res/#")
 	if string(codes) != string([]byte{0x80, 1, 1, 0x80, 0x80, 0x80, 0x80}) {
 		t.Fatalf("SUBACK %x", codes)
@@ -208,19 +211,19 @@ func TestACL(t *testing.T) {
 	for _, topic := range []string{"devices/sym-acl/messages/events/", "$dps/registrations/res/200/?$rid=1", "a/#", registerTopic + "1&$rid=2"} {
 		t.Run(topic, func(t *testing.T) {
 			c := connectSym(t, s, d, true)
-			c.publish(topic, 0, []byte("x"))
-			c.expectClosed()
+			c.Publish(topic, 0, []byte("x"))
+			c.ExpectClosed()
 		})
 	}
 	t.Run("qos1", func(t *testing.T) {
 		c := connectSym(t, s, d, true)
-		c.publish("other/topic", 1, []byte("x"))
-		c.expectClosed()
+		c.Publish("other/topic", 1, []byte("x"))
+		c.ExpectClosed()
 	})
 	t.Run("qos2", func(t *testing.T) {
 		c := connectSym(t, s, d, true)
-		c.publish(registerTopic+"1", 2, nil)
-		c.expectClosed()
+		c.Publish(registerTopic+"1", 2, nil)
+		c.ExpectClosed()
 	})
 }
 
@@ -232,13 +235,13 @@ func TestExactResponseTopicSubscription(t *testing.T) {
 	s := dpsdtest.Start(t, dpsdtest.Options{})
 	d := enrollSymmetric(t, s, "sym-rr")
 	c := connectSym(t, s, d, true)
-	if codes := c.subscribe(1, "$dps/registrations/res/202/?$rid=7"); string(codes) != string([]byte{1}) {
+	if codes := c.Subscribe(1, "$dps/registrations/res/202/?$rid=7"); string(codes) != string([]byte{1}) {
 		t.Fatalf("SUBACK %x", codes)
 	}
-	c.publish(registerTopic+"7", 0, []byte(`{"registrationId":"sym-rr"}`))
-	p := c.read()
-	topic, qos, _, body := publishParts(p)
-	if !strings.HasPrefix(topic, "$dps/registrations/res/202/?$rid=7") || qos != 1 || decode(t, body).OperationID == "" {
+	c.Publish(registerTopic+"7", 0, []byte(`{"registrationId":"sym-rr"}`))
+	p := c.Read()
+	topic, qos, body := p.TopicName, p.FixedHeader.Qos, p.Payload
+	if p.Type() != packets.Publish || !strings.HasPrefix(topic, "$dps/registrations/res/202/?$rid=7") || qos != 1 || decode(t, body).OperationID == "" {
 		t.Fatalf("answer %q at QoS %d: %s", topic, qos, body)
 	}
 }
@@ -248,37 +251,37 @@ func TestExactResponseTopicSubscription(t *testing.T) {
 func TestNoEavesdropping(t *testing.T) {
 	s := dpsdtest.Start(t, dpsdtest.Options{})
 	d := enrollSymmetric(t, s, "sym-victim")
-	eve := dialRaw(t, s.TCPAddr)
-	if code, _ := eve.connect("eve", username(s, "eve"), "", true, 0); code != 0 {
+	eve := mqtttest.Dial(t, s.TCPAddr)
+	if code, _ := eve.Connect("eve", username(s, "eve"), "", true, 0); code != 0 {
 		t.Fatalf("restricted CONNACK %d", code)
 	}
-	if codes := eve.subscribe(1, hooks.ResponseFilter, "#", "$dps/#"); string(codes) != string([]byte{1, 0x80, 0x80}) {
+	if codes := eve.Subscribe(1, hooks.ResponseFilter, "#", "$dps/#"); string(codes) != string([]byte{1, 0x80, 0x80}) {
 		t.Fatalf("eve SUBACK %x", codes)
 	}
 	// The victim is connected with the same filter; eve also uses the victim's
 	// id as client id on a second restricted connection.
-	eve2 := dialRaw(t, s.TCPAddr)
-	if code, _ := eve2.connect(d.id, username(s, d.id), "", true, 0); code != 0 {
+	eve2 := mqtttest.Dial(t, s.TCPAddr)
+	if code, _ := eve2.Connect(d.id, username(s, d.id), "", true, 0); code != 0 {
 		t.Fatalf("restricted CONNACK %d", code)
 	}
-	eve2.subscribe(1, hooks.ResponseFilter)
+	eve2.Subscribe(1, hooks.ResponseFilter)
 
 	c := connectSym(t, s, d, true)
-	c.subscribe(1, hooks.ResponseFilter)
-	c.publish(registerTopic+"1", 1, nil)
-	c.read() // PUBACK
-	_, body := c.readResponse()
+	c.Subscribe(1, hooks.ResponseFilter)
+	c.Publish(registerTopic+"1", 1, nil)
+	c.Read() // PUBACK
+	_, body := c.ReadResponse()
 	op := decode(t, body)
-	c.publish(pollTopic+"2&operationId="+op.OperationID, 1, nil)
-	c.read()
-	if _, body = c.readResponse(); decode(t, body).Status != "assigned" {
+	c.Publish(pollTopic+"2&operationId="+op.OperationID, 1, nil)
+	c.Read()
+	if _, body = c.ReadResponse(); decode(t, body).Status != "assigned" {
 		t.Fatalf("victim not assigned: %s", body)
 	}
 	// eve's own request is answered, and it is the first thing eve receives.
-	for _, e := range []*rawClient{eve, eve2} {
-		e.ping()
-		e.publish(registerTopic+"eve", 0, []byte(`{}`))
-		topic, _ := e.readResponse()
+	for _, e := range []*mqtttest.Conn{eve, eve2} {
+		e.Ping()
+		e.Publish(registerTopic+"eve", 0, []byte(`{}`))
+		topic, _ := e.ReadResponse()
 		if !strings.Contains(topic, "?$rid=eve") {
 			t.Fatalf("eavesdropper received %q", topic)
 		}
@@ -292,22 +295,22 @@ func TestTakeover(t *testing.T) {
 	s := dpsdtest.Start(t, dpsdtest.Options{})
 	d := enrollSymmetric(t, s, "sym-takeover")
 	first := connectSym(t, s, d, false)
-	first.subscribe(1, hooks.ResponseFilter)
+	first.Subscribe(1, hooks.ResponseFilter)
 
-	r := dialRaw(t, s.TCPAddr)
-	if code, _ := r.connect(d.id, username(s, d.id), "", true, 0); code != 0 {
+	r := mqtttest.Dial(t, s.TCPAddr)
+	if code, _ := r.Connect(d.id, username(s, d.id), "", true, 0); code != 0 {
 		t.Fatalf("restricted CONNACK %d", code)
 	}
-	first.ping() // still connected
+	first.Ping() // still connected
 
 	second := connectSym(t, s, d, false) // asserts SessionPresent=0
-	first.expectClosed()
-	second.subscribe(1, hooks.ResponseFilter)
-	second.publish(registerTopic+"9", 1, nil)
-	if p := second.read(); p.typ != pPuback {
+	first.ExpectClosed()
+	second.Subscribe(1, hooks.ResponseFilter)
+	second.Publish(registerTopic+"9", 1, nil)
+	if p := second.Read(); p.Type() != packets.Puback {
 		t.Fatalf("want PUBACK, got %v", p)
 	}
-	if topic, _ := second.readResponse(); !strings.Contains(topic, "/202/?$rid=9") {
+	if topic, _ := second.ReadResponse(); !strings.Contains(topic, "/202/?$rid=9") {
 		t.Fatalf("topic %q", topic)
 	}
 }
@@ -322,31 +325,31 @@ func TestRestrictedLimits(t *testing.T) {
 		ChallengeBurstPerAddress:      3,
 		RestrictedSessions:            2,
 	}})
-	restricted := func(id string) *rawClient {
-		c := dialRaw(t, s.TCPAddr)
-		if code, _ := c.connect(id, username(s, id), "", true, 0); code != 0 {
+	restricted := func(id string) *mqtttest.Conn {
+		c := mqtttest.Dial(t, s.TCPAddr)
+		if code, _ := c.Connect(id, username(s, id), "", true, 0); code != 0 {
 			t.Fatalf("restricted CONNACK %d", code)
 		}
-		c.subscribe(1, hooks.ResponseFilter)
+		c.Subscribe(1, hooks.ResponseFilter)
 		return c
 	}
 	ek := `{"tpm":{"endorsementKey":"AAAA","storageRootKey":"AAAA"}}`
 	a := restricted("tpm-a")
 	for i := 0; i < 2; i++ {
-		a.publish(registerTopic+fmt.Sprint(i), 0, []byte(ek))
-		topic, body := a.readResponse()
+		a.Publish(registerTopic+fmt.Sprint(i), 0, []byte(ek))
+		topic, body := a.ReadResponse()
 		if strings.Contains(topic, "/429/") || strings.Contains(topic, "/200/") || strings.Contains(topic, "/202/") {
 			t.Fatalf("challenge %d: %q %s", i, topic, body)
 		}
 	}
-	a.publish(registerTopic+"3", 0, []byte(ek))
-	a.expectClosed() // third challenge on one connection
+	a.Publish(registerTopic+"3", 0, []byte(ek))
+	a.ExpectClosed() // third challenge on one connection
 
 	b := restricted("tpm-b")
-	b.publish(registerTopic+"x", 0, []byte(ek)) // third token of the address burst
-	b.readResponse()
-	b.publish(registerTopic+"y", 0, []byte(ek))
-	topic, body := b.readResponse()
+	b.Publish(registerTopic+"x", 0, []byte(ek)) // third token of the address burst
+	b.ReadResponse()
+	b.Publish(registerTopic+"y", 0, []byte(ek))
+	topic, body := b.ReadResponse()
 	if !strings.HasPrefix(topic, "$dps/registrations/res/429/?$rid=y&retry-after=") {
 		t.Fatalf("want 429 with retry-after, got %q %s", topic, body)
 	}
@@ -359,14 +362,14 @@ func TestRestrictedLimits(t *testing.T) {
 		t.Fatalf("429 body %s", body)
 	}
 
-	waitFor(t, "a's session released", func() bool { _, r := s.Broker.Sessions(); return r == 1 })
+	testkit.Await(t, "a's session released", func() bool { _, r := s.Broker.Sessions(); return r == 1 })
 	c := restricted("tpm-c") // b and c: the cap of 2
-	over := dialRaw(t, s.TCPAddr)
-	if code, _ := over.connect("tpm-d", username(s, "tpm-d"), "", true, 0); code != 3 {
+	over := mqtttest.Dial(t, s.TCPAddr)
+	if code, _ := over.Connect("tpm-d", username(s, "tpm-d"), "", true, 0); code != 3 {
 		t.Fatalf("restricted session over the cap: CONNACK %d, want 3", code)
 	}
-	over.expectClosed()
-	c.ping()
+	over.ExpectClosed()
+	c.Ping()
 }
 
 // TestRestrictedIdle: an idle restricted session is closed (pings do not
@@ -377,29 +380,34 @@ func TestRestrictedIdle(t *testing.T) {
 	}})
 	d := enrollSymmetric(t, s, "sym-idle")
 	auth := connectSym(t, s, d, true)
-	c := dialRaw(t, s.TCPAddr)
-	if code, _ := c.connect("tpm-idle", username(s, "tpm-idle"), "", true, 0); code != 0 {
+	c := mqtttest.Dial(t, s.TCPAddr)
+	if code, _ := c.Connect("tpm-idle", username(s, "tpm-idle"), "", true, 0); code != 0 {
 		t.Fatalf("restricted CONNACK %d", code)
 	}
-	c.ping()
-	c.expectClosed()
-	auth.ping()
+	c.Ping()
+	c.ExpectClosed()
+	auth.Ping()
 }
 
 // TestConnectDeadline: a connection that never sends CONNECT is closed.
 func TestConnectDeadline(t *testing.T) {
 	s := dpsdtest.Start(t, dpsdtest.Options{ConnectTimeout: 200 * time.Millisecond})
-	c := dialRaw(t, s.TCPAddr)
-	c.expectClosed()
-	c2 := dialRaw(t, s.TLSAddr) // no TLS handshake either
-	c2.expectClosed()
+	c := mqtttest.Dial(t, s.TCPAddr)
+	c.ExpectClosed()
+	c2 := mqtttest.Dial(t, s.TLSAddr) // no TLS handshake either
+	c2.ExpectClosed()
 
 	// Once CONNECT is in, the deadline is gone (keep-alive 0: no deadline at
-	// all). Proving an absence takes waiting past the deadline.
+	// all). Proving an absence takes a deadline passing: connections
+	// accepted after c3's CONNECT, which send nothing, are closed by theirs,
+	// which ends later than c3's would have; two in a row leave a margin of
+	// a whole deadline. c3 is still open after them.
 	d := enrollSymmetric(t, s, "sym-deadline")
 	c3 := connectSym(t, s, d, true)
-	time.Sleep(600 * time.Millisecond)
-	c3.ping()
+	for range 2 {
+		mqtttest.Dial(t, s.TCPAddr).ExpectClosed()
+	}
+	c3.Ping()
 }
 
 // TestPerAddressConnectionCap: connections beyond the per-address cap are
@@ -408,41 +416,22 @@ func TestPerAddressConnectionCap(t *testing.T) {
 	s := dpsdtest.Start(t, dpsdtest.Options{Limits: broker.Limits{ConnectionsPerAddress: 2}})
 	d := enrollSymmetric(t, s, "sym-cap")
 	a := connectSym(t, s, d, true)
-	b := dialRaw(t, s.TCPAddr)
-	c := dialRaw(t, s.TCPAddr)
-	c.expectClosed()
-	b.conn.Close()
-	a.ping()
+	b := mqtttest.Dial(t, s.TCPAddr)
+	c := mqtttest.Dial(t, s.TCPAddr)
+	c.ExpectClosed()
+	b.Close()
+	a.Ping()
 	// once b is gone a new connection is admitted (the release is asynchronous:
 	// retry until admitted or the deadline passes).
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	testkit.Await(t, "a connection admitted again", func() bool {
 		nc, err := net.Dial("tcp", s.TCPAddr)
 		if err != nil {
 			t.Fatal(err)
 		}
-		rc := &rawClient{t: t, conn: nc, r: bufio.NewReader(nc)}
-		code, _, err := rc.tryConnect(d.id, username(s, d.id), d.sas(s, time.Now().Add(time.Hour)), true, 0)
-		nc.Close()
-		if err == nil && code == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("never admitted again: %v", err)
-		}
-	}
-}
-
-// waitFor polls cond until it holds or 10 s pass.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		defer nc.Close()
+		code, _, err := mqtttest.New(t, nc).TryConnect(d.id, username(s, d.id), d.sas(s, time.Now().Add(time.Hour)), true, 0)
+		return err == nil && code == 0
+	})
 }
 
 // TestShutdownFinishesRequestsInFlight: requests already taken in are all
@@ -451,16 +440,19 @@ func TestShutdownFinishesRequestsInFlight(t *testing.T) {
 	s := dpsdtest.Start(t, dpsdtest.Options{HookLimits: hooks.Limits{RequestsPerConnectionPerMinute: -1, RegistersPerDevice: -1}})
 	d := enrollSymmetric(t, s, "sym-drain")
 	c := connectSym(t, s, d, true)
-	c.subscribe(1, hooks.ResponseFilter)
+	c.Subscribe(1, hooks.ResponseFilter)
 	const n = 14 // pipelined: read and answered one at a time, in order
 	for i := 0; i < n; i++ {
-		c.publish(registerTopic+fmt.Sprint(i), 1, nil)
+		c.Publish(registerTopic+fmt.Sprint(i), 1, nil)
 	}
-	c.send(0xC0, nil) // PINGREQ: read after every PUBLISH above was answered
+	c.Send(mqtttest.PingreqPacket()) // PINGREQ: read after every PUBLISH above was answered
 	answers, pingSeen := 0, false
 	shutdown := make(chan error, 1)
 	for {
-		p, err := c.readPacket(10 * time.Second)
+		p, err := c.ReadPacket(10 * time.Second)
+		if errors.Is(err, mqtttest.ErrMalformed) {
+			t.Fatal(err)
+		}
 		if err != nil {
 			var ne net.Error
 			if errors.As(err, &ne) && ne.Timeout() {
@@ -468,22 +460,21 @@ func TestShutdownFinishesRequestsInFlight(t *testing.T) {
 			}
 			break
 		}
-		switch p.typ {
-		case pPingresp:
+		switch p.Type() {
+		case packets.Pingresp:
 			pingSeen = true
 			go func() {
 				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 				defer cancel()
 				shutdown <- s.Broker.Shutdown(ctx)
 			}()
-		case pPublish:
-			topic, _, id, _ := publishParts(p)
-			if want := fmt.Sprintf("/202/?$rid=%d&", answers); !strings.Contains(topic, want) {
-				t.Fatalf("answer %d: %q", answers, topic)
+		case packets.Publish:
+			if want := fmt.Sprintf("/202/?$rid=%d&", answers); !strings.Contains(p.TopicName, want) {
+				t.Fatalf("answer %d: %q", answers, p.TopicName)
 			}
-			c.puback(id)
+			c.Puback(p.PacketID)
 			answers++
-		case pPuback:
+		case packets.Puback:
 		default:
 			t.Fatalf("unexpected packet %v", p)
 		}
@@ -505,14 +496,14 @@ func TestRequestRatePerConnection(t *testing.T) {
 	}})
 	d := enrollSymmetric(t, s, "sym-rate")
 	c := connectSym(t, s, d, true)
-	c.subscribe(1, hooks.ResponseFilter)
+	c.Subscribe(1, hooks.ResponseFilter)
 	for i, want := range []string{"/202/?$rid=0&", "/404/?$rid=1", "/429/?$rid=2&retry-after="} {
 		if i == 0 {
-			c.publish(registerTopic+"0", 0, nil)
+			c.Publish(registerTopic+"0", 0, nil)
 		} else {
-			c.publish(pollTopic+fmt.Sprint(i)+"&operationId=none", 0, nil)
+			c.Publish(pollTopic+fmt.Sprint(i)+"&operationId=none", 0, nil)
 		}
-		topic, body := c.readResponse()
+		topic, body := c.ReadResponse()
 		if !strings.Contains(topic, want) {
 			t.Fatalf("request %d: %q %s, want %s", i, topic, body, want)
 		}
@@ -520,5 +511,5 @@ func TestRequestRatePerConnection(t *testing.T) {
 			t.Fatalf("429 body %s", body)
 		}
 	}
-	c.ping()
+	c.Ping()
 }

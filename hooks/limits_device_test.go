@@ -1,8 +1,6 @@
 package hooks_test
 
 import (
-	"bufio"
-	"bytes"
 	"fmt"
 	"net"
 	"strconv"
@@ -10,9 +8,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mochi-mqtt/server/v2/packets"
+
 	"github.com/tpmdps/dpsd/broker"
+	"github.com/tpmdps/dpsd/dpsdtest"
 	"github.com/tpmdps/dpsd/hooks"
-	"github.com/tpmdps/dpsd/internal/dpsdtest"
+	"github.com/tpmdps/dpsd/internal/testkit/mqtttest"
 )
 
 // retryAfter returns the retry-after seconds of a response topic, or -1.
@@ -36,21 +37,21 @@ func TestPollsPerDeviceDefault(t *testing.T) {
 	s := dpsdtest.Start(t, dpsdtest.Options{})
 	d := enrollSymmetric(t, s, "sym-polls")
 	c := connectSym(t, s, d, true)
-	c.subscribe(1, hooks.ResponseFilter)
-	c.publish(registerTopic+"r", 0, nil)
-	topic, body := c.readResponse()
+	c.Subscribe(1, hooks.ResponseFilter)
+	c.Publish(registerTopic+"r", 0, nil)
+	topic, body := c.ReadResponse()
 	op := decode(t, body)
 	if !strings.Contains(topic, "/202/") || op.OperationID == "" {
 		t.Fatalf("register: %q %s", topic, body)
 	}
 	for i := 1; i <= hooks.DefaultPollsPerDevice; i++ {
-		c.publish(pollTopic+fmt.Sprint(i)+"&operationId="+op.OperationID, 0, nil)
-		if topic, body := c.readResponse(); !strings.Contains(topic, "/200/?$rid="+fmt.Sprint(i)) {
+		c.Publish(pollTopic+fmt.Sprint(i)+"&operationId="+op.OperationID, 0, nil)
+		if topic, body := c.ReadResponse(); !strings.Contains(topic, "/200/?$rid="+fmt.Sprint(i)) {
 			t.Fatalf("poll %d: %q %s", i, topic, body)
 		}
 	}
-	c.publish(pollTopic+"over&operationId="+op.OperationID, 0, nil)
-	topic, body = c.readResponse()
+	c.Publish(pollTopic+"over&operationId="+op.OperationID, 0, nil)
+	topic, body = c.ReadResponse()
 	if !strings.HasPrefix(topic, "$dps/registrations/res/429/?$rid=over&retry-after=") || retryAfter(topic) < 1 {
 		t.Fatalf("poll over the limit: %q %s, want 429 with retry-after", topic, body)
 	}
@@ -63,18 +64,18 @@ func TestPollsPerDeviceDefault(t *testing.T) {
 
 	// A fresh connection of the same device shares the device's budget.
 	c2 := connectSym(t, s, d, true)
-	c2.subscribe(1, hooks.ResponseFilter)
-	c2.publish(pollTopic+"again&operationId="+op.OperationID, 0, nil)
-	if topic, body := c2.readResponse(); !strings.Contains(topic, "/429/?$rid=again&retry-after=") {
+	c2.Subscribe(1, hooks.ResponseFilter)
+	c2.Publish(pollTopic+"again&operationId="+op.OperationID, 0, nil)
+	if topic, body := c2.ReadResponse(); !strings.Contains(topic, "/429/?$rid=again&retry-after=") {
 		t.Fatalf("new connection of a throttled device: %q %s", topic, body)
 	}
 
 	// Another device is not affected.
 	e := enrollSymmetric(t, s, "sym-polls-other")
 	o := connectSym(t, s, e, true)
-	o.subscribe(1, hooks.ResponseFilter)
-	o.publish(pollTopic+"1&operationId=none", 0, nil)
-	if topic, body := o.readResponse(); !strings.Contains(topic, "/404/?$rid=1") {
+	o.Subscribe(1, hooks.ResponseFilter)
+	o.Publish(pollTopic+"1&operationId=none", 0, nil)
+	if topic, body := o.ReadResponse(); !strings.Contains(topic, "/404/?$rid=1") {
 		t.Fatalf("other device: %q %s", topic, body)
 	}
 }
@@ -88,23 +89,23 @@ func TestRegistersPerDevice(t *testing.T) {
 	}})
 	d := enrollSymmetric(t, s, "sym-registers")
 	c := connectSym(t, s, d, true)
-	c.subscribe(1, hooks.ResponseFilter)
+	c.Subscribe(1, hooks.ResponseFilter)
 	for i := 0; i < 2; i++ {
-		c.publish(registerTopic+fmt.Sprint(i), 0, nil)
-		if topic, body := c.readResponse(); !strings.Contains(topic, "/202/") {
+		c.Publish(registerTopic+fmt.Sprint(i), 0, nil)
+		if topic, body := c.ReadResponse(); !strings.Contains(topic, "/202/") {
 			t.Fatalf("register %d: %q %s", i, topic, body)
 		}
 	}
 	c2 := connectSym(t, s, d, true) // takes over; same device budget
-	c2.subscribe(1, hooks.ResponseFilter)
-	c2.publish(registerTopic+"2", 0, nil)
-	topic, body := c2.readResponse()
+	c2.Subscribe(1, hooks.ResponseFilter)
+	c2.Publish(registerTopic+"2", 0, nil)
+	topic, body := c2.ReadResponse()
 	if !strings.HasPrefix(topic, "$dps/registrations/res/429/?$rid=2&retry-after=") || decode(t, body).ErrorCode != 429001 {
 		t.Fatalf("third register: %q %s, want 429 429001", topic, body)
 	}
 	// Polls have their own budget.
-	c2.publish(pollTopic+"p&operationId=none", 0, nil)
-	if topic, body := c2.readResponse(); !strings.Contains(topic, "/404/?$rid=p") {
+	c2.Publish(pollTopic+"p&operationId=none", 0, nil)
+	if topic, body := c2.ReadResponse(); !strings.Contains(topic, "/404/?$rid=p") {
 		t.Fatalf("poll after register throttle: %q %s", topic, body)
 	}
 }
@@ -126,31 +127,30 @@ func TestChallengesNotThrottledPerDevice(t *testing.T) {
 	d := enrollSymmetric(t, s, "sym-victim")
 	body := []byte(`{"tpm":{"endorsementKey":"AAAA","storageRootKey":"AAAA"}}`)
 	for conn := 0; conn < 4; conn++ {
-		r := dialRaw(t, s.TCPAddr)
-		if code, _ := r.connect(d.id, username(s, d.id), "", true, 0); code != 0 {
+		r := mqtttest.Dial(t, s.TCPAddr)
+		if code, _ := r.Connect(d.id, username(s, d.id), "", true, 0); code != 0 {
 			t.Fatalf("restricted CONNACK %d", code)
 		}
-		r.subscribe(1, hooks.ResponseFilter)
+		r.Subscribe(1, hooks.ResponseFilter)
 		for i := 0; i < 2; i++ {
-			r.publish(registerTopic+fmt.Sprint(i), 0, body)
-			topic, resp := r.readResponse()
+			r.Publish(registerTopic+fmt.Sprint(i), 0, body)
+			topic, resp := r.ReadResponse()
 			if strings.Contains(topic, "/429/") || strings.Contains(topic, "/202/") {
 				t.Fatalf("restricted request %d/%d: %q %s", conn, i, topic, resp)
 			}
 		}
-		r.send(0xE0, nil)
-		r.conn.Close()
+		r.Disconnect()
 	}
 	c := connectSym(t, s, d, true)
-	c.subscribe(1, hooks.ResponseFilter)
-	c.publish(registerTopic+"real", 0, nil)
-	topic, resp := c.readResponse()
+	c.Subscribe(1, hooks.ResponseFilter)
+	c.Publish(registerTopic+"real", 0, nil)
+	topic, resp := c.ReadResponse()
 	op := decode(t, resp)
 	if !strings.Contains(topic, "/202/?$rid=real") || op.OperationID == "" {
 		t.Fatalf("the real device's register after challenge requests under its id: %q %s", topic, resp)
 	}
-	c.publish(pollTopic+"p&operationId="+op.OperationID, 0, nil)
-	if topic, resp := c.readResponse(); !strings.Contains(topic, "/200/?$rid=p") {
+	c.Publish(pollTopic+"p&operationId="+op.OperationID, 0, nil)
+	if topic, resp := c.ReadResponse(); !strings.Contains(topic, "/200/?$rid=p") {
 		t.Fatalf("the real device's poll: %q %s", topic, resp)
 	}
 }
@@ -169,7 +169,7 @@ func TestSameIDConnectStorm(t *testing.T) {
 	}})
 	d := enrollSymmetric(t, s, "storm-victim")
 	auth := connectSym(t, s, d, true)
-	auth.subscribe(1, hooks.ResponseFilter)
+	auth.Subscribe(1, hooks.ResponseFilter)
 	body := []byte(`{"tpm":{"endorsementKey":"AAAA","storageRootKey":"AAAA"}}`)
 	const workers, rounds = 50, 20
 	errs := make(chan error, workers)
@@ -182,32 +182,32 @@ func TestSameIDConnectStorm(t *testing.T) {
 					return
 				}
 				_ = c.SetDeadline(time.Now().Add(20 * time.Second))
-				r := &rawClient{t: t, conn: c, r: bufio.NewReader(c)}
-				code, _, err := r.tryConnect(d.id, username(s, d.id), "", true, 0)
+				r := mqtttest.New(t, c)
+				code, _, err := r.TryConnect(d.id, username(s, d.id), "", true, 0)
 				if err != nil || code != 0 {
 					c.Close()
 					errs <- fmt.Errorf("restricted CONNACK %d %v", code, err)
 					return
 				}
-				if err := r.sendErr(0x82, subscribeBody(1, hooks.ResponseFilter)); err != nil {
+				if err := r.SendErr(mqtttest.SubscribePacket(1, 1, hooks.ResponseFilter)); err != nil {
 					c.Close()
 					errs <- err
 					return
 				}
-				if err := r.sendErr(0x30, publishBody(registerTopic+"1", body)); err != nil {
+				if err := r.SendErr(mqtttest.PublishPacket(registerTopic+"1", 0, 0, body)); err != nil {
 					c.Close()
 					errs <- err
 					return
 				}
 				var answered bool
 				for !answered {
-					p, err := r.readPacket(20 * time.Second)
+					p, err := r.ReadPacket(20 * time.Second)
 					if err != nil {
 						c.Close()
 						errs <- fmt.Errorf("restricted session closed before its answer: %w", err)
 						return
 					}
-					answered = p.typ == pPublish
+					answered = p.Type() == packets.Publish
 				}
 				defer c.Close() // held until the worker ends, as an attacker would
 			}
@@ -219,17 +219,8 @@ func TestSameIDConnectStorm(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	auth.publish(pollTopic+"alive&operationId=none", 0, nil)
-	if topic, resp := auth.readResponse(); !strings.Contains(topic, "/404/?$rid=alive") {
+	auth.Publish(pollTopic+"alive&operationId=none", 0, nil)
+	if topic, resp := auth.ReadResponse(); !strings.Contains(topic, "/404/?$rid=alive") {
 		t.Fatalf("authenticated session after the storm: %q %s", topic, resp)
 	}
-}
-
-// subscribeBody is a SUBSCRIBE body for one filter.
-func subscribeBody(id uint16, filter string) []byte {
-	var b bytes.Buffer
-	b.Write([]byte{byte(id >> 8), byte(id)})
-	mqttString(&b, filter)
-	b.WriteByte(1)
-	return b.Bytes()
 }

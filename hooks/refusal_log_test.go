@@ -9,7 +9,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tpmdps/dpsd/internal/dpsdtest"
+	"github.com/tpmdps/dpsd/dpsdtest"
+	"github.com/tpmdps/dpsd/internal/testkit/mqtttest"
 )
 
 // logSink is a log destination safe for concurrent use.
@@ -49,11 +50,11 @@ func TestRefusedConnectLoggedOnce(t *testing.T) {
 	s := dpsdtest.Start(t, dpsdtest.Options{Logger: slog.New(slog.NewJSONHandler(logs, nil))})
 	d := enrollSymmetric(t, s, "sym-logged-once")
 	wrong := symDevice{id: d.id, key: make([]byte, 32)}
-	c := dialRaw(t, s.TCPAddr)
-	if code, _ := c.connect(d.id, username(s, d.id), wrong.sas(s, time.Now().Add(time.Hour)), true, 0); code != 5 {
+	c := mqtttest.Dial(t, s.TCPAddr)
+	if code, _ := c.Connect(d.id, username(s, d.id), wrong.sas(s, time.Now().Add(time.Hour)), true, 0); code != 5 {
 		t.Fatalf("CONNACK %d, want 5", code)
 	}
-	c.expectClosed()
+	c.ExpectClosed()
 	recs := logs.records(t, "connect refused")
 	if len(recs) != 1 {
 		t.Fatalf("%d log records for one refused CONNECT, want 1: %v", len(recs), recs)

@@ -1,56 +1,45 @@
 package hooks_test
 
 import (
-	"bufio"
 	"fmt"
-	"net"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/mochi-mqtt/server/v2/packets"
+
 	"github.com/tpmdps/dpsd/broker"
 	"github.com/tpmdps/dpsd/device/devtpm"
+	"github.com/tpmdps/dpsd/dpsdtest"
 	"github.com/tpmdps/dpsd/hooks"
-	"github.com/tpmdps/dpsd/internal/dpsdtest"
-	"github.com/tpmdps/dpsd/internal/metrics"
 	"github.com/tpmdps/dpsd/internal/refusal"
+	"github.com/tpmdps/dpsd/internal/testkit"
+	"github.com/tpmdps/dpsd/internal/testkit/mqtttest"
+	"github.com/tpmdps/dpsd/internal/testkit/tpmsim"
 )
-
-// dialRawFrom opens a raw MQTT connection to addr from the loopback source
-// address ip (any of 127.0.0.0/8 on Linux).
-func dialRawFrom(t testing.TB, ip, addr string) *rawClient {
-	t.Helper()
-	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}, Timeout: 5 * time.Second}
-	c, err := d.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	return &rawClient{t: t, conn: c, r: bufio.NewReader(c)}
-}
 
 // tcpDialerFrom dials the plain listener from the source address ip.
 func tcpDialerFrom(s *dpsdtest.Server, ip string) dialer {
-	return func(t *testing.T) *rawClient { return dialRawFrom(t, ip, s.TCPAddr) }
+	return func(t *testing.T) *mqtttest.Conn { return mqtttest.DialFrom(t, ip, s.TCPAddr) }
 }
 
 // holdRestricted opens restricted sessions from ip until n have been tried
 // and returns the admitted ones (subscribed); the others must get CONNACK 3.
-func holdRestricted(t *testing.T, s *dpsdtest.Server, ip, prefix string, n int) []*rawClient {
+func holdRestricted(t *testing.T, s *dpsdtest.Server, ip, prefix string, n int) []*mqtttest.Conn {
 	t.Helper()
-	var held []*rawClient
+	var held []*mqtttest.Conn
 	for i := 0; i < n; i++ {
 		id := fmt.Sprintf("%s-%d", prefix, i)
-		c := dialRawFrom(t, ip, s.TCPAddr)
-		code, _, err := c.tryConnect(id, username(s, id), "", true, 0)
+		c := mqtttest.DialFrom(t, ip, s.TCPAddr)
+		code, _, err := c.TryConnect(id, username(s, id), "", true, 0)
 		switch {
 		case err != nil:
 			t.Fatalf("restricted session %d: %v", i, err)
 		case code == 0:
-			c.subscribe(1, hooks.ResponseFilter)
+			c.Subscribe(1, hooks.ResponseFilter)
 			held = append(held, c)
 		case code == 3:
-			c.expectClosed()
+			c.ExpectClosed()
 		default:
 			t.Fatalf("restricted session %d: CONNACK %d", i, code)
 		}
@@ -66,8 +55,8 @@ func holdRestricted(t *testing.T, s *dpsdtest.Server, ip, prefix string, n int) 
 // its share and just holds it, the device still provisions.
 func TestRestrictedFloodFromOneAddress(t *testing.T) {
 	const totalCap = 40
-	tpm := simulator(t)
-	mx := metrics.New()
+	tpm := tpmsim.Open(t)
+	mx := &observer{}
 	s := dpsdtest.Start(t, dpsdtest.Options{Metrics: mx, HookLimits: hooks.Limits{RestrictedSessions: totalCap}})
 	ek, srk := tpmKeys(t, tpm, devtpm.ECCP256, devtpm.SRKECCP256)
 	id := "tpm-beside-a-flood"
@@ -83,8 +72,8 @@ func TestRestrictedFloodFromOneAddress(t *testing.T) {
 	// to stay alive.
 	flood := holdRestricted(t, s, "127.0.0.1", "flood", totalCap)
 	for i, c := range flood {
-		c.publish(fmt.Sprintf("%s%d&operationId=keepalive", pollTopic, i), 0, nil)
-		if topic, body := c.readResponse(); !strings.Contains(topic, "/401/") {
+		c.Publish(fmt.Sprintf("%s%d&operationId=keepalive", pollTopic, i), 0, nil)
+		if topic, body := c.ReadResponse(); !strings.Contains(topic, "/401/") {
 			t.Fatalf("poll on a restricted session: %q %s, want 401", topic, body)
 		}
 	}
@@ -94,9 +83,9 @@ func TestRestrictedFloodFromOneAddress(t *testing.T) {
 		t.Fatalf("one address held %d restricted sessions, want the per-address cap %d", len(flood), hooks.DefaultRestrictedSessionsPerAddress)
 	}
 	for _, c := range flood {
-		c.expectClosed() // the poll ended the session
+		c.ExpectClosed() // the poll ended the session
 	}
-	waitFor(t, "the flood's sessions released", func() bool { _, r := s.Broker.Sessions(); return r == 0 })
+	testkit.Await(t, "the flood's sessions released", func() bool { _, r := s.Broker.Sessions(); return r == 0 })
 
 	// The address takes its share again and just holds it (no polls).
 	if again := holdRestricted(t, s, "127.0.0.1", "refill", totalCap); len(again) != hooks.DefaultRestrictedSessionsPerAddress {
@@ -104,8 +93,8 @@ func TestRestrictedFloodFromOneAddress(t *testing.T) {
 	}
 	provision()
 
-	refused := metricValue(t, mx, "dpsd_connections_refused_total", map[string]string{"listener": broker.ListenerTCP, "reason": refusal.RestrictedAddressCap})
-	if want := float64(2 * (totalCap - hooks.DefaultRestrictedSessionsPerAddress)); refused != want {
+	refused := mx.ConnectionsRefused()[broker.ListenerTCP+"/"+refusal.RestrictedAddressCap]
+	if want := 2 * (totalCap - hooks.DefaultRestrictedSessionsPerAddress); refused != want {
 		t.Fatalf("%v restricted sessions counted as refused by the per-address cap, want %v", refused, want)
 	}
 }
@@ -132,17 +121,17 @@ func TestRestrictedSessionEndsOnOtherRequests(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			id := fmt.Sprintf("r-%d", i)
 			c := restrictedConn(t, s, tcpDialer(s), id)
-			c.publish(tc.topic, 1, tc.body)
-			if p := c.read(); p.typ != pPuback {
+			c.Publish(tc.topic, 1, tc.body)
+			if p := c.Read(); p.Type() != packets.Puback {
 				t.Fatalf("want PUBACK, got %v", p)
 			}
-			if topic, body := c.readResponse(); !strings.Contains(topic, tc.status) {
+			if topic, body := c.ReadResponse(); !strings.Contains(topic, tc.status) {
 				t.Fatalf("answer %q %s, want %s", topic, body, tc.status)
 			}
 			if tc.closes {
-				c.expectClosed()
+				c.ExpectClosed()
 			} else {
-				c.ping()
+				c.Ping()
 			}
 		})
 	}
@@ -166,15 +155,15 @@ func TestRestrictedLifetime(t *testing.T) {
 	body := []byte(`{"tpm":{"endorsementKey":"AAAA","storageRootKey":"AAAA"}}`)
 	deadline := time.Now().Add(10 * time.Second)
 	for i := 0; ; i++ {
-		if err := c.sendErr(0x30, publishBody(fmt.Sprint(registerTopic, i), body)); err != nil {
+		if err := c.SendErr(mqtttest.PublishPacket(fmt.Sprint(registerTopic, i), 0, 0, body)); err != nil {
 			break // closed while writing
 		}
-		if _, err := c.readPacket(10 * time.Second); err != nil {
+		if _, err := c.ReadPacket(10 * time.Second); err != nil {
 			break // closed
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("restricted session still open after %d TPM register requests over 10 s", i+1)
 		}
 	}
-	waitFor(t, "the session released", func() bool { _, r := s.Broker.Sessions(); return r == 0 })
+	testkit.Await(t, "the session released", func() bool { _, r := s.Broker.Sessions(); return r == 0 })
 }

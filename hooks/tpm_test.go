@@ -1,9 +1,7 @@
 package hooks_test
 
 import (
-	"bufio"
 	"context"
-	"crypto/tls"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
@@ -13,35 +11,17 @@ import (
 	"time"
 
 	"github.com/google/go-tpm/tpm2/transport"
+	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/tpmdps/dpsd/attest"
 	"github.com/tpmdps/dpsd/device/devtpm"
-	"github.com/tpmdps/dpsd/device/tpmtransport"
+	"github.com/tpmdps/dpsd/dpsdtest"
 	"github.com/tpmdps/dpsd/hooks"
-	"github.com/tpmdps/dpsd/internal/dpsdtest"
 	"github.com/tpmdps/dpsd/internal/swtpmtest"
+	"github.com/tpmdps/dpsd/internal/testkit/mqtttest"
+	"github.com/tpmdps/dpsd/internal/testkit/tpmsim"
 	"github.com/tpmdps/dpsd/store"
 )
-
-// sim is the one reference TPM simulator of this test process, shared by the
-// tests that need it (it is one instance per process).
-var sim struct {
-	once sync.Once
-	tpm  transport.TPMCloser
-	err  error
-	mu   sync.Mutex // one test at a time uses it
-}
-
-func simulator(t *testing.T) transport.TPM {
-	t.Helper()
-	sim.once.Do(func() { sim.tpm, sim.err = tpmtransport.OpenSimulator() })
-	if sim.err != nil {
-		t.Fatalf("simulator: %v", sim.err)
-	}
-	sim.mu.Lock()
-	t.Cleanup(sim.mu.Unlock)
-	return sim.tpm
-}
 
 // tpmKeys creates an EK and SRK on the simulator (flushed at cleanup).
 func tpmKeys(t *testing.T, tpm transport.TPM, alg devtpm.Alg, srkT devtpm.SRKTemplate) (ek, srk *devtpm.Key) {
@@ -85,20 +65,15 @@ func tpmBody(id string, ek, srk []byte) []byte {
 }
 
 // dialer opens a raw connection over TCP or TLS.
-type dialer func(t *testing.T) *rawClient
+type dialer func(t *testing.T) *mqtttest.Conn
 
 func tcpDialer(s *dpsdtest.Server) dialer {
-	return func(t *testing.T) *rawClient { return dialRaw(t, s.TCPAddr) }
+	return func(t *testing.T) *mqtttest.Conn { return mqtttest.Dial(t, s.TCPAddr) }
 }
 
 func tlsDialer(s *dpsdtest.Server) dialer {
-	return func(t *testing.T) *rawClient {
-		c, err := tls.Dial("tcp", s.TLSAddr, s.TLSConfig())
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close() })
-		return &rawClient{t: t, conn: c, r: bufio.NewReader(c)}
+	return func(t *testing.T) *mqtttest.Conn {
+		return mqtttest.DialTLS(t, s.TLSAddr, s.TLSConfig())
 	}
 }
 
@@ -111,10 +86,10 @@ type challenge struct {
 
 // askChallenge sends a register with tpm on a restricted client and returns
 // the 401 body.
-func askChallenge(t *testing.T, c *rawClient, rid, id string, ek, srk []byte) (string, challenge) {
+func askChallenge(t *testing.T, c *mqtttest.Conn, rid, id string, ek, srk []byte) (string, challenge) {
 	t.Helper()
-	c.publish(registerTopic+rid, 0, tpmBody(id, ek, srk))
-	topic, body := c.readResponse()
+	c.Publish(registerTopic+rid, 0, tpmBody(id, ek, srk))
+	topic, body := c.ReadResponse()
 	var ch challenge
 	if err := json.Unmarshal(body, &ch); err != nil {
 		t.Fatalf("challenge body %q: %v", body, err)
@@ -123,13 +98,13 @@ func askChallenge(t *testing.T, c *rawClient, rid, id string, ek, srk []byte) (s
 }
 
 // restrictedConn connects without a password and subscribes.
-func restrictedConn(t *testing.T, s *dpsdtest.Server, dial dialer, id string) *rawClient {
+func restrictedConn(t *testing.T, s *dpsdtest.Server, dial dialer, id string) *mqtttest.Conn {
 	t.Helper()
 	c := dial(t)
-	if code, present := c.connect(id, username(s, id), "", true, 0); code != 0 || present {
+	if code, present := c.Connect(id, username(s, id), "", true, 0); code != 0 || present {
 		t.Fatalf("restricted CONNACK %d %v", code, present)
 	}
-	c.subscribe(1, hooks.ResponseFilter)
+	c.Subscribe(1, hooks.ResponseFilter)
 	return c
 }
 
@@ -141,8 +116,7 @@ func getChallenge(t *testing.T, s *dpsdtest.Server, dial dialer, id string, ek, 
 	if !strings.HasPrefix(topic, "$dps/registrations/res/401/?$rid=1") || ch.AuthenticationKey == "" || ch.KeyName == "" {
 		t.Fatalf("want a 401 challenge, got %q %+v", topic, ch)
 	}
-	c.send(0xE0, nil) // DISCONNECT
-	c.conn.Close()
+	c.Disconnect()
 	return ch
 }
 
@@ -151,22 +125,22 @@ func getChallenge(t *testing.T, s *dpsdtest.Server, dial dialer, id string, ek, 
 func finish(t *testing.T, s *dpsdtest.Server, dial dialer, id, token string, ek, srk []byte) []byte {
 	t.Helper()
 	c := dial(t)
-	if code, present := c.connect(id, username(s, id), token, false, 0); code != 0 || present {
+	if code, present := c.Connect(id, username(s, id), token, false, 0); code != 0 || present {
 		t.Fatalf("TPM SAS CONNACK %d %v", code, present)
 	}
-	c.subscribe(1, hooks.ResponseFilter)
-	id1 := c.publish(registerTopic+"2", 1, tpmBody(id, ek, srk))
-	if p := c.read(); p.typ != pPuback || uint16(p.body[0])<<8|uint16(p.body[1]) != id1 {
+	c.Subscribe(1, hooks.ResponseFilter)
+	id1 := c.Publish(registerTopic+"2", 1, tpmBody(id, ek, srk))
+	if p := c.Read(); p.Type() != packets.Puback || p.PacketID != id1 {
 		t.Fatalf("want PUBACK first, got %v", p)
 	}
-	topic, body := c.readResponse()
+	topic, body := c.ReadResponse()
 	if !strings.Contains(topic, "/202/?$rid=2") {
 		t.Fatalf("register: %q %s", topic, body)
 	}
 	op := decode(t, body)
-	c.publish(pollTopic+"3&operationId="+op.OperationID, 1, nil)
-	c.read() // PUBACK
-	topic, body = c.readResponse()
+	c.Publish(pollTopic+"3&operationId="+op.OperationID, 1, nil)
+	c.Read() // PUBACK
+	topic, body = c.ReadResponse()
 	var final struct {
 		Status            string `json:"status"`
 		RegistrationState struct {
@@ -210,7 +184,7 @@ func activate(t *testing.T, s *dpsdtest.Server, ek, srk *devtpm.Key, id string, 
 // ECC keys on the reference simulator; the hub key blob activates too; the
 // used challenge cannot authenticate again.
 func TestTPMFlowSimulator(t *testing.T) {
-	tpm := simulator(t)
+	tpm := tpmsim.Open(t)
 	s := dpsdtest.Start(t, dpsdtest.Options{})
 	cases := []struct {
 		name string
@@ -237,7 +211,7 @@ func TestTPMFlowSimulator(t *testing.T) {
 			hk.Close()
 			// The challenge has been used: the same token is refused now.
 			c := tc.dial(t)
-			if code, _ := c.connect(id, username(s, id), tok, true, 0); code != 5 {
+			if code, _ := c.Connect(id, username(s, id), tok, true, 0); code != 5 {
 				t.Fatalf("replayed challenge token: CONNACK %d, want 5", code)
 			}
 		})
@@ -249,7 +223,7 @@ func TestTPMFlowSimulator(t *testing.T) {
 // from several connections neither block the real device nor cancel the
 // challenge it took before them.
 func TestTPMHostile(t *testing.T) {
-	tpm := simulator(t)
+	tpm := tpmsim.Open(t)
 	s := dpsdtest.Start(t, dpsdtest.Options{HookLimits: hooks.Limits{
 		ChallengesPerConnection:        60,
 		ChallengesPerAddressPerMinute:  1000,
@@ -286,22 +260,22 @@ func TestTPMHostile(t *testing.T) {
 	for w := 0; w < 4; w++ {
 		ac := restrictedConn(t, s, dial, id) // restricted sessions with one id coexist
 		wg.Add(1)
-		go func(ac *rawClient, w int) {
+		go func(ac *mqtttest.Conn, w int) {
 			defer wg.Done()
 			body := tpmBody(id, ek.Public(), srk.Public())
 			for i := 0; i < 50; i++ {
-				if err := ac.sendErr(0x30, publishBody(registerTopic+fmt.Sprint(i), body)); err != nil {
+				if err := ac.SendErr(mqtttest.PublishPacket(registerTopic+fmt.Sprint(i), 0, 0, body)); err != nil {
 					errs <- err
 					return
 				}
 			}
 			for i := 0; i < 50; i++ {
-				p, err := ac.readPacket(20 * time.Second)
+				p, err := ac.ReadPacket(20 * time.Second)
 				if err != nil {
 					errs <- fmt.Errorf("attacker %d answer %d: %w", w, i, err)
 					return
 				}
-				if topic, _, _, _ := publishParts(p); !strings.Contains(topic, "/res/401/?$rid="+fmt.Sprint(i)) {
+				if topic := p.TopicName; p.Type() != packets.Publish || !strings.Contains(topic, "/res/401/?$rid="+fmt.Sprint(i)) {
 					errs <- fmt.Errorf("attacker %d answer %d: %q", w, i, topic)
 					return
 				}
@@ -320,7 +294,7 @@ func TestTPMHostile(t *testing.T) {
 		"another id": activateFor(t, s, ek, srk, "tpm-unknown", early),
 	} {
 		c := dial(t)
-		if code, _ := c.connect(id, username(s, id), tok, true, 0); code != 5 {
+		if code, _ := c.Connect(id, username(s, id), tok, true, 0); code != 5 {
 			t.Fatalf("%s: CONNACK %d, want 5", name, code)
 		}
 	}
@@ -343,13 +317,6 @@ func activateFor(t *testing.T, s *dpsdtest.Server, ek, srk *devtpm.Key, otherID 
 		t.Fatal(err)
 	}
 	return tok
-}
-
-// publishBody encodes a QoS 0 PUBLISH body (topic + payload).
-func publishBody(topic string, payload []byte) []byte {
-	b := []byte{byte(len(topic) >> 8), byte(len(topic))}
-	b = append(b, topic...)
-	return append(b, payload...)
 }
 
 // TestTPMFlowSWTPM: the same flow with swtpm and tpm2-tools as the device.

@@ -19,7 +19,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tpmdps/dpsd/internal/dpsdtest"
+	"github.com/tpmdps/dpsd/dpsdtest"
 	"github.com/tpmdps/dpsd/store"
 )
 

@@ -4,7 +4,7 @@
 // azure-iot-provisioning-service against the service API.
 //
 // The package holds only tests. They start the server in process
-// (internal/dpsdtest) on the fixed ports the SDKs use, because the SDKs take a
+// (dpsdtest) on the fixed ports the SDKs use, because the SDKs take a
 // host name and no port: MQTT over TLS on 127.0.0.1:8883, and on
 // 127.0.0.1:443 either the broker's own WebSocket listener, the service API,
 // or both on one listener (broker.WebSocketHandler). Binding port 443 needs

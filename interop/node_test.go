@@ -16,7 +16,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tpmdps/dpsd/internal/dpsdtest"
+	"github.com/tpmdps/dpsd/dpsdtest"
 )
 
 const (

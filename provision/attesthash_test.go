@@ -10,11 +10,11 @@ import (
 
 	"github.com/tpmdps/dpsd/attest"
 	"github.com/tpmdps/dpsd/device/devtpm"
-	"github.com/tpmdps/dpsd/internal/softtpm"
+	"github.com/tpmdps/dpsd/softtpm"
 	"github.com/tpmdps/dpsd/store"
 )
 
-// softTPMLogin runs the TPM challenge for a software TPM (internal/softtpm)
+// softTPMLogin runs the TPM challenge for a software TPM (softtpm)
 // registering as regID and returns the authenticated identity and its keys.
 func (e *env) softTPMLogin(d *softtpm.Device, regID string) (Identity, *TPMKeys) {
 	e.t.Helper()

@@ -8,47 +8,29 @@ import (
 	"io"
 	"log/slog"
 	"path/filepath"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/tpmdps/dpsd/attest"
+	"github.com/tpmdps/dpsd/internal/testkit"
 	"github.com/tpmdps/dpsd/store"
 	"github.com/tpmdps/dpsd/store/bolt"
 )
 
 const testScope = "0ne00000A0A"
 
-// testClock is a settable clock shared by the service and its store.
-type testClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *testClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *testClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
-
 // env is a service on a real bbolt store in a temporary directory.
 type env struct {
 	t     testing.TB
 	svc   *Service
 	st    *bolt.Store
-	clock *testClock
+	clock *testkit.Clock
 	ctx   context.Context
 }
 
 func newEnv(t testing.TB, mods ...func(*Config)) *env {
 	t.Helper()
-	clock := &testClock{t: time.Now().UTC().Truncate(time.Second)}
+	clock := testkit.NewClock(time.Now().UTC().Truncate(time.Second))
 	st, err := bolt.Open(filepath.Join(t.TempDir(), "dps.db"), bolt.Options{Timeout: 5 * time.Second, Now: clock.Now})
 	if err != nil {
 		t.Fatalf("open store: %v", err)

@@ -7,7 +7,7 @@ import (
 	"testing"
 
 	"github.com/tpmdps/dpsd/attest"
-	"github.com/tpmdps/dpsd/internal/softtpm"
+	"github.com/tpmdps/dpsd/softtpm"
 )
 
 func TestTPMKeyCache(t *testing.T) {

@@ -5,42 +5,13 @@ package provision
 
 import (
 	"encoding/base64"
-	"os"
-	"sync"
 	"testing"
 	"time"
 
-	"github.com/google/go-tpm/tpm2/transport"
-
 	"github.com/tpmdps/dpsd/attest"
 	"github.com/tpmdps/dpsd/device/devtpm"
-	"github.com/tpmdps/dpsd/device/tpmtransport"
+	"github.com/tpmdps/dpsd/internal/testkit/tpmsim"
 )
-
-// sim is the process's one simulator, opened on first use and closed by
-// TestMain. Tests using it run sequentially (none calls t.Parallel).
-var sim struct {
-	once sync.Once
-	tpm  transport.TPMCloser
-	err  error
-}
-
-func TestMain(m *testing.M) {
-	code := m.Run()
-	if sim.tpm != nil {
-		_ = sim.tpm.Close()
-	}
-	os.Exit(code)
-}
-
-func simulator(t testing.TB) transport.TPM {
-	t.Helper()
-	sim.once.Do(func() { sim.tpm, sim.err = tpmtransport.OpenSimulator() })
-	if sim.err != nil {
-		t.Fatalf("open TPM simulator: %v", sim.err)
-	}
-	return sim.tpm
-}
 
 // tpmDevice is a device's EK and SRK, transient in the simulator until cleanup.
 type tpmDevice struct {
@@ -50,7 +21,7 @@ type tpmDevice struct {
 
 func newTPMDevice(t testing.TB, alg devtpm.Alg, srkT devtpm.SRKTemplate) *tpmDevice {
 	t.Helper()
-	tpm := simulator(t)
+	tpm := tpmsim.Open(t)
 	ek, err := devtpm.CreateEK(tpm, alg)
 	if err != nil {
 		t.Fatalf("CreateEK: %v", err)
@@ -67,7 +38,7 @@ func newTPMDevice(t testing.TB, alg devtpm.Alg, srkT devtpm.SRKTemplate) *tpmDev
 // otherEK returns the TPM2B_PUBLIC of an EK this device does not use.
 func otherEK(t testing.TB) []byte {
 	t.Helper()
-	ek, err := devtpm.CreateEK(simulator(t), devtpm.ECCP256)
+	ek, err := devtpm.CreateEK(tpmsim.Open(t), devtpm.ECCP256)
 	if err != nil {
 		t.Fatalf("CreateEK: %v", err)
 	}

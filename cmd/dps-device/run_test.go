@@ -8,14 +8,16 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/tpmdps/dpsd/attest"
 	"github.com/tpmdps/dpsd/device"
-	"github.com/tpmdps/dpsd/internal/dpsdtest"
+	"github.com/tpmdps/dpsd/dpsdtest"
 	"github.com/tpmdps/dpsd/internal/swtpmtest"
+	"github.com/tpmdps/dpsd/internal/testkit"
 	"github.com/tpmdps/dpsd/store"
 )
 
@@ -189,12 +191,7 @@ func TestExitCodes(t *testing.T) {
 		t.Fatalf("disabled: printed %q", out)
 	}
 	// 3: nothing listening.
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	deadPort := strings.TrimPrefix(l.Addr().String(), "127.0.0.1:")
-	l.Close()
+	deadPort := strconv.Itoa(testkit.FreePort(t))
 	code, _, stderr = runCmd(t, "provision", "--host", "127.0.0.1", "--port", deadPort, "--id-scope", srv.IDScope,
 		"--plain", "--tpm", sw.Selector(), "--registration-id", "x1", "--timeout", "5s")
 	if code != exitTransport {

@@ -7,7 +7,7 @@ import (
 	"io"
 	"time"
 
-	"github.com/tpmdps/dpsd/internal/barebroker"
+	"github.com/tpmdps/dpsd/cmd/dps-load/internal/barebroker"
 	"github.com/tpmdps/dpsd/internal/devca"
 )
 

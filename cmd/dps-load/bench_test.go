@@ -7,15 +7,15 @@ import (
 	"time"
 
 	"github.com/tpmdps/dpsd/broker"
+	"github.com/tpmdps/dpsd/cmd/dps-load/internal/loadgen"
+	"github.com/tpmdps/dpsd/dpsdtest"
 	"github.com/tpmdps/dpsd/hooks"
-	"github.com/tpmdps/dpsd/internal/dpsdtest"
-	"github.com/tpmdps/dpsd/internal/loadgen"
 )
 
 // BenchmarkProvisionInProcess runs dpsd and the load engine in one process,
 // for CPU profiles of the server's hot path (go test -bench
 // ProvisionInProcess -cpuprofile cpu.out ./cmd/dps-load; the client's own
-// frames are in internal/loadgen and internal/softtpm). One op is one full
+// frames are in cmd/dps-load/internal/loadgen and softtpm). One op is one full
 // provisioning; DPS_LOAD_KIND selects tpm-rsa (default), tpm-ecc or
 // symmetric.
 func BenchmarkProvisionInProcess(b *testing.B) {

@@ -21,7 +21,7 @@
 // end, also after an interrupt.
 //
 // The software TPMs hold their EK and SRK private keys in memory
-// (internal/softtpm); the server cannot tell them from real TPMs. Server
+// (softtpm); the server cannot tell them from real TPMs. Server
 // CPU is read from /proc/<pid>/stat: on a small machine the load tool
 // competes with the server, and CPU per provisioning is the figure that
 // shows the server's capacity.

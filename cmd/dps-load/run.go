@@ -23,8 +23,9 @@ import (
 	"time"
 
 	"github.com/tpmdps/dpsd/apiclient"
+	"github.com/tpmdps/dpsd/cmd/dps-load/internal/loadgen"
 	"github.com/tpmdps/dpsd/internal/datadir"
-	"github.com/tpmdps/dpsd/internal/loadgen"
+	"github.com/tpmdps/dpsd/internal/procnet"
 )
 
 // Exit codes.
@@ -156,8 +157,8 @@ func (t *target) resolve() (roots *x509.CertPool, err error) {
 			return nil, fmt.Errorf("%w: --addr %q: %w", errUsage, t.addr, err)
 		}
 		p, _ := strconv.Atoi(port)
-		if t.serverPID, err = loadgen.FindListeningPID(p); err != nil {
-			return nil, err
+		if t.serverPID, err = procnet.ListeningPID(p); err != nil {
+			return nil, fmt.Errorf("%w (use --server-pid)", err)
 		}
 	}
 	if t.serverPID < 0 {

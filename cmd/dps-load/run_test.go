@@ -12,10 +12,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tpmdps/dpsd/internal/barebroker"
+	"github.com/tpmdps/dpsd/cmd/dps-load/internal/barebroker"
+	"github.com/tpmdps/dpsd/cmd/dps-load/internal/loadgen"
+	"github.com/tpmdps/dpsd/dpsdtest"
 	"github.com/tpmdps/dpsd/internal/datadir"
-	"github.com/tpmdps/dpsd/internal/dpsdtest"
-	"github.com/tpmdps/dpsd/internal/loadgen"
 	"github.com/tpmdps/dpsd/store"
 )
 

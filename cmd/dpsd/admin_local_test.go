@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/tpmdps/dpsd/internal/datadir"
+	"github.com/tpmdps/dpsd/internal/testkit"
 )
 
 // clearAdminEnv unsets every variable the admin commands and dpsd's
@@ -97,12 +98,7 @@ func TestAdminErrorHints(t *testing.T) {
 	}
 
 	// Another port where nothing listens.
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	closed := l.Addr().String()
-	l.Close()
+	closed := testkit.FreeAddr(t)
 	code, _, errs = admin(t, "enrollment", "list", "--connection-string", cs, "--endpoint", "https://"+closed)
 	if code != 1 || !strings.Contains(errs, "nothing listens on "+closed) || strings.Contains(errs, "8443 by default") {
 		t.Errorf("refused on another port: %d %s", code, errs)

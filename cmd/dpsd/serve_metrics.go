@@ -9,7 +9,7 @@ import (
 	"net/http"
 	"time"
 
-	"github.com/tpmdps/dpsd/internal/metrics"
+	"github.com/tpmdps/dpsd/cmd/dpsd/internal/metrics"
 )
 
 // metricsServer is the plain-HTTP listener of metrics-addr: /metrics and

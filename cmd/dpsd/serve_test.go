@@ -23,6 +23,7 @@ import (
 	"github.com/tpmdps/dpsd/apiclient"
 	"github.com/tpmdps/dpsd/attest"
 	"github.com/tpmdps/dpsd/internal/datadir"
+	"github.com/tpmdps/dpsd/internal/testkit/mqtttest"
 	"github.com/tpmdps/dpsd/store"
 )
 
@@ -99,46 +100,10 @@ func mqttsConnect(t *testing.T, addr, caFile, scope, id, password string) byte {
 	}
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(caPEM)
-	c, err := tls.Dial("tcp", addr, &tls.Config{RootCAs: pool, ServerName: "localhost"})
-	if err != nil {
-		t.Fatalf("TLS: %v", err)
-	}
+	c := mqtttest.DialTLS(t, addr, &tls.Config{RootCAs: pool, ServerName: "localhost"})
 	defer c.Close()
-	user := scope + "/registrations/" + id + "/api-version=2019-03-31"
-	var b bytes.Buffer
-	str := func(s string) { b.WriteByte(byte(len(s) >> 8)); b.WriteByte(byte(len(s))); b.WriteString(s) }
-	str("MQTT")
-	flags := byte(0x82)
-	if password != "" {
-		flags |= 0x40
-	}
-	b.Write([]byte{4, flags, 0, 30})
-	str(id)
-	str(user)
-	if password != "" {
-		str(password)
-	}
-	pkt := []byte{0x10}
-	for n := b.Len(); ; {
-		d := byte(n % 128)
-		if n /= 128; n > 0 {
-			d |= 0x80
-		}
-		pkt = append(pkt, d)
-		if n == 0 {
-			break
-		}
-	}
-	pkt = append(pkt, b.Bytes()...)
-	c.SetDeadline(time.Now().Add(10 * time.Second))
-	if _, err := c.Write(pkt); err != nil {
-		t.Fatal(err)
-	}
-	ack := make([]byte, 4)
-	if _, err := io.ReadFull(c, ack); err != nil || ack[0] != 0x20 {
-		t.Fatalf("CONNACK %x %v", ack, err)
-	}
-	return ack[3]
+	code, _ := c.Connect(id, scope+"/registrations/"+id+"/api-version=2019-03-31", password, true, 30)
+	return code
 }
 
 func TestServeSmoke(t *testing.T) {

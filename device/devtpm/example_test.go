@@ -9,12 +9,13 @@ import (
 
 	"github.com/tpmdps/dpsd/attest"
 	"github.com/tpmdps/dpsd/device/devtpm"
+	"github.com/tpmdps/dpsd/internal/testkit/tpmsim"
 )
 
 // The device side of a DPS TPM challenge, on the reference simulator (any
 // go-tpm transport works: /dev/tpmrm0, swtpm).
 func Example() {
-	tpm, release, err := acquireSim()
+	tpm, release, err := tpmsim.Acquire("Example")
 	if err != nil {
 		fmt.Println(err)
 		return

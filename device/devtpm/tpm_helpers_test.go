@@ -1,37 +1,19 @@
 package devtpm_test
 
 import (
-	"sync"
 	"testing"
 
 	"github.com/google/go-tpm/tpm2"
 	"github.com/google/go-tpm/tpm2/transport"
-	"github.com/google/go-tpm/tpm2/transport/simulator"
+
+	"github.com/tpmdps/dpsd/internal/testkit/tpmsim"
 )
-
-// tpmSimulator is the one reference TPM simulator of this test process (it
-// is one instance per process); tests share it through simTPM.
-type tpmSimulator struct {
-	once sync.Once
-	mu   sync.Mutex
-	tpm  transport.TPMCloser
-	err  error
-}
-
-// sharedSim is the shared simulator. Tests of this package run one at a
-// time (none calls t.Parallel), and each checks it left no transient
-// object or session behind.
-var sharedSim tpmSimulator
 
 // simTPM returns the shared simulator, started on first use, and registers a
 // check that the test leaves no transient objects or sessions loaded.
 func simTPM(t *testing.T) transport.TPM {
 	t.Helper()
-	tpm, release, err := acquireSim()
-	if err != nil {
-		t.Fatalf("start the TPM simulator: %v", err)
-	}
-	t.Cleanup(release)
+	tpm := tpmsim.Open(t)
 	if n := loadedHandles(t, tpm); n != 0 {
 		t.Fatalf("%d transient objects or sessions loaded before the test", n)
 	}
@@ -42,19 +24,6 @@ func simTPM(t *testing.T) transport.TPM {
 		}
 	})
 	return tpm
-}
-
-// acquireSim starts the shared simulator on first use and holds it until
-// release is called.
-func acquireSim() (tpm transport.TPM, release func(), err error) {
-	sharedSim.once.Do(func() {
-		sharedSim.tpm, sharedSim.err = simulator.OpenSimulator()
-	})
-	if sharedSim.err != nil {
-		return nil, nil, sharedSim.err
-	}
-	sharedSim.mu.Lock()
-	return sharedSim.tpm, sharedSim.mu.Unlock, nil
 }
 
 // loadedHandles counts transient objects and loaded sessions.

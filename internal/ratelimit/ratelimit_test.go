@@ -1,26 +1,15 @@
 package ratelimit
 
 import (
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/tpmdps/dpsd/internal/testkit"
 )
 
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *fakeClock) now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
-func (c *fakeClock) add(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
-
 func TestLimiterBurstThenRefill(t *testing.T) {
-	clk := &fakeClock{t: time.Unix(1000, 0)}
-	l := New(1, 3, clk.now) // 1 per second, burst 3
+	clk := testkit.NewClock(time.Unix(1000, 0))
+	l := New(1, 3, clk.Now) // 1 per second, burst 3
 	for i := 0; i < 3; i++ {
 		if ok, _ := l.Allow("a"); !ok {
 			t.Fatalf("token %d refused", i)
@@ -33,7 +22,7 @@ func TestLimiterBurstThenRefill(t *testing.T) {
 	if ok, _ := l.Allow("b"); !ok {
 		t.Fatal("another key must have its own bucket")
 	}
-	clk.add(time.Second)
+	clk.Advance(time.Second)
 	if ok, _ := l.Allow("a"); !ok {
 		t.Fatal("a token must be back after 1 s")
 	}
@@ -56,12 +45,12 @@ func TestLimiterDisabled(t *testing.T) {
 }
 
 func TestLimiterPrunes(t *testing.T) {
-	clk := &fakeClock{t: time.Unix(1000, 0)}
-	l := New(10, 1, clk.now)
+	clk := testkit.NewClock(time.Unix(1000, 0))
+	l := New(10, 1, clk.Now)
 	for i := 0; i < maxIdleKeys; i++ {
 		l.Allow(string(rune('a'+i%26)) + string(rune(i)))
 	}
-	clk.add(time.Hour)
+	clk.Advance(time.Hour)
 	l.Allow("new")
 	if n := l.Len(); n != 1 {
 		t.Fatalf("after prune %d keys, want 1", n)
@@ -113,8 +102,8 @@ func TestBucket(t *testing.T) {
 // TestReadyAndCharge: Ready spends nothing; Charge spends even past zero
 // (down to -burst), and the debt is repaid at the rate.
 func TestReadyAndCharge(t *testing.T) {
-	clk := &fakeClock{t: time.Unix(1000, 0)}
-	l := New(1, 2, clk.now) // 1 per second, burst 2
+	clk := testkit.NewClock(time.Unix(1000, 0))
+	l := New(1, 2, clk.Now) // 1 per second, burst 2
 	for i := 0; i < 5; i++ {
 		if ok, _ := l.Ready("a"); !ok {
 			t.Fatal("Ready refused a key that was never charged")
@@ -137,7 +126,7 @@ func TestReadyAndCharge(t *testing.T) {
 	if ok, wait := l.Ready("a"); ok || wait != 3*time.Second {
 		t.Fatalf("in debt: %v %v, want refused for 3s", ok, wait)
 	}
-	clk.add(3 * time.Second)
+	clk.Advance(3 * time.Second)
 	if ok, _ := l.Ready("a"); !ok {
 		t.Fatal("the debt was not repaid at the rate")
 	}

@@ -8,6 +8,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/tpmdps/dpsd/internal/testkit"
 )
 
 type counts struct {
@@ -20,10 +22,6 @@ func (c *counts) ConnectionRefused(listener, reason string) {
 	defer c.mu.Unlock()
 	c.n[listener+"/"+reason]++
 }
-
-type clock struct{ t time.Time }
-
-func (c *clock) now() time.Time { return c.t }
 
 // warnings decodes the JSON log lines.
 func warnings(t *testing.T, buf *bytes.Buffer) []map[string]any {
@@ -48,8 +46,8 @@ func warnings(t *testing.T, buf *bytes.Buffer) []map[string]any {
 func TestReporterCountsAllLogsOncePerAddress(t *testing.T) {
 	var buf bytes.Buffer
 	c := &counts{n: map[string]int{}}
-	clk := &clock{t: time.Unix(1000, 0)}
-	r := New(slog.New(slog.NewJSONHandler(&buf, nil)), c, clk.now)
+	clk := testkit.NewClock(time.Unix(1000, 0))
+	r := New(slog.New(slog.NewJSONHandler(&buf, nil)), c, clk.Now)
 	for i := 0; i < 5; i++ {
 		r.Refused("tls", AddressCap, "192.0.2.1")
 	}
@@ -64,7 +62,7 @@ func TestReporterCountsAllLogsOncePerAddress(t *testing.T) {
 		t.Fatalf("warnings %v", w)
 	}
 	buf.Reset()
-	clk.t = clk.t.Add(LogInterval)
+	clk.Advance(LogInterval)
 	r.Refused("tls", AddressCap, "192.0.2.1")
 	if w := warnings(t, &buf); len(w) != 1 || w[0]["unloggedSinceLast"] != float64(5) {
 		t.Fatalf("after the interval: %v", w)

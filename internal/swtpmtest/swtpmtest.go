@@ -19,9 +19,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
-	"errors"
 	"fmt"
-	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -31,6 +29,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/tpmdps/dpsd/internal/testkit"
 )
 
 // toolTimeout bounds one tpm2-tools invocation and swtpm's start.
@@ -135,7 +135,7 @@ func StartDir(t testing.TB, stateDir string) *TPM {
 
 // startOnce starts swtpm on one pair of free ports.
 func startOnce(t testing.TB, state string) (*TPM, error) {
-	port, err := freePortPair()
+	port, err := testkit.FindFreePorts(2) // command and control
 	if err != nil {
 		return nil, err
 	}
@@ -186,51 +186,6 @@ func startOnce(t testing.TB, state string) (*TPM, error) {
 	}
 	t.Cleanup(stop)
 	return &TPM{dir: dir, state: state, port: port, stop: stop}, nil
-}
-
-// freePortPair finds a port P with P and P+1 free on 127.0.0.1. It looks
-// below the kernel's ephemeral port range: inside it, the port next to one
-// the kernel hands out for listening is often held by a client connection
-// in TIME_WAIT (Linux gives connect the even ports and bind the odd ones),
-// which blocks a bind after a run of many short connections.
-func freePortPair() (int, error) {
-	lo, hi := 10000, ephemeralLow()-2
-	if hi <= lo {
-		lo, hi = 1024, 65534
-	}
-	for i := 0; i < 200; i++ {
-		port := lo + rand.IntN(hi-lo)
-		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
-		if err != nil {
-			continue
-		}
-		l2, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port+1))
-		_ = l.Close()
-		if err != nil {
-			continue
-		}
-		_ = l2.Close()
-		return port, nil
-	}
-	return 0, errors.New("no pair of free ports found")
-}
-
-// ephemeralLow is the first port of the kernel's ephemeral range (Linux;
-// 32768, the usual value, elsewhere or when it cannot be read).
-func ephemeralLow() int {
-	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
-	if err != nil {
-		return 32768
-	}
-	f := strings.Fields(string(b))
-	if len(f) < 1 {
-		return 32768
-	}
-	n, err := strconv.Atoi(f[0])
-	if err != nil || n <= 1024 {
-		return 32768
-	}
-	return n
 }
 
 // Port returns swtpm's TPM command port on 127.0.0.1 (the control port is

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	bbolt "go.etcd.io/bbolt"
+
+	"github.com/tpmdps/dpsd/internal/testkit"
 )
 
 // TestGroupCommit runs many concurrent writes through one groupCommit, some
@@ -72,17 +74,9 @@ func TestGroupCommit(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The leader goroutine exits once it finds the queue empty.
-	deadline := time.Now().Add(5 * time.Second)
-	for {
+	testkit.Await(t, "no group commit leader and no queued write", func() bool {
 		g.mu.Lock()
-		leading, queued := g.leading, len(g.queue)
-		g.mu.Unlock()
-		if !leading && queued == 0 {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("group commit left a leader (%v) or %d queued writes", leading, queued)
-		}
-		time.Sleep(time.Millisecond)
-	}
+		defer g.mu.Unlock()
+		return !g.leading && len(g.queue) == 0
+	})
 }

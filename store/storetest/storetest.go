@@ -19,10 +19,10 @@ package storetest
 import (
 	"bytes"
 	"encoding/json"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/tpmdps/dpsd/internal/testkit"
 	"github.com/tpmdps/dpsd/store"
 )
 
@@ -113,31 +113,14 @@ func (s *suite) check(t *testing.T, st store.Store) {
 	}
 }
 
-// Clock is a settable clock for one test; the zero value is not usable,
-// use NewClock.
-type Clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
+// Clock is the settable clock of the suite's tests (testkit.Clock); use
+// NewClock.
+type Clock = testkit.Clock
 
 // NewClock returns a clock at a fixed instant with nanoseconds, so that a
 // store that loses precision is noticed.
 func NewClock() *Clock {
-	return &Clock{t: time.Date(2026, 3, 1, 12, 0, 0, 123456789, time.UTC)}
-}
-
-// Now returns the clock's time.
-func (c *Clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-// Advance moves the clock forward by d.
-func (c *Clock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
+	return testkit.NewClock(time.Date(2026, 3, 1, 12, 0, 0, 123456789, time.UTC))
 }
 
 // FullEnrollment returns an enrollment with every field set (symmetric

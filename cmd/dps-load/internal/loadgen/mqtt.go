@@ -2,9 +2,9 @@ package loadgen
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -12,17 +12,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
-)
 
-// MQTT 3.1.1 packet types (high nibble of the first byte).
-const (
-	pktConnect    = 1
-	pktConnack    = 2
-	pktPublish    = 3
-	pktPuback     = 4
-	pktSubscribe  = 8
-	pktSuback     = 9
-	pktDisconnect = 14
+	"github.com/mochi-mqtt/server/v2/packets"
 )
 
 // ResponseFilter is the one filter a DPS device subscribes to.
@@ -38,11 +29,12 @@ const maxPacket = 256 << 10
 // SUBSCRIBE to the response filter, then request/response round trips
 // matched by $rid. It is lean on purpose: the load generator shares the
 // machine with the server, and a full client library would cost more CPU
-// than the packets it sends.
+// than the packets it sends. Packets are encoded and decoded by mochi's
+// codec (the broker's own).
 type mqttConn struct {
 	c       net.Conn
 	r       *bufio.Reader
-	buf     []byte
+	buf     bytes.Buffer
 	id      uint16
 	rid     int
 	timeout time.Duration
@@ -72,75 +64,86 @@ func dialMQTT(ctx context.Context, addr string, tlsCfg *tls.Config, timeout time
 // close sends DISCONNECT (best effort) and closes the connection.
 func (m *mqttConn) close() {
 	_ = m.c.SetWriteDeadline(time.Now().Add(time.Second))
-	_, _ = m.c.Write([]byte{pktDisconnect << 4, 0})
+	_ = m.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Disconnect}})
 	_ = m.c.Close()
 }
 
-// appendString appends an MQTT UTF-8 string (2-byte length, bytes).
-func appendString(b []byte, s string) []byte {
-	b = binary.BigEndian.AppendUint16(b, uint16(len(s)))
-	return append(b, s...)
-}
-
-// send writes one packet: the first byte, the remaining length, body.
-func (m *mqttConn) send(first byte, body []byte) error {
-	b := m.buf[:0]
-	b = append(b, first)
-	n := len(body)
-	for {
-		d := byte(n % 128)
-		n /= 128
-		if n > 0 {
-			d |= 0x80
-		}
-		b = append(b, d)
-		if n == 0 {
-			break
-		}
+// send encodes pk (MQTT 3.1.1) and writes it.
+func (m *mqttConn) send(pk packets.Packet) error {
+	pk.ProtocolVersion = 4
+	m.buf.Reset()
+	var err error
+	switch pk.FixedHeader.Type {
+	case packets.Connect:
+		err = pk.ConnectEncode(&m.buf)
+	case packets.Subscribe:
+		err = pk.SubscribeEncode(&m.buf)
+	case packets.Publish:
+		err = pk.PublishEncode(&m.buf)
+	case packets.Puback:
+		err = pk.PubackEncode(&m.buf)
+	case packets.Disconnect:
+		err = pk.DisconnectEncode(&m.buf)
+	default:
+		err = fmt.Errorf("no encoder for packet type %d", pk.FixedHeader.Type)
 	}
-	b = append(b, body...)
-	m.buf = b
+	if err != nil {
+		return &Error{Kind: KindProtocol, Err: err}
+	}
 	if err := m.c.SetWriteDeadline(time.Now().Add(m.timeout)); err != nil {
 		return &Error{Kind: KindNetwork, Err: err}
 	}
-	if _, err := m.c.Write(b); err != nil {
+	if _, err := m.c.Write(m.buf.Bytes()); err != nil {
 		return &Error{Kind: KindNetwork, Err: err}
 	}
 	return nil
 }
 
-// read reads one packet: its first byte and body.
-func (m *mqttConn) read(deadline time.Time) (first byte, body []byte, err error) {
+// read reads one packet and decodes the kinds a DPS session receives
+// (CONNACK, SUBACK, PUBLISH, PUBACK); others come back with their fixed
+// header only.
+func (m *mqttConn) read(deadline time.Time) (packets.Packet, error) {
+	var pk packets.Packet
 	if err := m.c.SetReadDeadline(deadline); err != nil {
-		return 0, nil, &Error{Kind: KindNetwork, Err: err}
+		return pk, &Error{Kind: KindNetwork, Err: err}
 	}
-	first, err = m.r.ReadByte()
+	first, err := m.r.ReadByte()
 	if err != nil {
-		return 0, nil, netErr(err)
+		return pk, netErr(err)
 	}
-	n, mult := 0, 1
-	for i := 0; ; i++ {
-		d, err := m.r.ReadByte()
-		if err != nil {
-			return 0, nil, netErr(err)
+	n, _, err := packets.DecodeLength(m.r)
+	if err != nil {
+		if errors.Is(err, packets.ErrMalformedVariableByteInteger) {
+			return pk, &Error{Kind: KindProtocol, Err: errors.New("malformed remaining length")}
 		}
-		n += int(d&0x7f) * mult
-		mult *= 128
-		if d&0x80 == 0 {
-			break
-		}
-		if i == 3 {
-			return 0, nil, &Error{Kind: KindProtocol, Err: errors.New("malformed remaining length")}
-		}
+		return pk, netErr(err)
 	}
 	if n > maxPacket {
-		return 0, nil, &Error{Kind: KindProtocol, Err: fmt.Errorf("packet of %d bytes", n)}
+		return pk, &Error{Kind: KindProtocol, Err: fmt.Errorf("packet of %d bytes", n)}
 	}
-	body = make([]byte, n)
+	body := make([]byte, n)
 	if _, err := io.ReadFull(m.r, body); err != nil {
-		return 0, nil, netErr(err)
+		return pk, netErr(err)
 	}
-	return first, body, nil
+	pk.ProtocolVersion = 4
+	if err := pk.FixedHeader.Decode(first); err != nil {
+		return pk, &Error{Kind: KindProtocol, Err: err}
+	}
+	pk.FixedHeader.Remaining = n
+	switch pk.FixedHeader.Type {
+	case packets.Connack:
+		err = pk.ConnackDecode(body)
+	case packets.Suback:
+		err = pk.SubackDecode(body)
+	case packets.Publish:
+		err = pk.PublishDecode(body)
+	case packets.Puback:
+		err = pk.PubackDecode(body)
+	}
+	if err != nil {
+		return pk, &Error{Kind: KindProtocol, Err: err}
+	}
+	return pk, nil
 }
 
 // netErr classifies a read error: a timeout or a closed connection.
@@ -159,58 +162,54 @@ func netErr(err error) error {
 // and checks the CONNACK; subscribe also sends SUBSCRIBE to the response
 // filter at QoS 1 and checks the SUBACK.
 func (m *mqttConn) connect(clientID, username, password string, subscribe bool) error {
-	b := make([]byte, 0, 64+len(clientID)+len(username)+len(password))
-	b = appendString(b, "MQTT")
-	b = append(b, 4)
-	flags := byte(0x02)
-	if username != "" {
-		flags |= 0x80
-	}
-	if password != "" {
-		flags |= 0x40
-	}
-	b = append(b, flags, 0, 0)
-	b = appendString(b, clientID)
-	if username != "" {
-		b = appendString(b, username)
-	}
-	if password != "" {
-		b = appendString(b, password)
-	}
-	if err := m.send(pktConnect<<4, b); err != nil {
-		return err
-	}
-	deadline := time.Now().Add(m.timeout)
-	first, body, err := m.read(deadline)
+	err := m.send(packets.Packet{
+		FixedHeader: packets.FixedHeader{Type: packets.Connect},
+		Connect: packets.ConnectParams{
+			ProtocolName:     []byte("MQTT"),
+			ClientIdentifier: clientID,
+			Clean:            true,
+			UsernameFlag:     username != "",
+			Username:         []byte(username),
+			PasswordFlag:     password != "",
+			Password:         []byte(password),
+		},
+	})
 	if err != nil {
 		return err
 	}
-	if first>>4 != pktConnack || len(body) != 2 {
-		return &Error{Kind: KindProtocol, Err: fmt.Errorf("expected CONNACK, got packet type %d", first>>4)}
+	deadline := time.Now().Add(m.timeout)
+	ack, err := m.read(deadline)
+	if err != nil {
+		return err
 	}
-	if body[1] != 0 {
-		return &Error{Kind: KindRefused, Err: fmt.Errorf("CONNACK return code %d", body[1])}
+	if ack.FixedHeader.Type != packets.Connack {
+		return &Error{Kind: KindProtocol, Err: fmt.Errorf("expected CONNACK, got packet type %d", ack.FixedHeader.Type)}
+	}
+	if ack.ReasonCode != 0 {
+		return &Error{Kind: KindRefused, Err: fmt.Errorf("CONNACK return code %d", ack.ReasonCode)}
 	}
 	if !subscribe {
 		return nil
 	}
 	m.id++
-	sb := binary.BigEndian.AppendUint16(make([]byte, 0, 32), m.id)
-	sb = appendString(sb, ResponseFilter)
-	sb = append(sb, 1)
-	if err := m.send(pktSubscribe<<4|0x02, sb); err != nil {
+	err = m.send(packets.Packet{
+		FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1},
+		PacketID:    m.id,
+		Filters:     packets.Subscriptions{{Filter: ResponseFilter, Qos: 1}},
+	})
+	if err != nil {
 		return err
 	}
 	for {
-		first, body, err := m.read(deadline)
+		sub, err := m.read(deadline)
 		if err != nil {
 			return err
 		}
-		if first>>4 != pktSuback {
+		if sub.FixedHeader.Type != packets.Suback {
 			continue
 		}
-		if len(body) != 3 || binary.BigEndian.Uint16(body) != m.id || body[2] > 1 {
-			return &Error{Kind: KindProtocol, Err: fmt.Errorf("SUBACK %x", body)}
+		if sub.PacketID != m.id || len(sub.ReasonCodes) != 1 || sub.ReasonCodes[0] > 1 {
+			return &Error{Kind: KindProtocol, Err: fmt.Errorf("SUBACK %d %x", sub.PacketID, sub.ReasonCodes)}
 		}
 		return nil
 	}
@@ -228,50 +227,38 @@ type answer struct {
 func (m *mqttConn) request(topicFor func(rid string) string, body []byte) (answer, error) {
 	m.rid++
 	rid := strconv.Itoa(m.rid)
-	topic := topicFor(rid)
 	m.id++
-	b := make([]byte, 0, 4+len(topic)+len(body))
-	b = appendString(b, topic)
-	b = binary.BigEndian.AppendUint16(b, m.id)
-	b = append(b, body...)
-	if err := m.send(pktPublish<<4|0x02, b); err != nil {
+	err := m.send(packets.Packet{
+		FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1},
+		TopicName:   topicFor(rid),
+		PacketID:    m.id,
+		Payload:     body,
+	})
+	if err != nil {
 		return answer{}, err
 	}
 	deadline := time.Now().Add(m.timeout)
 	for {
-		first, pb, err := m.read(deadline)
+		pk, err := m.read(deadline)
 		if err != nil {
 			return answer{}, err
 		}
-		if first>>4 != pktPublish {
+		if pk.FixedHeader.Type != packets.Publish {
 			continue // PUBACK of our request
 		}
-		if len(pb) < 2 {
-			return answer{}, &Error{Kind: KindProtocol, Err: errors.New("short PUBLISH")}
-		}
-		tl := int(binary.BigEndian.Uint16(pb))
-		if len(pb) < 2+tl {
-			return answer{}, &Error{Kind: KindProtocol, Err: errors.New("PUBLISH topic truncated")}
-		}
-		rtopic := string(pb[2 : 2+tl])
-		rest := pb[2+tl:]
-		if qos := (first >> 1) & 3; qos > 0 {
-			if len(rest) < 2 {
-				return answer{}, &Error{Kind: KindProtocol, Err: errors.New("PUBLISH id truncated")}
-			}
-			if err := m.send(pktPuback<<4, rest[:2]); err != nil {
+		if pk.FixedHeader.Qos > 0 {
+			if err := m.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: pk.PacketID}); err != nil {
 				return answer{}, err
 			}
-			rest = rest[2:]
 		}
-		a, gotRID, err := parseResponseTopic(rtopic)
+		a, gotRID, err := parseResponseTopic(pk.TopicName)
 		if err != nil {
 			return answer{}, &Error{Kind: KindProtocol, Err: err}
 		}
 		if gotRID != rid {
 			continue // a late answer to an earlier request
 		}
-		a.body = rest
+		a.body = pk.Payload
 		return a, nil
 	}
 }

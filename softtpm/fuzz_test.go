@@ -5,7 +5,7 @@ import (
 	"errors"
 	"testing"
 
-	"github.com/tpmdps/dpsd/internal/softtpm"
+	"github.com/tpmdps/dpsd/softtpm"
 )
 
 // FuzzActivate: blobs come from the network. Every input either opens or

@@ -9,10 +9,10 @@ import (
 
 	"github.com/google/go-tpm/tpm2"
 	"github.com/google/go-tpm/tpm2/transport"
-	"github.com/google/go-tpm/tpm2/transport/simulator"
 
 	"github.com/tpmdps/dpsd/device/devtpm"
-	"github.com/tpmdps/dpsd/internal/softtpm"
+	"github.com/tpmdps/dpsd/internal/testkit/tpmsim"
+	"github.com/tpmdps/dpsd/softtpm"
 )
 
 // Persistent handles the imported copies of the software keys use in the
@@ -82,11 +82,7 @@ func loadIntoSim(t *testing.T, tpm transport.TPM, parent *devtpm.Key, k *softtpm
 // HMAC key: an HMAC computed inside the simulator equals the one computed
 // with the key softtpm recovered.
 func TestSameKeyAsTheSimulator(t *testing.T) {
-	tpm, err := simulator.OpenSimulator()
-	if err != nil {
-		t.Fatalf("open the TPM simulator: %v", err)
-	}
-	t.Cleanup(func() { _ = tpm.Close() })
+	tpm := tpmsim.Open(t)
 	parent, err := devtpm.CreateSRK(tpm, devtpm.SRKRSAEmptyUnique)
 	if err != nil {
 		t.Fatal(err)

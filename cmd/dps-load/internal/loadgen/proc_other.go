@@ -14,8 +14,10 @@ type procSample struct{ pid int }
 
 func readProc(pid int) (procSample, error) { return procSample{}, errNoProc }
 
+func readRSS(pid int) (int64, error) { return 0, errNoProc }
+
 // ReadRSS returns the resident set size of process pid in KiB (Linux only).
-func ReadRSS(pid int) (int64, error) { return 0, errNoProc }
+func ReadRSS(pid int) (int64, error) { return readRSS(pid) }
 
 func (s procSample) delta(e procSample, n int) *ProcessCPU { return nil }
 
@@ -23,6 +25,3 @@ func selfCPU() time.Duration { return 0 }
 
 // RaiseFileLimit raises the open file limit (Linux only).
 func RaiseFileLimit() (uint64, error) { return 0, errNoProc }
-
-// FindListeningPID finds the process listening on port (Linux only).
-func FindListeningPID(port int) (int, error) { return 0, errNoProc }

@@ -274,7 +274,7 @@ func (r *runner) provision(ctx context.Context, d *Device, tm *timing) (err erro
 }
 
 // baseline runs the packets of one provisioning of d against a bare
-// broker (internal/barebroker): the same connects and round trips, no
+// broker (cmd/dps-load/internal/barebroker): the same connects and round trips, no
 // crypto on either side. A TPM device: connect, one request, disconnect,
 // connect with a password, two requests; a symmetric device: connect with
 // a password, two requests.

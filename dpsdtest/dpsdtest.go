@@ -2,6 +2,10 @@
 // in t.TempDir(), the provisioning service and the MQTT broker on 127.0.0.1
 // random ports (plain TCP, TLS with a freshly generated CA, and optionally
 // secure WebSocket). Everything is closed by t.Cleanup.
+//
+// It sits above the packages it wires together (api, broker, hooks,
+// provision, store/bolt), as net/http/httptest sits beside net/http:
+// nothing but tests imports it.
 package dpsdtest
 
 import (

@@ -1,9 +1,9 @@
 // Package loadgen is the engine of the dps-load tool: it simulates many
 // devices provisioning concurrently against a running dpsd over MQTT (TCP or
-// TLS), with software-emulated TPMs (internal/softtpm) or symmetric keys,
+// TLS), with software-emulated TPMs (softtpm) or symmetric keys,
 // and reports throughput, latency per phase, errors by kind and the server's
 // CPU time per provisioning (read from /proc). Against a bare broker
-// (internal/barebroker) it runs the same packets without any crypto, the
+// (cmd/dps-load/internal/barebroker) it runs the same packets without any crypto, the
 // floor that provisioning costs are compared with.
 //
 // Devices speak a minimal MQTT 3.1.1 client of this package, not a full
@@ -60,7 +60,7 @@ type Config struct {
 	// VerifyHubKey also opens the final hub key blob of TPM devices.
 	VerifyHubKey bool
 	// Baseline runs the bare-broker packet script instead of provisioning
-	// (the target must be an internal/barebroker broker).
+	// (the target must be a cmd/dps-load/internal/barebroker broker).
 	Baseline bool
 	// ServerPID, when not zero, is the server process whose CPU time is
 	// read from /proc before and after the run.

@@ -17,6 +17,10 @@
 // It is not a TPM: keys live in process memory. It exists so that one
 // process can act as thousands of TPM devices; device/devtpm is the real
 // thing. A Device is safe for concurrent use (it holds no mutable state).
+//
+// It is test and load support: tests and the load tool (cmd/dps-load)
+// import it, dpsd and device code never do. It sits above attest, whose
+// blobs it opens, and device/devtpm, whose key templates it shares.
 package softtpm
 
 import (

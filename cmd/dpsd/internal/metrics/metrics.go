@@ -4,6 +4,10 @@
 // hooks.Config.Metrics (hooks.Metrics), broker.Config.Metrics (the
 // refusal.Counter part of it), a store.Store wrapper and an HTTP
 // middleware. It serves the text exposition format at /metrics.
+//
+// It is wiring of dpsd serve, and lives beside it: it implements the
+// observer interfaces those packages declare, so it imports them, and none
+// of them imports it.
 package metrics
 
 import (

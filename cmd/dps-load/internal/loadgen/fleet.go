@@ -10,7 +10,7 @@ import (
 	"sync"
 
 	"github.com/tpmdps/dpsd/apiclient"
-	"github.com/tpmdps/dpsd/internal/softtpm"
+	"github.com/tpmdps/dpsd/softtpm"
 	"github.com/tpmdps/dpsd/store"
 )
 
