@@ -236,6 +236,29 @@ func (t *TPM) activate(blob []byte, handle tpm2.TPMHandle) (*devtpm.IdentityKey,
 	return key, nil
 }
 
+// NewCertificateKey creates a signing key in the TPM under its SRK
+// (creating and persisting the EK and SRK first if needed), for an
+// operational certificate: give it to Config.CertificateKey. It is
+// transient: once the certificate is issued, Persist it (at
+// devtpm.CertKeyHandle, replacing the key of the previous certificate),
+// or Close it to throw it away. It never leaves the TPM.
+func (t *TPM) NewCertificateKey(ctx context.Context) (*devtpm.SigningKey, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	_, srk, err := t.keys()
+	if err != nil {
+		return nil, err
+	}
+	k, err := devtpm.CreateSigningKey(srk)
+	if err != nil {
+		return nil, tpmErr("create certificate key", err)
+	}
+	return k, nil
+}
+
 // HubResource returns the SAS resource of a device on an IoT hub,
 // "{hub}/devices/{deviceId}".
 func HubResource(hub, deviceID string) string { return hub + "/devices/" + deviceID }

@@ -29,6 +29,7 @@ import (
 	"github.com/tpmdps/dpsd/broker"
 	"github.com/tpmdps/dpsd/hooks"
 	"github.com/tpmdps/dpsd/internal/devca"
+	"github.com/tpmdps/dpsd/issuer"
 	"github.com/tpmdps/dpsd/provision"
 	"github.com/tpmdps/dpsd/store/bolt"
 )
@@ -80,6 +81,9 @@ type Options struct {
 	Metrics hooks.Metrics
 	// Observer, if set, is the service's provision.Observer.
 	Observer provision.Observer
+	// Issuer, if set, signs the certificates devices ask for with a CSR
+	// (provision.Config.Issuer); nil issues none.
+	Issuer issuer.Issuer
 	// Logger receives server logs. Default: discarded, unless the environment
 	// variable DPSD_TEST_LOG is set, then text on stderr at debug level.
 	Logger *slog.Logger
@@ -151,6 +155,7 @@ func Start(t testing.TB, opts Options) *Server {
 		Hubs:              opts.Hubs,
 		RetryAfter:        opts.RetryAfter,
 		Observer:          opts.Observer,
+		Issuer:            opts.Issuer,
 		Logger:            log,
 	})
 	if err != nil {

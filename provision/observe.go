@@ -35,6 +35,11 @@ type RegistrationEvent struct {
 	// ErrorCode is the registration's error code when Status is failed.
 	ErrorCode  int
 	TrackingID string
+	// CertificateSerial and CertificateThumbprint identify the operational
+	// certificate issued with this registration (upper-case hex serial
+	// number, SHA-256 thumbprint); "" when none was.
+	CertificateSerial     string
+	CertificateThumbprint string
 }
 
 // Reasons of AuthFailed: every CONNECT refusal carries one (refusal.go:
@@ -68,9 +73,11 @@ func (s *Service) observeChallenge(ctx context.Context, registrationID string) {
 
 // recorded writes the audit line of a recorded registration outcome (who:
 // the registration id and how it attested; what: the status and hub; when)
-// and tells the observer. It never logs keys, tokens or the payload.
+// and tells the observer; an issued certificate adds its serial number and
+// SHA-256 thumbprint. It never logs keys, tokens or the payload.
 func (s *Service) recorded(ctx context.Context, ev RegistrationEvent) {
-	s.log.LogAttrs(ctx, slog.LevelInfo, "registration", slog.Group("audit",
+	attrs := make([]slog.Attr, 0, 12)
+	attrs = append(attrs,
 		slog.String("who", ev.RegistrationID),
 		slog.String("attestation", ev.AttestationType),
 		slog.String("method", ev.Method),
@@ -81,7 +88,12 @@ func (s *Service) recorded(ctx context.Context, ev RegistrationEvent) {
 		slog.Int("errorCode", ev.ErrorCode),
 		slog.Time("at", s.cfg.Now().UTC()),
 		slog.String("trackingId", ev.TrackingID),
-	))
+	)
+	if ev.CertificateSerial != "" {
+		attrs = append(attrs, slog.String("certificateSerial", ev.CertificateSerial),
+			slog.String("certificateSha256", ev.CertificateThumbprint))
+	}
+	s.log.LogAttrs(ctx, slog.LevelInfo, "registration", slog.GroupAttrs("audit", attrs...))
 	if s.cfg.Observer != nil {
 		s.cfg.Observer.Registered(ctx, ev)
 	}

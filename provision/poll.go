@@ -102,5 +102,8 @@ func registrationState(regID string, op *store.Operation, rec *store.Registratio
 	if len(op.AuthenticationKey) > 0 {
 		st.TPM = &TPMRegistrationResult{AuthenticationKey: base64.StdEncoding.EncodeToString(op.AuthenticationKey)}
 	}
+	if op.Status == store.RegistrationAssigned {
+		issuedChainState(st, op)
+	}
 	return st
 }

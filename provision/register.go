@@ -26,6 +26,7 @@ type source struct {
 	disabled        bool
 	createdAt       time.Time
 	target          allocationTarget
+	issuance        issuancePolicy
 }
 
 // Register handles a register request from an identified connection
@@ -60,11 +61,18 @@ func (s *Service) register(ctx context.Context, id Identity, req RegisterRequest
 	if len(req.Payload) > 0 && !json.Valid(req.Payload) {
 		return Response{}, badRequest("payload is not valid JSON")
 	}
-	var src source
-	var err error
-	switch id.Method {
-	case AuthRestricted:
+	if id.Method == AuthRestricted {
+		// A restricted session only asks for a TPM challenge: its CSR, if
+		// any, is not even parsed (that would cost work for an outsider).
 		return s.challenge(ctx, id, req, trackingID)
+	}
+	csr, err := parseDeviceCSR(req, id.RegistrationID)
+	if err != nil {
+		return Response{}, err
+	}
+	req.csr = csr
+	var src source
+	switch id.Method {
 	case AuthTPM:
 		return s.registerTPM(ctx, id, req, trackingID)
 	case AuthSymmetricKey:
@@ -92,6 +100,7 @@ func enrollmentSource(e *store.Enrollment) source {
 		disabled:        strings.EqualFold(e.ProvisioningStatus, store.StatusDisabled),
 		createdAt:       e.CreatedAt,
 		target:          allocationTargetOf(&e.EnrollmentSettings),
+		issuance:        issuanceOf(&e.EnrollmentSettings),
 	}
 }
 
@@ -140,5 +149,6 @@ func (s *Service) credentialSource(ctx context.Context, id Identity, attestation
 		disabled:        strings.EqualFold(g.ProvisioningStatus, store.StatusDisabled),
 		createdAt:       g.CreatedAt,
 		target:          allocationTargetOf(&g.EnrollmentSettings),
+		issuance:        issuanceOf(&g.EnrollmentSettings),
 	}, nil
 }

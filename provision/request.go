@@ -28,6 +28,16 @@ type RegisterRequest struct {
 	RegistrationID string          `json:"registrationId"`
 	TPM            *TPMKeys        `json:"tpm,omitempty"`
 	Payload        json.RawMessage `json:"payload,omitempty"`
+	// CSR is a certificate signing request in the 2025-07-01-preview field
+	// (base64 DER; PEM is accepted too): the answer carries
+	// issuedCertificateChain.
+	CSR string `json:"csr,omitempty"`
+	// ClientCertificateCSR is one in the 2021-11-01-preview field (IoT
+	// Edge's identity service): the answer carries issuedClientCertificate.
+	ClientCertificateCSR string `json:"clientCertificateCsr,omitempty"`
+
+	// csr is the checked request of an authenticated register (register.go).
+	csr *deviceCSR
 }
 
 // ParseRegisterRequest parses a register body from a device. An empty body,

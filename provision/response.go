@@ -46,6 +46,12 @@ type RegistrationState struct {
 	Payload                json.RawMessage           `json:"payload,omitempty"`
 	ErrorCode              int                       `json:"errorCode,omitempty"`
 	ErrorMessage           string                    `json:"errorMessage,omitempty"`
+	// IssuedCertificateChain answers a CSR sent in csr (2025-07-01-preview):
+	// base64 DER certificates, leaf first, root last, at most three.
+	IssuedCertificateChain []string `json:"issuedCertificateChain,omitempty"`
+	// IssuedClientCertificate answers a CSR sent in clientCertificateCsr
+	// (2021-11-01-preview): the same chain as PEM text.
+	IssuedClientCertificate string `json:"issuedClientCertificate,omitempty"`
 }
 
 // TPMRegistrationResult carries the activation blob holding the device's hub key.

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/tpmdps/dpsd/attest"
+	"github.com/tpmdps/dpsd/issuer"
 	"github.com/tpmdps/dpsd/store"
 )
 
@@ -75,6 +76,11 @@ type Config struct {
 	// Observer, if set, receives registration outcomes, issued challenges and
 	// refused CONNECTs (for metrics); nil means off.
 	Observer Observer
+	// Issuer, if set, signs the operational certificates that devices ask
+	// for with a CSR when their enrollment or group names a credential
+	// policy (certificate.go). nil: no certificates are issued, and a
+	// register with a CSR gets the answer IoT Edge falls back on.
+	Issuer issuer.Issuer
 }
 
 // Service is the provisioning service. Safe for concurrent use: records are

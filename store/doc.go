@@ -35,6 +35,15 @@
 // and returned by reads, but, like HubKey, never serialised to JSON (the
 // service API's shape).
 //
+// # Issued certificates
+//
+// An enrollment's or group's credentialPolicyName and
+// dpsdCertificatePolicy, a registration's current and superseded
+// certificates and an operation's issued chain are records of
+// certificate issuance: public data (certificates and their thumbprints,
+// never a key) that round-trips like any other field. The issuing CA's key
+// is never in the store.
+//
 // # Listings and counts
 //
 // Listings are in key order, one page per call: Query.MaxItems defaults to

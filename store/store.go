@@ -123,6 +123,15 @@ type EnrollmentSettings struct {
 	ETag                       string                      `json:"etag,omitempty"`
 	CreatedAt                  time.Time                   `json:"createdDateTimeUtc"`
 	UpdatedAt                  time.Time                   `json:"lastUpdatedDateTimeUtc"`
+	// CredentialPolicyName, when set, has the service issue an operational
+	// certificate to a device that sends a certificate signing request in
+	// its register request (the field of the DPS 2025-07-01-preview service
+	// API, where it names a credential policy). dpsd has one issuer (its
+	// issuer setting): any name turns issuance on and is kept as a label.
+	CredentialPolicyName string `json:"credentialPolicyName,omitempty"`
+	// CertificatePolicy is dpsd's extension of issuance: the validity and
+	// subject of the certificates issued. nil means the defaults.
+	CertificatePolicy *CertificatePolicy `json:"dpsdCertificatePolicy,omitempty"`
 }
 
 // Attestation says how a device proves its identity. Exactly one of TPM,
@@ -178,6 +187,30 @@ type X509CertificateInfo struct {
 	Version          int       `json:"version"`
 }
 
+// CertificatePolicy says what the operational certificates issued to an
+// enrollment's or a group's devices contain beyond what every issued
+// certificate has (the registration id as subject CN, a URI SAN naming the
+// device, clientAuth). A dpsd extension: the cloud keeps these settings in
+// the credential policy that credentialPolicyName names.
+type CertificatePolicy struct {
+	// ValidityDays is how long an issued certificate is valid, in days
+	// (1-398; 0 means the default, 30).
+	ValidityDays int `json:"validityDays,omitempty"`
+	// Organization, when set, is the subject O of issued certificates.
+	Organization string `json:"organization,omitempty"`
+	// OrganizationalUnit, when set, is the subject OU of issued certificates.
+	OrganizationalUnit string `json:"organizationalUnit,omitempty"`
+}
+
+// Bounds of CertificatePolicy.ValidityDays, in days: the default (the
+// cloud's), and the range (398 days is the longest any public TLS
+// certificate may live).
+const (
+	DefaultCertificateValidityDays = 30
+	MinCertificateValidityDays     = 1
+	MaxCertificateValidityDays     = 398
+)
+
 // X509CAReferences names CA certificates registered with the service.
 type X509CAReferences struct {
 	Primary   string `json:"primary,omitempty"`
@@ -226,7 +259,38 @@ type Registration struct {
 	ETag            string    `json:"etag,omitempty"`
 	CreatedAt       time.Time `json:"createdDateTimeUtc"`
 	UpdatedAt       time.Time `json:"lastUpdatedDateTimeUtc"`
+	// Certificate describes the operational certificate last issued to the
+	// device (a dpsd extension of the registration state); nil when none was.
+	Certificate *X509CertificateInfo `json:"dpsdIssuedCertificate,omitempty"`
+	// SupersededCertificates are the certificates issued earlier and
+	// replaced by a later one, newest first, at most
+	// MaxSupersededCertificates (a dpsd extension). Nothing revokes them:
+	// they stay valid until they expire.
+	SupersededCertificates []SupersededCertificate `json:"dpsdSupersededCertificates,omitempty"`
 }
+
+// MaxSupersededCertificates bounds Registration.SupersededCertificates:
+// the service keeps the newest ones.
+const MaxSupersededCertificates = 16
+
+// SupersededCertificate is an issued certificate that a later one replaced.
+type SupersededCertificate struct {
+	SerialNumber     string    `json:"serialNumber"`
+	SHA256Thumbprint string    `json:"sha256Thumbprint"`
+	NotAfter         time.Time `json:"notAfterUtc"`
+	SupersededAt     time.Time `json:"supersededDateTimeUtc"`
+}
+
+// Register request fields that carry a certificate signing request; an
+// Operation's CSRField names the one the device used.
+const (
+	// CSRField2025 is the 2025-07-01-preview field "csr"; the answer is
+	// registrationState.issuedCertificateChain.
+	CSRField2025 = "csr"
+	// CSRField2021 is the 2021-11-01-preview field "clientCertificateCsr";
+	// the answer is registrationState.issuedClientCertificate.
+	CSRField2021 = "clientCertificateCsr"
+)
 
 // Operation is what a device polls for after a register request.
 type Operation struct {
@@ -241,6 +305,12 @@ type Operation struct {
 	AuthenticationKey []byte    `json:"authenticationKey,omitempty"`
 	CreatedAt         time.Time `json:"createdAt"`
 	ExpiresAt         time.Time `json:"expiresAt"`
+	// IssuedCertificateChain is the certificate chain issued with this
+	// operation, DER, leaf first, root last (public, not a secret).
+	IssuedCertificateChain [][]byte `json:"issuedCertificateChain,omitempty"`
+	// CSRField is the register field that carried the CSR (CSRField2025 or
+	// CSRField2021): the final answer carries the chain in the matching shape.
+	CSRField string `json:"csrField,omitempty"`
 }
 
 // Query asks for one page of a listing.

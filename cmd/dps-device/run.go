@@ -94,7 +94,9 @@ func topUsage(w io.Writer) {
 Commands:
   ek         print the TPM's endorsement key and default registration id (for enrollment)
   provision  provision the device (TPM by default; --symmetric-key, --group-key or
-             --cert/--key instead) and print the result as JSON
+             --cert/--key instead) and print the result as JSON; with --issue-cert
+             --cert-out F, also get an operational certificate for a key made in
+             the TPM (or in software with --key-out F)
   hub-sas    sign an IoT hub SAS token with the hub key kept in the TPM
   sas        print the SAS token a symmetric-key device sends as its MQTT password
              (for raw MQTT tools such as mosquitto_rr)
@@ -223,7 +225,7 @@ func (f handleFlag) Set(s string) error {
 
 // cmdProvision provisions the device and prints the Result.
 func cmdProvision(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("provision", "--host H [--port P] --id-scope S [--symmetric-key K | --group-key K | --cert F --key F | TPM flags] [flags]", stderr)
+	fs := newFlagSet("provision", "--host H [--port P] --id-scope S [--symmetric-key K | --group-key K | --cert F --key F | TPM flags] [--issue-cert --cert-out F [--key-out F]] [flags]", stderr)
 	host := fs.String("host", "", "broker host name (required; also the TLS server name)")
 	port := fs.Int("port", 0, "broker port (default 8883 TLS, 1883 with --plain, 443 with --websocket)")
 	scope := fs.String("id-scope", "", "ID scope of the provisioning service (required)")
@@ -245,7 +247,12 @@ func cmdProvision(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	groupKey := fs.String("group-key", "", "symmetric-key attestation with a key derived from this enrollment group key (base64; needs --registration-id)")
 	certFile := fs.String("cert", "", "X.509 attestation: PEM device certificate, optionally followed by its intermediates (with --key; registration id defaults to its subject CN)")
 	keyFile := fs.String("key", "", "X.509 attestation: PEM private key of --cert")
+	var cert certFlags
+	cert.add(fs)
 	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if err := cert.check(fs); err != nil {
 		return err
 	}
 	if *host == "" || *scope == "" {
@@ -281,19 +288,43 @@ func cmdProvision(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if *verbose {
 		cfg.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
-	if att != nil {
-		cfg.Attestation = att
-	} else {
+	var tpmAtt *device.TPM
+	if att == nil || cert.isTPM {
 		tpm, err := openTPM(ctx, *sel)
 		if err != nil {
 			return err
 		}
 		defer tpm.Close()
-		cfg.Attestation = &device.TPM{Device: tpm, KeyAlg: keyAlg(*ecc), IdentityKeyHandle: idHandle, HubKeyHandle: hubHandle}
+		tpmAtt = &device.TPM{Device: tpm, KeyAlg: keyAlg(*ecc), IdentityKeyHandle: idHandle, HubKeyHandle: hubHandle}
+	}
+	cfg.Attestation = att
+	if att == nil {
+		cfg.Attestation = tpmAtt
+	}
+	if cert.issue {
+		apiSet := false
+		fs.Visit(func(f *flag.Flag) { apiSet = apiSet || f.Name == "api-version" })
+		if !apiSet {
+			cfg.APIVersion = "" // the device library's: the 2025-07-01-preview CSR shape
+		}
+		key, closeKey, err := cert.certificateKey(ctx, tpmAtt)
+		if err != nil {
+			return err
+		}
+		defer closeKey()
+		cfg.CertificateKey = key
 	}
 	res, err := device.Provision(ctx, cfg)
+	out := provisionOutput{Result: res}
+	if err == nil && cert.issue {
+		if len(res.CertificateChain) == 0 {
+			return errNoResult
+		}
+		out.CertificateFile = cert.certOut
+		out.CertificateKeyHandle, out.CertificateKeyFile, err = cert.keep(cfg.CertificateKey, res)
+	}
 	if res != nil {
-		if werr := writeJSON(stdout, res); werr != nil && err == nil {
+		if werr := writeJSON(stdout, out); werr != nil && err == nil {
 			err = werr
 		}
 	}

@@ -106,6 +106,8 @@ func adminEnrollmentAdd(ctx context.Context, c *adminCmd, args []string) error {
 	fs.BoolVar(&disabled, "disabled", false, "create the enrollment disabled")
 	fs.BoolVar(&edge, "edge", false, "the device is an IoT Edge device")
 	fs.BoolVar(&replace, "replace", false, "replace an existing enrollment instead of failing")
+	var iss issuanceFlags
+	iss.add(fs)
 	pos, err := c.parse(args, "add [REGISTRATION_ID] [--ek-file F | --ek B64 | --symmetric-key K | --cert F] [flags]\n"+
 		"       (with --ek or --ek-file, REGISTRATION_ID defaults to the TPM's, as dps-device ek prints it)", 0, 1)
 	if err != nil {
@@ -155,6 +157,7 @@ func adminEnrollmentAdd(ctx context.Context, c *adminCmd, args []string) error {
 	if edge {
 		e.Capabilities = &store.Capabilities{IoTEdge: true}
 	}
+	iss.apply(&e.EnrollmentSettings)
 	if twin != "" {
 		if !json.Valid([]byte(twin)) {
 			return fmt.Errorf("--initial-twin is not valid JSON")
@@ -231,6 +234,7 @@ func adminPrintEnrollment(c *adminCmd, e *store.Enrollment) error {
 	if e.Capabilities != nil && e.Capabilities.IoTEdge {
 		t.row("iotEdge:", "true")
 	}
+	adminIssuanceRows(t, &e.EnrollmentSettings)
 	t.row("etag:", e.ETag)
 	t.row("created:", adminFmtTime(e.CreatedAt))
 	t.row("lastUpdated:", adminFmtTime(e.UpdatedAt))

@@ -37,6 +37,8 @@ func adminGroupAdd(ctx context.Context, c *adminCmd, args []string) error {
 	fs.BoolVar(&disabled, "disabled", false, "create the group disabled")
 	fs.BoolVar(&edge, "edge", false, "the devices are IoT Edge devices")
 	fs.BoolVar(&replace, "replace", false, "replace an existing group instead of failing")
+	var iss issuanceFlags
+	iss.add(fs)
 	pos, err := c.parse(args, "add GROUP_ID [--symmetric-key K | --cert F | --ca-ref NAME] [flags]", 1, 1)
 	if err != nil {
 		return err
@@ -68,6 +70,7 @@ func adminGroupAdd(ctx context.Context, c *adminCmd, args []string) error {
 	if edge {
 		g.Capabilities = &store.Capabilities{IoTEdge: true}
 	}
+	iss.apply(&g.EnrollmentSettings)
 	cl, err := c.opts.client()
 	if err != nil {
 		return err
@@ -148,6 +151,7 @@ func adminPrintGroup(c *adminCmd, g *store.Group) error {
 	if g.AllocationPolicy != "" {
 		t.row("allocationPolicy:", g.AllocationPolicy)
 	}
+	adminIssuanceRows(t, &g.EnrollmentSettings)
 	t.row("etag:", g.ETag)
 	t.row("created:", adminFmtTime(g.CreatedAt))
 	t.row("lastUpdated:", adminFmtTime(g.UpdatedAt))

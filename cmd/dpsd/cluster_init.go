@@ -12,17 +12,19 @@ import (
 	"time"
 
 	"github.com/tpmdps/dpsd/internal/datadir"
+	"github.com/tpmdps/dpsd/issuer"
 )
 
-const clusterUsage = `Usage: dpsd cluster init DIR [--tls-names NAMES]
+const clusterUsage = `Usage: dpsd cluster init DIR [--tls-names NAMES] [--issuer-key-type TYPE]
 
 Writes the secrets every node of a cluster shares, once, into DIR (created
 0700, files 0600): secrets.json (ID scope, TPM challenge secret, the two
 service policy keys, the store key that seals secrets in etcd, the TLS
 session ticket secret), a development CA (ca.pem, ca-key.pem) and a server
-certificate for NAMES (tls.crt, tls.key; replace them with your own).
-issuer.crt/issuer.key are reserved for the device certificate issuer.
-It refuses a DIR that already holds secrets.json.
+certificate for NAMES (tls.crt, tls.key; replace them with your own), and
+the built-in issuer's CA of device certificates (issuing-ca.pem,
+issuing-ca-key.pem), which every node signs with. It refuses a DIR that
+already holds secrets.json.
 
 Mount DIR on every node (a Kubernetes Secret with defaultMode 0400, a
 Docker secret, or a directory) and start each with
@@ -41,6 +43,7 @@ func runClusterCmd(_ context.Context, args []string, stdout, stderr io.Writer) i
 	fs := flag.NewFlagSet("dpsd cluster init", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	names := fs.String("tls-names", "localhost,127.0.0.1", "comma-separated DNS names and IPs of the development server certificate (the load balancer's names)")
+	keyType := fs.String("issuer-key-type", string(issuer.KeyECDSAP256), "key of the issuing CA of device certificates: ecdsa-p256, ecdsa-p384, rsa-2048, rsa-3072 or rsa-4096")
 	fs.Usage = func() { fmt.Fprint(stderr, clusterUsage); fs.PrintDefaults() }
 	// DIR may come before or after the flags.
 	rest := args[1:]
@@ -66,7 +69,7 @@ func runClusterCmd(_ context.Context, args []string, stdout, stderr io.Writer) i
 			tlsNames = append(tlsNames, n)
 		}
 	}
-	sec, err := datadir.InitCluster(dir, tlsNames, time.Now())
+	sec, err := datadir.InitCluster(dir, tlsNames, issuer.KeyType(*keyType), time.Now())
 	if err != nil {
 		fmt.Fprintf(stderr, "dpsd cluster init: %v\n", err)
 		return 1

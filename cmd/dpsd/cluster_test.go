@@ -39,7 +39,7 @@ func TestClusterInit(t *testing.T) {
 	if len(sec.StoreKey) != 32 || len(sec.TicketSecret) != 32 || sec.IDScope == "" {
 		t.Fatalf("secrets %+v", sec.IDScope)
 	}
-	for _, f := range []string{datadir.SecretsFile, datadir.ClusterTLSCertFile, datadir.ClusterTLSKeyFile, datadir.CACertFile, datadir.CAKeyFile} {
+	for _, f := range []string{datadir.SecretsFile, datadir.ClusterTLSCertFile, datadir.ClusterTLSKeyFile, datadir.CACertFile, datadir.CAKeyFile, datadir.IssuingCACertFile, datadir.IssuingCAKeyFile} {
 		fi, err := os.Stat(filepath.Join(dir, f))
 		if err != nil || fi.Mode().Perm() != 0o600 {
 			t.Fatalf("%s: %v %v", f, fi.Mode(), err)

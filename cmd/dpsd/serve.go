@@ -52,6 +52,13 @@ on this machine find the owner's, the CA and api-addr in the data directory
 and the configuration by themselves; elsewhere they read
 $DPSD_CONNECTION_STRING, $DPSD_ENDPOINT and $DPSD_CA_FILE.
 
+Devices may ask for an operational certificate with a certificate signing
+request in their register call; it is issued when their enrollment or group
+has a credentialPolicyName. With issuer builtin (the default) dpsd signs it
+with issuer-cert/issuer-key, or with a CA of its own that it generates in the
+data directory (` + datadir.IssuingCACertFile + ` and ` + datadir.IssuingCAKeyFile + `, apart from the TLS
+CA); dpsd ca export prints the chain MQTT brokers must trust.
+
 Until hubs names your IoT hubs, devices whose enrollment names none are told
 to use the placeholder hub.localdomain (a warning at start says so).
 
@@ -118,6 +125,10 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger, csOut io.Wr
 			log.Error("closing store", "error", err)
 		}
 	}()
+	iss, issuerDesc, err := startIssuer(cfg, dir, scope, time.Now(), log)
+	if err != nil {
+		return err
+	}
 	mx := metrics.New()
 	sst := mx.Store(st) // every store operation timed
 	retryAfter := cfg.RetryAfter
@@ -139,6 +150,7 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger, csOut io.Wr
 		Hubs:              cfg.Hubs,
 		RetryAfter:        retryAfter,
 		Logger:            log,
+		Issuer:            iss,
 	})
 	if err != nil {
 		return fmt.Errorf("starting the provisioning service: %w", err)
@@ -248,6 +260,7 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger, csOut io.Wr
 		"metrics", metricsAddr,
 		"connectionStringFile", csFile,
 		"hubs", cfg.Hubs,
+		"issuer", issuerDesc,
 		"configFile", cfg.ConfigFile,
 		"version", versionString())
 	if dir.Created {

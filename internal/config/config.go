@@ -26,6 +26,17 @@ var ErrInvalid = errors.New("config: invalid setting")
 // EnvPrefix starts every environment variable name.
 const EnvPrefix = "DPSD_"
 
+// Values of the issuer setting.
+const (
+	// IssuerBuiltin: dpsd signs operational certificates itself, with the
+	// CA of issuer-cert and issuer-key, or one it generates in the data
+	// directory.
+	IssuerBuiltin = "builtin"
+	// IssuerNone: no certificates are issued; a device's CSR gets the
+	// answer IoT Edge falls back on.
+	IssuerNone = "none"
+)
+
 // PlaceholderHub is the default of hubs: a name that is no IoT hub, so that
 // a server that was never told its hubs says so (serve warns at start).
 const PlaceholderHub = "hub.localdomain"
@@ -76,6 +87,11 @@ type Config struct {
 	RegistersPerDevice      int
 	RegisterWindow          time.Duration
 	MaxGroups               int // enrollment groups that may exist, -1 = unlimited
+
+	Issuer        string // IssuerBuiltin or IssuerNone
+	IssuerCert    string // "" = the built-in CA generated in the data directory
+	IssuerKey     string // with IssuerCert
+	IssuerKeyType string // key of a generated built-in CA (issuer.KeyType)
 
 	LogFormat string // text | json
 	LogLevel  slog.Level
@@ -208,6 +224,25 @@ func settings() []setting {
 		{"registers-per-device", "10", "register requests per register-window per authenticated device, then 429 (-1: unlimited; never applied to TPM challenge requests)", num(func(c *Config) *int { return &c.RegistersPerDevice })},
 		{"register-window", "1m", "window of registers-per-device", dur(func(c *Config) *time.Duration { return &c.RegisterWindow })},
 		{"max-groups", "1000", "enrollment groups that may exist, symmetric-key and X.509 together; creating one more is refused with 403 (-1: unlimited; the cloud allows 100 of each type). Each symmetric-key CONNECT without an individual enrollment tries every symmetric-key group", num(func(c *Config) *int { return &c.MaxGroups })},
+		{"issuer", IssuerBuiltin, "who signs the operational certificates devices ask for with a CSR, when their enrollment or group has a credentialPolicyName: builtin (dpsd's own CA: issuer-cert and issuer-key, or one generated in the data directory) or none", choice(func(c *Config, v string) error {
+			v = strings.ToLower(strings.TrimSpace(v))
+			if v != IssuerBuiltin && v != IssuerNone {
+				return fmt.Errorf("%w: issuer %q (want %s or %s)", ErrInvalid, v, IssuerBuiltin, IssuerNone)
+			}
+			c.Issuer = v
+			return nil
+		})},
+		{"issuer-cert", "", "PEM file of the CA that issues device certificates, optionally followed by the root that issued it (default: the CA generated in the data directory, issuing-ca.pem)", str(func(c *Config) *string { return &c.IssuerCert })},
+		{"issuer-key", "", "PEM file of issuer-cert's private key (PKCS #8, PKCS #1 or SEC 1; must not be readable by group or others)", str(func(c *Config) *string { return &c.IssuerKey })},
+		{"issuer-key-type", "ecdsa-p256", "key of the issuing CA generated in the data directory on first start: ecdsa-p256, ecdsa-p384, rsa-2048, rsa-3072 or rsa-4096 (an existing CA keeps its key)", choice(func(c *Config, v string) error {
+			v = strings.ToLower(strings.TrimSpace(v))
+			switch v {
+			case "ecdsa-p256", "ecdsa-p384", "rsa-2048", "rsa-3072", "rsa-4096":
+				c.IssuerKeyType = v
+				return nil
+			}
+			return fmt.Errorf("%w: issuer-key-type %q (want ecdsa-p256, ecdsa-p384, rsa-2048, rsa-3072 or rsa-4096)", ErrInvalid, v)
+		})},
 		{"log-format", "text", "log format: text or json", choice(func(c *Config, v string) error {
 			v = strings.ToLower(strings.TrimSpace(v))
 			if v != "text" && v != "json" {
@@ -372,6 +407,12 @@ func (c Config) Validate() error {
 	}
 	if c.IPv6PrefixLen < 1 || c.IPv6PrefixLen > 128 {
 		return fmt.Errorf("%w: ipv6-prefix-len %d is not between 1 and 128", ErrInvalid, c.IPv6PrefixLen)
+	}
+	if (c.IssuerCert == "") != (c.IssuerKey == "") {
+		return fmt.Errorf("%w: issuer-cert and issuer-key go together", ErrInvalid)
+	}
+	if c.Issuer == IssuerNone && c.IssuerCert != "" {
+		return fmt.Errorf("%w: issuer-cert is set but issuer is %s", ErrInvalid, IssuerNone)
 	}
 	if c.MaxGroups == 0 || c.MaxGroups < -1 {
 		return fmt.Errorf("%w: max-groups is %d (want a positive number, or -1 for no limit)", ErrInvalid, c.MaxGroups)

@@ -126,8 +126,8 @@ func fileValues(path string) (map[string]string, error) {
 }
 
 // notSecretNames are settings whose names look secret but hold no secret
-// (tls-key names a file; the file is the secret).
-func notSecretNames() map[string]bool { return map[string]bool{"tls-key": true} }
+// (tls-key and issuer-key name files; the files are the secrets).
+func notSecretNames() map[string]bool { return map[string]bool{"tls-key": true, "issuer-key": true} }
 
 // secret reports whether the setting's value must never be shown: its name
 // says so (isSecret) and its value is not a duration or a number, which

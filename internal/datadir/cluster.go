@@ -13,19 +13,17 @@ import (
 	"time"
 
 	"github.com/tpmdps/dpsd/internal/devca"
+	"github.com/tpmdps/dpsd/issuer"
 )
 
 // Files of a cluster secrets directory besides SecretsFile, CACertFile and
-// CAKeyFile (the development CA, when InitCluster made one).
+// CAKeyFile (the development CA) and IssuingCACertFile and
+// IssuingCAKeyFile (the built-in issuer's CA of device certificates).
 const (
 	// ClusterTLSCertFile and ClusterTLSKeyFile are the server certificate
 	// and key every node presents (Kubernetes TLS Secret names).
 	ClusterTLSCertFile = "tls.crt"
 	ClusterTLSKeyFile  = "tls.key"
-	// IssuerCertFile and IssuerKeyFile are reserved for the CA that signs
-	// device certificates (issue 16); InitCluster does not write them.
-	IssuerCertFile = "issuer.crt"
-	IssuerKeyFile  = "issuer.key"
 )
 
 // ErrExists: InitCluster found secrets already in the directory.
@@ -34,11 +32,13 @@ var ErrExists = errors.New("datadir: cluster secrets already exist")
 // InitCluster writes a new cluster secrets directory at dir (created
 // 0700; files 0600): SecretsFile with a new ID scope, TPM challenge
 // secret, both service policy keys, the store key and the TLS session
-// ticket secret; and a development CA (CACertFile, CAKeyFile) with a
+// ticket secret; a development CA (CACertFile, CAKeyFile) with a
 // server certificate for tlsNames (ClusterTLSCertFile, ClusterTLSKeyFile),
-// to be replaced by a certificate of your own. It refuses a directory that
+// to be replaced by a certificate of your own; and the built-in issuer's
+// CA of device certificates (IssuingCACertFile, IssuingCAKeyFile, a key of
+// type issuerKey), which every node signs with. It refuses a directory that
 // already holds SecretsFile: the secrets are written once.
-func InitCluster(dir string, tlsNames []string, now time.Time) (Secrets, error) {
+func InitCluster(dir string, tlsNames []string, issuerKey issuer.KeyType, now time.Time) (Secrets, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return Secrets{}, fmt.Errorf("datadir: creating %s: %w", dir, err)
 	}
@@ -71,6 +71,9 @@ func InitCluster(dir string, tlsNames []string, now time.Time) (Secrets, error) 
 		if err := writeFile(d.File(name), data); err != nil {
 			return Secrets{}, err
 		}
+	}
+	if _, _, err := d.IssuingCA(issuerKey, d.Secrets.IDScope, now); err != nil {
+		return Secrets{}, err
 	}
 	// The secrets last: their presence says the directory is complete.
 	if err := d.writeSecrets(); err != nil {

@@ -1,6 +1,7 @@
 // Package datadir owns the server's data directory: the bbolt file, the
-// generated secrets (ID scope, TPM challenge secret, service policy key) and
-// the development CA with its server certificate. Everything is generated on
+// generated secrets (ID scope, TPM challenge secret, service policy key),
+// the development CA with its server certificate, and the built-in
+// issuer's CA (issuer.go). Everything is generated on
 // first start, written 0600 in a 0700 directory, and reused afterwards, so
 // outstanding TPM challenges and device trust in the CA survive restarts.
 package datadir

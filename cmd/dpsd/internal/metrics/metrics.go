@@ -38,6 +38,7 @@ type Metrics struct {
 	reg *prometheus.Registry
 
 	registrations *prometheus.CounterVec   // outcome, attestation
+	certificates  *prometheus.CounterVec   // attestation
 	challenges    prometheus.Counter       //
 	authFailures  *prometheus.CounterVec   // reason
 	connRefused   *prometheus.CounterVec   // listener, reason
@@ -68,6 +69,10 @@ func New() *Metrics {
 			Namespace: Namespace, Name: "registrations_total",
 			Help: "Registration outcomes recorded, by outcome (assigned, failed, disabled) and attestation type (tpm, symmetricKey, x509).",
 		}, []string{"outcome", "attestation"}),
+		certificates: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: Namespace, Name: "certificates_issued_total",
+			Help: "Operational certificates issued from a device's certificate signing request, by attestation type (tpm, symmetricKey, x509).",
+		}, []string{"attestation"}),
 		challenges: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: Namespace, Name: "tpm_challenges_issued_total",
 			Help: "TPM challenges (401 answers with an activation blob) issued.",
@@ -103,7 +108,7 @@ func New() *Metrics {
 		connsDesc: prometheus.NewDesc(Namespace+"_connections",
 			"Open device connections by listener (CONNECT sent or not).", []string{"listener"}, nil),
 	}
-	m.reg.MustRegister(m.registrations, m.challenges, m.authFailures, m.connRefused, m.requestTime, m.responses,
+	m.reg.MustRegister(m.registrations, m.certificates, m.challenges, m.authFailures, m.connRefused, m.requestTime, m.responses,
 		m.storeTime, m.storeErrors, gauges{m},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
@@ -130,9 +135,13 @@ func (m *Metrics) SetSources(sessions func() (total, restricted int), conns func
 	m.sessions, m.conns = sessions, conns
 }
 
-// Registered counts a registration outcome (provision.Observer).
+// Registered counts a registration outcome and the certificate issued
+// with it, if any (provision.Observer).
 func (m *Metrics) Registered(_ context.Context, ev provision.RegistrationEvent) {
 	m.registrations.WithLabelValues(ev.Status, ev.AttestationType).Inc()
+	if ev.CertificateSerial != "" {
+		m.certificates.WithLabelValues(ev.AttestationType).Inc()
+	}
 }
 
 // ChallengeIssued counts a TPM challenge (provision.Observer).

@@ -40,6 +40,7 @@ func TestCountersAndGauges(t *testing.T) {
 	m.Registered(ctx, provision.RegistrationEvent{Status: store.RegistrationAssigned, AttestationType: store.AttestationTPM})
 	m.Registered(ctx, provision.RegistrationEvent{Status: store.RegistrationAssigned, AttestationType: store.AttestationTPM})
 	m.Registered(ctx, provision.RegistrationEvent{Status: store.RegistrationDisabled, AttestationType: store.AttestationSymmetricKey})
+	m.Registered(ctx, provision.RegistrationEvent{Status: store.RegistrationAssigned, AttestationType: store.AttestationX509, CertificateSerial: "0A"})
 	m.ChallengeIssued(ctx, "dev")
 	m.AuthFailed(ctx, provision.AuthFailureNotAuthorized)
 	m.ConnectRefused(hooks.RefusedRestrictedCap)
@@ -51,6 +52,7 @@ func TestCountersAndGauges(t *testing.T) {
 		`dpsd_registrations_total{attestation="tpm",outcome="assigned"} 2`,
 		`dpsd_registrations_total{attestation="symmetricKey",outcome="disabled"} 1`,
 		`dpsd_tpm_challenges_issued_total 1`,
+		`dpsd_certificates_issued_total{attestation="x509"} 1`,
 		`dpsd_auth_failures_total{reason="not_authorized"} 1`,
 		`dpsd_auth_failures_total{reason="restricted_session_cap"} 1`,
 		`dpsd_request_duration_seconds_count{phase="register"} 1`,
@@ -63,6 +65,9 @@ func TestCountersAndGauges(t *testing.T) {
 		if !strings.Contains(text, want) {
 			t.Errorf("scrape lacks %q", want)
 		}
+	}
+	if strings.Contains(text, `dpsd_certificates_issued_total{attestation="tpm"}`) {
+		t.Error("a registration without a certificate counted as one issued")
 	}
 }
 
