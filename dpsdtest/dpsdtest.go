@@ -35,6 +35,9 @@ import (
 	"github.com/tpmdps/dpsd/store/bolt"
 )
 
+// shutdownWait bounds the shutdown of a test server at cleanup.
+const shutdownWait = 60 * time.Second
+
 // Defaults of Options.
 const (
 	DefaultIDScope = "0ne0000TEST"
@@ -231,7 +234,9 @@ func Start(t testing.TB, opts Options) *Server {
 		s.WSAddr = b.Addr(broker.ListenerWS).String()
 	}
 	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		// A generous bound: tests that hold a thousand connections close
+		// them all here, on a machine that may be busy with other tests.
+		ctx, cancel := context.WithTimeout(context.Background(), shutdownWait)
 		defer cancel()
 		if err := b.Shutdown(ctx); err != nil {
 			t.Errorf("dpsdtest: broker shutdown: %v", err)
@@ -298,7 +303,7 @@ func startAPI(t testing.TB, s *Server, opts Options, tlsCfg *tls.Config, log *sl
 	s.ServiceConnectionString = "HostName=localhost;SharedAccessKeyName=" + api.DefaultPolicyName +
 		";SharedAccessKey=" + base64.StdEncoding.EncodeToString(key)
 	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		ctx, cancel := context.WithTimeout(context.Background(), shutdownWait)
 		defer cancel()
 		if err := srv.Shutdown(ctx); err != nil {
 			t.Errorf("dpsdtest: service API shutdown: %v", err)

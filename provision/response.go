@@ -99,6 +99,7 @@ const (
 	msgUnauthorized = "Unauthorized"
 	msgNotFound     = "Operation not found"
 	msgInternal     = "Internal error; try again later"
+	msgUnavailable  = "Service unavailable; try again later"
 )
 
 // formatTime writes a time as RFC 3339 UTC with 7 fractional digits, as DPS does.

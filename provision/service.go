@@ -41,9 +41,17 @@ type Config struct {
 	// generates them once and keeps them in its data directory). Required.
 	ChallengeSecret []byte
 	// ChallengeLifetime bounds how long a TPM challenge can be answered (default 10 min).
-	// A challenge can also be answered only in the run of the Service that
-	// issued it: the references used so far are remembered in memory.
+	// Without Challenges, a challenge can also be answered only in the run
+	// of the Service that issued it: the references used so far are
+	// remembered in memory.
 	ChallengeLifetime time.Duration
+	// Challenges, when set, records the single use of every TPM challenge
+	// in the store that the nodes of a cluster share (the etcd engine):
+	// a challenge is then accepted by every Service on that store, also
+	// one started after the issuing one stopped, and at most once in all.
+	// When nil and Store implements store.ChallengeRecorder, Store is used;
+	// otherwise used references are remembered in this Service's memory.
+	Challenges store.ChallengeRecorder
 	// MaxUsedChallenges bounds the used, unexpired challenge references
 	// remembered (default DefaultMaxUsedChallenges); when it is reached, TPM
 	// authentications are refused as unavailable until references expire.
@@ -83,7 +91,8 @@ type Config struct {
 
 // Service is the provisioning service. Safe for concurrent use: records are
 // in the store; in memory it holds its configuration, the id of this run,
-// the challenge references used in this run, a cache of parsed TPM keys and
+// the challenge references used in this run (unless the store records
+// them for a cluster), a cache of parsed TPM keys and
 // the enrollment groups' key material (groups.go), with the EK certificate
 // trust and its verdicts (ekcert.go), kept current by the store's groups
 // revision.
@@ -93,7 +102,8 @@ type Service struct {
 	retryAfter time.Duration
 	tpmKeys    *tpmKeyCache
 	run        runID
-	usedRefs   *usedRefs
+	usedRefs   *usedRefs               // single node: used references in memory
+	challenges store.ChallengeRecorder // cluster: used references in the store
 	groupCache groupCache
 	// onX509Verify, when set (by tests), is told the group of every CA an
 	// X.509 chain is verified against.
@@ -161,14 +171,21 @@ func New(cfg Config) (*Service, error) {
 	if _, err := io.ReadFull(cfg.Rand, run[:]); err != nil {
 		return nil, fmt.Errorf("provision: run id: %w", err)
 	}
-	return &Service{
+	svc := &Service{
 		cfg:        cfg,
 		log:        cfg.Logger.With(slog.String("component", "provision")),
 		retryAfter: ra,
 		tpmKeys:    newTPMKeyCache(),
 		run:        run,
-		usedRefs:   newUsedRefs(cfg.MaxUsedChallenges),
-	}, nil
+		challenges: cfg.Challenges,
+	}
+	if svc.challenges == nil {
+		svc.challenges, _ = cfg.Store.(store.ChallengeRecorder)
+	}
+	if svc.challenges == nil {
+		svc.usedRefs = newUsedRefs(cfg.MaxUsedChallenges)
+	}
+	return svc, nil
 }
 
 // IDScope returns the ID scope the service answers for.

@@ -21,9 +21,13 @@ package provision
 // Nothing is stored per challenge: the reference carries the id of the
 // broker run that issued it, its expiry and fresh randomness, and the key is
 // derived from the service secret, so no later challenge can cancel an
-// earlier one. A reference authenticates once; the references used so far
-// are remembered in memory (usedrefs.go), which is why a reference from
-// another run of the broker is refused: that run's memory is gone. The EK
+// earlier one. A reference authenticates once. On a single node the
+// references used so far are remembered in memory (usedrefs.go), which is
+// why a reference from another run of the broker is refused there: that
+// run's memory is gone. In a cluster (the store is a
+// store.ChallengeRecorder) the use is recorded in the shared store with one
+// compare-and-swap, so any node accepts a reference any node issued, a
+// restarted node included, and the run is not checked. The EK
 // and SRK a device sends are parsed once for the challenge and the register
 // that follows (keycache.go).
 
@@ -98,7 +102,7 @@ func (s *Service) authTPM(ctx context.Context, tok *attest.SASToken, resource, r
 	if err != nil {
 		return Identity{}, badConnect(AuthFailureBadChallengeRef, "bad challenge reference: %w", err)
 	}
-	if cr.run != s.run {
+	if s.challenges == nil && cr.run != s.run {
 		return Identity{}, notAuthorized("challenge was issued before the broker restarted; the device must ask for a new one")
 	}
 	now := s.cfg.Now()
@@ -121,8 +125,11 @@ func (s *Service) authTPM(ctx context.Context, tok *attest.SASToken, resource, r
 	case e.Attestation.Type != store.AttestationTPM:
 		return Identity{}, notAuthorized("enrollment is no longer of type tpm")
 	}
-	if err := s.useChallenge(cr, now); err != nil {
-		return Identity{}, err
+	if err := s.useChallenge(ctx, cr, now); err != nil {
+		if errors.Is(err, errChallengeUsed) {
+			return Identity{}, notAuthorized("%w", err)
+		}
+		return Identity{}, unavailable("mark challenge used: %w", err)
 	}
 	return Identity{RegistrationID: regID, Method: AuthTPM, ChallengeRef: ref}, nil
 }
@@ -150,24 +157,27 @@ func (s *Service) authTPMGroup(ctx context.Context, tok *attest.SASToken, resour
 	case !errors.Is(err, store.ErrNotFound):
 		return Identity{}, unavailable("read enrollment: %w", err)
 	}
-	if err := s.useChallenge(cr, now); err != nil {
-		return Identity{}, err
+	if err := s.useChallenge(ctx, cr, now); err != nil {
+		if errors.Is(err, errChallengeUsed) {
+			return Identity{}, notAuthorized("%w", err)
+		}
+		return Identity{}, unavailable("mark challenge used: %w", err)
 	}
 	return Identity{RegistrationID: regID, Method: AuthTPM, GroupID: g.id, ChallengeRef: tok.KeyName}, nil
 }
 
-// useChallenge marks the challenge of cr used now, the last step of a TPM
-// CONNECT (individual or group challenge alike): a reference authenticates
-// once. A reference used before is refused; one that cannot be marked is
-// unavailable.
-func (s *Service) useChallenge(cr challengeRef, now time.Time) error {
-	if err := s.usedRefs.use(cr, now); err != nil {
-		if errors.Is(err, errChallengeUsed) {
-			return notAuthorized("%w", err)
-		}
-		return unavailable("mark challenge used: %w", err)
+// useChallenge records that cr authenticates now: in the cluster's store
+// when there is one (one compare-and-swap, kept until the reference
+// expires), else in this run's memory. A second use is errChallengeUsed.
+func (s *Service) useChallenge(ctx context.Context, cr challengeRef, now time.Time) error {
+	if s.challenges == nil {
+		return s.usedRefs.use(cr, now)
 	}
-	return nil
+	err := s.challenges.UseChallenge(ctx, cr.id(), cr.expires)
+	if errors.Is(err, store.ErrChallengeUsed) {
+		return errChallengeUsed
+	}
+	return err
 }
 
 // registerTPM handles a register on a TPM-authenticated connection: the body
@@ -259,6 +269,15 @@ type challengeRef struct {
 	// group marks a group challenge, of the group with groupDigest.
 	group       bool
 	groupDigest groupDigest
+}
+
+// id is the reference's bytes (run id, expiry, nonce): what a cluster's
+// store records as used.
+func (r challengeRef) id() []byte {
+	b := make([]byte, 0, challengeRefDataSize)
+	b = append(b, r.run[:]...)
+	b = binary.BigEndian.AppendUint64(b, uint64(r.expires.Unix()))
+	return append(b, r.nonce[:]...)
 }
 
 // errNotChallengeRef: the skn is not a TPM challenge reference (a symmetric-key token).

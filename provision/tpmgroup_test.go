@@ -2,6 +2,7 @@ package provision
 
 import (
 	"bytes"
+	"context"
 	"crypto"
 	"crypto/rand"
 	"crypto/rsa"
@@ -526,5 +527,45 @@ func TestTPMGroupIssuesCertificate(t *testing.T) {
 	checkIssued(t, chain, ca, &key.PublicKey, regID, regID, e.clock.Now())
 	if !chain[0].NotAfter.Equal(e.clock.Now().Add(90 * 24 * time.Hour)) {
 		t.Fatalf("notAfter %v: the group's certificate policy was not applied", chain[0].NotAfter)
+	}
+}
+
+// TestTPMGroupCluster: on a shared etcd store a group challenge issued by
+// one node authenticates on another, once across the nodes, and the
+// register on a third is admitted by the same group (each node builds its
+// groups snapshot and EK trust from the shared store).
+func TestTPMGroupCluster(t *testing.T) {
+	nodes := clusterNodes(t, 3)
+	a, b, c := nodes[0], nodes[1], nodes[2]
+	ca := ekca.New(t, "vendor A")
+	if _, err := a.svc.cfg.Store.PutGroup(context.Background(), tpmGroupRecord("factory-a", ca), ""); err != nil {
+		t.Fatal(err)
+	}
+	d := newTPMDevice(t, devtpm.RSA2048, devtpm.SRKRSAEmptyUnique)
+	regID := d.registrationID()
+	cert := ca.Issue(t, d.ekKey(), ekca.EK{})
+	resp := a.challengeWith(regID, d.keysWith(cert))
+	ch, ok := resp.Body.(*TPMChallenge)
+	if !ok {
+		t.Fatalf("challenge: %d %s", resp.Status, encode(t, resp.Body))
+	}
+	k, err := d.activate(ch.AuthenticationKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	token := k.sas(regID, b.clock.Now().Add(time.Hour), ch.KeyName)
+	k.close()
+	id := b.mustConnect(regID, token)
+	if id.GroupID != "factory-a" {
+		t.Fatalf("identity %+v", id)
+	}
+	for _, n := range nodes {
+		if _, err := n.connect(regID, token); !errors.Is(err, ErrNotAuthorized) || !strings.Contains(err.Error(), "already used") {
+			t.Fatalf("replayed group SAS: %v", err)
+		}
+	}
+	if got := a.pollFinal(id, c.register(id, RegisterRequest{TPM: d.keysWith(cert)})); got.Status != "assigned" ||
+		got.RegistrationState.TPM == nil || got.RegistrationState.TPM.EnrollmentGroupID != "factory-a" {
+		t.Fatalf("final %s", encode(t, got))
 	}
 }

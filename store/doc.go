@@ -1,8 +1,8 @@
 // Package store keeps all provisioning state behind one interface (Store):
 // individual enrollments, enrollment groups, registration records and
 // polling operations. It holds the interface, the record types and the
-// errors, and no engine: the embedded bbolt engine is store/bolt (a cluster
-// engine, etcd, is planned), and store/storetest is the conformance suite
+// errors, and no engine: the embedded bbolt engine is store/bolt, the cluster
+// engine is store/etcd, and store/storetest is the conformance suite
 // that every engine passes. This part states what every engine promises;
 // each engine's package documents its layout, durability and operations.
 //
@@ -76,6 +76,16 @@
 // one endorsement key, compared as the bytes its base64 decodes to, from
 // an index written in the same transaction as the enrollments, so that the
 // service can warn when one TPM is enrolled under a second registration id.
+//
+// # Capabilities of some engines
+//
+// An engine may also implement EnrollmentBatcher (many enrollments in one
+// transaction: bbolt), ChallengeRecorder (the single use of TPM challenges
+// recorded for every node of a cluster: etcd), WindowCounter (rate-limit
+// windows counted for a cluster: etcd) and RegistrationLister (every
+// registration record: both, for dpsd store copy). A store that cannot
+// answer now (a cluster without quorum) returns errors wrapping
+// ErrUnavailable: nothing was decided, the caller may retry.
 //
 // # Durability and concurrency
 //

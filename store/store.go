@@ -33,6 +33,13 @@ var (
 	// ErrCorrupt: a stored value could not be decoded or authenticated
 	// (tampering, a swapped ciphertext, or a wrong key).
 	ErrCorrupt = errors.New("store: corrupt record")
+	// ErrUnavailable: the store cannot answer now (a cluster engine lost
+	// its connection or the quorum of its cluster); nothing was decided
+	// and the caller may try again (503, CONNACK "server unavailable").
+	ErrUnavailable = errors.New("store: unavailable")
+	// ErrChallengeUsed: ChallengeRecorder.UseChallenge found the challenge
+	// already used.
+	ErrChallengeUsed = errors.New("store: challenge already used")
 )
 
 // Bounds every Store applies.
@@ -403,4 +410,41 @@ type Store interface {
 // is returned as PutEnrollment returns it, in the order given.
 type EnrollmentBatcher interface {
 	PutEnrollments(ctx context.Context, es []*Enrollment) ([]*Enrollment, error)
+}
+
+// ChallengeRecorder is implemented by engines that several service nodes
+// share (a cluster): the single use of a TPM challenge is recorded in the
+// store, so that a challenge issued by any node is accepted by every node,
+// also after a restart, and authenticates at most once cluster-wide. An
+// engine of one process (bbolt) does not implement it: the provisioning
+// service then remembers used challenges in its own memory.
+type ChallengeRecorder interface {
+	// UseChallenge records that the challenge id (opaque bytes, at most
+	// 64) authenticated, and returns ErrChallengeUsed when it was recorded
+	// before, by this or any other node. The record is kept at least until
+	// expires, the challenge's own expiry, after which no node accepts it.
+	UseChallenge(ctx context.Context, id []byte, expires time.Time) error
+}
+
+// WindowCounter is implemented by engines that several service nodes
+// share: a count per name and fixed time window, shared by every node, so
+// that a rate limit holds for the whole cluster however a load balancer
+// spreads the requests.
+type WindowCounter interface {
+	// CountInWindow adds one to the counter of name in the current window
+	// (the engine's clock cut into windows of length window since the Unix
+	// epoch) and returns the count, this one included, and the end of the
+	// window.
+	CountInWindow(ctx context.Context, name string, window time.Duration) (int64, time.Time, error)
+}
+
+// RegistrationLister is implemented by engines that list every
+// registration record, in or out of a group: what moving an installation
+// to another engine (dpsd store copy) and its check need.
+type RegistrationLister interface {
+	// ListRegistrations returns one page of every registration, in key
+	// order, paged like the other listings.
+	ListRegistrations(ctx context.Context, q Query) (Page[*Registration], error)
+	// CountRegistrations returns the number of registration records.
+	CountRegistrations(ctx context.Context) (int, error)
 }

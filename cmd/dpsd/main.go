@@ -29,6 +29,8 @@ func commands() []command {
 		{"group", "manage enrollment groups through the service API", runGroupCmd},
 		{"registration", "show or delete device registrations through the service API", runRegistrationCmd},
 		{"backup", "write a consistent hot backup of the store through the service API", runBackup},
+		{"cluster", "write the secrets the nodes of a cluster share, once (cluster init DIR)", runClusterCmd},
+		{"store", "copy an installation to another store (store copy --from bolt:... --to etcd://...), restore an etcd backup, check a store", runStoreCmd},
 		{"ca", "print the chain of the CA that issues device certificates (ca export), for MQTT brokers to trust", runCACmd},
 		{"config", "print the effective configuration (config print), secrets redacted, or a service connection string (config connection-string)", runConfigCmd},
 		{"health", "probe a running server's /readyz (for container health checks)", runHealth},

@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"log/slog"
+	"path/filepath"
 	"time"
 
 	"github.com/tpmdps/dpsd/internal/config"
@@ -25,6 +26,12 @@ func startIssuer(cfg config.Config, dir *datadir.Dir, scope string, now time.Tim
 	}
 	var ca *issuer.CA
 	certFile, keyFile := cfg.IssuerCert, cfg.IssuerKey
+	if certFile == "" && cfg.SecretsDir != "" {
+		// A cluster: every node signs with the CA of the shared secrets
+		// (dpsd cluster init wrote it), never one of its own.
+		certFile = filepath.Join(cfg.SecretsDir, datadir.IssuingCACertFile)
+		keyFile = filepath.Join(cfg.SecretsDir, datadir.IssuingCAKeyFile)
+	}
 	if certFile != "" {
 		var err error
 		if ca, err = datadir.LoadIssuingCA(certFile, keyFile); err != nil {

@@ -45,6 +45,10 @@ const PlaceholderHub = "hub.localdomain"
 // table in settings(), which documents it (and `dpsd serve --help` prints).
 type Config struct {
 	DataDir           string
+	Store             string        // "" = bolt in DataDir; bolt:PATH; etcd://host:port[,...]/prefix
+	SecretsDir        string        // cluster secrets directory ("" = secrets in DataDir)
+	EtcdCA            string        // CA file of the etcd endpoints ("" = plain HTTP to etcd)
+	EtcdCert, EtcdKey string        // etcd client certificate and key
 	IDScope           string        // "" = generated and kept in the data directory
 	MQTTAddr          string        // plain MQTT, "" = off
 	MQTTSAddr         string        // MQTT over TLS, "" = off
@@ -178,6 +182,11 @@ func num(p func(*Config) *int) setter {
 func settings() []setting {
 	return []setting{
 		{"data-dir", "data", "data directory: bbolt file, generated secrets, development CA", str(func(c *Config) *string { return &c.DataDir })},
+		{"store", "", "where state is kept: empty for the bbolt file in data-dir, bolt:PATH for another bbolt file, or etcd://host:2379[,host2:2379...][/prefix] for an etcd cluster shared by several dpsd nodes (needs secrets-dir)", str(func(c *Config) *string { return &c.Store })},
+		{"secrets-dir", "", "directory of a cluster's shared secrets, written once by dpsd cluster init and mounted read-only on every node (ID scope, TPM challenge secret, service policy keys, store key, TLS session ticket secret, tls.crt/tls.key); empty: the secrets are generated in data-dir", str(func(c *Config) *string { return &c.SecretsDir })},
+		{"etcd-ca", "", "PEM file of the CA that signed the etcd servers' certificates: connects to etcd over TLS (empty: plain HTTP)", str(func(c *Config) *string { return &c.EtcdCA })},
+		{"etcd-cert", "", "PEM client certificate for etcd (with etcd-key; etcd's --client-cert-auth)", str(func(c *Config) *string { return &c.EtcdCert })},
+		{"etcd-key", "", "PEM private key of etcd-cert", str(func(c *Config) *string { return &c.EtcdKey })},
 		{"id-scope", "", "ID scope devices must use (default: generated on first start and kept in the data directory)", str(func(c *Config) *string { return &c.IDScope })},
 		{"mqtt-addr", "127.0.0.1:1883", "plain MQTT listen address (empty: off)", str(func(c *Config) *string { return &c.MQTTAddr })},
 		{"mqtts-addr", ":8883", "MQTT over TLS listen address (empty: off)", str(func(c *Config) *string { return &c.MQTTSAddr })},
@@ -370,6 +379,18 @@ func jsonValue(v json.RawMessage) (string, error) {
 func (c Config) Validate() error {
 	if c.DataDir == "" {
 		return fmt.Errorf("%w: data-dir is empty", ErrInvalid)
+	}
+	switch {
+	case c.Store == "" || strings.HasPrefix(c.Store, "bolt:") && len(c.Store) > len("bolt:"):
+	case strings.HasPrefix(c.Store, "etcd://"):
+		if c.SecretsDir == "" {
+			return fmt.Errorf("%w: store %s needs secrets-dir (the cluster's shared secrets: dpsd cluster init DIR)", ErrInvalid, c.Store)
+		}
+	default:
+		return fmt.Errorf("%w: store %q (want bolt:PATH or etcd://host:2379[,...][/prefix])", ErrInvalid, c.Store)
+	}
+	if (c.EtcdCert == "") != (c.EtcdKey == "") {
+		return fmt.Errorf("%w: etcd-cert and etcd-key go together", ErrInvalid)
 	}
 	if c.MQTTAddr == "" && c.MQTTSAddr == "" && c.WSSAddr == "" {
 		return fmt.Errorf("%w: every MQTT listener is off", ErrInvalid)

@@ -83,6 +83,9 @@ func Run(t *testing.T, e Engine) {
 		{"Backup", s.backup},
 		{"Close", s.close},
 		{"ConcurrentWriters", s.concurrentWriters},
+		{"ChallengeRecorder", s.challengeRecorder},
+		{"WindowCounter", s.windowCounter},
+		{"RegistrationLister", s.registrationLister},
 	} {
 		t.Run(c.name, c.fn)
 	}
