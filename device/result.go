@@ -76,6 +76,9 @@ type RegistrationState struct {
 type TPMRegistration struct {
 	// AuthenticationKey is the base64 activation blob of the hub key.
 	AuthenticationKey string `json:"authenticationKey,omitempty"`
+	// EnrollmentGroupID names the TPM group that admitted the device (by
+	// its EK certificate), if a group did.
+	EnrollmentGroupID string `json:"enrollmentGroupId,omitempty"`
 }
 
 // SymKeyRegistration is registrationState.symmetricKey.

@@ -26,6 +26,7 @@ import (
 	"github.com/gorilla/websocket"
 
 	"github.com/tpmdps/dpsd/api"
+	"github.com/tpmdps/dpsd/attest"
 	"github.com/tpmdps/dpsd/broker"
 	"github.com/tpmdps/dpsd/hooks"
 	"github.com/tpmdps/dpsd/internal/devca"
@@ -84,6 +85,8 @@ type Options struct {
 	Metrics hooks.Metrics
 	// Observer, if set, is the service's provision.Observer.
 	Observer provision.Observer
+	// TPMRoots is the service's EK certificate trust (dpsd's tpm-roots).
+	TPMRoots *attest.CertBundle
 	// Issuer, if set, signs the certificates devices ask for with a CSR
 	// (provision.Config.Issuer); nil issues none.
 	Issuer issuer.Issuer
@@ -158,6 +161,7 @@ func Start(t testing.TB, opts Options) *Server {
 		Hubs:              opts.Hubs,
 		RetryAfter:        opts.RetryAfter,
 		Observer:          opts.Observer,
+		TPMRoots:          opts.TPMRoots,
 		Issuer:            opts.Issuer,
 		Logger:            log,
 	})

@@ -119,8 +119,9 @@ func (o *countingObserver) Registered(_ context.Context, ev RegistrationEvent) {
 	defer o.mu.Unlock()
 	o.evs = append(o.evs, ev)
 }
-func (o *countingObserver) ChallengeIssued(context.Context, string) {}
-func (o *countingObserver) AuthFailed(context.Context, string)      {}
+func (o *countingObserver) ChallengeIssued(context.Context, string)      {}
+func (o *countingObserver) AuthFailed(context.Context, string)           {}
+func (o *countingObserver) EKCertificateChecked(context.Context, string) {}
 
 func TestIssueCertificate2025(t *testing.T) {
 	var ca *issuer.CA

@@ -16,6 +16,10 @@ type Observer interface {
 	// AuthFailed reports a refused CONNECT. reason is one of the AuthFailure*
 	// constants: a short, bounded label (never the device's input).
 	AuthFailed(ctx context.Context, reason string)
+	// EKCertificateChecked reports the check of an EK certificate a device
+	// sent with a TPM challenge request. outcome is one of the EKCert*
+	// constants.
+	EKCertificateChecked(ctx context.Context, outcome string)
 }
 
 // RegistrationEvent describes one recorded registration outcome. It is also
@@ -64,10 +68,40 @@ const (
 	AuthFailureUnavailable       = "store_unavailable"
 )
 
+// Outcomes of EKCertificateChecked. The check of an EK certificate depends
+// only on what the device sent and on the service's configuration (the
+// service's TPM roots and the roots of every TPM group together), never on
+// the registration id or its enrollment, and it runs before the id is
+// looked up: so /metrics, which anyone who reaches the API port may read,
+// cannot tell enrolled ids from unknown ones by these counts. Which
+// enrollment or group then admits the device is in the log only.
+const (
+	// EKCertValid: the certificate is for the EK sent and chains to a
+	// configured root.
+	EKCertValid = "valid"
+	// EKCertMalformed: not base64, not a certificate, or not an EK certificate.
+	EKCertMalformed = "malformed"
+	// EKCertKeyMismatch: a certificate for another key than the EK sent.
+	EKCertKeyMismatch = "key_mismatch"
+	// EKCertUntrusted: no chain to a configured root.
+	EKCertUntrusted = "untrusted"
+	// EKCertExpired: the certificate or its chain is outside its validity.
+	EKCertExpired = "expired"
+	// EKCertRevoked: on a configured revocation list.
+	EKCertRevoked = "revoked"
+)
+
 // observeChallenge tells the observer about an issued TPM challenge.
 func (s *Service) observeChallenge(ctx context.Context, registrationID string) {
 	if s.cfg.Observer != nil {
 		s.cfg.Observer.ChallengeIssued(ctx, registrationID)
+	}
+}
+
+// observeEKCert tells the observer the outcome of an EK certificate check.
+func (s *Service) observeEKCert(ctx context.Context, outcome string) {
+	if s.cfg.Observer != nil {
+		s.cfg.Observer.EKCertificateChecked(ctx, outcome)
 	}
 }
 

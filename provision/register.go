@@ -142,13 +142,19 @@ func (s *Service) credentialSource(ctx context.Context, id Identity, attestation
 	case !groupOK(g):
 		return source{}, unauthorized(groupChanged)
 	}
+	return groupSource(g, attestationType, id.RegistrationID), nil
+}
+
+// groupSource describes enrollment group g for a device of attestationType
+// registering as regID (its device id: a group names none).
+func groupSource(g *store.Group, attestationType, regID string) source {
 	return source{
 		attestationType: attestationType,
 		groupID:         g.EnrollmentGroupID,
-		deviceID:        id.RegistrationID,
+		deviceID:        regID,
 		disabled:        strings.EqualFold(g.ProvisioningStatus, store.StatusDisabled),
 		createdAt:       g.CreatedAt,
 		target:          allocationTargetOf(&g.EnrollmentSettings),
 		issuance:        issuanceOf(&g.EnrollmentSettings),
-	}, nil
+	}
 }

@@ -16,10 +16,13 @@ const (
 	MaxRequestDepth = 32
 )
 
-// TPMKeys are the base64 TPM2B_PUBLIC keys a TPM device sends.
+// TPMKeys are the base64 TPM2B_PUBLIC keys a TPM device sends and,
+// optionally, its EK certificate: base64 DER as read from the TPM's NV (an
+// addition of this service; docs/protocol.md section 5).
 type TPMKeys struct {
-	EndorsementKey string `json:"endorsementKey"`
-	StorageRootKey string `json:"storageRootKey"`
+	EndorsementKey            string `json:"endorsementKey"`
+	StorageRootKey            string `json:"storageRootKey"`
+	EndorsementKeyCertificate string `json:"endorsementKeyCertificate,omitempty"`
 }
 
 // RegisterRequest is a register request's body: every field may be missing.

@@ -54,9 +54,11 @@ type RegistrationState struct {
 	IssuedClientCertificate string `json:"issuedClientCertificate,omitempty"`
 }
 
-// TPMRegistrationResult carries the activation blob holding the device's hub key.
+// TPMRegistrationResult carries the activation blob holding the device's
+// hub key and, for a TPM admitted by a TPM group, the group's id.
 type TPMRegistrationResult struct {
-	AuthenticationKey string `json:"authenticationKey"`
+	AuthenticationKey string `json:"authenticationKey,omitempty"`
+	EnrollmentGroupID string `json:"enrollmentGroupId,omitempty"`
 }
 
 // SymmetricKeyRegistration names the enrollment group whose derived key matched.

@@ -61,6 +61,12 @@ type Config struct {
 	// SAS bounds token lifetimes; zero fields take attest's defaults
 	// (attest.DefaultSASClockSkew, attest.DefaultSASMaxLifetime).
 	SAS attest.SASPolicy
+	// TPMRoots is the service-wide trust in EK certificates (dpsd's
+	// tpm-roots directory): individual enrollments with
+	// requireEkCertificate need a certificate that chains to its roots, and
+	// its intermediates and CRLs also serve the chains of TPM groups, whose
+	// roots are their own. Nil or empty: none.
+	TPMRoots *attest.CertBundle
 	// Hubs are the hubs for the hashed allocation when an enrollment names none.
 	Hubs []string
 	// RetryAfter is the retry-after of a register 202 and a poll 202: 0 means
@@ -87,8 +93,9 @@ type Config struct {
 // in the store; in memory it holds its configuration, the id of this run,
 // the challenge references used in this run (unless the store records
 // them for a cluster), a cache of parsed TPM keys and
-// the enrollment groups' key material (groups.go), kept current by the
-// store's groups revision.
+// the enrollment groups' key material (groups.go), with the EK certificate
+// trust and its verdicts (ekcert.go), kept current by the store's groups
+// revision.
 type Service struct {
 	cfg        Config
 	log        *slog.Logger

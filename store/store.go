@@ -143,10 +143,32 @@ type Attestation struct {
 	X509         *X509Attestation         `json:"x509,omitempty"`
 }
 
-// TPMAttestation holds the enrolled endorsement key (base64 TPM2B_PUBLIC).
+// TPMAttestation is, for an individual enrollment, the enrolled
+// endorsement key (base64 TPM2B_PUBLIC) and whether the device must also
+// show a valid EK certificate; for an enrollment group (attestation type
+// tpm, an extension of this service), which EK certificates admit a TPM:
+// those that chain to one of EKCertificateRoots, optionally only of one
+// TPM manufacturer or model, or only for the EKs of an allow-list.
+// Certificates and CRLs are PEM or base64 DER, one per string.
 type TPMAttestation struct {
-	EndorsementKey string `json:"endorsementKey"`
+	EndorsementKey string `json:"endorsementKey,omitempty"`
 	StorageRootKey string `json:"storageRootKey,omitempty"`
+	// RequireEKCertificate (individual enrollments): the device must send
+	// an EK certificate for its EK that chains to the service's TPM roots.
+	RequireEKCertificate bool `json:"requireEkCertificate,omitempty"`
+	// EKCertificateRoots (groups, required there) are the trust anchors.
+	EKCertificateRoots []string `json:"ekCertificateRoots,omitempty"`
+	// EKCertificateIntermediates are extra paths to those roots.
+	EKCertificateIntermediates []string `json:"ekCertificateIntermediates,omitempty"`
+	// EKCertificateCRLs are revocation lists of those CAs.
+	EKCertificateCRLs []string `json:"ekCertificateCrls,omitempty"`
+	// TPMManufacturer and TPMModel, when set, must equal the certificate's
+	// (its subject alternative name, e.g. "id:494E5443"; case-insensitive).
+	TPMManufacturer string `json:"tpmManufacturer,omitempty"`
+	TPMModel        string `json:"tpmModel,omitempty"`
+	// EndorsementKeyHashes, when set, admit only these EKs: hexadecimal
+	// SHA-256 of the EK's DER SubjectPublicKeyInfo (attest.EKHash).
+	EndorsementKeyHashes []string `json:"endorsementKeyHashes,omitempty"`
 }
 
 // SymmetricKeyAttestation holds base64 keys. They are secrets: encrypted at rest.

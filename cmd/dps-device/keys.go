@@ -30,7 +30,7 @@ func keyAttestation(fs *flag.FlagSet, symKey, groupKey, certFile, keyFile, regID
 	default:
 		return nil, fmt.Errorf("%w: %s exclude each other", errUsage, strings.Join(chosen, " and "))
 	}
-	tpmOnly := []string{"tpm", "ecc", "identity-handle", "hub-handle"}
+	tpmOnly := []string{"tpm", "ecc", "identity-handle", "hub-handle", "ek-cert", "no-ek-cert"}
 	if fs.Lookup("issue-cert") != nil && fs.Lookup("issue-cert").Value.String() == "true" && fs.Lookup("key-out").Value.String() == "" {
 		tpmOnly = tpmOnly[1:] // the certificate key is in the TPM: --tpm says which
 	}

@@ -3,12 +3,15 @@ package main
 import (
 	"context"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"strconv"
 	"time"
 
@@ -176,7 +179,23 @@ func keyAlg(ecc bool) devtpm.Alg {
 	return devtpm.RSA2048
 }
 
-// cmdEK prints {"endorsementKey", "registrationId"}.
+// ekInfo is what dps-device ek prints.
+type ekInfo struct {
+	EndorsementKey string `json:"endorsementKey"`
+	RegistrationID string `json:"registrationId"`
+	// EndorsementKeyHash is what a TPM group's allow-list holds (attest.EKHash).
+	EndorsementKeyHash string `json:"endorsementKeyHash"`
+	// EndorsementKeyCertificate is the EK certificate in NV (base64 DER), if any.
+	EndorsementKeyCertificate string `json:"endorsementKeyCertificate,omitempty"`
+	// TPMManufacturer and TPMModel are the certificate's names of the TPM.
+	TPMManufacturer string `json:"tpmManufacturer,omitempty"`
+	TPMModel        string `json:"tpmModel,omitempty"`
+	// EKCertificateError says why the certificate could not be read or parsed.
+	EKCertificateError string `json:"ekCertificateError,omitempty"`
+}
+
+// cmdEK prints the EK, its default registration id and hash, and the EK
+// certificate the TPM holds (ekInfo).
 func cmdEK(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("ek", "[--tpm SEL] [--ecc]", stderr)
 	sel := fs.String("tpm", tpmtransport.DefaultSelector, "TPM selector")
@@ -189,14 +208,37 @@ func cmdEK(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer tpm.Close()
-	ek, err := (&device.TPM{Device: tpm, KeyAlg: keyAlg(*ecc)}).EndorsementKey(ctx)
+	att := &device.TPM{Device: tpm, KeyAlg: keyAlg(*ecc)}
+	ek, err := att.EndorsementKey(ctx)
 	if err != nil {
 		return err
 	}
-	return writeJSON(stdout, struct {
-		EndorsementKey string `json:"endorsementKey"`
-		RegistrationID string `json:"registrationId"`
-	}{base64.StdEncoding.EncodeToString(ek), attest.RegistrationID(ek)})
+	info := ekInfo{EndorsementKey: base64.StdEncoding.EncodeToString(ek), RegistrationID: attest.RegistrationID(ek)}
+	pub, err := attest.ParsePublic(ek)
+	if err != nil {
+		return fmt.Errorf("%w: the endorsement key does not parse: %w", device.ErrTPM, err)
+	}
+	h, err := attest.EKHash(pub)
+	if err != nil {
+		return err
+	}
+	info.EndorsementKeyHash = hex.EncodeToString(h[:])
+	cert, err := att.EndorsementKeyCertificate(ctx)
+	switch {
+	case err != nil:
+		info.EKCertificateError = err.Error()
+	case len(cert) > 0:
+		info.EndorsementKeyCertificate = base64.StdEncoding.EncodeToString(cert)
+		if c, err := attest.ParseEKCertificate(cert); err != nil {
+			info.EKCertificateError = err.Error()
+		} else {
+			info.TPMManufacturer, info.TPMModel = c.Manufacturer, c.Model
+			if err := c.MatchesEK(pub); err != nil {
+				info.EKCertificateError = err.Error()
+			}
+		}
+	}
+	return writeJSON(stdout, info)
 }
 
 // handleFlag is a flag.Value for a TPM persistent handle in hex or decimal.
@@ -245,6 +287,8 @@ func cmdProvision(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	fs.Var(handleFlag{&hubHandle}, "hub-handle", "persist the hub key at this handle")
 	symKey := fs.String("symmetric-key", "", "symmetric-key attestation with this individual enrollment key (base64; needs --registration-id)")
 	groupKey := fs.String("group-key", "", "symmetric-key attestation with a key derived from this enrollment group key (base64; needs --registration-id)")
+	ekCertFile := fs.String("ek-cert", "", "TPM: send this EK certificate (PEM or DER file) instead of the one in the TPM's NV")
+	noEKCert := fs.Bool("no-ek-cert", false, "TPM: send no EK certificate")
 	certFile := fs.String("cert", "", "X.509 attestation: PEM device certificate, optionally followed by its intermediates (with --key; registration id defaults to its subject CN)")
 	keyFile := fs.String("key", "", "X.509 attestation: PEM private key of --cert")
 	var cert certFlags
@@ -288,6 +332,15 @@ func cmdProvision(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if *verbose {
 		cfg.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
+	if *ekCertFile != "" && *noEKCert {
+		return fmt.Errorf("%w: --ek-cert and --no-ek-cert exclude each other", errUsage)
+	}
+	var ekCert []byte
+	if *ekCertFile != "" {
+		if ekCert, err = readEKCertFile(*ekCertFile); err != nil {
+			return err
+		}
+	}
 	var tpmAtt *device.TPM
 	if att == nil || cert.isTPM {
 		tpm, err := openTPM(ctx, *sel)
@@ -295,7 +348,8 @@ func cmdProvision(ctx context.Context, args []string, stdout, stderr io.Writer) 
 			return err
 		}
 		defer tpm.Close()
-		tpmAtt = &device.TPM{Device: tpm, KeyAlg: keyAlg(*ecc), IdentityKeyHandle: idHandle, HubKeyHandle: hubHandle}
+		tpmAtt = &device.TPM{Device: tpm, KeyAlg: keyAlg(*ecc), IdentityKeyHandle: idHandle, HubKeyHandle: hubHandle,
+			EKCertificate: ekCert, NoEKCertificate: *noEKCert}
 	}
 	cfg.Attestation = att
 	if att == nil {
@@ -401,6 +455,25 @@ func cmdSAS(args []string, stdout, stderr io.Writer) error {
 	}
 	_, err = fmt.Fprintln(stdout, creds.Password)
 	return err
+}
+
+// readEKCertFile reads an EK certificate file, PEM (one CERTIFICATE block)
+// or DER, and returns the DER.
+func readEKCertFile(path string) ([]byte, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("%w: --ek-cert: %w", errUsage, err)
+	}
+	if blk, _ := pem.Decode(data); blk != nil {
+		if blk.Type != "CERTIFICATE" {
+			return nil, fmt.Errorf("%w: --ek-cert %s: a PEM %q block, want CERTIFICATE", errUsage, path, blk.Type)
+		}
+		data = blk.Bytes
+	}
+	if _, err := attest.ParseEKCertificate(data); err != nil {
+		return nil, fmt.Errorf("%w: --ek-cert %s: %w", errUsage, path, err)
+	}
+	return data, nil
 }
 
 func writeJSON(w io.Writer, v any) error {

@@ -125,6 +125,10 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger, csOut io.Wr
 			log.Error("closing store", "error", err)
 		}
 	}()
+	tpmRoots, err := loadTPMRoots(cfg.TPMRoots, log)
+	if err != nil {
+		return err
+	}
 	iss, issuerDesc, err := startIssuer(cfg, dir, scope, time.Now(), log)
 	if err != nil {
 		return err
@@ -147,6 +151,7 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger, csOut io.Wr
 		ChallengeSecret:   dir.Secrets.ChallengeSecret,
 		ChallengeLifetime: cfg.ChallengeLifetime,
 		SAS:               attest.SASPolicy{MaxLifetime: cfg.SASMaxLifetime},
+		TPMRoots:          tpmRoots,
 		Hubs:              cfg.Hubs,
 		RetryAfter:        retryAfter,
 		Logger:            log,

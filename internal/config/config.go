@@ -86,7 +86,8 @@ type Config struct {
 	PollWindow              time.Duration
 	RegistersPerDevice      int
 	RegisterWindow          time.Duration
-	MaxGroups               int // enrollment groups that may exist, -1 = unlimited
+	MaxGroups               int    // enrollment groups that may exist, -1 = unlimited
+	TPMRoots                string // directory of TPM manufacturer roots for EK certificates, "" = none
 
 	Issuer        string // IssuerBuiltin or IssuerNone
 	IssuerCert    string // "" = the built-in CA generated in the data directory
@@ -223,7 +224,7 @@ func settings() []setting {
 		{"poll-window", "10s", "window of polls-per-device", dur(func(c *Config) *time.Duration { return &c.PollWindow })},
 		{"registers-per-device", "10", "register requests per register-window per authenticated device, then 429 (-1: unlimited; never applied to TPM challenge requests)", num(func(c *Config) *int { return &c.RegistersPerDevice })},
 		{"register-window", "1m", "window of registers-per-device", dur(func(c *Config) *time.Duration { return &c.RegisterWindow })},
-		{"max-groups", "1000", "enrollment groups that may exist, symmetric-key and X.509 together; creating one more is refused with 403 (-1: unlimited; the cloud allows 100 of each type). Each symmetric-key CONNECT without an individual enrollment tries every symmetric-key group", num(func(c *Config) *int { return &c.MaxGroups })},
+		{"max-groups", "1000", "enrollment groups that may exist, of every attestation type together; creating one more is refused with 403 (-1: unlimited; the cloud allows 100 of each type). Each symmetric-key CONNECT without an individual enrollment tries every symmetric-key group", num(func(c *Config) *int { return &c.MaxGroups })},
 		{"issuer", IssuerBuiltin, "who signs the operational certificates devices ask for with a CSR, when their enrollment or group has a credentialPolicyName: builtin (dpsd's own CA: issuer-cert and issuer-key, or one generated in the data directory) or none", choice(func(c *Config, v string) error {
 			v = strings.ToLower(strings.TrimSpace(v))
 			if v != IssuerBuiltin && v != IssuerNone {
@@ -243,6 +244,7 @@ func settings() []setting {
 			}
 			return fmt.Errorf("%w: issuer-key-type %q (want ecdsa-p256, ecdsa-p384, rsa-2048, rsa-3072 or rsa-4096)", ErrInvalid, v)
 		})},
+		{"tpm-roots", "", "directory of TPM manufacturer CA certificates (and CRLs) that EK certificates chain to: *.pem, *.crt, *.cer, *.der, *.crl, PEM or DER; self-signed ones are roots, the others intermediates. Individual TPM enrollments with requireEkCertificate need a certificate chaining to these roots; TPM groups have roots of their own and may use these intermediates. Read at start (empty: none)", str(func(c *Config) *string { return &c.TPMRoots })},
 		{"log-format", "text", "log format: text or json", choice(func(c *Config, v string) error {
 			v = strings.ToLower(strings.TrimSpace(v))
 			if v != "text" && v != "json" {

@@ -135,7 +135,11 @@ func FullEnrollment(id string) *store.Enrollment {
 			Attestation: store.Attestation{
 				Type:         store.AttestationSymmetricKey,
 				SymmetricKey: &store.SymmetricKeyAttestation{PrimaryKey: "cHJpbWFyeS1zZWNyZXQta2V5LTAxMjM0NTY3ODkwMTIz", SecondaryKey: "c2Vjb25kYXJ5LXNlY3JldC1rZXktOTg3NjU0MzIxMDk4"},
-				TPM:          &store.TPMAttestation{EndorsementKey: "AToAAQALAAMAsgAg", StorageRootKey: "AToAAQALAAMAcgAA"},
+				TPM: &store.TPMAttestation{EndorsementKey: "AToAAQALAAMAsgAg", StorageRootKey: "AToAAQALAAMAcgAA",
+					RequireEKCertificate: true, EKCertificateRoots: []string{"MIIR", "-----BEGIN CERTIFICATE-----\nMIIS\n-----END CERTIFICATE-----\n"},
+					EKCertificateIntermediates: []string{"MIII"}, EKCertificateCRLs: []string{"MIIC"},
+					TPMManufacturer: "id:494E5443", TPMModel: "SLB9670",
+					EndorsementKeyHashes: []string{"9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"}},
 				X509: &store.X509Attestation{
 					ClientCertificates: &store.X509Certificates{
 						Primary: &store.X509CertificateWithInfo{Certificate: "MIIB", Info: &store.X509CertificateInfo{

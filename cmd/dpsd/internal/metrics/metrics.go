@@ -41,6 +41,7 @@ type Metrics struct {
 	certificates  *prometheus.CounterVec   // attestation
 	challenges    prometheus.Counter       //
 	authFailures  *prometheus.CounterVec   // reason
+	ekCerts       *prometheus.CounterVec   // outcome
 	connRefused   *prometheus.CounterVec   // listener, reason
 	requestTime   *prometheus.HistogramVec // phase
 	responses     *prometheus.CounterVec   // phase, code
@@ -81,6 +82,10 @@ func New() *Metrics {
 			Namespace: Namespace, Name: "auth_failures_total",
 			Help: "Refused device CONNECTs, by reason.",
 		}, []string{"reason"}),
+		ekCerts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: Namespace, Name: "ek_certificates_total",
+			Help: "EK certificates sent with TPM challenge requests and checked, by outcome (valid, malformed, key_mismatch, untrusted, expired, revoked): decided by the certificate and the configured TPM roots alone, never by the registration id.",
+		}, []string{"outcome"}),
 		connRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: Namespace, Name: "connections_refused_total",
 			Help: "Connections refused by a per-address limit, by listener and reason (per_address_cap, per_address_rate, ...).",
@@ -108,7 +113,7 @@ func New() *Metrics {
 		connsDesc: prometheus.NewDesc(Namespace+"_connections",
 			"Open device connections by listener (CONNECT sent or not).", []string{"listener"}, nil),
 	}
-	m.reg.MustRegister(m.registrations, m.certificates, m.challenges, m.authFailures, m.connRefused, m.requestTime, m.responses,
+	m.reg.MustRegister(m.registrations, m.certificates, m.challenges, m.authFailures, m.ekCerts, m.connRefused, m.requestTime, m.responses,
 		m.storeTime, m.storeErrors, gauges{m},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
@@ -150,6 +155,12 @@ func (m *Metrics) ChallengeIssued(context.Context, string) { m.challenges.Inc() 
 // AuthFailed counts a refusal by the service (provision.Observer).
 func (m *Metrics) AuthFailed(_ context.Context, reason string) {
 	m.authFailures.WithLabelValues(reason).Inc()
+}
+
+// EKCertificateChecked counts an EK certificate check by outcome
+// (provision.Observer).
+func (m *Metrics) EKCertificateChecked(_ context.Context, outcome string) {
+	m.ekCerts.WithLabelValues(outcome).Inc()
 }
 
 // ConnectRefused counts a refusal by the broker hook (hooks.Metrics).

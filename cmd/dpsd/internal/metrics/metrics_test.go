@@ -43,6 +43,9 @@ func TestCountersAndGauges(t *testing.T) {
 	m.Registered(ctx, provision.RegistrationEvent{Status: store.RegistrationAssigned, AttestationType: store.AttestationX509, CertificateSerial: "0A"})
 	m.ChallengeIssued(ctx, "dev")
 	m.AuthFailed(ctx, provision.AuthFailureNotAuthorized)
+	m.EKCertificateChecked(ctx, provision.EKCertValid)
+	m.EKCertificateChecked(ctx, provision.EKCertUntrusted)
+	m.EKCertificateChecked(ctx, provision.EKCertUntrusted)
 	m.ConnectRefused(hooks.RefusedRestrictedCap)
 	m.Observe(hooks.PhaseRegister, 202, 3*time.Millisecond)
 	m.SetSources(func() (int, int) { return 5, 2 }, func() map[string]int { return map[string]int{"tls": 4, "ws-http": 1} })
@@ -55,6 +58,8 @@ func TestCountersAndGauges(t *testing.T) {
 		`dpsd_certificates_issued_total{attestation="x509"} 1`,
 		`dpsd_auth_failures_total{reason="not_authorized"} 1`,
 		`dpsd_auth_failures_total{reason="restricted_session_cap"} 1`,
+		`dpsd_ek_certificates_total{outcome="valid"} 1`,
+		`dpsd_ek_certificates_total{outcome="untrusted"} 2`,
 		`dpsd_request_duration_seconds_count{phase="register"} 1`,
 		`dpsd_responses_total{code="202",phase="register"} 1`,
 		`dpsd_mqtt_sessions{kind="authenticated"} 3`,
