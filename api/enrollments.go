@@ -64,6 +64,9 @@ func ValidateEnrollment(e *store.Enrollment, pathID string, prev *store.Enrollme
 		if err := validateTPM(a.TPM); err != nil {
 			return err
 		}
+		if err := validateIndividualTPM(a.TPM); err != nil {
+			return err
+		}
 	case store.AttestationSymmetricKey:
 		var prevSettings *store.EnrollmentSettings
 		if prev != nil {

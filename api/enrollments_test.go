@@ -172,6 +172,14 @@ func TestEnrollmentValidation(t *testing.T) {
 		{"twin not an object", "dev-1", `{"attestation":{"type":"symmetricKey"},"initialTwin":[1]}`, 400, codeInvalidArgument},
 		{"too deep", "dev-1", `{"attestation":{"type":"symmetricKey"},"initialTwin":` + deep + `}`, 400, codeMalformedJSON},
 		{"too large", "dev-1", `{"attestation":{"type":"symmetricKey"},"deviceId":"` + strings.Repeat("a", DefaultMaxBodyBytes) + `"}`, 413, codeTooLarge},
+		{"credential policy with a space", "dev-1", `{"attestation":{"type":"symmetricKey"},"credentialPolicyName":"a b"}`, 400, codeInvalidArgument},
+		{"credential policy too long", "dev-1", `{"attestation":{"type":"symmetricKey"},"credentialPolicyName":"` + strings.Repeat("p", 65) + `"}`, 400, codeInvalidArgument},
+		{"certificate policy alone", "dev-1", `{"attestation":{"type":"symmetricKey"},"dpsdCertificatePolicy":{"validityDays":7}}`, 400, codeInvalidArgument},
+		{"validity 0.5 days", "dev-1", `{"attestation":{"type":"symmetricKey"},"credentialPolicyName":"p","dpsdCertificatePolicy":{"validityDays":0.5}}`, 400, codeMalformedJSON},
+		{"validity 399 days", "dev-1", `{"attestation":{"type":"symmetricKey"},"credentialPolicyName":"p","dpsdCertificatePolicy":{"validityDays":399}}`, 400, codeInvalidArgument},
+		{"validity negative", "dev-1", `{"attestation":{"type":"symmetricKey"},"credentialPolicyName":"p","dpsdCertificatePolicy":{"validityDays":-1}}`, 400, codeInvalidArgument},
+		{"organization too long", "dev-1", `{"attestation":{"type":"symmetricKey"},"credentialPolicyName":"p","dpsdCertificatePolicy":{"organization":"` + strings.Repeat("o", 65) + `"}}`, 400, codeInvalidArgument},
+		{"organization with a control character", "dev-1", `{"attestation":{"type":"symmetricKey"},"credentialPolicyName":"p","dpsdCertificatePolicy":{"organizationalUnit":"a\nb"}}`, 400, codeInvalidArgument},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -315,5 +323,31 @@ func TestBulkPartialFailure(t *testing.T) {
 	ok := decodeAs[wire.BulkResult](t, env.request(http.MethodPost, "/enrollments", map[string]any{"mode": "update", "enrollments": []any{symEnrollment("ok-9")}}, nil))
 	if !ok.IsSuccessful || ok.Errors == nil {
 		t.Fatalf("successful bulk result %+v (errors must be [] not null)", ok)
+	}
+}
+
+// TestEnrollmentIssuanceSettings: credentialPolicyName and
+// dpsdCertificatePolicy round-trip through the API, for enrollments and
+// groups; an empty policy object is dropped; validityDays 1 and 398 are
+// the bounds.
+func TestEnrollmentIssuanceSettings(t *testing.T) {
+	env := newTestEnv(t)
+	body := `{"attestation":{"type":"symmetricKey"},"credentialPolicyName":"line-3.certs","dpsdCertificatePolicy":{"validityDays":398,"organization":"Fabrik Süd","organizationalUnit":"Line 3"}}`
+	got := decodeAs[map[string]any](t, env.request(http.MethodPut, "/enrollments/dev-iss", body, nil))
+	pol, _ := got["dpsdCertificatePolicy"].(map[string]any)
+	if got["credentialPolicyName"] != "line-3.certs" || pol["validityDays"] != float64(398) || pol["organization"] != "Fabrik Süd" || pol["organizationalUnit"] != "Line 3" {
+		t.Fatalf("answer %v", got)
+	}
+	e, err := env.st.GetEnrollment(t.Context(), "dev-iss")
+	if err != nil || e.CredentialPolicyName != "line-3.certs" || e.CertificatePolicy == nil || e.CertificatePolicy.ValidityDays != 398 {
+		t.Fatalf("stored %+v, %v", e, err)
+	}
+	got = decodeAs[map[string]any](t, env.request(http.MethodPut, "/enrollmentGroups/grp-iss", `{"attestation":{"type":"symmetricKey"},"credentialPolicyName":"p","dpsdCertificatePolicy":{"validityDays":1}}`, nil))
+	if got["credentialPolicyName"] != "p" || got["dpsdCertificatePolicy"].(map[string]any)["validityDays"] != float64(1) {
+		t.Fatalf("group answer %v", got)
+	}
+	got = decodeAs[map[string]any](t, env.request(http.MethodPut, "/enrollments/dev-empty", `{"attestation":{"type":"symmetricKey"},"dpsdCertificatePolicy":{}}`, nil))
+	if _, ok := got["dpsdCertificatePolicy"]; ok {
+		t.Fatalf("an empty policy was kept: %v", got)
 	}
 }

@@ -31,8 +31,9 @@ func DecodeGroup(data []byte) (*store.Group, error) {
 }
 
 // ValidateGroup checks and normalises g like ValidateEnrollment. Groups attest
-// with a symmetric group key (devices use keys derived from it) or an X.509
-// signing CA; TPM groups are not supported (DPS retired them).
+// with a symmetric group key (devices use keys derived from it), an X.509
+// signing CA, or (an extension of this service; the cloud retired its TPM
+// groups) TPM: roots that the devices' EK certificates chain to.
 func ValidateGroup(g *store.Group, pathID string, prev *store.Group, rnd io.Reader) error {
 	if err := normalizeID(&g.EnrollmentGroupID, pathID, "enrollmentGroupId"); err != nil {
 		return err
@@ -67,11 +68,13 @@ func ValidateGroup(g *store.Group, pathID string, prev *store.Group, rnd io.Read
 			}
 		}
 	case store.AttestationTPM:
-		return invalid("enrollment groups do not support tpm attestation: enroll TPM devices individually")
+		if err := validateTPMGroup(a); err != nil {
+			return err
+		}
 	case "":
-		return invalid("attestation.type is required (symmetricKey or x509)")
+		return invalid("attestation.type is required (symmetricKey, x509 or tpm)")
 	default:
-		return invalid("attestation.type must be symmetricKey or x509")
+		return invalid("attestation.type must be symmetricKey, x509 or tpm")
 	}
 	var prevSettings *store.EnrollmentSettings
 	if prev != nil {

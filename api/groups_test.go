@@ -27,6 +27,7 @@ func TestGroups(t *testing.T) {
 	if x.Attestation.X509.SigningCertificates.Primary.Info.SubjectName != "CN=Factory CA" {
 		t.Fatalf("x509 group %+v", x.Attestation.X509)
 	}
+	// A TPM group admits by EK certificates, never by one EK (tpmgroup_test.go).
 	env.request(http.MethodPut, "/enrollmentGroups/line-3", map[string]any{"attestation": map[string]any{"type": "tpm",
 		"tpm": map[string]any{"endorsementKey": testEK(t)}}}, nil).expectError(t, 400, codeInvalidArgument)
 	env.request(http.MethodPut, "/enrollmentGroups/line-3", map[string]any{"attestation": map[string]any{"type": "x509",

@@ -8,6 +8,8 @@ import (
 	"io"
 	"net/url"
 	"strings"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/tpmdps/dpsd/allocator"
 	"github.com/tpmdps/dpsd/attest"
@@ -106,6 +108,57 @@ func validateCommon(es *store.EnrollmentSettings, prev *store.EnrollmentSettings
 		*twin = nil
 	case t[0] != '{':
 		return invalid("initialTwin must be a JSON object")
+	}
+	return validateIssuance(es)
+}
+
+// Bounds of the issuance settings.
+const (
+	maxCredentialPolicyName = 64
+	// maxSubjectAttribute is X.520's upper bound of an organization name
+	// (and of an organizational unit name).
+	maxSubjectAttribute = 64
+)
+
+// validateIssuance checks credentialPolicyName (1-64 letters, digits, '.',
+// '_' or '-') and dpsdCertificatePolicy (validityDays 0 or 1-398, O and
+// OU of at most 64 printable characters), which has no effect without a
+// credentialPolicyName and is refused alone, so that an operator is not
+// misled. An empty policy object is dropped.
+func validateIssuance(es *store.EnrollmentSettings) error {
+	if n := es.CredentialPolicyName; n != "" {
+		if len(n) > maxCredentialPolicyName {
+			return invalid("credentialPolicyName is longer than %d characters", maxCredentialPolicyName)
+		}
+		for i := 0; i < len(n); i++ {
+			c := n[i]
+			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-') {
+				return invalid("credentialPolicyName may hold only letters, digits, '.', '_' and '-'")
+			}
+		}
+	}
+	p := es.CertificatePolicy
+	if p == nil {
+		return nil
+	}
+	if *p == (store.CertificatePolicy{}) {
+		es.CertificatePolicy = nil
+		return nil
+	}
+	if es.CredentialPolicyName == "" {
+		return invalid("dpsdCertificatePolicy has no effect without credentialPolicyName (which turns certificate issuance on)")
+	}
+	if p.ValidityDays != 0 && (p.ValidityDays < store.MinCertificateValidityDays || p.ValidityDays > store.MaxCertificateValidityDays) {
+		return invalid("dpsdCertificatePolicy.validityDays must be %d-%d (0: the default, %d)",
+			store.MinCertificateValidityDays, store.MaxCertificateValidityDays, store.DefaultCertificateValidityDays)
+	}
+	for _, f := range []struct{ name, v string }{{"organization", p.Organization}, {"organizationalUnit", p.OrganizationalUnit}} {
+		if utf8.RuneCountInString(f.v) > maxSubjectAttribute {
+			return invalid("dpsdCertificatePolicy.%s is longer than %d characters", f.name, maxSubjectAttribute)
+		}
+		if !utf8.ValidString(f.v) || strings.IndexFunc(f.v, func(r rune) bool { return !unicode.IsPrint(r) }) >= 0 {
+			return invalid("dpsdCertificatePolicy.%s has a character that is not printable", f.name)
+		}
 	}
 	return nil
 }

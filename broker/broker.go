@@ -107,6 +107,10 @@ type Config struct {
 	// requested (not verified here: the service checks them against the
 	// enrollments) unless ClientAuth is set; TLS 1.2 is the minimum.
 	TLSConfig *tls.Config
+	// SessionTickets, when set, keys (and rotates) the session tickets of
+	// the broker's own copy of TLSConfig, so that the nodes of a cluster
+	// resume each other's TLS sessions (internal/tlsticket).
+	SessionTickets interface{ Apply(*tls.Config) }
 	// ConnectTimeout is how long a new connection may take to send CONNECT
 	// (TLS handshake included); default 10 s.
 	ConnectTimeout time.Duration
@@ -179,6 +183,9 @@ func New(cfg Config, newHook NewHook) (*Broker, error) {
 		}
 		if tc.ClientAuth == tls.NoClientCert {
 			tc.ClientAuth = tls.RequestClientCert
+		}
+		if cfg.SessionTickets != nil {
+			cfg.SessionTickets.Apply(tc)
 		}
 		cfg.TLSConfig = tc
 	}

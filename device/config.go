@@ -2,6 +2,7 @@ package device
 
 import (
 	"context"
+	"crypto"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
@@ -87,6 +88,15 @@ type Config struct {
 	ClientVersion string
 	// Payload is sent as the register body's "payload" when not nil; it must be valid JSON.
 	Payload json.RawMessage
+	// CertificateKey, when set, asks the service for an operational
+	// certificate for this key: a certificate signing request (subject CN =
+	// the registration id) that it signs goes in the authenticated register
+	// request, as "csr" (or "clientCertificateCsr" when APIVersion is
+	// CSRAPIVersion2021), and Result.CertificateChain holds what was issued.
+	// APIVersion then defaults to CSRAPIVersion. A TPM-held key
+	// (devtpm.SigningKey) never leaves the TPM; a software key is the
+	// caller's to keep.
+	CertificateKey crypto.Signer
 	// Timeout bounds the whole Provision (default DefaultTimeout); the ctx
 	// passed to Provision bounds it too.
 	Timeout time.Duration
@@ -146,6 +156,9 @@ func (c Config) resolve() (*resolved, error) {
 	}
 	if c.APIVersion == "" {
 		c.APIVersion = DefaultAPIVersion
+		if c.CertificateKey != nil {
+			c.APIVersion = CSRAPIVersion
+		}
 	}
 	if c.ClientVersion == "" {
 		c.ClientVersion = "dpsd-device/" + Version

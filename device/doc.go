@@ -28,6 +28,22 @@
 //	0x81000100  challenge identity key, only if TPM.IdentityKeyHandle is set
 //	0x81000101  hub key (DefaultHubKeyHandle; TPM.HubKeyHandle), replaced on
 //	            every successful provisioning
+//	0x81000102  operational certificate key (devtpm.CertKeyHandle), where
+//	            the caller persists TPM.NewCertificateKey's key once its
+//	            certificate is issued (dps-device provision --issue-cert does)
+//
+// # Operational certificates
+//
+// With Config.CertificateKey set, the authenticated register request also
+// carries a certificate signing request for that key (subject CN = the
+// registration id), in "csr" (api-version 2025-07-01-preview, the
+// default then) or "clientCertificateCsr" (2021-11-01-preview), and
+// Result.CertificateChain holds the certificate issued for it, leaf first.
+// The key may live in the TPM (TPM.NewCertificateKey: an unrestricted
+// ECDSA P-256 signing key under the SRK, a crypto.Signer that signs the CSR
+// and later the device's TLS handshakes) or in software. A service that
+// issues nothing to the device answers with the cloud's failure, reported
+// as ErrCertificateNotIssued.
 //
 // # Other attestations
 //

@@ -81,7 +81,7 @@ func (e *Error) Error() string {
 		fmt.Fprintf(&b, ": %s", e.Message)
 	}
 	if e.Status == 401 && e.RegistrationID != "" {
-		fmt.Fprintf(&b, ": registration id %q is not enrolled, or not with this device's key or EK", e.RegistrationID)
+		fmt.Fprintf(&b, ": registration id %q is not enrolled, or not with this device's key or EK, and no enrollment group admits it (for a TPM group: its EK certificate and the id derived from its EK)", e.RegistrationID)
 	}
 	if e.TrackingID != "" {
 		fmt.Fprintf(&b, " [trackingId %s]", e.TrackingID)

@@ -46,6 +46,7 @@ func Provision(ctx context.Context, cfg Config) (*Result, error) {
 type provisioner struct {
 	cfg  *resolved
 	sess Session
+	csr  string // base64 DER certificate signing request; "" for none
 }
 
 func (p *provisioner) phase(ph Phase) {
@@ -77,6 +78,15 @@ func (p *provisioner) run(ctx context.Context) (*Result, error) {
 		IDScope:        p.cfg.IDScope,
 		RegistrationID: regID,
 		Resource:       attest.RegistrationResource(p.cfg.IDScope, regID),
+	}
+	if p.cfg.CertificateKey != nil {
+		// Signed once, before connecting: a TPM key that cannot sign fails here.
+		p.phase(PhaseAttest)
+		csr, err := newCSR(p.cfg.CertificateKey, regID)
+		if err != nil {
+			return nil, &Error{Phase: PhaseAttest, Message: "certificate signing request", Err: err}
+		}
+		p.csr = csr
 	}
 
 	p.phase(PhaseConnect)
@@ -179,7 +189,18 @@ func (p *provisioner) run(ctx context.Context) (*Result, error) {
 		if res.State.ErrorMessage != "" {
 			msg += ": " + trunc(res.State.ErrorMessage)
 		}
-		return res, &Error{Phase: PhasePoll, Status: 200, ErrorCode: res.State.ErrorCode, Message: msg, Err: ErrNotAssigned}
+		cause := ErrNotAssigned
+		if p.csr != "" && res.State.ErrorMessage == csrNotConfigured {
+			cause = fmt.Errorf("%w: %w", ErrNotAssigned, ErrCertificateNotIssued)
+		}
+		return res, &Error{Phase: PhasePoll, Status: 200, ErrorCode: res.State.ErrorCode, Message: msg, Err: cause}
+	}
+	if p.csr != "" {
+		chain, err := issuedChain(res.State, p.cfg.CertificateKey.Public(), p.sess.RegistrationID)
+		if err != nil {
+			return res, &Error{Phase: PhasePoll, Status: 200, Message: "issued certificate", Err: err}
+		}
+		res.CertificateChain, res.IssuedCertificate = chain, describeCertificate(chain)
 	}
 	if f, ok := att.(Finisher); ok {
 		p.phase(PhaseActivate)
@@ -229,6 +250,11 @@ func (p *provisioner) registerBody(ctx context.Context, phase Phase) ([]byte, er
 	}
 	if p.cfg.Payload != nil {
 		fields["payload"] = p.cfg.Payload
+	}
+	if p.csr != "" && phase != PhaseChallenge {
+		// The CSR goes on the authenticated register only: a TPM's
+		// challenge request is not the one the service issues on.
+		fields[csrField(p.cfg.APIVersion)] = p.csr
 	}
 	b, err := json.Marshal(fields)
 	if err != nil {

@@ -2,6 +2,7 @@ package device
 
 import (
 	"bytes"
+	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"strconv"
@@ -38,6 +39,13 @@ type Result struct {
 	State RegistrationState `json:"-"`
 	// HubKey says where a TPM device's hub key now lives (nil for other attestations).
 	HubKey *HubKey `json:"hubKey,omitempty"`
+	// IssuedCertificate describes the operational certificate issued for
+	// Config.CertificateKey; nil when none was asked for.
+	IssuedCertificate *IssuedCertificate `json:"issuedCertificate,omitempty"`
+	// CertificateChain is that certificate and its issuers, leaf first, as
+	// the service sent them (the root included); CertificatePEM is what a
+	// TLS client presents.
+	CertificateChain []*x509.Certificate `json:"-"`
 }
 
 // RegistrationState is the parsed registrationState of an operation
@@ -58,12 +66,19 @@ type RegistrationState struct {
 	TPM                    *TPMRegistration    `json:"tpm,omitempty"`
 	SymmetricKey           *SymKeyRegistration `json:"symmetricKey,omitempty"`
 	X509                   json.RawMessage     `json:"x509,omitempty"`
+	// IssuedCertificateChain answers a "csr": base64 DER, leaf first.
+	IssuedCertificateChain []string `json:"issuedCertificateChain,omitempty"`
+	// IssuedClientCertificate answers a "clientCertificateCsr": PEM, leaf first.
+	IssuedClientCertificate string `json:"issuedClientCertificate,omitempty"`
 }
 
 // TPMRegistration is registrationState.tpm: the blob carrying the hub key.
 type TPMRegistration struct {
 	// AuthenticationKey is the base64 activation blob of the hub key.
 	AuthenticationKey string `json:"authenticationKey,omitempty"`
+	// EnrollmentGroupID names the TPM group that admitted the device (by
+	// its EK certificate), if a group did.
+	EnrollmentGroupID string `json:"enrollmentGroupId,omitempty"`
 }
 
 // SymKeyRegistration is registrationState.symmetricKey.

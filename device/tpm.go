@@ -32,7 +32,9 @@ const DefaultChallengeSASLifetime = time.Hour
 // TPM is TPM 2.0 attestation (docs/protocol.md section 5) on a go-tpm transport
 // (see device/tpmtransport to open one). It reads the EK at
 // devtpm.EKHandle and the SRK at devtpm.SRKHandle, creating and persisting
-// them when absent; sends both in the register body; opens the challenge
+// them when absent; sends both in the register body, with the EK
+// certificate the manufacturer stored in NV when there is one (TPM
+// enrollment groups admit TPMs by it); opens the challenge
 // blob in the TPM and signs the reconnect SAS token there (TPM2_HMAC); and
 // imports the final blob's hub key, persisting it at HubKeyHandle, so that
 // the hub key never exists outside the TPM. Use SignHubSAS afterwards.
@@ -61,8 +63,17 @@ type TPM struct {
 	NoPersistHubKey bool
 	// SASLifetime is the challenge SAS token's lifetime (default DefaultChallengeSASLifetime).
 	SASLifetime time.Duration
+	// EKCertificate, when set, is the EK certificate (DER) sent instead of
+	// the one in the TPM's NV: for TPMs whose manufacturer keeps it
+	// elsewhere (firmware TPMs often publish theirs online).
+	EKCertificate []byte
+	// NoEKCertificate sends no EK certificate at all.
+	NoEKCertificate bool
 
 	mu sync.Mutex // serializes TPM command sequences
+	// ekCert is the EK certificate read from NV (nil: none), once ekCertRead.
+	ekCert     []byte
+	ekCertRead bool
 }
 
 // tpmErr marks err as a TPM failure.
@@ -119,6 +130,49 @@ func (t *TPM) EndorsementKey(ctx context.Context) ([]byte, error) {
 	return ek.Public(), nil
 }
 
+// EndorsementKeyCertificate returns the EK certificate the device sends:
+// TPM.EKCertificate if set, else the one the manufacturer stored in the
+// TPM's NV for the EK's algorithm (devtpm.ReadEKCertificate; read once),
+// without an NV header or padding. It returns nil and no error when there
+// is none, or when NoEKCertificate is set.
+func (t *TPM) EndorsementKeyCertificate(ctx context.Context) ([]byte, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.ekCertificate()
+}
+
+// ekCertificate is EndorsementKeyCertificate with t.mu held.
+func (t *TPM) ekCertificate() ([]byte, error) {
+	switch {
+	case t.NoEKCertificate:
+		return nil, nil
+	case t.EKCertificate != nil:
+		return t.EKCertificate, nil
+	case t.ekCertRead:
+		return t.ekCert, nil
+	}
+	ek, _, err := t.keys()
+	if err != nil {
+		return nil, err
+	}
+	alg, err := devtpm.AlgOf(ek.Public())
+	if err != nil {
+		return nil, tpmErr("endorsement key", err)
+	}
+	raw, err := devtpm.ReadEKCertificate(t.Device, alg)
+	if err != nil {
+		return nil, tpmErr("read the EK certificate from NV", err)
+	}
+	if der, err := attest.TrimEKCertificate(raw); err == nil {
+		raw = der
+	}
+	t.ekCert, t.ekCertRead = raw, true
+	return raw, nil
+}
+
 // DefaultRegistrationID implements IDProvider: attest.RegistrationID of the EK.
 func (t *TPM) DefaultRegistrationID(ctx context.Context) (string, error) {
 	ek, err := t.EndorsementKey(ctx)
@@ -134,7 +188,12 @@ func (t *TPM) Credentials(ctx context.Context, _ Session) (Credentials, error) {
 	return Credentials{}, ctx.Err()
 }
 
-// RegisterFields implements RegisterFielder: "tpm": {endorsementKey, storageRootKey}.
+// RegisterFields implements RegisterFielder: "tpm": {endorsementKey,
+// storageRootKey, endorsementKeyCertificate}, the last when the device has
+// an EK certificate (EndorsementKeyCertificate). A certificate the TPM
+// cannot read is left out rather than failing the provisioning: an
+// individual enrollment does not need it, and a TPM group refuses the
+// device without it, as it would a certificate it cannot use.
 func (t *TPM) RegisterFields(ctx context.Context, _ Session) (map[string]any, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -145,10 +204,14 @@ func (t *TPM) RegisterFields(ctx context.Context, _ Session) (map[string]any, er
 	if err != nil {
 		return nil, err
 	}
-	return map[string]any{"tpm": map[string]string{
+	fields := map[string]string{
 		"endorsementKey": base64.StdEncoding.EncodeToString(ek.Public()),
 		"storageRootKey": base64.StdEncoding.EncodeToString(srk.Public()),
-	}}, nil
+	}
+	if cert, err := t.ekCertificate(); err == nil && len(cert) > 0 {
+		fields["endorsementKeyCertificate"] = base64.StdEncoding.EncodeToString(cert)
+	}
+	return map[string]any{"tpm": fields}, nil
 }
 
 // Challenge implements Challenger: it activates the blob in the TPM
@@ -234,6 +297,29 @@ func (t *TPM) activate(blob []byte, handle tpm2.TPMHandle) (*devtpm.IdentityKey,
 		}
 	}
 	return key, nil
+}
+
+// NewCertificateKey creates a signing key in the TPM under its SRK
+// (creating and persisting the EK and SRK first if needed), for an
+// operational certificate: give it to Config.CertificateKey. It is
+// transient: once the certificate is issued, Persist it (at
+// devtpm.CertKeyHandle, replacing the key of the previous certificate),
+// or Close it to throw it away. It never leaves the TPM.
+func (t *TPM) NewCertificateKey(ctx context.Context) (*devtpm.SigningKey, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	_, srk, err := t.keys()
+	if err != nil {
+		return nil, err
+	}
+	k, err := devtpm.CreateSigningKey(srk)
+	if err != nil {
+		return nil, tpmErr("create certificate key", err)
+	}
+	return k, nil
 }
 
 // HubResource returns the SAS resource of a device on an IoT hub,

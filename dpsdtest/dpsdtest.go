@@ -27,13 +27,18 @@ import (
 
 	"github.com/tpmdps/dpsd/allocator"
 	"github.com/tpmdps/dpsd/api"
+	"github.com/tpmdps/dpsd/attest"
 	"github.com/tpmdps/dpsd/broker"
 	"github.com/tpmdps/dpsd/hooks"
 	"github.com/tpmdps/dpsd/hubconn"
 	"github.com/tpmdps/dpsd/internal/devca"
+	"github.com/tpmdps/dpsd/issuer"
 	"github.com/tpmdps/dpsd/provision"
 	"github.com/tpmdps/dpsd/store/bolt"
 )
+
+// shutdownWait bounds the shutdown of a test server at cleanup.
+const shutdownWait = 60 * time.Second
 
 // Defaults of Options.
 const (
@@ -88,6 +93,11 @@ type Options struct {
 	Custom     allocator.Custom
 	Connectors hubconn.Factory
 	Handoff    provision.HandoffConfig
+	// TPMRoots is the service's EK certificate trust (dpsd's tpm-roots).
+	TPMRoots *attest.CertBundle
+	// Issuer, if set, signs the certificates devices ask for with a CSR
+	// (provision.Config.Issuer); nil issues none.
+	Issuer issuer.Issuer
 	// Logger receives server logs. Default: discarded, unless the environment
 	// variable DPSD_TEST_LOG is set, then text on stderr at debug level.
 	Logger *slog.Logger
@@ -162,6 +172,8 @@ func Start(t testing.TB, opts Options) *Server {
 		Custom:            opts.Custom,
 		Connectors:        opts.Connectors,
 		Handoff:           opts.Handoff,
+		TPMRoots:          opts.TPMRoots,
+		Issuer:            opts.Issuer,
 		Logger:            log,
 	})
 	if err != nil {
@@ -240,7 +252,9 @@ func Start(t testing.TB, opts Options) *Server {
 		s.WSAddr = b.Addr(broker.ListenerWS).String()
 	}
 	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		// A generous bound: tests that hold a thousand connections close
+		// them all here, on a machine that may be busy with other tests.
+		ctx, cancel := context.WithTimeout(context.Background(), shutdownWait)
 		defer cancel()
 		if err := b.Shutdown(ctx); err != nil {
 			t.Errorf("dpsdtest: broker shutdown: %v", err)
@@ -309,7 +323,7 @@ func startAPI(t testing.TB, s *Server, opts Options, tlsCfg *tls.Config, log *sl
 	s.ServiceConnectionString = "HostName=localhost;SharedAccessKeyName=" + api.DefaultPolicyName +
 		";SharedAccessKey=" + base64.StdEncoding.EncodeToString(key)
 	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		ctx, cancel := context.WithTimeout(context.Background(), shutdownWait)
 		defer cancel()
 		if err := srv.Shutdown(ctx); err != nil {
 			t.Errorf("dpsdtest: service API shutdown: %v", err)

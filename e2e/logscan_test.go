@@ -3,9 +3,14 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
+	"encoding/pem"
 	"log/slog"
 	"net/http"
 	"net/url"
@@ -138,13 +143,17 @@ func TestLogsHoldNoSecrets(t *testing.T) {
 			sec.addText("connection string key", k)
 		}
 	}
-	for _, f := range []string{datadir.CAKeyFile, datadir.ServerKeyFile} {
+	for _, f := range []string{datadir.CAKeyFile, datadir.ServerKeyFile, datadir.IssuingCAKeyFile} {
 		pem, err := os.ReadFile(filepath.Join(p.dir, f))
 		if err != nil {
 			t.Fatal(err)
 		}
 		body := strings.Join(strings.Split(string(pem), "\n")[1:3], "\n") // a slice of the key material
 		sec.addText(f, strings.Split(body, "\n")[0])
+	}
+	issuingKey := issuingKeySecrets(t, p.dir)
+	for label, v := range issuingKey {
+		sec.addBytes(label, v)
 	}
 
 	symKey, symKey2 := randomKey(t, 32), randomKey(t, 32)
@@ -158,7 +167,8 @@ func TestLogsHoldNoSecrets(t *testing.T) {
 		EnrollmentSettings: store.EnrollmentSettings{
 			Attestation: store.Attestation{Type: store.AttestationSymmetricKey, SymmetricKey: &store.SymmetricKeyAttestation{
 				PrimaryKey: base64.StdEncoding.EncodeToString(symKey), SecondaryKey: base64.StdEncoding.EncodeToString(symKey2)}},
-			ProvisioningStatus: store.StatusEnabled,
+			ProvisioningStatus:   store.StatusEnabled,
+			CredentialPolicyName: "logscan",
 		},
 	}, "")
 	if err != nil {
@@ -210,10 +220,26 @@ func TestLogsHoldNoSecrets(t *testing.T) {
 		{"logscan-member", &recordingSym{SymmetricKey: &device.SymmetricKey{Key: memberKey}, sec: sec}},
 		{tpmID, &recordingTPM{TPM: att, sec: sec}},
 	}
+	certKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certKeyDER, err := x509.MarshalPKCS8PrivateKey(certKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sec.addBytes("device certificate key", certKeyDER)
+	sec.addBytes("device certificate key scalar", certKey.D.Bytes())
 	for _, r := range runs {
 		cfg := p.deviceConfig(scope, r.id, r.att)
 		cfg.Logger = devLog.With("device", r.id)
+		if r.id == "logscan-sym" {
+			cfg.CertificateKey = certKey // a certificate issued: the issuing key signs
+		}
 		res := provisionOK(t, ctx, cfg)
+		if r.id == "logscan-sym" && len(res.CertificateChain) == 0 {
+			t.Fatal("no certificate issued: the scan of the issuing key would prove little")
+		}
 		if r.id == tpmID {
 			var rs struct {
 				TPM struct {
@@ -228,6 +254,22 @@ func TestLogsHoldNoSecrets(t *testing.T) {
 	}
 	if _, err := api.GetRegistration(ctx, tpmID); err != nil {
 		t.Fatal(err)
+	}
+	// A backup is the store alone: the issuing CA's key is in none of it
+	// (it lives in its own file, like the data key).
+	var backup bytes.Buffer
+	if _, err := api.Backup(ctx, &backup); err != nil {
+		t.Fatalf("backup: %v", err)
+	}
+	if !bytes.Contains(backup.Bytes(), []byte("dpsdIssuedCertificate")) {
+		t.Fatal("the backup holds no issued certificate record: the scan would prove little")
+	}
+	for label, v := range issuingKey {
+		for _, enc := range [][]byte{v, []byte(base64.StdEncoding.EncodeToString(v)), []byte(hex.EncodeToString(v))} {
+			if bytes.Contains(backup.Bytes(), enc) {
+				t.Errorf("the backup contains the %s", label)
+			}
+		}
 	}
 	p.stop()
 
@@ -247,8 +289,12 @@ func TestLogsHoldNoSecrets(t *testing.T) {
 	for _, l := range sec.all {
 		labels[l] = true
 	}
+	if !strings.Contains(logs, "certificateSerial=") {
+		t.Fatal("no certificate issuance logged: the scan of the issuing key would prove little")
+	}
 	for _, want := range []string{"device SAS token", "TPM challenge SAS token signature (decoded)", "activation blob (base64)",
-		"service SAS token signature", "hub key blob", "hub key (base64)", "challenge secret (hex)", "service policy key (base64)"} {
+		"service SAS token signature", "hub key blob", "hub key (base64)", "challenge secret (hex)", "service policy key (base64)",
+		"issuing CA key (PKCS #8) (base64)", "issuing CA key scalar (hex)", "device certificate key (base64)"} {
 		if !labels[want] {
 			t.Errorf("the run produced no %s to look for", want)
 		}
@@ -294,9 +340,33 @@ func checkModes(t *testing.T, dir string) {
 			t.Errorf("%s has mode %v, want 0600", e.Name(), info.Mode().Perm())
 		}
 	}
-	for _, must := range []string{datadir.DBFile, datadir.DBFile + ".key", datadir.SecretsFile, datadir.ConnectionStringFile, datadir.CAKeyFile, datadir.ServerKeyFile} {
+	for _, must := range []string{datadir.DBFile, datadir.DBFile + ".key", datadir.SecretsFile, datadir.ConnectionStringFile, datadir.CAKeyFile, datadir.ServerKeyFile,
+		datadir.IssuingCAKeyFile, datadir.IssuingCACertFile} {
 		if _, err := os.Stat(filepath.Join(dir, must)); err != nil {
 			t.Errorf("data directory lacks %s (has %s)", must, names.String())
 		}
 	}
+}
+
+// issuingKeySecrets reads the issuing CA's key that dpsd generated in dir:
+// its PKCS #8 DER and its private scalar.
+func issuingKeySecrets(t *testing.T, dir string) map[string][]byte {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(dir, datadir.IssuingCAKeyFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := pem.Decode(data)
+	if b == nil {
+		t.Fatalf("%s is not PEM", datadir.IssuingCAKeyFile)
+	}
+	k, err := x509.ParsePKCS8PrivateKey(b.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ec, ok := k.(*ecdsa.PrivateKey)
+	if !ok {
+		t.Fatalf("issuing key %T, want the default ECDSA", k)
+	}
+	return map[string][]byte{"issuing CA key (PKCS #8)": b.Bytes, "issuing CA key scalar": ec.D.Bytes()}
 }

@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"fmt"
 	"net"
+	"os"
 	"runtime"
 	"strconv"
 	"syscall"
@@ -15,9 +16,16 @@ import (
 	"github.com/eclipse/paho.mqtt.golang/packets"
 
 	"github.com/tpmdps/dpsd/device"
+	"github.com/tpmdps/dpsd/internal/etcdtest"
 	"github.com/tpmdps/dpsd/internal/testkit"
 	"github.com/tpmdps/dpsd/internal/testkit/mqtttest"
 )
+
+func TestMain(m *testing.M) {
+	// The cluster test runs etcd members as children: this binary again.
+	etcdtest.RunChildIfAsked()
+	os.Exit(m.Run())
+}
 
 // raiseFileLimit lifts the soft RLIMIT_NOFILE to the hard limit and fails
 // the test when fewer than need descriptors are possible.

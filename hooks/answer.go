@@ -35,7 +35,16 @@ type request struct {
 func (h *Hook) answer(s *session, req request) {
 	start := h.now()
 	var resp provision.Response
+	if req.throttle == 0 && h.cluster != nil {
+		var unavailable bool
+		req.throttle, unavailable = h.clusterThrottle(s, req)
+		if unavailable {
+			resp = provision.NewErrorResponse(provision.ErrorCodeUnavailable, "Service unavailable; try again later", req.trackingID, time.Second, h.now())
+			h.reqLog(s, req).Error("cluster rate limit unavailable: request refused")
+		}
+	}
 	switch {
+	case resp.Status != 0:
 	case req.throttle > 0:
 		resp = provision.NewErrorResponse(provision.ErrorCodeThrottled, "Too many requests; retry later", req.trackingID, max(req.throttle, time.Second), h.now())
 		h.reqLog(s, req).Warn("request throttled", "retryAfter", resp.RetryAfter)

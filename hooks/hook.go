@@ -31,6 +31,7 @@ import (
 	"github.com/tpmdps/dpsd/internal/refusal"
 	"github.com/tpmdps/dpsd/internal/trackid"
 	"github.com/tpmdps/dpsd/provision"
+	"github.com/tpmdps/dpsd/store"
 )
 
 // Reasons a connection is closed by this hook (logged, never sent).
@@ -94,6 +95,11 @@ type Config struct {
 	// Refusals, if set, counts and logs the CONNECTs refused by a
 	// per-address limit (the broker shares its listeners' Reporter).
 	Refusals *refusal.Reporter
+	// Cluster, when set (the nodes of a cluster share an etcd store),
+	// also counts the challenges in total and each device's registers and
+	// polls in the shared store, so those limits hold for the whole
+	// cluster (limits.go); nil: every limit is this node's own.
+	Cluster store.WindowCounter
 }
 
 // Hook is the DPS mochi hook. Create it with New and add it with
@@ -107,8 +113,9 @@ type Hook struct {
 	log    *slog.Logger
 	now    func() time.Time
 
-	metrics  Metrics           // nil: off
-	refusals *refusal.Reporter // nil: off
+	metrics  Metrics             // nil: off
+	refusals *refusal.Reporter   // nil: off
+	cluster  store.WindowCounter // nil: per-node limits only
 
 	limiters              // shared rate limits (limits.go)
 	table    sessionTable // admitted connections (sessions.go)
@@ -131,6 +138,7 @@ func New(cfg Config) (*Hook, error) {
 		now:      cfg.Now,
 		metrics:  cfg.Metrics,
 		refusals: cfg.Refusals,
+		cluster:  cfg.Cluster,
 		table:    newSessionTable(lim.RestrictedSessionsPerAddress),
 	}
 	if h.log == nil {

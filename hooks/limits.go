@@ -1,6 +1,7 @@
 package hooks
 
 import (
+	"context"
 	"time"
 
 	"github.com/tpmdps/dpsd/internal/ratelimit"
@@ -205,4 +206,45 @@ func (l *limiters) deviceThrottle(registrationID string, kind RequestKind) time.
 		return wait
 	}
 	return 0
+}
+
+// Cluster-wide limits (Config.Cluster, the etcd store): the budgets that
+// must hold however a load balancer spreads requests over the nodes are
+// also counted in the shared store, in fixed windows: TPM challenges in
+// total (ChallengesPerMinute per minute), and each authenticated device's
+// registers (RegistersPerDevice per RegisterWindow) and polls
+// (PollsPerDevice per PollWindow). The per-node token buckets still apply
+// first; the shared count is one etcd write per request that passed them.
+
+// clusterThrottle counts req in the cluster's window for its kind and
+// returns how long to wait when the window's budget is spent (0: go
+// ahead), or unavailable when the count could not be made (the shared
+// store cannot answer: refuse rather than let the limit lapse).
+func (h *Hook) clusterThrottle(s *session, req request) (time.Duration, bool) {
+	var name string
+	var limit int
+	var window time.Duration
+	switch {
+	case s.restricted() && req.topic.Kind == KindRegister:
+		name, limit, window = "challenges", h.limits.ChallengesPerMinute, time.Minute
+	case s.restricted():
+		return 0, false
+	case req.topic.Kind == KindRegister:
+		name, limit, window = "register/"+s.id.RegistrationID, h.limits.RegistersPerDevice, h.limits.RegisterWindow
+	default:
+		name, limit, window = "poll/"+s.id.RegistrationID, h.limits.PollsPerDevice, h.limits.PollWindow
+	}
+	if limit <= 0 {
+		return 0, false
+	}
+	ctx, cancel := context.WithTimeout(h.ctx, h.limits.RequestTimeout)
+	defer cancel()
+	n, end, err := h.cluster.CountInWindow(ctx, name, window)
+	if err != nil {
+		return 0, true
+	}
+	if n > int64(limit) {
+		return max(end.Sub(h.now()), time.Second), false
+	}
+	return 0, false
 }

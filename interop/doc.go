@@ -1,7 +1,15 @@
 // Package interop tests dpsd against the official Azure IoT Node.js SDKs:
 // azure-iot-provisioning-device with its MQTT transports (TLS and secure
 // WebSocket) and the symmetric-key and X.509 security clients, and
-// azure-iot-provisioning-service against the service API.
+// azure-iot-provisioning-service against the service API. It also tests
+// the operational certificates dpsd issues against other people's software:
+// the register requests of IoT Edge's identity service and of the Embedded
+// C SDK's CSR preview as their sources build them (csr_raw_test.go), and
+// Eclipse Mosquitto as the broker that must accept the issued certificates
+// and refuse others (certificates_test.go; internal/testkit/mosquittotest
+// starts it on a free port, the mosquitto command-line clients use the
+// certificate files). Those tests use free ports; the SDK tests below use
+// fixed ones.
 //
 // The package holds only tests. They start the server in process
 // (dpsdtest) on the fixed ports the SDKs use, because the SDKs take a

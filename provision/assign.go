@@ -23,6 +23,7 @@ import (
 func (s *Service) assign(ctx context.Context, id Identity, src source, req RegisterRequest, ek, srk *attest.Public, trackingID string) (Response, error) {
 	now := s.cfg.Now().UTC()
 	prev, err := s.cfg.Store.GetRegistration(ctx, id.RegistrationID)
+	var stale *store.Registration // a record of an earlier device with this id
 	switch {
 	case errors.Is(err, store.ErrNotFound):
 		prev = nil
@@ -36,7 +37,7 @@ func (s *Service) assign(ctx context.Context, id Identity, src source, req Regis
 		if err := s.cfg.Store.DeleteRegistration(ctx, id.RegistrationID, prev.ETag); err != nil && !errors.Is(err, store.ErrNotFound) {
 			return Response{}, fmt.Errorf("delete stale registration: %w", err)
 		}
-		prev = nil
+		stale, prev = prev, nil
 	}
 	opID, err := newOperationID(s.cfg.Rand)
 	if err != nil {
@@ -59,6 +60,8 @@ func (s *Service) assign(ctx context.Context, id Identity, src source, req Regis
 		if !prev.CreatedAt.IsZero() {
 			rec.CreatedAt = prev.CreatedAt
 		}
+		// The certificates issued for this id stay listed: nothing revokes them.
+		rec.Certificate, rec.SupersededCertificates = prev.Certificate, prev.SupersededCertificates
 		// The hub key goes only to the attestation it was issued for: a
 		// replaced TPM (or a record that cannot say) gets a new one.
 		switch {
@@ -90,6 +93,27 @@ func (s *Service) assign(ctx context.Context, id Identity, src source, req Regis
 			rec.Status, rec.AssignedHub, rec.Substatus, rec.DeviceID = store.RegistrationAssigned, a.hub, a.substatus, src.deviceID
 		}
 	}
+	if stale != nil {
+		rec.SupersededCertificates = supersede(stale.Certificate, stale.SupersededCertificates, now)
+	}
+	var chain [][]byte
+	if csr := req.csr; csr != nil && rec.Status == store.RegistrationAssigned {
+		switch {
+		case s.cfg.Issuer == nil:
+			return s.csrNotConfigured(ctx, id, csr, "the service issues no certificates (no issuer)", now, trackingID)
+		case src.issuance.credentialPolicy == "":
+			return s.csrNotConfigured(ctx, id, csr, "the enrollment or group names no credentialPolicyName", now, trackingID)
+		}
+		certs, err := s.issueCertificate(ctx, id, csr, src.issuance, now)
+		if err != nil {
+			return Response{}, err
+		}
+		rec.SupersededCertificates = supersede(rec.Certificate, rec.SupersededCertificates, now)
+		rec.Certificate = store.NewX509CertificateInfo(certs[0])
+		for _, c := range certs {
+			chain = append(chain, c.Raw)
+		}
+	}
 	op := &store.Operation{
 		ID:             opID,
 		RegistrationID: id.RegistrationID,
@@ -98,6 +122,9 @@ func (s *Service) assign(ctx context.Context, id Identity, src source, req Regis
 		ErrorMessage:   rec.ErrorMessage,
 		CreatedAt:      now,
 		ExpiresAt:      now.Add(s.cfg.OperationLifetime),
+	}
+	if chain != nil {
+		op.IssuedCertificateChain, op.CSRField = chain, req.csr.field
 	}
 	if rec.Status == store.RegistrationAssigned && srk != nil {
 		if len(rec.HubKey) != HubKeySize {
@@ -120,11 +147,15 @@ func (s *Service) assign(ctx context.Context, id Identity, src source, req Regis
 		slog.String("method", id.Method.String()), slog.String("groupId", src.groupID),
 		slog.String("status", rec.Status), slog.String("assignedHub", rec.AssignedHub),
 		slog.String("substatus", rec.Substatus), slog.Int("errorCode", rec.ErrorCode))
-	s.recorded(ctx, RegistrationEvent{
+	ev := RegistrationEvent{
 		RegistrationID: id.RegistrationID, AttestationType: src.attestationType, Method: id.Method.String(),
 		GroupID: src.groupID, Status: rec.Status, AssignedHub: rec.AssignedHub, DeviceID: rec.DeviceID,
 		ErrorCode: rec.ErrorCode, TrackingID: trackingID,
-	})
+	}
+	if chain != nil {
+		ev.CertificateSerial, ev.CertificateThumbprint = rec.Certificate.SerialNumber, rec.Certificate.SHA256Thumbprint
+	}
+	s.recorded(ctx, ev)
 	return Response{Status: 202, RetryAfter: s.retryAfter, Body: &OperationStatus{
 		OperationID: opID,
 		Status:      store.RegistrationAssigning,

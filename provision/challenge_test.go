@@ -82,8 +82,12 @@ func FuzzParseChallengeRef(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
-	for _, s := range []string{good, "", "t2.", "registration", "t1.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
-		"t2." + strings.Repeat("A", 43), "t2." + strings.Repeat("_", 43)} {
+	group, err := newGroupChallengeRef(rand.Reader, runID{9, 8, 7}, time.Unix(2000000000, 0), digestOfGroup("factory-a"))
+	if err != nil {
+		f.Fatal(err)
+	}
+	for _, s := range []string{good, group, "", "t2.", "t3.", "registration", "t1.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+		"t2." + strings.Repeat("A", 43), "t2." + strings.Repeat("_", 43), "t3." + strings.Repeat("A", 54)} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, ref string) {
@@ -91,12 +95,21 @@ func FuzzParseChallengeRef(f *testing.F) {
 		if err != nil {
 			return
 		}
-		// Only the canonical form parses: 46 characters of the allowed set,
-		// whose decoded fields re-encode to the same reference.
-		if len(ref) != 46 || !regexp.MustCompile(`^t2\.[A-Za-z0-9_-]{43}$`).MatchString(ref) {
-			t.Fatalf("accepted non-canonical %q", ref)
+		// Only the canonical forms parse: 46 (57 for a group) characters of
+		// the allowed set, whose decoded fields re-encode to the same
+		// reference.
+		var again string
+		if cr.group {
+			if len(ref) != 57 || !regexp.MustCompile(`^t3\.[A-Za-z0-9_-]{54}$`).MatchString(ref) {
+				t.Fatalf("accepted non-canonical %q", ref)
+			}
+			again, err = newGroupChallengeRef(bytes.NewReader(cr.nonce[:]), cr.run, cr.expires, cr.groupDigest)
+		} else {
+			if len(ref) != 46 || !regexp.MustCompile(`^t2\.[A-Za-z0-9_-]{43}$`).MatchString(ref) {
+				t.Fatalf("accepted non-canonical %q", ref)
+			}
+			again, err = newChallengeRef(bytes.NewReader(cr.nonce[:]), cr.run, cr.expires)
 		}
-		again, err := newChallengeRef(bytes.NewReader(cr.nonce[:]), cr.run, cr.expires)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -104,4 +117,47 @@ func FuzzParseChallengeRef(f *testing.F) {
 			t.Fatalf("%q re-encodes as %q", ref, again)
 		}
 	})
+}
+
+func TestGroupChallengeRef(t *testing.T) {
+	exp := time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)
+	run := runID{1, 2, 3, 4, 5, 6, 7, 8}
+	d := digestOfGroup("Factory-A")
+	if d != digestOfGroup("factory-a") || d == digestOfGroup("factory-b") {
+		t.Fatal("group digest: case matters or two ids share one")
+	}
+	ref, err := newGroupChallengeRef(rand.Reader, run, exp, d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !regexp.MustCompile(`^t3\.[A-Za-z0-9_-]{54}$`).MatchString(ref) || !isChallengeRef(ref) {
+		t.Fatalf("group reference %q", ref)
+	}
+	got, err := parseChallengeRef(ref)
+	if err != nil || !got.group || got.groupDigest != d || got.run != run || !got.expires.Equal(exp) {
+		t.Fatalf("parse %q: %+v %v", ref, got, err)
+	}
+	// Neither form passes for the other.
+	plain, _ := newChallengeRef(rand.Reader, run, exp)
+	for _, bad := range []string{"t3." + plain[3:], "t2." + ref[3:], ref[:len(ref)-1], ref + "A"} {
+		if _, err := parseChallengeRef(bad); err == nil {
+			t.Errorf("parseChallengeRef(%q) accepted", bad)
+		}
+	}
+	// A group key is bound to the group, and is not the key of the same
+	// reference as an individual challenge.
+	secret := bytes.Repeat([]byte{7}, 32)
+	k := groupChallengeKey(secret, "Dev-1", ref, "Factory-A")
+	if !bytes.Equal(k, groupChallengeKey(secret, "dev-1", ref, "factory-a")) {
+		t.Error("group key depends on the case of the ids")
+	}
+	for name, other := range map[string][]byte{
+		"other group":      groupChallengeKey(secret, "dev-1", ref, "factory-b"),
+		"individual":       challengeKey(secret, "dev-1", ref),
+		"shifted to group": groupChallengeKey(secret, "dev-1", ref+"\x00f", "actory-a"),
+	} {
+		if bytes.Equal(k, other) {
+			t.Errorf("%s gives the same key", name)
+		}
+	}
 }

@@ -36,6 +36,9 @@ const (
 	ErrorCodeThrottled = 429001
 	// ErrorCodeInternal: an internal error; retry later.
 	ErrorCodeInternal = 500001
+	// ErrorCodeUnavailable: the store the service shares with the other
+	// nodes of its cluster cannot answer now; retry later.
+	ErrorCodeUnavailable = 503001
 )
 
 // Error codes of a failed registration (registrationState.errorCode). They are

@@ -36,6 +36,12 @@ import (
 // groups are listed, so a write during a rebuild leaves the snapshot tagged
 // with the older revision and the next attempt rebuilds again.
 //
+//   - TPM groups (tpmadmit.go) with their roots' fingerprints, filters
+//     and the record itself, in id order and by the digest a group
+//     challenge reference carries; and one EK certificate trust over the
+//     service's TPM roots and every TPM group's roots, intermediates and
+//     revocation lists, with its cache of verdicts (ekcert.go).
+//
 // The number of groups is bounded by the store (bolt.Options.MaxGroups,
 // dpsd's max-groups), which bounds the work of a refused symmetric-key
 // CONNECT.
@@ -52,6 +58,13 @@ type groupSnapshot struct {
 	// by raw subject and subject key id (as strings of the bytes).
 	bySubject map[string][]*groupCA
 	byKeyID   map[string][]*groupCA
+	// tpm are the TPM groups in id order; tpmByDigest finds one by the
+	// digest of its id.
+	tpm         []*tpmGroup
+	tpmByDigest map[groupDigest]*tpmGroup
+	// ek is the EK certificate trust (the service's roots and the TPM
+	// groups').
+	ek *ekTrustIndex
 }
 
 // symmetricGroup is one symmetric-key group's keys.
@@ -102,7 +115,8 @@ func (s *Service) groups(ctx context.Context) (*groupSnapshot, error) {
 	s.groupCache.cur.Store(snap)
 	s.log.LogAttrs(ctx, slog.LevelDebug, "enrollment groups loaded",
 		slog.Uint64("revision", rev), slog.Int("symmetricKey", len(snap.symmetric)),
-		slog.Int("x509Certificates", countCAs(snap)), slog.Duration("took", time.Since(start)))
+		slog.Int("x509Certificates", countCAs(snap)), slog.Int("tpm", len(snap.tpm)),
+		slog.Duration("took", time.Since(start)))
 	return snap, nil
 }
 
@@ -119,7 +133,10 @@ func countCAs(snap *groupSnapshot) int {
 // Unusable keys and certificates are skipped with a warning: a group that
 // cannot match is no reason to refuse the others.
 func (s *Service) buildGroupSnapshot(ctx context.Context, rev uint64) (*groupSnapshot, error) {
-	snap := &groupSnapshot{rev: rev, bySubject: map[string][]*groupCA{}, byKeyID: map[string][]*groupCA{}}
+	snap := &groupSnapshot{rev: rev, bySubject: map[string][]*groupCA{}, byKeyID: map[string][]*groupCA{},
+		tpmByDigest: map[groupDigest]*tpmGroup{}}
+	// The EK trust starts from the service's TPM roots; TPM groups add theirs.
+	ekBundle := s.serviceEKBundle()
 	q := store.Query{MaxItems: groupsListPage}
 	order := 0
 	for {
@@ -128,18 +145,20 @@ func (s *Service) buildGroupSnapshot(ctx context.Context, rev uint64) (*groupSna
 			return nil, fmt.Errorf("list enrollment groups: %w", err)
 		}
 		for _, g := range page.Items {
-			s.addToSnapshot(ctx, snap, g, order)
+			s.addToSnapshot(ctx, snap, g, order, ekBundle)
 			order++
 		}
 		if page.Continuation == "" {
+			snap.ek = s.newEKTrustIndex(ekBundle)
 			return snap, nil
 		}
 		q.Continuation = page.Continuation
 	}
 }
 
-// addToSnapshot adds group g, at position order, to snap.
-func (s *Service) addToSnapshot(ctx context.Context, snap *groupSnapshot, g *store.Group, order int) {
+// addToSnapshot adds group g, at position order, to snap; a TPM group's
+// trust material also goes to ekBundle.
+func (s *Service) addToSnapshot(ctx context.Context, snap *groupSnapshot, g *store.Group, order int, ekBundle *attest.CertBundle) {
 	warn := func(msg string, err error) {
 		s.log.LogAttrs(ctx, slog.LevelWarn, msg, slog.String("groupId", g.EnrollmentGroupID), slog.String("error", err.Error()))
 	}
@@ -182,6 +201,11 @@ func (s *Service) addToSnapshot(ctx context.Context, snap *groupSnapshot, g *sto
 			if len(cert.SubjectKeyId) > 0 {
 				snap.byKeyID[string(cert.SubjectKeyId)] = append(snap.byKeyID[string(cert.SubjectKeyId)], ca)
 			}
+		}
+	case a.Type == store.AttestationTPM && a.TPM != nil:
+		if tg := s.newTPMGroup(ctx, g, ekBundle); tg != nil {
+			snap.tpm = append(snap.tpm, tg)
+			snap.tpmByDigest[tg.digest] = tg
 		}
 	case a.Type == store.AttestationX509 && a.X509 != nil && a.X509.CAReferences != nil:
 		s.log.LogAttrs(ctx, slog.LevelWarn, "enrollment group names caReferences, which are not supported (no CA certificate registry); give signingCertificates instead",

@@ -17,6 +17,10 @@ type Observer interface {
 	// AuthFailed reports a refused CONNECT. reason is one of the AuthFailure*
 	// constants: a short, bounded label (never the device's input).
 	AuthFailed(ctx context.Context, reason string)
+	// EKCertificateChecked reports the check of an EK certificate a device
+	// sent with a TPM challenge request. outcome is one of the EKCert*
+	// constants.
+	EKCertificateChecked(ctx context.Context, outcome string)
 }
 
 // HandoffObserver is implemented by an Observer that also wants the
@@ -70,6 +74,11 @@ type RegistrationEvent struct {
 	// ErrorCode is the registration's error code when Status is failed.
 	ErrorCode  int
 	TrackingID string
+	// CertificateSerial and CertificateThumbprint identify the operational
+	// certificate issued with this registration (upper-case hex serial
+	// number, SHA-256 thumbprint); "" when none was.
+	CertificateSerial     string
+	CertificateThumbprint string
 }
 
 // Reasons of AuthFailed: every CONNECT refusal carries one (refusal.go:
@@ -94,6 +103,29 @@ const (
 	AuthFailureUnavailable       = "store_unavailable"
 )
 
+// Outcomes of EKCertificateChecked. The check of an EK certificate depends
+// only on what the device sent and on the service's configuration (the
+// service's TPM roots and the roots of every TPM group together), never on
+// the registration id or its enrollment, and it runs before the id is
+// looked up: so /metrics, which anyone who reaches the API port may read,
+// cannot tell enrolled ids from unknown ones by these counts. Which
+// enrollment or group then admits the device is in the log only.
+const (
+	// EKCertValid: the certificate is for the EK sent and chains to a
+	// configured root.
+	EKCertValid = "valid"
+	// EKCertMalformed: not base64, not a certificate, or not an EK certificate.
+	EKCertMalformed = "malformed"
+	// EKCertKeyMismatch: a certificate for another key than the EK sent.
+	EKCertKeyMismatch = "key_mismatch"
+	// EKCertUntrusted: no chain to a configured root.
+	EKCertUntrusted = "untrusted"
+	// EKCertExpired: the certificate or its chain is outside its validity.
+	EKCertExpired = "expired"
+	// EKCertRevoked: on a configured revocation list.
+	EKCertRevoked = "revoked"
+)
+
 // observeChallenge tells the observer about an issued TPM challenge.
 func (s *Service) observeChallenge(ctx context.Context, registrationID string) {
 	if s.cfg.Observer != nil {
@@ -101,11 +133,20 @@ func (s *Service) observeChallenge(ctx context.Context, registrationID string) {
 	}
 }
 
+// observeEKCert tells the observer the outcome of an EK certificate check.
+func (s *Service) observeEKCert(ctx context.Context, outcome string) {
+	if s.cfg.Observer != nil {
+		s.cfg.Observer.EKCertificateChecked(ctx, outcome)
+	}
+}
+
 // recorded writes the audit line of a recorded registration outcome (who:
 // the registration id and how it attested; what: the status and hub; when)
-// and tells the observer. It never logs keys, tokens or the payload.
+// and tells the observer; an issued certificate adds its serial number and
+// SHA-256 thumbprint. It never logs keys, tokens or the payload.
 func (s *Service) recorded(ctx context.Context, ev RegistrationEvent) {
-	s.log.LogAttrs(ctx, slog.LevelInfo, "registration", slog.Group("audit",
+	attrs := make([]slog.Attr, 0, 12)
+	attrs = append(attrs,
 		slog.String("who", ev.RegistrationID),
 		slog.String("attestation", ev.AttestationType),
 		slog.String("method", ev.Method),
@@ -116,7 +157,12 @@ func (s *Service) recorded(ctx context.Context, ev RegistrationEvent) {
 		slog.Int("errorCode", ev.ErrorCode),
 		slog.Time("at", s.cfg.Now().UTC()),
 		slog.String("trackingId", ev.TrackingID),
-	))
+	)
+	if ev.CertificateSerial != "" {
+		attrs = append(attrs, slog.String("certificateSerial", ev.CertificateSerial),
+			slog.String("certificateSha256", ev.CertificateThumbprint))
+	}
+	s.log.LogAttrs(ctx, slog.LevelInfo, "registration", slog.GroupAttrs("audit", attrs...))
 	if s.cfg.Observer != nil {
 		s.cfg.Observer.Registered(ctx, ev)
 	}

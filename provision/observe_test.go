@@ -22,6 +22,7 @@ type recordingObserver struct {
 	registered []RegistrationEvent
 	challenges []string
 	failures   []string
+	ekCerts    []string
 }
 
 func (o *recordingObserver) Registered(_ context.Context, ev RegistrationEvent) {
@@ -40,6 +41,12 @@ func (o *recordingObserver) AuthFailed(_ context.Context, reason string) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	o.failures = append(o.failures, reason)
+}
+
+func (o *recordingObserver) EKCertificateChecked(_ context.Context, outcome string) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.ekCerts = append(o.ekCerts, outcome)
 }
 
 // lockedBuffer is a log sink safe for concurrent writes.

@@ -103,5 +103,14 @@ func registrationState(regID string, op *store.Operation, rec *store.Registratio
 	if len(op.AuthenticationKey) > 0 {
 		st.TPM = &TPMRegistrationResult{AuthenticationKey: base64.StdEncoding.EncodeToString(op.AuthenticationKey)}
 	}
+	if rec != nil && rec.EnrollmentGroupID != "" && rec.AttestationType == store.AttestationTPM {
+		if st.TPM == nil {
+			st.TPM = &TPMRegistrationResult{}
+		}
+		st.TPM.EnrollmentGroupID = rec.EnrollmentGroupID
+	}
+	if op.Status == store.RegistrationAssigned {
+		issuedChainState(st, op)
+	}
 	return st
 }

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"log/slog"
 	"time"
+
+	"github.com/tpmdps/dpsd/store"
 )
 
 // A refusal is the service saying no. It is built where the decision is
@@ -78,6 +80,11 @@ func throttled(public, reason string) *refusal {
 // randomness) goes to the log only. Any error that is not a refusal is
 // answered as one.
 func internalError(err error) *refusal {
+	if errors.Is(err, store.ErrUnavailable) {
+		// The shared store (etcd) cannot answer now: 503, which devices
+		// retry, and nothing decided.
+		return &refusal{status: 503, code: ErrorCodeUnavailable, public: msgUnavailable, reason: err}
+	}
 	return &refusal{status: 500, code: ErrorCodeInternal, public: msgInternal, reason: err}
 }
 

@@ -31,6 +31,7 @@ type source struct {
 	// keys, initial twin and capabilities from it.
 	enrollment *store.Enrollment
 	group      *store.Group
+	issuance   issuancePolicy
 }
 
 // settings returns the enrollment's or the group's settings.
@@ -76,11 +77,18 @@ func (s *Service) register(ctx context.Context, id Identity, req RegisterRequest
 	if len(req.Payload) > 0 && !json.Valid(req.Payload) {
 		return Response{}, badRequest("payload is not valid JSON")
 	}
-	var src source
-	var err error
-	switch id.Method {
-	case AuthRestricted:
+	if id.Method == AuthRestricted {
+		// A restricted session only asks for a TPM challenge: its CSR, if
+		// any, is not even parsed (that would cost work for an outsider).
 		return s.challenge(ctx, id, req, trackingID)
+	}
+	csr, err := parseDeviceCSR(req, id.RegistrationID)
+	if err != nil {
+		return Response{}, err
+	}
+	req.csr = csr
+	var src source
+	switch id.Method {
 	case AuthTPM:
 		return s.registerTPM(ctx, id, req, trackingID)
 	case AuthSymmetricKey:
@@ -109,6 +117,7 @@ func enrollmentSource(e *store.Enrollment) source {
 		createdAt:       e.CreatedAt,
 		target:          allocationTargetOf(&e.EnrollmentSettings),
 		enrollment:      e,
+		issuance:        issuanceOf(&e.EnrollmentSettings),
 	}
 }
 
@@ -150,13 +159,20 @@ func (s *Service) credentialSource(ctx context.Context, id Identity, attestation
 	case !groupOK(g):
 		return source{}, unauthorized(groupChanged)
 	}
+	return groupSource(g, attestationType, id.RegistrationID), nil
+}
+
+// groupSource describes enrollment group g for a device of attestationType
+// registering as regID (its device id: a group names none).
+func groupSource(g *store.Group, attestationType, regID string) source {
 	return source{
 		attestationType: attestationType,
 		groupID:         g.EnrollmentGroupID,
-		deviceID:        id.RegistrationID,
+		deviceID:        regID,
 		disabled:        strings.EqualFold(g.ProvisioningStatus, store.StatusDisabled),
 		createdAt:       g.CreatedAt,
 		target:          allocationTargetOf(&g.EnrollmentSettings),
 		group:           g,
-	}, nil
+		issuance:        issuanceOf(&g.EnrollmentSettings),
+	}
 }

@@ -16,10 +16,13 @@ const (
 	MaxRequestDepth = 32
 )
 
-// TPMKeys are the base64 TPM2B_PUBLIC keys a TPM device sends.
+// TPMKeys are the base64 TPM2B_PUBLIC keys a TPM device sends and,
+// optionally, its EK certificate: base64 DER as read from the TPM's NV (an
+// addition of this service; docs/protocol.md section 5).
 type TPMKeys struct {
-	EndorsementKey string `json:"endorsementKey"`
-	StorageRootKey string `json:"storageRootKey"`
+	EndorsementKey            string `json:"endorsementKey"`
+	StorageRootKey            string `json:"storageRootKey"`
+	EndorsementKeyCertificate string `json:"endorsementKeyCertificate,omitempty"`
 }
 
 // RegisterRequest is a register request's body: every field may be missing.
@@ -28,6 +31,16 @@ type RegisterRequest struct {
 	RegistrationID string          `json:"registrationId"`
 	TPM            *TPMKeys        `json:"tpm,omitempty"`
 	Payload        json.RawMessage `json:"payload,omitempty"`
+	// CSR is a certificate signing request in the 2025-07-01-preview field
+	// (base64 DER; PEM is accepted too): the answer carries
+	// issuedCertificateChain.
+	CSR string `json:"csr,omitempty"`
+	// ClientCertificateCSR is one in the 2021-11-01-preview field (IoT
+	// Edge's identity service): the answer carries issuedClientCertificate.
+	ClientCertificateCSR string `json:"clientCertificateCsr,omitempty"`
+
+	// csr is the checked request of an authenticated register (register.go).
+	csr *deviceCSR
 }
 
 // ParseRegisterRequest parses a register body from a device. An empty body,

@@ -68,7 +68,9 @@ func TestParseRegisterRequestDepthLimit(t *testing.T) {
 }
 
 func FuzzParseRegisterRequest(f *testing.F) {
-	for _, s := range []string{"", "{}", `{"payload":null}`, `{"registrationId":"a","tpm":{"endorsementKey":"AQ==","storageRootKey":"Ag=="},"payload":{"x":[1,2,{"y":"\ud83d\ude00"}]}}`, `[[[[`, `{"a":"\"}"}`} {
+	for _, s := range []string{"", "{}", `{"payload":null}`, `{"registrationId":"a","tpm":{"endorsementKey":"AQ==","storageRootKey":"Ag=="},"payload":{"x":[1,2,{"y":"\ud83d\ude00"}]}}`, `[[[[`, `{"a":"\"}"}`,
+		`{"registrationId":"my-edge-device","clientCertificateCsr":"` + fuzzEdgeCSR + `"}`,
+		`{"payload":null,"csr":"` + fuzzEdgeCSR + `"}`, `{"csr":"MIIB","clientCertificateCsr":"MIIB"}`} {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, body []byte) {
@@ -93,5 +95,19 @@ func FuzzParseRegisterRequest(f *testing.F) {
 		if _, err := EncodeBody(&RegistrationState{RegistrationID: req.RegistrationID, Payload: req.Payload}); err != nil {
 			t.Fatalf("accepted request does not re-encode: %v", err)
 		}
+		// A CSR in it is either a 400 saying why or a request for the device.
+		csr, err := parseDeviceCSR(req, "my-edge-device")
+		var r *refusal
+		switch {
+		case err != nil && (!errors.As(err, &r) || r.status != 400 || r.public == ""):
+			t.Fatalf("CSR refused with something else than a 400: %v", err)
+		case err == nil && csr != nil && !asciiEqualFold(csr.req.Subject.CommonName, "my-edge-device"):
+			t.Fatalf("CSR for %q accepted for my-edge-device", csr.req.Subject.CommonName)
+		case err == nil && csr == nil && (req.CSR != "" || req.ClientCertificateCSR != ""):
+			t.Fatal("a CSR field was ignored")
+		}
 	})
 }
+
+// fuzzEdgeCSR is IoT Edge's CSR for my-edge-device (P-256, base64 DER).
+const fuzzEdgeCSR = "MIHTMHsCAQAwGTEXMBUGA1UEAwwObXktZWRnZS1kZXZpY2UwWTATBgcqhkjOPQIBBggqhkjOPQMBBwNCAATs6ckj27wDQlc/9LfkCV8F3m7E6mjMq5igusbTV29+tiUf0tyl2zY6WpU1Pv0V1K3vPVEo1qARYQULS9Zitf7moAAwCgYIKoZIzj0EAwIDSAAwRQIgfGdKc/kQfUIqUhVkT2HKQevaynC8/HDQ1KdVKs4telkCIQDxZpMhfpYs4faoLkH7LfWaV91AvXhzBg4EpDhXFdoPvA=="

@@ -46,11 +46,19 @@ type RegistrationState struct {
 	Payload                json.RawMessage           `json:"payload,omitempty"`
 	ErrorCode              int                       `json:"errorCode,omitempty"`
 	ErrorMessage           string                    `json:"errorMessage,omitempty"`
+	// IssuedCertificateChain answers a CSR sent in csr (2025-07-01-preview):
+	// base64 DER certificates, leaf first, root last, at most three.
+	IssuedCertificateChain []string `json:"issuedCertificateChain,omitempty"`
+	// IssuedClientCertificate answers a CSR sent in clientCertificateCsr
+	// (2021-11-01-preview): the same chain as PEM text.
+	IssuedClientCertificate string `json:"issuedClientCertificate,omitempty"`
 }
 
-// TPMRegistrationResult carries the activation blob holding the device's hub key.
+// TPMRegistrationResult carries the activation blob holding the device's
+// hub key and, for a TPM admitted by a TPM group, the group's id.
 type TPMRegistrationResult struct {
-	AuthenticationKey string `json:"authenticationKey"`
+	AuthenticationKey string `json:"authenticationKey,omitempty"`
+	EnrollmentGroupID string `json:"enrollmentGroupId,omitempty"`
 }
 
 // SymmetricKeyRegistration names the enrollment group whose derived key matched.
@@ -91,6 +99,7 @@ const (
 	msgUnauthorized = "Unauthorized"
 	msgNotFound     = "Operation not found"
 	msgInternal     = "Internal error; try again later"
+	msgUnavailable  = "Service unavailable; try again later"
 )
 
 // formatTime writes a time as RFC 3339 UTC with 7 fractional digits, as DPS does.

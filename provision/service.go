@@ -17,6 +17,7 @@ import (
 	"github.com/tpmdps/dpsd/allocator"
 	"github.com/tpmdps/dpsd/attest"
 	"github.com/tpmdps/dpsd/hubconn"
+	"github.com/tpmdps/dpsd/issuer"
 	"github.com/tpmdps/dpsd/store"
 )
 
@@ -42,9 +43,17 @@ type Config struct {
 	// generates them once and keeps them in its data directory). Required.
 	ChallengeSecret []byte
 	// ChallengeLifetime bounds how long a TPM challenge can be answered (default 10 min).
-	// A challenge can also be answered only in the run of the Service that
-	// issued it: the references used so far are remembered in memory.
+	// Without Challenges, a challenge can also be answered only in the run
+	// of the Service that issued it: the references used so far are
+	// remembered in memory.
 	ChallengeLifetime time.Duration
+	// Challenges, when set, records the single use of every TPM challenge
+	// in the store that the nodes of a cluster share (the etcd engine):
+	// a challenge is then accepted by every Service on that store, also
+	// one started after the issuing one stopped, and at most once in all.
+	// When nil and Store implements store.ChallengeRecorder, Store is used;
+	// otherwise used references are remembered in this Service's memory.
+	Challenges store.ChallengeRecorder
 	// MaxUsedChallenges bounds the used, unexpired challenge references
 	// remembered (default DefaultMaxUsedChallenges); when it is reached, TPM
 	// authentications are refused as unavailable until references expire.
@@ -54,6 +63,12 @@ type Config struct {
 	// SAS bounds token lifetimes; zero fields take attest's defaults
 	// (attest.DefaultSASClockSkew, attest.DefaultSASMaxLifetime).
 	SAS attest.SASPolicy
+	// TPMRoots is the service-wide trust in EK certificates (dpsd's
+	// tpm-roots directory): individual enrollments with
+	// requireEkCertificate need a certificate that chains to its roots, and
+	// its intermediates and CRLs also serve the chains of TPM groups, whose
+	// roots are their own. Nil or empty: none.
+	TPMRoots *attest.CertBundle
 	// Hubs are service-wide hubs for the hashed allocation when an
 	// enrollment names none, beside the linked hubs (hubs.go says how the
 	// two combine): allocated with weight 1, never handed off to.
@@ -86,20 +101,28 @@ type Config struct {
 	// Observer, if set, receives registration outcomes, issued challenges and
 	// refused CONNECTs (for metrics); nil means off.
 	Observer Observer
+	// Issuer, if set, signs the operational certificates that devices ask
+	// for with a CSR when their enrollment or group names a credential
+	// policy (certificate.go). nil: no certificates are issued, and a
+	// register with a CSR gets the answer IoT Edge falls back on.
+	Issuer issuer.Issuer
 }
 
 // Service is the provisioning service. Safe for concurrent use: records are
 // in the store; in memory it holds its configuration, the id of this run,
-// the challenge references used in this run, a cache of parsed TPM keys and
-// the enrollment groups' key material (groups.go), kept current by the
-// store's groups revision.
+// the challenge references used in this run (unless the store records
+// them for a cluster), a cache of parsed TPM keys and
+// the enrollment groups' key material (groups.go), with the EK certificate
+// trust and its verdicts (ekcert.go), kept current by the store's groups
+// revision.
 type Service struct {
 	cfg        Config
 	log        *slog.Logger
 	retryAfter time.Duration
 	tpmKeys    *tpmKeyCache
 	run        runID
-	usedRefs   *usedRefs
+	usedRefs   *usedRefs               // single node: used references in memory
+	challenges store.ChallengeRecorder // cluster: used references in the store
 	groupCache groupCache
 	hubCache   hubCache
 	handoff    handoffState
@@ -172,16 +195,22 @@ func New(cfg Config) (*Service, error) {
 	if _, err := io.ReadFull(cfg.Rand, run[:]); err != nil {
 		return nil, fmt.Errorf("provision: run id: %w", err)
 	}
-	s := &Service{
+	svc := &Service{
 		cfg:        cfg,
 		log:        cfg.Logger.With(slog.String("component", "provision")),
 		retryAfter: ra,
 		tpmKeys:    newTPMKeyCache(),
 		run:        run,
-		usedRefs:   newUsedRefs(cfg.MaxUsedChallenges),
+		challenges: cfg.Challenges,
 	}
-	s.handoff.init(run)
-	return s, nil
+	if svc.challenges == nil {
+		svc.challenges, _ = cfg.Store.(store.ChallengeRecorder)
+	}
+	if svc.challenges == nil {
+		svc.usedRefs = newUsedRefs(cfg.MaxUsedChallenges)
+	}
+	svc.handoff.init(run)
+	return svc, nil
 }
 
 // IDScope returns the ID scope the service answers for.

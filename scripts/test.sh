@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of the project. Installs what the tests need when it is
 # missing: the Debian packages of the independent TPM stack (swtpm, tpm2-tools
-# and its swtpm TCTI), the MQTT command-line clients, and the Go modules.
+# and its swtpm TCTI), the MQTT command-line clients and the mosquitto broker
+# (the tests start it themselves on free loopback ports), and the Go modules.
 # Then runs go vet, every fuzz target for 10,000 inputs beyond its corpus (FUZZTIME)
 # and go test ./... (which also runs the Azure Node SDK interoperability tests;
 # they need Node.js and npm, and bind 127.0.0.1:443 and :8883, so run as root
@@ -16,6 +17,7 @@ command -v swtpm_setup >/dev/null 2>&1 || need_pkgs+=(swtpm-tools)
 command -v tpm2_createprimary >/dev/null 2>&1 || need_pkgs+=(tpm2-tools)
 ls /usr/lib/*/libtss2-tcti-swtpm.so* >/dev/null 2>&1 || need_pkgs+=(libtss2-tcti-swtpm0)
 command -v mosquitto_pub >/dev/null 2>&1 || need_pkgs+=(mosquitto-clients)
+[ -x /usr/sbin/mosquitto ] || need_pkgs+=(mosquitto)
 command -v npm >/dev/null 2>&1 || need_pkgs+=(nodejs npm)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   echo "== installing Debian packages: ${need_pkgs[*]}"
@@ -23,6 +25,11 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
   [ "$(id -u)" -ne 0 ] && sudo_cmd=(sudo)
   "${sudo_cmd[@]}" apt-get update -qq
   DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}"
+  if [[ " ${need_pkgs[*]} " == *" mosquitto "* ]] && command -v systemctl >/dev/null 2>&1; then
+    # The package starts a broker on 127.0.0.1:1883, dpsd's plain MQTT address:
+    # the tests need only the binary.
+    "${sudo_cmd[@]}" systemctl disable --now mosquitto >/dev/null 2>&1 || true
+  fi
 fi
 
 echo "== downloading Go modules"

@@ -2,8 +2,8 @@
 // individual enrollments, enrollment groups, registration records,
 // polling operations, linked IoT hubs and the provisioning service's
 // pending jobs. It holds the interface, the record types and the
-// errors, and no engine: the embedded bbolt engine is store/bolt (a cluster
-// engine, etcd, is planned), and store/storetest is the conformance suite
+// errors, and no engine: the embedded bbolt engine is store/bolt, the cluster
+// engine is store/etcd, and store/storetest is the conformance suite
 // that every engine passes. This part states what every engine promises;
 // each engine's package documents its layout, durability and operations.
 //
@@ -35,6 +35,15 @@
 // encrypted at rest. Registration.AttestationHash is stored with its record
 // and returned by reads, but, like HubKey, never serialised to JSON (the
 // service API's shape).
+//
+// # Issued certificates
+//
+// An enrollment's or group's credentialPolicyName and
+// dpsdCertificatePolicy, a registration's current and superseded
+// certificates and an operation's issued chain are records of
+// certificate issuance: public data (certificates and their thumbprints,
+// never a key) that round-trips like any other field. The issuing CA's key
+// is never in the store.
 //
 // # Listings and counts
 //
@@ -98,6 +107,16 @@
 // (one process per file, as bbolt) may end leases when it opens; an engine
 // shared by several processes (a cluster) must keep them until they
 // expire, by the store's clock.
+//
+// # Capabilities of some engines
+//
+// An engine may also implement EnrollmentBatcher (many enrollments in one
+// transaction: bbolt), ChallengeRecorder (the single use of TPM challenges
+// recorded for every node of a cluster: etcd), WindowCounter (rate-limit
+// windows counted for a cluster: etcd) and RegistrationLister (every
+// registration record: both, for dpsd store copy). A store that cannot
+// answer now (a cluster without quorum) returns errors wrapping
+// ErrUnavailable: nothing was decided, the caller may retry.
 //
 // # Durability and concurrency
 //

@@ -33,6 +33,13 @@ var (
 	// ErrCorrupt: a stored value could not be decoded or authenticated
 	// (tampering, a swapped ciphertext, or a wrong key).
 	ErrCorrupt = errors.New("store: corrupt record")
+	// ErrUnavailable: the store cannot answer now (a cluster engine lost
+	// its connection or the quorum of its cluster); nothing was decided
+	// and the caller may try again (503, CONNACK "server unavailable").
+	ErrUnavailable = errors.New("store: unavailable")
+	// ErrChallengeUsed: ChallengeRecorder.UseChallenge found the challenge
+	// already used.
+	ErrChallengeUsed = errors.New("store: challenge already used")
 )
 
 // Bounds every Store applies.
@@ -116,6 +123,15 @@ type EnrollmentSettings struct {
 	ETag                       string                      `json:"etag,omitempty"`
 	CreatedAt                  time.Time                   `json:"createdDateTimeUtc"`
 	UpdatedAt                  time.Time                   `json:"lastUpdatedDateTimeUtc"`
+	// CredentialPolicyName, when set, has the service issue an operational
+	// certificate to a device that sends a certificate signing request in
+	// its register request (the field of the DPS 2025-07-01-preview service
+	// API, where it names a credential policy). dpsd has one issuer (its
+	// issuer setting): any name turns issuance on and is kept as a label.
+	CredentialPolicyName string `json:"credentialPolicyName,omitempty"`
+	// CertificatePolicy is dpsd's extension of issuance: the validity and
+	// subject of the certificates issued. nil means the defaults.
+	CertificatePolicy *CertificatePolicy `json:"dpsdCertificatePolicy,omitempty"`
 }
 
 // Attestation says how a device proves its identity. Exactly one of TPM,
@@ -127,10 +143,32 @@ type Attestation struct {
 	X509         *X509Attestation         `json:"x509,omitempty"`
 }
 
-// TPMAttestation holds the enrolled endorsement key (base64 TPM2B_PUBLIC).
+// TPMAttestation is, for an individual enrollment, the enrolled
+// endorsement key (base64 TPM2B_PUBLIC) and whether the device must also
+// show a valid EK certificate; for an enrollment group (attestation type
+// tpm, an extension of this service), which EK certificates admit a TPM:
+// those that chain to one of EKCertificateRoots, optionally only of one
+// TPM manufacturer or model, or only for the EKs of an allow-list.
+// Certificates and CRLs are PEM or base64 DER, one per string.
 type TPMAttestation struct {
-	EndorsementKey string `json:"endorsementKey"`
+	EndorsementKey string `json:"endorsementKey,omitempty"`
 	StorageRootKey string `json:"storageRootKey,omitempty"`
+	// RequireEKCertificate (individual enrollments): the device must send
+	// an EK certificate for its EK that chains to the service's TPM roots.
+	RequireEKCertificate bool `json:"requireEkCertificate,omitempty"`
+	// EKCertificateRoots (groups, required there) are the trust anchors.
+	EKCertificateRoots []string `json:"ekCertificateRoots,omitempty"`
+	// EKCertificateIntermediates are extra paths to those roots.
+	EKCertificateIntermediates []string `json:"ekCertificateIntermediates,omitempty"`
+	// EKCertificateCRLs are revocation lists of those CAs.
+	EKCertificateCRLs []string `json:"ekCertificateCrls,omitempty"`
+	// TPMManufacturer and TPMModel, when set, must equal the certificate's
+	// (its subject alternative name, e.g. "id:494E5443"; case-insensitive).
+	TPMManufacturer string `json:"tpmManufacturer,omitempty"`
+	TPMModel        string `json:"tpmModel,omitempty"`
+	// EndorsementKeyHashes, when set, admit only these EKs: hexadecimal
+	// SHA-256 of the EK's DER SubjectPublicKeyInfo (attest.EKHash).
+	EndorsementKeyHashes []string `json:"endorsementKeyHashes,omitempty"`
 }
 
 // SymmetricKeyAttestation holds base64 keys. They are secrets: encrypted at rest.
@@ -170,6 +208,30 @@ type X509CertificateInfo struct {
 	SerialNumber     string    `json:"serialNumber"`
 	Version          int       `json:"version"`
 }
+
+// CertificatePolicy says what the operational certificates issued to an
+// enrollment's or a group's devices contain beyond what every issued
+// certificate has (the registration id as subject CN, a URI SAN naming the
+// device, clientAuth). A dpsd extension: the cloud keeps these settings in
+// the credential policy that credentialPolicyName names.
+type CertificatePolicy struct {
+	// ValidityDays is how long an issued certificate is valid, in days
+	// (1-398; 0 means the default, 30).
+	ValidityDays int `json:"validityDays,omitempty"`
+	// Organization, when set, is the subject O of issued certificates.
+	Organization string `json:"organization,omitempty"`
+	// OrganizationalUnit, when set, is the subject OU of issued certificates.
+	OrganizationalUnit string `json:"organizationalUnit,omitempty"`
+}
+
+// Bounds of CertificatePolicy.ValidityDays, in days: the default (the
+// cloud's), and the range (398 days is the longest any public TLS
+// certificate may live).
+const (
+	DefaultCertificateValidityDays = 30
+	MinCertificateValidityDays     = 1
+	MaxCertificateValidityDays     = 398
+)
 
 // X509CAReferences names CA certificates registered with the service.
 type X509CAReferences struct {
@@ -236,7 +298,38 @@ type Registration struct {
 	ETag            string    `json:"etag,omitempty"`
 	CreatedAt       time.Time `json:"createdDateTimeUtc"`
 	UpdatedAt       time.Time `json:"lastUpdatedDateTimeUtc"`
+	// Certificate describes the operational certificate last issued to the
+	// device (a dpsd extension of the registration state); nil when none was.
+	Certificate *X509CertificateInfo `json:"dpsdIssuedCertificate,omitempty"`
+	// SupersededCertificates are the certificates issued earlier and
+	// replaced by a later one, newest first, at most
+	// MaxSupersededCertificates (a dpsd extension). Nothing revokes them:
+	// they stay valid until they expire.
+	SupersededCertificates []SupersededCertificate `json:"dpsdSupersededCertificates,omitempty"`
 }
+
+// MaxSupersededCertificates bounds Registration.SupersededCertificates:
+// the service keeps the newest ones.
+const MaxSupersededCertificates = 16
+
+// SupersededCertificate is an issued certificate that a later one replaced.
+type SupersededCertificate struct {
+	SerialNumber     string    `json:"serialNumber"`
+	SHA256Thumbprint string    `json:"sha256Thumbprint"`
+	NotAfter         time.Time `json:"notAfterUtc"`
+	SupersededAt     time.Time `json:"supersededDateTimeUtc"`
+}
+
+// Register request fields that carry a certificate signing request; an
+// Operation's CSRField names the one the device used.
+const (
+	// CSRField2025 is the 2025-07-01-preview field "csr"; the answer is
+	// registrationState.issuedCertificateChain.
+	CSRField2025 = "csr"
+	// CSRField2021 is the 2021-11-01-preview field "clientCertificateCsr";
+	// the answer is registrationState.issuedClientCertificate.
+	CSRField2021 = "clientCertificateCsr"
+)
 
 // Operation is what a device polls for after a register request.
 type Operation struct {
@@ -251,6 +344,12 @@ type Operation struct {
 	AuthenticationKey []byte    `json:"authenticationKey,omitempty"`
 	CreatedAt         time.Time `json:"createdAt"`
 	ExpiresAt         time.Time `json:"expiresAt"`
+	// IssuedCertificateChain is the certificate chain issued with this
+	// operation, DER, leaf first, root last (public, not a secret).
+	IssuedCertificateChain [][]byte `json:"issuedCertificateChain,omitempty"`
+	// CSRField is the register field that carried the CSR (CSRField2025 or
+	// CSRField2021): the final answer carries the chain in the matching shape.
+	CSRField string `json:"csrField,omitempty"`
 }
 
 // Query asks for one page of a listing.
@@ -369,4 +468,41 @@ type Store interface {
 // is returned as PutEnrollment returns it, in the order given.
 type EnrollmentBatcher interface {
 	PutEnrollments(ctx context.Context, es []*Enrollment) ([]*Enrollment, error)
+}
+
+// ChallengeRecorder is implemented by engines that several service nodes
+// share (a cluster): the single use of a TPM challenge is recorded in the
+// store, so that a challenge issued by any node is accepted by every node,
+// also after a restart, and authenticates at most once cluster-wide. An
+// engine of one process (bbolt) does not implement it: the provisioning
+// service then remembers used challenges in its own memory.
+type ChallengeRecorder interface {
+	// UseChallenge records that the challenge id (opaque bytes, at most
+	// 64) authenticated, and returns ErrChallengeUsed when it was recorded
+	// before, by this or any other node. The record is kept at least until
+	// expires, the challenge's own expiry, after which no node accepts it.
+	UseChallenge(ctx context.Context, id []byte, expires time.Time) error
+}
+
+// WindowCounter is implemented by engines that several service nodes
+// share: a count per name and fixed time window, shared by every node, so
+// that a rate limit holds for the whole cluster however a load balancer
+// spreads the requests.
+type WindowCounter interface {
+	// CountInWindow adds one to the counter of name in the current window
+	// (the engine's clock cut into windows of length window since the Unix
+	// epoch) and returns the count, this one included, and the end of the
+	// window.
+	CountInWindow(ctx context.Context, name string, window time.Duration) (int64, time.Time, error)
+}
+
+// RegistrationLister is implemented by engines that list every
+// registration record, in or out of a group: what moving an installation
+// to another engine (dpsd store copy) and its check need.
+type RegistrationLister interface {
+	// ListRegistrations returns one page of every registration, in key
+	// order, paged like the other listings.
+	ListRegistrations(ctx context.Context, q Query) (Page[*Registration], error)
+	// CountRegistrations returns the number of registration records.
+	CountRegistrations(ctx context.Context) (int, error)
 }

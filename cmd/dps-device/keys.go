@@ -30,9 +30,13 @@ func keyAttestation(fs *flag.FlagSet, symKey, groupKey, certFile, keyFile, regID
 	default:
 		return nil, fmt.Errorf("%w: %s exclude each other", errUsage, strings.Join(chosen, " and "))
 	}
+	tpmOnly := []string{"tpm", "ecc", "identity-handle", "hub-handle", "ek-cert", "no-ek-cert"}
+	if fs.Lookup("issue-cert") != nil && fs.Lookup("issue-cert").Value.String() == "true" && fs.Lookup("key-out").Value.String() == "" {
+		tpmOnly = tpmOnly[1:] // the certificate key is in the TPM: --tpm says which
+	}
 	var tpmSet []string
 	fs.Visit(func(f *flag.Flag) {
-		if slices.Contains([]string{"tpm", "ecc", "identity-handle", "hub-handle"}, f.Name) {
+		if slices.Contains(tpmOnly, f.Name) {
 			tpmSet = append(tpmSet, "--"+f.Name)
 		}
 	})

@@ -3,12 +3,15 @@ package main
 import (
 	"context"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"strconv"
 	"time"
 
@@ -94,7 +97,9 @@ func topUsage(w io.Writer) {
 Commands:
   ek         print the TPM's endorsement key and default registration id (for enrollment)
   provision  provision the device (TPM by default; --symmetric-key, --group-key or
-             --cert/--key instead) and print the result as JSON
+             --cert/--key instead) and print the result as JSON; with --issue-cert
+             --cert-out F, also get an operational certificate for a key made in
+             the TPM (or in software with --key-out F)
   hub-sas    sign an IoT hub SAS token with the hub key kept in the TPM
   sas        print the SAS token a symmetric-key device sends as its MQTT password
              (for raw MQTT tools such as mosquitto_rr)
@@ -174,7 +179,23 @@ func keyAlg(ecc bool) devtpm.Alg {
 	return devtpm.RSA2048
 }
 
-// cmdEK prints {"endorsementKey", "registrationId"}.
+// ekInfo is what dps-device ek prints.
+type ekInfo struct {
+	EndorsementKey string `json:"endorsementKey"`
+	RegistrationID string `json:"registrationId"`
+	// EndorsementKeyHash is what a TPM group's allow-list holds (attest.EKHash).
+	EndorsementKeyHash string `json:"endorsementKeyHash"`
+	// EndorsementKeyCertificate is the EK certificate in NV (base64 DER), if any.
+	EndorsementKeyCertificate string `json:"endorsementKeyCertificate,omitempty"`
+	// TPMManufacturer and TPMModel are the certificate's names of the TPM.
+	TPMManufacturer string `json:"tpmManufacturer,omitempty"`
+	TPMModel        string `json:"tpmModel,omitempty"`
+	// EKCertificateError says why the certificate could not be read or parsed.
+	EKCertificateError string `json:"ekCertificateError,omitempty"`
+}
+
+// cmdEK prints the EK, its default registration id and hash, and the EK
+// certificate the TPM holds (ekInfo).
 func cmdEK(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("ek", "[--tpm SEL] [--ecc]", stderr)
 	sel := fs.String("tpm", tpmtransport.DefaultSelector, "TPM selector")
@@ -187,14 +208,37 @@ func cmdEK(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer tpm.Close()
-	ek, err := (&device.TPM{Device: tpm, KeyAlg: keyAlg(*ecc)}).EndorsementKey(ctx)
+	att := &device.TPM{Device: tpm, KeyAlg: keyAlg(*ecc)}
+	ek, err := att.EndorsementKey(ctx)
 	if err != nil {
 		return err
 	}
-	return writeJSON(stdout, struct {
-		EndorsementKey string `json:"endorsementKey"`
-		RegistrationID string `json:"registrationId"`
-	}{base64.StdEncoding.EncodeToString(ek), attest.RegistrationID(ek)})
+	info := ekInfo{EndorsementKey: base64.StdEncoding.EncodeToString(ek), RegistrationID: attest.RegistrationID(ek)}
+	pub, err := attest.ParsePublic(ek)
+	if err != nil {
+		return fmt.Errorf("%w: the endorsement key does not parse: %w", device.ErrTPM, err)
+	}
+	h, err := attest.EKHash(pub)
+	if err != nil {
+		return err
+	}
+	info.EndorsementKeyHash = hex.EncodeToString(h[:])
+	cert, err := att.EndorsementKeyCertificate(ctx)
+	switch {
+	case err != nil:
+		info.EKCertificateError = err.Error()
+	case len(cert) > 0:
+		info.EndorsementKeyCertificate = base64.StdEncoding.EncodeToString(cert)
+		if c, err := attest.ParseEKCertificate(cert); err != nil {
+			info.EKCertificateError = err.Error()
+		} else {
+			info.TPMManufacturer, info.TPMModel = c.Manufacturer, c.Model
+			if err := c.MatchesEK(pub); err != nil {
+				info.EKCertificateError = err.Error()
+			}
+		}
+	}
+	return writeJSON(stdout, info)
 }
 
 // handleFlag is a flag.Value for a TPM persistent handle in hex or decimal.
@@ -223,7 +267,7 @@ func (f handleFlag) Set(s string) error {
 
 // cmdProvision provisions the device and prints the Result.
 func cmdProvision(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("provision", "--host H [--port P] --id-scope S [--symmetric-key K | --group-key K | --cert F --key F | TPM flags] [flags]", stderr)
+	fs := newFlagSet("provision", "--host H [--port P] --id-scope S [--symmetric-key K | --group-key K | --cert F --key F | TPM flags] [--issue-cert --cert-out F [--key-out F]] [flags]", stderr)
 	host := fs.String("host", "", "broker host name (required; also the TLS server name)")
 	port := fs.Int("port", 0, "broker port (default 8883 TLS, 1883 with --plain, 443 with --websocket)")
 	scope := fs.String("id-scope", "", "ID scope of the provisioning service (required)")
@@ -243,9 +287,16 @@ func cmdProvision(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	fs.Var(handleFlag{&hubHandle}, "hub-handle", "persist the hub key at this handle")
 	symKey := fs.String("symmetric-key", "", "symmetric-key attestation with this individual enrollment key (base64; needs --registration-id)")
 	groupKey := fs.String("group-key", "", "symmetric-key attestation with a key derived from this enrollment group key (base64; needs --registration-id)")
+	ekCertFile := fs.String("ek-cert", "", "TPM: send this EK certificate (PEM or DER file) instead of the one in the TPM's NV")
+	noEKCert := fs.Bool("no-ek-cert", false, "TPM: send no EK certificate")
 	certFile := fs.String("cert", "", "X.509 attestation: PEM device certificate, optionally followed by its intermediates (with --key; registration id defaults to its subject CN)")
 	keyFile := fs.String("key", "", "X.509 attestation: PEM private key of --cert")
+	var cert certFlags
+	cert.add(fs)
 	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if err := cert.check(fs); err != nil {
 		return err
 	}
 	if *host == "" || *scope == "" {
@@ -281,19 +332,53 @@ func cmdProvision(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if *verbose {
 		cfg.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
-	if att != nil {
-		cfg.Attestation = att
-	} else {
+	if *ekCertFile != "" && *noEKCert {
+		return fmt.Errorf("%w: --ek-cert and --no-ek-cert exclude each other", errUsage)
+	}
+	var ekCert []byte
+	if *ekCertFile != "" {
+		if ekCert, err = readEKCertFile(*ekCertFile); err != nil {
+			return err
+		}
+	}
+	var tpmAtt *device.TPM
+	if att == nil || cert.isTPM {
 		tpm, err := openTPM(ctx, *sel)
 		if err != nil {
 			return err
 		}
 		defer tpm.Close()
-		cfg.Attestation = &device.TPM{Device: tpm, KeyAlg: keyAlg(*ecc), IdentityKeyHandle: idHandle, HubKeyHandle: hubHandle}
+		tpmAtt = &device.TPM{Device: tpm, KeyAlg: keyAlg(*ecc), IdentityKeyHandle: idHandle, HubKeyHandle: hubHandle,
+			EKCertificate: ekCert, NoEKCertificate: *noEKCert}
+	}
+	cfg.Attestation = att
+	if att == nil {
+		cfg.Attestation = tpmAtt
+	}
+	if cert.issue {
+		apiSet := false
+		fs.Visit(func(f *flag.Flag) { apiSet = apiSet || f.Name == "api-version" })
+		if !apiSet {
+			cfg.APIVersion = "" // the device library's: the 2025-07-01-preview CSR shape
+		}
+		key, closeKey, err := cert.certificateKey(ctx, tpmAtt)
+		if err != nil {
+			return err
+		}
+		defer closeKey()
+		cfg.CertificateKey = key
 	}
 	res, err := device.Provision(ctx, cfg)
+	out := provisionOutput{Result: res}
+	if err == nil && cert.issue {
+		if len(res.CertificateChain) == 0 {
+			return errNoResult
+		}
+		out.CertificateFile = cert.certOut
+		out.CertificateKeyHandle, out.CertificateKeyFile, err = cert.keep(cfg.CertificateKey, res)
+	}
 	if res != nil {
-		if werr := writeJSON(stdout, res); werr != nil && err == nil {
+		if werr := writeJSON(stdout, out); werr != nil && err == nil {
 			err = werr
 		}
 	}
@@ -370,6 +455,25 @@ func cmdSAS(args []string, stdout, stderr io.Writer) error {
 	}
 	_, err = fmt.Fprintln(stdout, creds.Password)
 	return err
+}
+
+// readEKCertFile reads an EK certificate file, PEM (one CERTIFICATE block)
+// or DER, and returns the DER.
+func readEKCertFile(path string) ([]byte, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("%w: --ek-cert: %w", errUsage, err)
+	}
+	if blk, _ := pem.Decode(data); blk != nil {
+		if blk.Type != "CERTIFICATE" {
+			return nil, fmt.Errorf("%w: --ek-cert %s: a PEM %q block, want CERTIFICATE", errUsage, path, blk.Type)
+		}
+		data = blk.Bytes
+	}
+	if _, err := attest.ParseEKCertificate(data); err != nil {
+		return nil, fmt.Errorf("%w: --ek-cert %s: %w", errUsage, path, err)
+	}
+	return data, nil
 }
 
 func writeJSON(w io.Writer, v any) error {

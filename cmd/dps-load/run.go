@@ -243,7 +243,7 @@ type runOpts struct {
 	rate                                       float64
 	prefix                                     string
 	verifyHubKey, baseline, jsonOut            bool
-	baselineOnly, quiet, cleanup               bool
+	baselineOnly, quiet, cleanup, csr          bool
 	replySize                                  int
 }
 
@@ -256,6 +256,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	fs.IntVar(&o.ecc, "tpm-ecc", 0, "TPM devices with ECC P-256 EK and SRK (software TPMs)")
 	fs.IntVar(&o.sym, "symmetric", 0, "symmetric key devices")
 	fs.IntVar(&o.keyPool, "key-pool", 16, "distinct software TPMs per TPM kind, shared by the devices (0: one per device)")
+	fs.BoolVar(&o.csr, "csr", false, "every device sends a certificate signing request (ECDSA P-256) and its enrollment has a credentialPolicyName: each provisioning is issued a certificate")
 	fs.IntVar(&o.count, "count", 0, "provisionings to run (default: one per device unless --duration)")
 	fs.DurationVar(&o.duration, "duration", 0, "run for this long (no new provisioning starts after it)")
 	fs.IntVar(&o.concurrency, "concurrency", loadgen.DefaultConcurrency, "devices provisioning at once")
@@ -289,7 +290,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	}
 
 	fmt.Fprintf(stderr, "generating %d devices (key pool %d)...\n", o.rsa+o.ecc+o.sym, o.keyPool)
-	devices, err := loadgen.NewFleet(loadgen.FleetSpec{Prefix: o.prefix, TPMRSA: o.rsa, TPMECC: o.ecc, Symmetric: o.sym, KeyPool: o.keyPool})
+	devices, err := loadgen.NewFleet(loadgen.FleetSpec{Prefix: o.prefix, TPMRSA: o.rsa, TPMECC: o.ecc, Symmetric: o.sym, KeyPool: o.keyPool, CSR: o.csr})
 	if err != nil {
 		return err
 	}

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/x509/pkix"
 	"encoding/json"
 	"errors"
 	"os"
@@ -16,6 +17,7 @@ import (
 	"github.com/tpmdps/dpsd/cmd/dps-load/internal/loadgen"
 	"github.com/tpmdps/dpsd/dpsdtest"
 	"github.com/tpmdps/dpsd/internal/datadir"
+	"github.com/tpmdps/dpsd/issuer"
 	"github.com/tpmdps/dpsd/store"
 )
 
@@ -232,6 +234,40 @@ func TestLoadDefaultDataDirAndCleanup(t *testing.T) {
 		}
 		if _, err := s.Store.GetRegistration(ctx, id); !errors.Is(err, store.ErrNotFound) {
 			t.Errorf("registration %s after --cleanup: %v", id, err)
+		}
+	}
+}
+
+// TestLoadCSR: with --csr every device asks for a certificate and the
+// report counts only provisionings that got one; the service recorded them.
+func TestLoadCSR(t *testing.T) {
+	ca, err := issuer.NewCA(issuer.KeyECDSAP256, pkix.Name{CommonName: "load issuing CA"}, time.Now(), 24*time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := dpsdtest.Start(t, dpsdtest.Options{APIAddr: "127.0.0.1:0", RetryAfter: -1, Issuer: ca})
+	caFile := filepath.Join(t.TempDir(), "ca.pem")
+	if err := os.WriteFile(caFile, s.CACertPEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	args := []string{"run", "--connection-string", s.ServiceConnectionString, "--api-url", "https://" + s.APIAddr,
+		"--ca-file", caFile, "--id-scope", s.IDScope, "--addr", s.TCPAddr, "--server-pid", strconv.Itoa(os.Getpid()),
+		"--tpm-ecc", "2", "--symmetric", "2", "--key-pool", "1", "--csr", "--prefix", "csr", "--json", "--quiet", "--timeout", "20s"}
+	var out, errOut bytes.Buffer
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	if code := run(ctx, args, &out, &errOut); code != exitOK {
+		t.Fatalf("exit %d\nstdout: %s\nstderr: %s", code, out.String(), errOut.String())
+	}
+	var sum summary
+	if err := json.Unmarshal(out.Bytes(), &sum); err != nil {
+		t.Fatal(err)
+	}
+	checkReport(t, sum.Load, 4, loadgen.PhaseRegister, loadgen.PhasePoll)
+	for _, id := range []string{"csr-tpm-ecc-1", "csr-symmetric-0"} {
+		reg, err := s.Store.GetRegistration(ctx, id)
+		if err != nil || reg.Certificate == nil || reg.Certificate.SubjectName != "CN="+id {
+			t.Fatalf("registration %s: %+v, %v", id, reg, err)
 		}
 	}
 }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/tpmdps/dpsd/apiclient"
 	"github.com/tpmdps/dpsd/store/bolt"
+	etcdstore "github.com/tpmdps/dpsd/store/etcd"
 )
 
 // runBackup is `dpsd backup FILE`: a consistent hot copy of the store
@@ -29,6 +30,25 @@ func runBackup(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	}
 	fmt.Fprintf(stdout, "wrote %d bytes to %s (sha256 %s)\n", n, pos[0], sum)
 	return adminExitOK
+}
+
+// verifyBackupFile checks a downloaded backup by its engine: an etcd
+// store's stream (its own SHA-256 trailer), or a bbolt file.
+func verifyBackupFile(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	head := make([]byte, len(etcdstore.BackupMagic))
+	if n, _ := io.ReadFull(f, head); n == len(head) && string(head) == etcdstore.BackupMagic {
+		if _, err := f.Seek(0, io.SeekStart); err != nil {
+			return err
+		}
+		_, _, err := etcdstore.ReadBackup(f, nil)
+		return err
+	}
+	return bolt.VerifyCopy(path)
 }
 
 // backupTo downloads the backup into a temporary file beside path, checks
@@ -68,7 +88,7 @@ func backupTo(ctx context.Context, o *adminOpts, path string) (int64, string, er
 	if err := tmp.Close(); err != nil {
 		return 0, "", fmt.Errorf("closing the backup file: %w", err)
 	}
-	if err := bolt.VerifyCopy(tmpName); err != nil {
+	if err := verifyBackupFile(tmpName); err != nil {
 		return 0, "", fmt.Errorf("%w: %w", apiclient.ErrBackupIncomplete, err)
 	}
 	if err := os.Rename(tmpName, path); err != nil {

@@ -91,7 +91,7 @@ func adminReadCert(path string) (string, error) {
 func adminEnrollmentAdd(ctx context.Context, c *adminCmd, args []string) error {
 	var (
 		ek, ekFile, symKey, secKey, cert, hub, deviceID, twin, alloc string
-		disabled, edge, replace                                      bool
+		disabled, edge, replace, requireEKCert                       bool
 	)
 	fs := c.fs
 	fs.StringVar(&ek, "ek", "", "TPM endorsement key: base64 TPM2B_PUBLIC")
@@ -106,6 +106,9 @@ func adminEnrollmentAdd(ctx context.Context, c *adminCmd, args []string) error {
 	fs.BoolVar(&disabled, "disabled", false, "create the enrollment disabled")
 	fs.BoolVar(&edge, "edge", false, "the device is an IoT Edge device")
 	fs.BoolVar(&replace, "replace", false, "replace an existing enrollment instead of failing")
+	fs.BoolVar(&requireEKCert, "require-ek-cert", false, "with --ek or --ek-file: the device must also send an EK certificate for its EK that chains to the server's tpm-roots")
+	var iss issuanceFlags
+	iss.add(fs)
 	pos, err := c.parse(args, "add [REGISTRATION_ID] [--ek-file F | --ek B64 | --symmetric-key K | --cert F] [flags]\n"+
 		"       (with --ek or --ek-file, REGISTRATION_ID defaults to the TPM's, as dps-device ek prints it)", 0, 1)
 	if err != nil {
@@ -133,9 +136,12 @@ func adminEnrollmentAdd(ctx context.Context, c *adminCmd, args []string) error {
 	if kinds > 1 {
 		return fmt.Errorf("give one attestation: --ek/--ek-file (tpm), --symmetric-key or --cert (x509)")
 	}
+	if requireEKCert && ekB64 == "" {
+		return fmt.Errorf("--require-ek-cert goes with --ek or --ek-file")
+	}
 	switch {
 	case ekB64 != "":
-		e.Attestation = store.Attestation{Type: store.AttestationTPM, TPM: &store.TPMAttestation{EndorsementKey: ekB64}}
+		e.Attestation = store.Attestation{Type: store.AttestationTPM, TPM: &store.TPMAttestation{EndorsementKey: ekB64, RequireEKCertificate: requireEKCert}}
 	case cert != "":
 		pemText, err := adminReadCert(cert)
 		if err != nil {
@@ -155,6 +161,7 @@ func adminEnrollmentAdd(ctx context.Context, c *adminCmd, args []string) error {
 	if edge {
 		e.Capabilities = &store.Capabilities{IoTEdge: true}
 	}
+	iss.apply(&e.EnrollmentSettings)
 	if twin != "" {
 		if !json.Valid([]byte(twin)) {
 			return fmt.Errorf("--initial-twin is not valid JSON")
@@ -211,6 +218,9 @@ func adminPrintEnrollment(c *adminCmd, e *store.Enrollment) error {
 	switch {
 	case a.TPM != nil:
 		t.row("endorsementKey:", adminAbbreviate(a.TPM.EndorsementKey))
+		if a.TPM.RequireEKCertificate {
+			t.row("requireEkCertificate:", "true")
+		}
 	case a.SymmetricKey != nil:
 		adminPrintKeys(t, a.SymmetricKey)
 	case a.X509 != nil && a.X509.ClientCertificates != nil && a.X509.ClientCertificates.Primary != nil:
@@ -231,6 +241,7 @@ func adminPrintEnrollment(c *adminCmd, e *store.Enrollment) error {
 	if e.Capabilities != nil && e.Capabilities.IoTEdge {
 		t.row("iotEdge:", "true")
 	}
+	adminIssuanceRows(t, &e.EnrollmentSettings)
 	t.row("etag:", e.ETag)
 	t.row("created:", adminFmtTime(e.CreatedAt))
 	t.row("lastUpdated:", adminFmtTime(e.UpdatedAt))

@@ -25,26 +25,46 @@ func runGroupCmd(ctx context.Context, args []string, stdout, stderr io.Writer) i
 }
 
 func adminGroupAdd(ctx context.Context, c *adminCmd, args []string) error {
-	var symKey, secKey, cert, caRef, hub, alloc string
+	var symKey, secKey, cert, caRef, hub, alloc, tpmRoots, tpmMaker, tpmModel, ekHashes string
 	var disabled, edge, replace bool
 	fs := c.fs
 	fs.StringVar(&symKey, "symmetric-key", "", "base64 group key (generated when no attestation is given)")
 	fs.StringVar(&secKey, "secondary-key", "", "base64 secondary group key")
 	fs.StringVar(&cert, "cert", "", "signing CA certificate file, PEM or DER (X.509 attestation)")
 	fs.StringVar(&caRef, "ca-ref", "", "name of a CA certificate registered with the service (X.509 attestation)")
+	fs.StringVar(&tpmRoots, "tpm-roots", "", "directory of TPM manufacturer CA certificates (and CRLs) the devices' EK certificates chain to (TPM attestation): *.pem, *.crt, *.cer, *.der, *.crl; self-signed ones are roots, the others intermediates")
+	fs.StringVar(&tpmMaker, "tpm-manufacturer", "", "with --tpm-roots: admit only TPMs of this manufacturer, as their EK certificate names it (e.g. id:494E5443)")
+	fs.StringVar(&tpmModel, "tpm-model", "", "with --tpm-roots: admit only TPMs of this model, as their EK certificate names it")
+	fs.StringVar(&ekHashes, "ek-hashes", "", "with --tpm-roots: file of the EKs to admit, one hexadecimal SHA-256 of the EK's DER public key per line (dps-device ek prints it as endorsementKeyHash; # starts a comment)")
 	fs.StringVar(&hub, "iothub", "", "IoT hub host name to assign devices to")
 	fs.StringVar(&alloc, "allocation-policy", "", "hashed, geoLatency, static or custom")
 	fs.BoolVar(&disabled, "disabled", false, "create the group disabled")
 	fs.BoolVar(&edge, "edge", false, "the devices are IoT Edge devices")
 	fs.BoolVar(&replace, "replace", false, "replace an existing group instead of failing")
-	pos, err := c.parse(args, "add GROUP_ID [--symmetric-key K | --cert F | --ca-ref NAME] [flags]", 1, 1)
+	var iss issuanceFlags
+	iss.add(fs)
+	pos, err := c.parse(args, "add GROUP_ID [--symmetric-key K | --cert F | --ca-ref NAME | --tpm-roots DIR] [flags]", 1, 1)
 	if err != nil {
 		return err
 	}
 	g := &store.Group{EnrollmentGroupID: pos[0], EnrollmentSettings: store.EnrollmentSettings{IoTHubHostName: hub, AllocationPolicy: alloc}}
+	kinds := 0
+	for _, given := range []bool{symKey != "" || secKey != "", cert != "", caRef != "", tpmRoots != ""} {
+		if given {
+			kinds++
+		}
+	}
 	switch {
-	case cert != "" && caRef != "", (cert != "" || caRef != "") && (symKey != "" || secKey != ""):
-		return fmt.Errorf("give one attestation: --symmetric-key, --cert or --ca-ref")
+	case kinds > 1:
+		return fmt.Errorf("give one attestation: --symmetric-key, --cert, --ca-ref or --tpm-roots")
+	case tpmRoots == "" && (tpmMaker != "" || tpmModel != "" || ekHashes != ""):
+		return fmt.Errorf("--tpm-manufacturer, --tpm-model and --ek-hashes go with --tpm-roots")
+	case tpmRoots != "":
+		a, err := adminTPMGroupAttestation(tpmRoots, tpmMaker, tpmModel, ekHashes)
+		if err != nil {
+			return err
+		}
+		g.Attestation = store.Attestation{Type: store.AttestationTPM, TPM: a}
 	case cert != "":
 		pemText, err := adminReadCert(cert)
 		if err != nil {
@@ -68,6 +88,7 @@ func adminGroupAdd(ctx context.Context, c *adminCmd, args []string) error {
 	if edge {
 		g.Capabilities = &store.Capabilities{IoTEdge: true}
 	}
+	iss.apply(&g.EnrollmentSettings)
 	cl, err := c.opts.client()
 	if err != nil {
 		return err
@@ -131,6 +152,8 @@ func adminPrintGroup(c *adminCmd, g *store.Group) error {
 	switch {
 	case a.SymmetricKey != nil:
 		adminPrintKeys(t, a.SymmetricKey)
+	case a.TPM != nil:
+		adminPrintTPMGroup(t, a.TPM)
 	case a.X509 != nil && a.X509.CAReferences != nil:
 		t.row("caReference:", a.X509.CAReferences.Primary)
 	case a.X509 != nil && a.X509.SigningCertificates != nil && a.X509.SigningCertificates.Primary != nil:
@@ -148,6 +171,7 @@ func adminPrintGroup(c *adminCmd, g *store.Group) error {
 	if g.AllocationPolicy != "" {
 		t.row("allocationPolicy:", g.AllocationPolicy)
 	}
+	adminIssuanceRows(t, &g.EnrollmentSettings)
 	t.row("etag:", g.ETag)
 	t.row("created:", adminFmtTime(g.CreatedAt))
 	t.row("lastUpdated:", adminFmtTime(g.UpdatedAt))

@@ -44,6 +44,7 @@ func adminPrintRegistration(c *adminCmd, r *store.Registration) error {
 	if r.ErrorCode != 0 {
 		t.row("error:", strconv.Itoa(r.ErrorCode)+" "+r.ErrorMessage)
 	}
+	adminCertificateRows(t, r)
 	t.row("etag:", r.ETag)
 	t.row("created:", adminFmtTime(r.CreatedAt))
 	t.row("lastUpdated:", adminFmtTime(r.UpdatedAt))

@@ -10,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/tpmdps/dpsd/api"
@@ -20,9 +21,9 @@ import (
 	"github.com/tpmdps/dpsd/internal/config"
 	"github.com/tpmdps/dpsd/internal/datadir"
 	"github.com/tpmdps/dpsd/internal/devca"
+	"github.com/tpmdps/dpsd/internal/tlsticket"
 	"github.com/tpmdps/dpsd/provision"
 	"github.com/tpmdps/dpsd/store"
-	"github.com/tpmdps/dpsd/store/bolt"
 )
 
 // sweepInterval is how often expired operations are deleted.
@@ -50,6 +51,13 @@ to the log; --print-connection-strings also prints them on stdout at start
 on this machine find the owner's, the CA and api-addr in the data directory
 and the configuration by themselves; elsewhere they read
 $DPSD_CONNECTION_STRING, $DPSD_ENDPOINT and $DPSD_CA_FILE.
+
+Devices may ask for an operational certificate with a certificate signing
+request in their register call; it is issued when their enrollment or group
+has a credentialPolicyName. With issuer builtin (the default) dpsd signs it
+with issuer-cert/issuer-key, or with a CA of its own that it generates in the
+data directory (` + datadir.IssuingCACertFile + ` and ` + datadir.IssuingCAKeyFile + `, apart from the TLS
+CA); dpsd ca export prints the chain MQTT brokers must trust.
 
 Until hubs names your IoT hubs, devices whose enrollment names none are told
 to use the placeholder hub.localdomain (a warning at start says so).
@@ -96,7 +104,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 // (dpsd serve --print-connection-strings) it prints the service connection
 // strings there once the API listens.
 func serve(ctx context.Context, cfg config.Config, log *slog.Logger, csOut io.Writer) error {
-	dir, err := datadir.Open(cfg.DataDir)
+	dir, err := openDataDir(cfg)
 	if err != nil {
 		return err
 	}
@@ -104,15 +112,27 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger, csOut io.Wr
 	if scope == "" {
 		scope = dir.Secrets.IDScope
 	}
-	st, err := bolt.Open(dir.StorePath(), bolt.Options{Timeout: 5 * time.Second, Logger: log, MaxGroups: cfg.MaxGroups})
+	spec, err := parseStoreSpec(cfg.Store, cfg.DataDir)
 	if err != nil {
-		return fmt.Errorf("opening store: %w", err)
+		return err
+	}
+	st, err := openStore(ctx, spec, cfg, dir.Secrets.StoreKey, log)
+	if err != nil {
+		return err
 	}
 	defer func() {
 		if err := st.Close(); err != nil {
 			log.Error("closing store", "error", err)
 		}
 	}()
+	tpmRoots, err := loadTPMRoots(cfg.TPMRoots, log)
+	if err != nil {
+		return err
+	}
+	iss, issuerDesc, err := startIssuer(cfg, dir, scope, time.Now(), log)
+	if err != nil {
+		return err
+	}
 	mx := metrics.New()
 	sst := mx.Store(st) // every store operation timed
 	retryAfter := cfg.RetryAfter
@@ -124,13 +144,19 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger, csOut io.Wr
 		return err
 	}
 	custom, conns, handoff := handoffConfig(cfg, client)
+	// In a cluster the store records the single use of TPM challenges (the
+	// timed wrapper hides the engine's optional interfaces).
+	challenges, _ := st.(store.ChallengeRecorder)
+	cluster, _ := st.(store.WindowCounter) // cluster-wide rate limits
 	svc, err := provision.New(provision.Config{
 		IDScope:           scope,
 		Store:             sst,
+		Challenges:        challenges,
 		Observer:          mx,
 		ChallengeSecret:   dir.Secrets.ChallengeSecret,
 		ChallengeLifetime: cfg.ChallengeLifetime,
 		SAS:               attest.SASPolicy{MaxLifetime: cfg.SASMaxLifetime},
+		TPMRoots:          tpmRoots,
 		Hubs:              cfg.Hubs,
 		PlaceholderHubs:   placeholderHubs(cfg.Hubs),
 		RetryAfter:        retryAfter,
@@ -138,6 +164,7 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger, csOut io.Wr
 		Connectors:        conns,
 		Handoff:           handoff,
 		Logger:            log,
+		Issuer:            iss,
 	})
 	if err != nil {
 		return fmt.Errorf("starting the provisioning service: %w", err)
@@ -156,10 +183,17 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger, csOut io.Wr
 	}()
 	var tlsCfg *tls.Config
 	caFile := ""
+	var tickets *tlsticket.Keys
 	if cfg.NeedsTLS() {
 		if tlsCfg, caFile, err = serverTLS(cfg, dir, log); err != nil {
 			return err
 		}
+		// Session tickets keyed from the (shared) secrets: a device's
+		// second connection resumes TLS on whichever node it reaches.
+		if tickets, err = tlsticket.New(dir.Secrets.TicketSecret, nil); err != nil {
+			return err
+		}
+		go tickets.Run(ctx)
 	}
 	hookLimits := hooks.Limits{
 		RestrictedSessions:              cfg.RestrictedSessions,
@@ -183,6 +217,7 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger, csOut io.Wr
 		TLSAddr:        cfg.MQTTSAddr,
 		WSAddr:         cfg.WSSAddr,
 		TLSConfig:      tlsCfg,
+		SessionTickets: tickets,
 		ConnectTimeout: cfg.ConnectTimeout,
 		Limits: broker.Limits{
 			ConnectionsPerAddress:          cfg.ConnsPerAddress,
@@ -193,7 +228,7 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger, csOut io.Wr
 		Metrics: mx,
 	}, func(env broker.HookEnv) (broker.Hook, error) {
 		return hooks.New(hooks.Config{Service: svc, Server: env.Server, Limits: hookLimits,
-			Logger: log, Metrics: mx, Refusals: env.Refusals})
+			Logger: log, Metrics: mx, Refusals: env.Refusals, Cluster: cluster})
 	})
 	if err != nil {
 		return err
@@ -206,7 +241,7 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger, csOut io.Wr
 	apiAddr, csFile := "off", ""
 	var apiSrv *apiServer
 	if cfg.APIAddr != "" {
-		parts := apiParts{store: sst, broker: b, metrics: mx, tls: tlsCfg, running: func() bool { return ctx.Err() == nil }}
+		parts := apiParts{store: sst, broker: b, metrics: mx, tls: tlsCfg, tickets: tickets, running: func() bool { return ctx.Err() == nil }}
 		if apiSrv, csFile, err = startAPI(ctx, cfg, dir, parts, log); err != nil {
 			sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
 			_ = b.Shutdown(sctx)
@@ -243,8 +278,8 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger, csOut io.Wr
 	log.Info("dpsd started",
 		"idScope", scope,
 		"dataDir", dir.Path,
-		"store", dir.StorePath(),
-		"secrets", dir.File(datadir.SecretsFile),
+		"store", spec.String(),
+		"secrets", secretsPath(cfg, dir),
 		"caCert", caFile,
 		"mqtt", addr(broker.ListenerTCP),
 		"mqtts", addr(broker.ListenerTLS),
@@ -254,10 +289,11 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger, csOut io.Wr
 		"connectionStringFile", csFile,
 		"hubs", cfg.Hubs,
 		"linkedHubs", linked,
+		"issuer", issuerDesc,
 		"configFile", cfg.ConfigFile,
 		"version", versionString())
 	if dir.Created {
-		log.Info("generated a new ID scope and secrets", "idScope", dir.Secrets.IDScope, "secrets", dir.File(datadir.SecretsFile))
+		log.Info("generated a new ID scope and secrets", "idScope", dir.Secrets.IDScope, "secrets", secretsPath(cfg, dir))
 	}
 	if placeholderHubs(cfg.Hubs) && len(linked) == 0 {
 		log.Warn("hubs is still the placeholder "+config.PlaceholderHub+": devices whose enrollment names no hub are told to use a hub that does not exist; set --hubs or DPSD_HUBS to your IoT hubs, or link hubs (dpsd hub add)",
@@ -313,12 +349,22 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger, csOut io.Wr
 // server certificate (issued or renewed as needed). It returns the path of
 // the CA certificate devices should trust ("" for a configured certificate).
 func serverTLS(cfg config.Config, dir *datadir.Dir, log *slog.Logger) (*tls.Config, string, error) {
-	if cfg.TLSCert != "" {
-		certPEM, err := os.ReadFile(cfg.TLSCert)
+	certFile, keyFile, caFile := cfg.TLSCert, cfg.TLSKey, ""
+	if certFile == "" && cfg.SecretsDir != "" {
+		// A cluster: every node presents the certificate of the secrets
+		// directory (dpsd cluster init wrote a development one).
+		certFile = filepath.Join(cfg.SecretsDir, datadir.ClusterTLSCertFile)
+		keyFile = filepath.Join(cfg.SecretsDir, datadir.ClusterTLSKeyFile)
+		if _, err := os.Stat(filepath.Join(cfg.SecretsDir, datadir.CACertFile)); err == nil {
+			caFile = filepath.Join(cfg.SecretsDir, datadir.CACertFile)
+		}
+	}
+	if certFile != "" {
+		certPEM, err := os.ReadFile(certFile)
 		if err != nil {
 			return nil, "", fmt.Errorf("reading tls-cert: %w", err)
 		}
-		keyPEM, err := os.ReadFile(cfg.TLSKey)
+		keyPEM, err := os.ReadFile(keyFile)
 		if err != nil {
 			return nil, "", fmt.Errorf("reading tls-key: %w", err)
 		}
@@ -330,7 +376,7 @@ func serverTLS(cfg config.Config, dir *datadir.Dir, log *slog.Logger) (*tls.Conf
 		// attestation decides per enrollment (provision). startAPI decides
 		// for the HTTPS listener on its own copy.
 		tc.ClientAuth = tls.RequestClientCert
-		return tc, "", nil
+		return tc, caFile, nil
 	}
 	dev, err := dir.DevTLS(cfg.TLSNames, time.Now())
 	if err != nil {
@@ -359,6 +405,14 @@ func linkedHubNames(ctx context.Context, st store.Store, log *slog.Logger) []str
 		names = append(names, h.Name)
 	}
 	return names
+}
+
+// secretsPath names where the secrets were read from, for logs.
+func secretsPath(cfg config.Config, dir *datadir.Dir) string {
+	if cfg.SecretsDir != "" {
+		return filepath.Join(cfg.SecretsDir, datadir.SecretsFile)
+	}
+	return dir.File(datadir.SecretsFile)
 }
 
 // placeholderHubs reports whether hubs is still the default placeholder.

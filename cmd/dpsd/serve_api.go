@@ -19,6 +19,7 @@ import (
 	"github.com/tpmdps/dpsd/internal/config"
 	"github.com/tpmdps/dpsd/internal/datadir"
 	"github.com/tpmdps/dpsd/internal/refusal"
+	"github.com/tpmdps/dpsd/internal/tlsticket"
 	"github.com/tpmdps/dpsd/store"
 )
 
@@ -37,6 +38,7 @@ type apiParts struct {
 	broker  *broker.Broker   // MQTT over WebSocket is handed to it; nil: no WebSocket
 	metrics *metrics.Metrics // nil: no /metrics
 	tls     *tls.Config      // the server certificate
+	tickets *tlsticket.Keys  // session ticket keys (nil: Go's own, per process)
 	// running reports whether serve is still running (false once shutting down).
 	running func() bool
 }
@@ -118,6 +120,9 @@ func startAPI(ctx context.Context, cfg config.Config, dir *datadir.Dir, parts ap
 	}
 	if tc.MinVersion < tls.VersionTLS12 {
 		tc.MinVersion = tls.VersionTLS12
+	}
+	if parts.tickets != nil {
+		parts.tickets.Apply(tc)
 	}
 	tc.NextProtos = []string{"h2", "http/1.1"}
 	a := &apiServer{

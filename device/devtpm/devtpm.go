@@ -6,7 +6,10 @@
 //   - Activate: open the activation blob the service sends (ActivateCredential
 //     with the EK, Import under the SRK, Load), which yields an HMAC identity
 //     key held by the TPM;
-//   - HMAC and SASToken: sign with that key inside the TPM.
+//   - HMAC and SASToken: sign with that key inside the TPM;
+//   - SigningKey: an unrestricted ECDSA P-256 signing key created under the
+//     SRK, a crypto.Signer for a certificate signing request and for the
+//     TLS handshakes of the certificate issued for it (CertKeyHandle).
 //
 // Every transient object and session created here is flushed before return,
 // except the objects returned to the caller, which Close flushes: a TPM
@@ -40,6 +43,9 @@ const (
 	// persisted.
 	IdentityKeyHandle tpm2.TPMHandle = 0x81000100
 )
+
+// CertKeyHandle (signer.go) is dpsd's own: where a device keeps its
+// operational certificate's key.
 
 // Alg selects the key algorithm of an endorsement key.
 type Alg int

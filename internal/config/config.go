@@ -26,6 +26,17 @@ var ErrInvalid = errors.New("config: invalid setting")
 // EnvPrefix starts every environment variable name.
 const EnvPrefix = "DPSD_"
 
+// Values of the issuer setting.
+const (
+	// IssuerBuiltin: dpsd signs operational certificates itself, with the
+	// CA of issuer-cert and issuer-key, or one it generates in the data
+	// directory.
+	IssuerBuiltin = "builtin"
+	// IssuerNone: no certificates are issued; a device's CSR gets the
+	// answer IoT Edge falls back on.
+	IssuerNone = "none"
+)
+
 // PlaceholderHub is the default of hubs: a name that is no IoT hub, so that
 // a server that was never told its hubs says so (serve warns at start).
 const PlaceholderHub = "hub.localdomain"
@@ -34,6 +45,10 @@ const PlaceholderHub = "hub.localdomain"
 // table in settings(), which documents it (and `dpsd serve --help` prints).
 type Config struct {
 	DataDir           string
+	Store             string        // "" = bolt in DataDir; bolt:PATH; etcd://host:port[,...]/prefix
+	SecretsDir        string        // cluster secrets directory ("" = secrets in DataDir)
+	EtcdCA            string        // CA file of the etcd endpoints ("" = plain HTTP to etcd)
+	EtcdCert, EtcdKey string        // etcd client certificate and key
 	IDScope           string        // "" = generated and kept in the data directory
 	MQTTAddr          string        // plain MQTT, "" = off
 	MQTTSAddr         string        // MQTT over TLS, "" = off
@@ -71,7 +86,13 @@ type Config struct {
 	PollWindow              time.Duration
 	RegistersPerDevice      int
 	RegisterWindow          time.Duration
-	MaxGroups               int // enrollment groups that may exist, -1 = unlimited
+	MaxGroups               int    // enrollment groups that may exist, -1 = unlimited
+	TPMRoots                string // directory of TPM manufacturer roots for EK certificates, "" = none
+
+	Issuer        string // IssuerBuiltin or IssuerNone
+	IssuerCert    string // "" = the built-in CA generated in the data directory
+	IssuerKey     string // with IssuerCert
+	IssuerKeyType string // key of a generated built-in CA (issuer.KeyType)
 
 	// Outbound HTTPS: custom allocation webhooks, hub registries, hand-off webhooks.
 	OutboundCAFile     string // extra CAs trusted besides the system's, "" = none
@@ -171,6 +192,11 @@ func num(p func(*Config) *int) setter {
 func settings() []setting {
 	return []setting{
 		{"data-dir", "data", "data directory: bbolt file, generated secrets, development CA", str(func(c *Config) *string { return &c.DataDir })},
+		{"store", "", "where state is kept: empty for the bbolt file in data-dir, bolt:PATH for another bbolt file, or etcd://host:2379[,host2:2379...][/prefix] for an etcd cluster shared by several dpsd nodes (needs secrets-dir)", str(func(c *Config) *string { return &c.Store })},
+		{"secrets-dir", "", "directory of a cluster's shared secrets, written once by dpsd cluster init and mounted read-only on every node (ID scope, TPM challenge secret, service policy keys, store key, TLS session ticket secret, tls.crt/tls.key); empty: the secrets are generated in data-dir", str(func(c *Config) *string { return &c.SecretsDir })},
+		{"etcd-ca", "", "PEM file of the CA that signed the etcd servers' certificates: connects to etcd over TLS (empty: plain HTTP)", str(func(c *Config) *string { return &c.EtcdCA })},
+		{"etcd-cert", "", "PEM client certificate for etcd (with etcd-key; etcd's --client-cert-auth)", str(func(c *Config) *string { return &c.EtcdCert })},
+		{"etcd-key", "", "PEM private key of etcd-cert", str(func(c *Config) *string { return &c.EtcdKey })},
 		{"id-scope", "", "ID scope devices must use (default: generated on first start and kept in the data directory)", str(func(c *Config) *string { return &c.IDScope })},
 		{"mqtt-addr", "127.0.0.1:1883", "plain MQTT listen address (empty: off)", str(func(c *Config) *string { return &c.MQTTAddr })},
 		{"mqtts-addr", ":8883", "MQTT over TLS listen address (empty: off)", str(func(c *Config) *string { return &c.MQTTSAddr })},
@@ -208,7 +234,7 @@ func settings() []setting {
 		{"poll-window", "10s", "window of polls-per-device", dur(func(c *Config) *time.Duration { return &c.PollWindow })},
 		{"registers-per-device", "10", "register requests per register-window per authenticated device, then 429 (-1: unlimited; never applied to TPM challenge requests)", num(func(c *Config) *int { return &c.RegistersPerDevice })},
 		{"register-window", "1m", "window of registers-per-device", dur(func(c *Config) *time.Duration { return &c.RegisterWindow })},
-		{"max-groups", "1000", "enrollment groups that may exist, symmetric-key and X.509 together; creating one more is refused with 403 (-1: unlimited; the cloud allows 100 of each type). Each symmetric-key CONNECT without an individual enrollment tries every symmetric-key group", num(func(c *Config) *int { return &c.MaxGroups })},
+		{"max-groups", "1000", "enrollment groups that may exist, of every attestation type together; creating one more is refused with 403 (-1: unlimited; the cloud allows 100 of each type). Each symmetric-key CONNECT without an individual enrollment tries every symmetric-key group", num(func(c *Config) *int { return &c.MaxGroups })},
 		{"outbound-ca-file", "", "PEM file of extra CA certificates trusted (besides the system's) when dpsd calls out: custom allocation webhooks, IoT hub registries, hand-off webhooks", str(func(c *Config) *string { return &c.OutboundCAFile })},
 		{"outbound-client-cert", "", "client certificate PEM file dpsd presents to an allocation or hand-off webhook (or hub) that asks for one (mutual TLS; with outbound-client-key)", str(func(c *Config) *string { return &c.OutboundClientCert })},
 		{"outbound-client-key", "", "private key PEM file of outbound-client-cert", str(func(c *Config) *string { return &c.OutboundClientKey })},
@@ -217,6 +243,26 @@ func settings() []setting {
 		{"handoff-workers", "8", "registrations whose webhook or hub I/O this server works on at once; the others wait in the outbox", num(func(c *Config) *int { return &c.HandoffWorkers })},
 		{"handoff-max-pending", "10000", "registrations that may wait in the outbox for a webhook or a hub; beyond, registers are answered 429 with retry-after", num(func(c *Config) *int { return &c.HandoffMaxPending })},
 		{"handoff-timeout", "5m", "how long a registration may keep retrying its webhook (then the fallback policy applies) or its hub (then it fails with errorCode 503211)", dur(func(c *Config) *time.Duration { return &c.HandoffTimeout })},
+		{"issuer", IssuerBuiltin, "who signs the operational certificates devices ask for with a CSR, when their enrollment or group has a credentialPolicyName: builtin (dpsd's own CA: issuer-cert and issuer-key, or one generated in the data directory) or none", choice(func(c *Config, v string) error {
+			v = strings.ToLower(strings.TrimSpace(v))
+			if v != IssuerBuiltin && v != IssuerNone {
+				return fmt.Errorf("%w: issuer %q (want %s or %s)", ErrInvalid, v, IssuerBuiltin, IssuerNone)
+			}
+			c.Issuer = v
+			return nil
+		})},
+		{"issuer-cert", "", "PEM file of the CA that issues device certificates, optionally followed by the root that issued it (default: the CA generated in the data directory, issuing-ca.pem)", str(func(c *Config) *string { return &c.IssuerCert })},
+		{"issuer-key", "", "PEM file of issuer-cert's private key (PKCS #8, PKCS #1 or SEC 1; must not be readable by group or others)", str(func(c *Config) *string { return &c.IssuerKey })},
+		{"issuer-key-type", "ecdsa-p256", "key of the issuing CA generated in the data directory on first start: ecdsa-p256, ecdsa-p384, rsa-2048, rsa-3072 or rsa-4096 (an existing CA keeps its key)", choice(func(c *Config, v string) error {
+			v = strings.ToLower(strings.TrimSpace(v))
+			switch v {
+			case "ecdsa-p256", "ecdsa-p384", "rsa-2048", "rsa-3072", "rsa-4096":
+				c.IssuerKeyType = v
+				return nil
+			}
+			return fmt.Errorf("%w: issuer-key-type %q (want ecdsa-p256, ecdsa-p384, rsa-2048, rsa-3072 or rsa-4096)", ErrInvalid, v)
+		})},
+		{"tpm-roots", "", "directory of TPM manufacturer CA certificates (and CRLs) that EK certificates chain to: *.pem, *.crt, *.cer, *.der, *.crl, PEM or DER; self-signed ones are roots, the others intermediates. Individual TPM enrollments with requireEkCertificate need a certificate chaining to these roots; TPM groups have roots of their own and may use these intermediates. Read at start (empty: none)", str(func(c *Config) *string { return &c.TPMRoots })},
 		{"log-format", "text", "log format: text or json", choice(func(c *Config, v string) error {
 			v = strings.ToLower(strings.TrimSpace(v))
 			if v != "text" && v != "json" {
@@ -352,6 +398,18 @@ func (c Config) Validate() error {
 	if c.DataDir == "" {
 		return fmt.Errorf("%w: data-dir is empty", ErrInvalid)
 	}
+	switch {
+	case c.Store == "" || strings.HasPrefix(c.Store, "bolt:") && len(c.Store) > len("bolt:"):
+	case strings.HasPrefix(c.Store, "etcd://"):
+		if c.SecretsDir == "" {
+			return fmt.Errorf("%w: store %s needs secrets-dir (the cluster's shared secrets: dpsd cluster init DIR)", ErrInvalid, c.Store)
+		}
+	default:
+		return fmt.Errorf("%w: store %q (want bolt:PATH or etcd://host:2379[,...][/prefix])", ErrInvalid, c.Store)
+	}
+	if (c.EtcdCert == "") != (c.EtcdKey == "") {
+		return fmt.Errorf("%w: etcd-cert and etcd-key go together", ErrInvalid)
+	}
 	if c.MQTTAddr == "" && c.MQTTSAddr == "" && c.WSSAddr == "" {
 		return fmt.Errorf("%w: every MQTT listener is off", ErrInvalid)
 	}
@@ -378,6 +436,12 @@ func (c Config) Validate() error {
 	}
 	if c.HandoffTimeout < time.Second || c.WebhookTimeout < 100*time.Millisecond || c.HubRequestTimeout < 100*time.Millisecond {
 		return fmt.Errorf("%w: handoff-timeout must be at least 1s, webhook-timeout and hub-request-timeout at least 100ms", ErrInvalid)
+	}
+	if (c.IssuerCert == "") != (c.IssuerKey == "") {
+		return fmt.Errorf("%w: issuer-cert and issuer-key go together", ErrInvalid)
+	}
+	if c.Issuer == IssuerNone && c.IssuerCert != "" {
+		return fmt.Errorf("%w: issuer-cert is set but issuer is %s", ErrInvalid, IssuerNone)
 	}
 	if c.MaxGroups == 0 || c.MaxGroups < -1 {
 		return fmt.Errorf("%w: max-groups is %d (want a positive number, or -1 for no limit)", ErrInvalid, c.MaxGroups)

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/tpmdps/dpsd/issuer"
 )
 
 func env(m map[string]string) func(string) (string, bool) {
@@ -155,5 +157,48 @@ func TestJSONLogDurations(t *testing.T) {
 	c.Logger(&b).Info("x", "timeout", 1500*time.Millisecond)
 	if !strings.Contains(b.String(), "timeout=1.5s") {
 		t.Fatalf("text log %s", b.String())
+	}
+}
+
+func TestIssuerSettings(t *testing.T) {
+	c, err := Load("serve", "", nil, env(nil), &bytes.Buffer{})
+	if err != nil || c.Issuer != IssuerBuiltin || c.IssuerKeyType != string(issuer.KeyECDSAP256) || c.IssuerCert != "" {
+		t.Fatalf("defaults: %q %q %q, %v", c.Issuer, c.IssuerKeyType, c.IssuerCert, err)
+	}
+	// Every key type the built-in CA can generate is a valid setting.
+	for _, kt := range issuer.KeyTypes() {
+		if c, err := Load("serve", "", []string{"-issuer-key-type", strings.ToUpper(string(kt))}, env(nil), &bytes.Buffer{}); err != nil || c.IssuerKeyType != string(kt) {
+			t.Errorf("issuer-key-type %s: %q %v", kt, c.IssuerKeyType, err)
+		}
+	}
+	c, err = Load("serve", "", nil, env(map[string]string{"DPSD_ISSUER": "none"}), &bytes.Buffer{})
+	if err != nil || c.Issuer != IssuerNone {
+		t.Fatalf("DPSD_ISSUER=none: %q %v", c.Issuer, err)
+	}
+	for _, args := range [][]string{
+		{"-issuer", "vault"},
+		{"-issuer-key-type", "ed25519"},
+		{"-issuer-cert", "ca.pem"},
+		{"-issuer-key", "ca-key.pem"},
+		{"-issuer", "none", "-issuer-cert", "ca.pem", "-issuer-key", "ca-key.pem"},
+	} {
+		// Flags wrap a setter's error as text: look for it.
+		if _, err := Load("serve", "", args, env(nil), &bytes.Buffer{}); err == nil || !strings.Contains(err.Error(), ErrInvalid.Error()) {
+			t.Errorf("%v: %v", args, err)
+		}
+	}
+}
+
+// TestIssuerKeyNotRedacted: issuer-key names a file, which is the secret;
+// the file name is shown.
+func TestIssuerKeyNotRedacted(t *testing.T) {
+	vals, _, err := Effective("serve", "", []string{"-issuer-cert", "/etc/dpsd/ca.pem", "-issuer-key", "/etc/dpsd/ca-key.pem"}, env(nil), &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range vals {
+		if v.Name == "issuer-key" && (v.Secret || v.Value != "/etc/dpsd/ca-key.pem") {
+			t.Fatalf("issuer-key shown as %+v", v)
+		}
 	}
 }

@@ -126,9 +126,10 @@ func fileValues(path string) (map[string]string, error) {
 }
 
 // notSecretNames are settings whose names look secret but hold no secret
-// (tls-key names a file; the file is the secret).
+// (tls-key, issuer-key and outbound-client-key name files; the files are the
+// secrets).
 func notSecretNames() map[string]bool {
-	return map[string]bool{"tls-key": true, "outbound-client-key": true}
+	return map[string]bool{"tls-key": true, "issuer-key": true, "outbound-client-key": true}
 }
 
 // secret reports whether the setting's value must never be shown: its name

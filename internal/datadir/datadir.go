@@ -1,6 +1,7 @@
 // Package datadir owns the server's data directory: the bbolt file, the
-// generated secrets (ID scope, TPM challenge secret, service policy key) and
-// the development CA with its server certificate. Everything is generated on
+// generated secrets (ID scope, TPM challenge secret, service policy key),
+// the development CA with its server certificate, and the built-in
+// issuer's CA (issuer.go). Everything is generated on
 // first start, written 0600 in a 0700 directory, and reused afterwards, so
 // outstanding TPM challenges and device trust in the CA survive restarts.
 package datadir
@@ -64,6 +65,15 @@ type Secrets struct {
 	// policy. Data directories made before it existed get one on their next
 	// Open.
 	ServiceReadPolicyKey []byte `json:"serviceReadPolicyKey,omitempty"`
+	// StoreKey is the data key of a cluster's shared store (the etcd
+	// engine seals secrets with it). Written by InitCluster; a single
+	// node's bbolt store keeps its own key file instead.
+	StoreKey []byte `json:"storeKey,omitempty"`
+	// TicketSecret derives the TLS session ticket keys every node of a
+	// cluster shares, so a device resumes TLS on any node (tlsticket).
+	// Written by InitCluster, and added on Open to a data directory
+	// without one.
+	TicketSecret []byte `json:"ticketSecret,omitempty"`
 }
 
 // Dir is an opened data directory.
@@ -90,8 +100,13 @@ func Open(path string) (*Dir, error) {
 	switch {
 	case err == nil:
 		d.Secrets = secrets
-		if len(d.Secrets.ServiceReadPolicyKey) == 0 {
-			d.Secrets.ServiceReadPolicyKey = randomBytes(SecretSize)
+		if len(d.Secrets.ServiceReadPolicyKey) == 0 || len(d.Secrets.TicketSecret) == 0 {
+			if len(d.Secrets.ServiceReadPolicyKey) == 0 {
+				d.Secrets.ServiceReadPolicyKey = randomBytes(SecretSize)
+			}
+			if len(d.Secrets.TicketSecret) == 0 {
+				d.Secrets.TicketSecret = randomBytes(SecretSize)
+			}
 			if err := d.writeSecrets(); err != nil {
 				return nil, err
 			}
@@ -105,6 +120,7 @@ func Open(path string) (*Dir, error) {
 			ChallengeSecret:      randomBytes(SecretSize),
 			ServicePolicyKey:     randomBytes(SecretSize),
 			ServiceReadPolicyKey: randomBytes(SecretSize),
+			TicketSecret:         randomBytes(SecretSize),
 		}
 		if err := d.writeSecrets(); err != nil {
 			return nil, err

@@ -13,7 +13,8 @@ import (
 // Metrics records what the server's parts report through their observer
 // interfaces, with the same method sets: hooks.Metrics (ConnectRefused,
 // ConnectionRefused, Observe), broker's refusal.Counter (ConnectionRefused)
-// and provision.Observer's ChallengeIssued and AuthFailed (a test that needs
+// and provision.Observer's ChallengeIssued, AuthFailed and
+// EKCertificateChecked (a test that needs
 // a whole provision.Observer embeds *Metrics and adds Registered). It keeps
 // calls, not Prometheus series: the mapping of calls to series is tested in
 // cmd/dpsd's metrics package. The zero value is ready; safe for concurrent
@@ -24,6 +25,7 @@ type Metrics struct {
 	connectRefused []string       // reasons of ConnectRefused, in call order
 	authFailed     []string       // reasons of AuthFailed, in call order
 	challenges     int            // ChallengeIssued calls
+	ekCerts        []string       // outcomes of EKCertificateChecked, in call order
 	connsRefused   map[string]int // "listener/reason" of ConnectionRefused
 }
 
@@ -64,6 +66,21 @@ func (m *Metrics) AuthFailed(_ context.Context, reason string) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.authFailed = append(m.authFailed, reason)
+}
+
+// EKCertificateChecked records the outcome of an EK certificate check
+// (provision.Observer).
+func (m *Metrics) EKCertificateChecked(_ context.Context, outcome string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.ekCerts = append(m.ekCerts, outcome)
+}
+
+// EKCertificates returns the EK certificate outcomes so far, in call order.
+func (m *Metrics) EKCertificates() []string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return slices.Clone(m.ekCerts)
 }
 
 // Phases returns the answered requests so far, "phase/status" in call order.

@@ -1,11 +1,7 @@
 package bolt
 
 import (
-	"crypto/aes"
-	"crypto/cipher"
-	"crypto/hmac"
 	"crypto/rand"
-	"crypto/sha256"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -13,19 +9,11 @@ import (
 	"os"
 	"path/filepath"
 
-	"github.com/tpmdps/dpsd/store"
+	"github.com/tpmdps/dpsd/store/internal/seal"
 )
 
 // DataKeySize is the size of the data key file: an AES-256 key.
-const DataKeySize = 32
-
-// keyCheckLabel derives the value stored in the meta bucket that ties a key
-// file to its database without revealing the key.
-const keyCheckLabel = "dpsd store key check v1"
-
-// sealPrefix starts the additional data of every ciphertext, so that the
-// binding (bucket, key) cannot collide with another use of the key.
-const sealPrefix = "dpsd/store/v1\x00"
+const DataKeySize = seal.KeySize
 
 // loadOrCreateKey reads the data key file. When it does not exist and the
 // database has no key yet (mustExist false), a new random key is written with
@@ -91,60 +79,24 @@ func createKey(path string) ([]byte, error) {
 	return key, nil
 }
 
-// newAEAD returns AES-256-GCM under key.
-func newAEAD(key []byte) (cipher.AEAD, error) {
-	block, err := aes.NewCipher(key)
+// newSealer returns the sealing of secrets under key (store/internal/seal,
+// shared with the etcd engine).
+func newSealer(key []byte) (*seal.Sealer, error) {
+	sl, err := seal.New(key)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrKeyFile, err)
 	}
-	aead, err := cipher.NewGCM(block)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrKeyFile, err)
-	}
-	return aead, nil
-}
-
-// keyCheck is HMAC-SHA256(key, label) truncated to 16 bytes: it identifies
-// the key without revealing it.
-func keyCheck(key []byte) []byte {
-	m := hmac.New(sha256.New, key)
-	m.Write([]byte(keyCheckLabel))
-	return m.Sum(nil)[:16]
-}
-
-// equalCheck compares key check values in constant time.
-func equalCheck(a, b []byte) bool { return hmac.Equal(a, b) }
-
-// additionalData binds a ciphertext to the record that holds it.
-func additionalData(bucket, key []byte) []byte {
-	ad := make([]byte, 0, len(sealPrefix)+len(bucket)+1+len(key))
-	ad = append(ad, sealPrefix...)
-	ad = append(ad, bucket...)
-	ad = append(ad, 0)
-	ad = append(ad, key...)
-	return ad
+	return sl, nil
 }
 
 // seal encrypts plaintext for the record (bucket, key): nonce || ciphertext || tag.
 func (s *Store) seal(bucket, key, plaintext []byte) []byte {
-	nonce := make([]byte, s.aead.NonceSize(), s.aead.NonceSize()+len(plaintext)+s.aead.Overhead())
-	if _, err := rand.Read(nonce); err != nil {
-		panic(fmt.Sprintf("store: crypto/rand failed: %v", err)) // crypto/rand never fails on supported platforms
-	}
-	return s.aead.Seal(nonce, nonce, plaintext, additionalData(bucket, key))
+	return s.sealer.Seal(bucket, key, plaintext)
 }
 
 // open decrypts a sealed value of the record (bucket, key).
 func (s *Store) open(bucket, key, sealed []byte) ([]byte, error) {
-	ns := s.aead.NonceSize()
-	if len(sealed) < ns+s.aead.Overhead() {
-		return nil, fmt.Errorf("%w: %s/%q: sealed value too short", store.ErrCorrupt, bucket, key)
-	}
-	pt, err := s.aead.Open(nil, sealed[:ns], sealed[ns:], additionalData(bucket, key))
-	if err != nil {
-		return nil, fmt.Errorf("%w: %s/%q: secrets fail authentication (tampered, moved, or wrong key file)", store.ErrCorrupt, bucket, key)
-	}
-	return pt, nil
+	return s.sealer.Open(bucket, key, sealed)
 }
 
 // newETag returns a fresh opaque etag: 96 random bits, base64url.

@@ -26,12 +26,6 @@ type recordHead struct {
 	EnrollmentGroupID string    `json:"enrollmentGroupId"`
 }
 
-// symmetricSecrets is the plaintext sealed for a symmetric-key attestation.
-type symmetricSecrets struct {
-	Primary   string `json:"p,omitempty"`
-	Secondary string `json:"s,omitempty"`
-}
-
 // lower is the key normalisation of registration and group ids.
 func lower(id string) string { return strings.ToLower(id) }
 
@@ -149,39 +143,15 @@ func readCount(b *bbolt.Bucket, key []byte) int {
 	return 0
 }
 
-func hasSymmetricSecrets(a store.Attestation) bool {
-	return a.SymmetricKey != nil && (a.SymmetricKey.PrimaryKey != "" || a.SymmetricKey.SecondaryKey != "")
-}
-
 // sealAttestation seals the symmetric keys of a for the record (bucket, key)
 // and returns a copy of a whose keys are blank. No secrets: nil, a.
 func (s *Store) sealAttestation(bucket, key []byte, a store.Attestation) ([]byte, store.Attestation, error) {
-	if !hasSymmetricSecrets(a) {
-		return nil, a, nil
-	}
-	pt, err := json.Marshal(symmetricSecrets{Primary: a.SymmetricKey.PrimaryKey, Secondary: a.SymmetricKey.SecondaryKey})
-	if err != nil {
-		return nil, a, err
-	}
-	a.SymmetricKey = &store.SymmetricKeyAttestation{}
-	return s.seal(bucket, key, pt), a, nil
+	return s.sealer.SealAttestation(bucket, key, a)
 }
 
 // openAttestation restores the symmetric keys sealed for (bucket, key) into a.
 func (s *Store) openAttestation(bucket, key, sealed []byte, a *store.Attestation) error {
-	if sealed == nil {
-		return nil
-	}
-	pt, err := s.open(bucket, key, sealed)
-	if err != nil {
-		return err
-	}
-	var sec symmetricSecrets
-	if err := json.Unmarshal(pt, &sec); err != nil {
-		return fmt.Errorf("%w: %s/%q: sealed keys: %w", store.ErrCorrupt, bucket, key, err)
-	}
-	a.SymmetricKey = &store.SymmetricKeyAttestation{PrimaryKey: sec.Primary, SecondaryKey: sec.Secondary}
-	return nil
+	return s.sealer.OpenAttestation(bucket, key, sealed, a)
 }
 
 // cloneJSON deep-copies a record through its JSON form (the caller's record

@@ -38,9 +38,35 @@ func cloneRegistration(r *store.Registration) (*store.Registration, error) {
 			return cloneJSON(r)
 		}
 	}
+	if c := r.Certificate; c != nil {
+		for _, f := range [...]string{c.SubjectName, c.SHA1Thumbprint, c.SHA256Thumbprint, c.IssuerName, c.SerialNumber} {
+			if !utf8.ValidString(f) {
+				return cloneJSON(r)
+			}
+		}
+	}
+	for _, sc := range r.SupersededCertificates {
+		if !utf8.ValidString(sc.SerialNumber) || !utf8.ValidString(sc.SHA256Thumbprint) {
+			return cloneJSON(r)
+		}
+	}
 	out := new(store.Registration)
 	*out = *r
 	out.HubKey, out.AttestationHash = nil, nil
+	if r.Certificate != nil {
+		c := *r.Certificate
+		c.NotBefore, c.NotAfter = c.NotBefore.Round(0), c.NotAfter.Round(0) // the round trip drops monotonic readings
+		out.Certificate = &c
+	}
+	if len(r.SupersededCertificates) > 0 {
+		out.SupersededCertificates = make([]store.SupersededCertificate, len(r.SupersededCertificates))
+		for i, sc := range r.SupersededCertificates {
+			sc.NotAfter, sc.SupersededAt = sc.NotAfter.Round(0), sc.SupersededAt.Round(0)
+			out.SupersededCertificates[i] = sc
+		}
+	} else {
+		out.SupersededCertificates = nil // omitempty: the round trip drops an empty list
+	}
 	if len(r.Payload) == 0 {
 		out.Payload = nil // omitempty: the round trip drops it
 		return out, nil

@@ -11,6 +11,7 @@ import (
 	bbolt "go.etcd.io/bbolt"
 
 	"github.com/tpmdps/dpsd/store"
+	"github.com/tpmdps/dpsd/store/internal/seal"
 )
 
 // SchemaVersion is the layout version this build writes (meta/version).
@@ -263,7 +264,7 @@ func sealPlaintextKeys(s *Store, b *bbolt.Bucket, bucket []byte) error {
 		if err := json.Unmarshal(v, &raw); err != nil {
 			return fmt.Errorf("%w: %s/%q: %w", store.ErrCorrupt, bucket, k, err)
 		}
-		if raw.Sealed != nil || !hasSymmetricSecrets(raw.Attestation) {
+		if raw.Sealed != nil || !seal.HasSymmetricSecrets(raw.Attestation) {
 			return nil
 		}
 		var generic map[string]json.RawMessage

@@ -2,7 +2,6 @@ package bolt
 
 import (
 	"context"
-	"crypto/cipher"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -15,6 +14,7 @@ import (
 	bbolt "go.etcd.io/bbolt"
 
 	"github.com/tpmdps/dpsd/store"
+	"github.com/tpmdps/dpsd/store/internal/seal"
 	berrors "go.etcd.io/bbolt/errors"
 )
 
@@ -74,7 +74,7 @@ type Store struct {
 	db      *bbolt.DB
 	path    string
 	keyPath string
-	aead    cipher.AEAD
+	sealer  *seal.Sealer
 	log     *slog.Logger
 	now     func() time.Time
 	// maxGroups is Options.MaxGroups (0: no limit).
@@ -164,13 +164,13 @@ func (s *Store) init(created bool) error {
 	if err != nil {
 		return err
 	}
-	aead, err := newAEAD(key)
+	sealer, err := newSealer(key)
 	if err != nil {
 		return err
 	}
-	s.aead = aead
-	want := keyCheck(key)
-	if check != nil && !equalCheck(check, want) {
+	s.sealer = sealer
+	want := seal.KeyCheck(key)
+	if check != nil && !seal.EqualCheck(check, want) {
 		return fmt.Errorf("%w: %s is not the key of %s", ErrKeyFile, s.keyPath, s.path)
 	}
 	if version < SchemaVersion || check == nil {

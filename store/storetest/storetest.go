@@ -83,9 +83,13 @@ func Run(t *testing.T, e Engine) {
 		{"JobLifecycle", s.jobLifecycle},
 		{"JobLimit", s.jobLimit},
 		{"ConcurrentClaims", s.concurrentClaims},
+		{"IssuedCertificates", s.issuedCertificates},
 		{"Backup", s.backup},
 		{"Close", s.close},
 		{"ConcurrentWriters", s.concurrentWriters},
+		{"ChallengeRecorder", s.challengeRecorder},
+		{"WindowCounter", s.windowCounter},
+		{"RegistrationLister", s.registrationLister},
 	} {
 		t.Run(c.name, c.fn)
 	}
@@ -135,7 +139,11 @@ func FullEnrollment(id string) *store.Enrollment {
 			Attestation: store.Attestation{
 				Type:         store.AttestationSymmetricKey,
 				SymmetricKey: &store.SymmetricKeyAttestation{PrimaryKey: "cHJpbWFyeS1zZWNyZXQta2V5LTAxMjM0NTY3ODkwMTIz", SecondaryKey: "c2Vjb25kYXJ5LXNlY3JldC1rZXktOTg3NjU0MzIxMDk4"},
-				TPM:          &store.TPMAttestation{EndorsementKey: "AToAAQALAAMAsgAg", StorageRootKey: "AToAAQALAAMAcgAA"},
+				TPM: &store.TPMAttestation{EndorsementKey: "AToAAQALAAMAsgAg", StorageRootKey: "AToAAQALAAMAcgAA",
+					RequireEKCertificate: true, EKCertificateRoots: []string{"MIIR", "-----BEGIN CERTIFICATE-----\nMIIS\n-----END CERTIFICATE-----\n"},
+					EKCertificateIntermediates: []string{"MIII"}, EKCertificateCRLs: []string{"MIIC"},
+					TPMManufacturer: "id:494E5443", TPMModel: "SLB9670",
+					EndorsementKeyHashes: []string{"9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"}},
 				X509: &store.X509Attestation{
 					ClientCertificates: &store.X509Certificates{
 						Primary: &store.X509CertificateWithInfo{Certificate: "MIIB", Info: &store.X509CertificateInfo{
@@ -156,6 +164,8 @@ func FullEnrollment(id string) *store.Enrollment {
 			Capabilities:               &store.Capabilities{IoTEdge: true},
 			ReprovisionPolicy:          &store.ReprovisionPolicy{UpdateHubAssignment: true, MigrateDeviceData: true},
 			CustomAllocationDefinition: &store.CustomAllocationDefinition{WebhookURL: "https://alloc.example/x?code=k", APIVersion: "2019-03-31", TimeoutSeconds: 7, FallbackPolicy: store.FallbackHashed},
+			CredentialPolicyName:       "policy-1",
+			CertificatePolicy:          &store.CertificatePolicy{ValidityDays: 90, Organization: "Example Org", OrganizationalUnit: "Line 3"},
 		},
 	}
 }
@@ -176,13 +186,20 @@ func FullRegistration(id, group string) *store.Registration {
 		EnrollmentGroupID: group, Payload: json.RawMessage(`{"x":[1,2,3]}`),
 		HubKey:          []byte("hub-key-secret-0123456789abcdef!"),
 		AttestationHash: []byte("attestation-hash-0123456789abcde"),
+		Certificate: &store.X509CertificateInfo{
+			SubjectName: "CN=" + id, SHA1Thumbprint: "A1", SHA256Thumbprint: "B2", IssuerName: "CN=dpsd issuing CA",
+			NotBefore: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC), NotAfter: time.Date(2026, 1, 31, 0, 0, 0, 0, time.UTC),
+			SerialNumber: "0C", Version: 3},
+		SupersededCertificates: []store.SupersededCertificate{{SerialNumber: "0B", SHA256Thumbprint: "B1",
+			NotAfter: time.Date(2025, 12, 31, 0, 0, 0, 0, time.UTC), SupersededAt: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}},
 	}
 }
 
 // FullOperation returns an operation with every field set, expiring at exp.
 func FullOperation(id, reg string, exp time.Time) *store.Operation {
 	return &store.Operation{ID: id, RegistrationID: reg, Status: store.RegistrationAssigned, ErrorCode: 401002, ErrorMessage: "msg",
-		AuthenticationKey: []byte{1, 2, 3, 4, 5}, CreatedAt: exp.Add(-time.Minute).UTC(), ExpiresAt: exp.UTC()}
+		AuthenticationKey: []byte{1, 2, 3, 4, 5}, CreatedAt: exp.Add(-time.Minute).UTC(), ExpiresAt: exp.UTC(),
+		IssuedCertificateChain: [][]byte{{0x30, 1}, {0x30, 2}, {0x30, 3}}, CSRField: store.CSRField2025}
 }
 
 // SameJSON fails t unless got and want have the same JSON form.

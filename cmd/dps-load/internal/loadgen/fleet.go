@@ -2,7 +2,11 @@ package loadgen
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
@@ -61,6 +65,10 @@ type Device struct {
 	TPM *softtpm.Device
 	// SymmetricKey is a symmetric device's key (a secret).
 	SymmetricKey []byte
+	// CertificateKey, when not nil, is the key the device asks a
+	// certificate for: its register body carries a CSR for it ("csr") and
+	// its enrollment a credentialPolicyName.
+	CertificateKey *ecdsa.PrivateKey
 
 	registerBody []byte // precomputed register request body
 }
@@ -75,7 +83,16 @@ type FleetSpec struct {
 	// kind uses, shared round robin (generating an RSA key takes tens of
 	// milliseconds). 0 means one per device.
 	KeyPool int
+	// CSR gives every device an ECDSA P-256 key and a certificate signing
+	// request for it (subject CN its registration id) in its register body,
+	// and its enrollment a credentialPolicyName: every provisioning is
+	// issued a certificate.
+	CSR bool
 }
+
+// CredentialPolicy is the credentialPolicyName of the enrollments of a
+// fleet made with FleetSpec.CSR.
+const CredentialPolicy = "dps-load"
 
 // NewFleet generates the devices of spec (interleaving kinds, so that a mix
 // runs mixed from the start).
@@ -134,6 +151,18 @@ func NewFleet(spec FleetSpec) ([]*Device, error) {
 					"storageRootKey": base64.StdEncoding.EncodeToString(t.SRK.Public()),
 				}
 			}
+			if spec.CSR {
+				key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+				if err != nil {
+					return nil, fmt.Errorf("loadgen: certificate key: %w", err)
+				}
+				csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: d.RegistrationID}}, key)
+				if err != nil {
+					return nil, fmt.Errorf("loadgen: certificate signing request: %w", err)
+				}
+				d.CertificateKey = key
+				body["csr"] = base64.StdEncoding.EncodeToString(csr)
+			}
 			b, err := json.Marshal(body)
 			if err != nil {
 				return nil, fmt.Errorf("loadgen: register body: %w", err)
@@ -150,6 +179,9 @@ func NewFleet(spec FleetSpec) ([]*Device, error) {
 // Enrollment returns the individual enrollment of d.
 func (d *Device) Enrollment() *store.Enrollment {
 	e := &store.Enrollment{RegistrationID: d.RegistrationID, EnrollmentSettings: store.EnrollmentSettings{ProvisioningStatus: store.StatusEnabled}}
+	if d.CertificateKey != nil {
+		e.CredentialPolicyName = CredentialPolicy
+	}
 	if d.Kind == Symmetric {
 		k := base64.StdEncoding.EncodeToString(d.SymmetricKey)
 		e.Attestation = store.Attestation{Type: store.AttestationSymmetricKey,

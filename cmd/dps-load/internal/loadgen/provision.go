@@ -95,6 +95,7 @@ type opBody struct {
 		TPM         *struct {
 			AuthenticationKey string `json:"authenticationKey"`
 		} `json:"tpm"`
+		IssuedCertificateChain []string `json:"issuedCertificateChain"`
 	} `json:"registrationState"`
 }
 
@@ -254,6 +255,9 @@ func (r *runner) provision(ctx context.Context, d *Device, tm *timing) (err erro
 	tm.add(PhasePoll, time.Since(t))
 	if op.Status != "assigned" || op.RegistrationState == nil || op.RegistrationState.AssignedHub == "" {
 		return phaseErr(PhasePoll, &Error{Kind: "not-assigned", Err: fmt.Errorf("final status %q", op.Status)})
+	}
+	if d.CertificateKey != nil && len(op.RegistrationState.IssuedCertificateChain) == 0 {
+		return phaseErr(PhasePoll, &Error{Kind: KindProtocol, Err: errors.New("assigned without the certificate asked for")})
 	}
 	if d.Kind != Symmetric && r.cfg.VerifyHubKey {
 		t = time.Now()

@@ -38,8 +38,10 @@ type Metrics struct {
 	reg *prometheus.Registry
 
 	registrations *prometheus.CounterVec   // outcome, attestation
+	certificates  *prometheus.CounterVec   // attestation
 	challenges    prometheus.Counter       //
 	authFailures  *prometheus.CounterVec   // reason
+	ekCerts       *prometheus.CounterVec   // outcome
 	connRefused   *prometheus.CounterVec   // listener, reason
 	requestTime   *prometheus.HistogramVec // phase
 	responses     *prometheus.CounterVec   // phase, code
@@ -73,6 +75,10 @@ func New() *Metrics {
 			Namespace: Namespace, Name: "registrations_total",
 			Help: "Registration outcomes recorded, by outcome (assigned, failed, disabled) and attestation type (tpm, symmetricKey, x509).",
 		}, []string{"outcome", "attestation"}),
+		certificates: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: Namespace, Name: "certificates_issued_total",
+			Help: "Operational certificates issued from a device's certificate signing request, by attestation type (tpm, symmetricKey, x509).",
+		}, []string{"attestation"}),
 		challenges: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: Namespace, Name: "tpm_challenges_issued_total",
 			Help: "TPM challenges (401 answers with an activation blob) issued.",
@@ -81,6 +87,10 @@ func New() *Metrics {
 			Namespace: Namespace, Name: "auth_failures_total",
 			Help: "Refused device CONNECTs, by reason.",
 		}, []string{"reason"}),
+		ekCerts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: Namespace, Name: "ek_certificates_total",
+			Help: "EK certificates sent with TPM challenge requests and checked, by outcome (valid, malformed, key_mismatch, untrusted, expired, revoked): decided by the certificate and the configured TPM roots alone, never by the registration id.",
+		}, []string{"outcome"}),
 		connRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: Namespace, Name: "connections_refused_total",
 			Help: "Connections refused by a per-address limit, by listener and reason (per_address_cap, per_address_rate, ...).",
@@ -119,7 +129,7 @@ func New() *Metrics {
 		connsDesc: prometheus.NewDesc(Namespace+"_connections",
 			"Open device connections by listener (CONNECT sent or not).", []string{"listener"}, nil),
 	}
-	m.reg.MustRegister(m.registrations, m.challenges, m.authFailures, m.connRefused, m.requestTime, m.responses,
+	m.reg.MustRegister(m.registrations, m.certificates, m.challenges, m.authFailures, m.ekCerts, m.connRefused, m.requestTime, m.responses,
 		m.storeTime, m.storeErrors, m.handoffCalls, m.handoffTime, gauges{m},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
@@ -160,9 +170,13 @@ func (m *Metrics) HandoffCall(_ context.Context, step, outcome string, elapsed t
 	m.handoffTime.WithLabelValues(step).Observe(elapsed.Seconds())
 }
 
-// Registered counts a registration outcome (provision.Observer).
+// Registered counts a registration outcome and the certificate issued
+// with it, if any (provision.Observer).
 func (m *Metrics) Registered(_ context.Context, ev provision.RegistrationEvent) {
 	m.registrations.WithLabelValues(ev.Status, ev.AttestationType).Inc()
+	if ev.CertificateSerial != "" {
+		m.certificates.WithLabelValues(ev.AttestationType).Inc()
+	}
 }
 
 // ChallengeIssued counts a TPM challenge (provision.Observer).
@@ -171,6 +185,12 @@ func (m *Metrics) ChallengeIssued(context.Context, string) { m.challenges.Inc() 
 // AuthFailed counts a refusal by the service (provision.Observer).
 func (m *Metrics) AuthFailed(_ context.Context, reason string) {
 	m.authFailures.WithLabelValues(reason).Inc()
+}
+
+// EKCertificateChecked counts an EK certificate check by outcome
+// (provision.Observer).
+func (m *Metrics) EKCertificateChecked(_ context.Context, outcome string) {
+	m.ekCerts.WithLabelValues(outcome).Inc()
 }
 
 // ConnectRefused counts a refusal by the broker hook (hooks.Metrics).

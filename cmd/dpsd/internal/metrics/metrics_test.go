@@ -40,8 +40,12 @@ func TestCountersAndGauges(t *testing.T) {
 	m.Registered(ctx, provision.RegistrationEvent{Status: store.RegistrationAssigned, AttestationType: store.AttestationTPM})
 	m.Registered(ctx, provision.RegistrationEvent{Status: store.RegistrationAssigned, AttestationType: store.AttestationTPM})
 	m.Registered(ctx, provision.RegistrationEvent{Status: store.RegistrationDisabled, AttestationType: store.AttestationSymmetricKey})
+	m.Registered(ctx, provision.RegistrationEvent{Status: store.RegistrationAssigned, AttestationType: store.AttestationX509, CertificateSerial: "0A"})
 	m.ChallengeIssued(ctx, "dev")
 	m.AuthFailed(ctx, provision.AuthFailureNotAuthorized)
+	m.EKCertificateChecked(ctx, provision.EKCertValid)
+	m.EKCertificateChecked(ctx, provision.EKCertUntrusted)
+	m.EKCertificateChecked(ctx, provision.EKCertUntrusted)
 	m.ConnectRefused(hooks.RefusedRestrictedCap)
 	m.Observe(hooks.PhaseRegister, 202, 3*time.Millisecond)
 	m.SetSources(func() (int, int) { return 5, 2 }, func() map[string]int { return map[string]int{"tls": 4, "ws-http": 1} })
@@ -51,8 +55,11 @@ func TestCountersAndGauges(t *testing.T) {
 		`dpsd_registrations_total{attestation="tpm",outcome="assigned"} 2`,
 		`dpsd_registrations_total{attestation="symmetricKey",outcome="disabled"} 1`,
 		`dpsd_tpm_challenges_issued_total 1`,
+		`dpsd_certificates_issued_total{attestation="x509"} 1`,
 		`dpsd_auth_failures_total{reason="not_authorized"} 1`,
 		`dpsd_auth_failures_total{reason="restricted_session_cap"} 1`,
+		`dpsd_ek_certificates_total{outcome="valid"} 1`,
+		`dpsd_ek_certificates_total{outcome="untrusted"} 2`,
 		`dpsd_request_duration_seconds_count{phase="register"} 1`,
 		`dpsd_responses_total{code="202",phase="register"} 1`,
 		`dpsd_mqtt_sessions{kind="authenticated"} 3`,
@@ -63,6 +70,9 @@ func TestCountersAndGauges(t *testing.T) {
 		if !strings.Contains(text, want) {
 			t.Errorf("scrape lacks %q", want)
 		}
+	}
+	if strings.Contains(text, `dpsd_certificates_issued_total{attestation="tpm"}`) {
+		t.Error("a registration without a certificate counted as one issued")
 	}
 }
 
