@@ -73,6 +73,9 @@ func (s *Service) assign(ctx context.Context, id Identity, src source, req Regis
 				slog.Bool("recordHasHash", len(prev.AttestationHash) > 0))
 		}
 	}
+	if stale != nil {
+		rec.SupersededCertificates = supersede(stale.Certificate, stale.SupersededCertificates, now)
+	}
 	if src.disabled {
 		rec.Status = store.RegistrationDisabled
 	} else {
@@ -92,9 +95,6 @@ func (s *Service) assign(ctx context.Context, id Identity, src source, req Regis
 		} else {
 			rec.Status, rec.AssignedHub, rec.Substatus, rec.DeviceID = store.RegistrationAssigned, a.hub, a.substatus, src.deviceID
 		}
-	}
-	if stale != nil {
-		rec.SupersededCertificates = supersede(stale.Certificate, stale.SupersededCertificates, now)
 	}
 	var chain [][]byte
 	if csr := req.csr; csr != nil && rec.Status == store.RegistrationAssigned {

@@ -6,6 +6,7 @@ package provision
 import (
 	"bytes"
 	"context"
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -61,6 +62,16 @@ type handoffJob struct {
 	// after the device was removed from there).
 	MigratedTwin *hubconn.Twin `json:"migratedTwin,omitempty"`
 	TwinRead     bool          `json:"twinRead,omitempty"`
+	// CSR is the device's certificate signing request (DER), CSRField the
+	// register field it came in, CertPolicy the enrollment's or group's
+	// certificate settings. IssuedChain is the chain issued for it (DER,
+	// leaf first): issued once the hub is decided and kept before the
+	// device's hub identity names it, so that every later attempt (after a
+	// crash too) registers the same certificate.
+	CSR         []byte                   `json:"csr,omitempty"`
+	CSRField    string                   `json:"csrField,omitempty"`
+	CertPolicy  *store.CertificatePolicy `json:"certPolicy,omitempty"`
+	IssuedChain [][]byte                 `json:"issuedChain,omitempty"`
 	// LastError is why the last attempt failed (for the final message).
 	LastError string `json:"lastError,omitempty"`
 }
@@ -89,6 +100,16 @@ func (s *Service) enqueue(ctx context.Context, id Identity, src *source, req Reg
 		InitialTwin: src.settings().InitialTwin}
 	if c := src.settings().Capabilities; c != nil {
 		d.IoTEdge = c.IoTEdge
+	}
+	if csr := req.csr; csr != nil {
+		// Refused as the synchronous path refuses it, before any I/O.
+		switch {
+		case s.cfg.Issuer == nil:
+			return s.csrNotConfigured(ctx, id, csr, "the service issues no certificates (no issuer)", now, trackingID)
+		case src.issuance.credentialPolicy == "":
+			return s.csrNotConfigured(ctx, id, csr, "the enrollment or group names no credentialPolicyName", now, trackingID)
+		}
+		d.CSR, d.CSRField, d.CertPolicy = csr.req.Raw, csr.field, src.issuance.cert
 	}
 	if a.custom {
 		cj, err := newCustomJob(id, src, req, ek, srk, a)
@@ -283,6 +304,19 @@ func (s *Service) attempt(ctx context.Context, j *store.Job, d *handoffJob, sec 
 	if cerr != nil {
 		return outcome{fail: true, code: ErrorCodeHubRefused, msg: fmt.Sprintf("hub %s cannot be registered with: %v", d.Hub, cerr)}
 	}
+	if len(d.CSR) > 0 && len(d.IssuedChain) == 0 {
+		// The hub is decided: issue the certificate, and keep it before
+		// any hub hears of it.
+		chain, err := s.issueForJob(ctx, d)
+		if err != nil {
+			if late {
+				return outcome{fail: true, code: ErrorCodeInternal, msg: "The operational certificate could not be issued"}
+			}
+			return outcome{retry: true, err: err}
+		}
+		d.IssuedChain = chain
+		return outcome{release: true}
+	}
 	moved := d.PrevHub != "" && !strings.EqualFold(d.Hub, d.PrevHub)
 	var old hubconn.Connector
 	if moved {
@@ -320,10 +354,18 @@ func (s *Service) attempt(ctx context.Context, j *store.Job, d *handoffJob, sec 
 			AttestationType: d.Registration.AttestationType, EnrollmentGroupID: d.Registration.EnrollmentGroupID,
 			Auth: d.Auth, IoTEdge: d.IoTEdge}
 		dev.Auth.PrimaryKey, dev.Auth.SecondaryKey = sec.PrimaryKey, sec.SecondaryKey
-		if dev.Auth.Type == hubconn.AuthSelfSigned {
-			if h := snap.hub(d.Hub); h != nil && h.rec.X509Identity == store.X509CertificateAuthority {
-				dev.Auth = hubconn.Auth{Type: hubconn.AuthCertificateAuthority}
+		caIdentity := false
+		if h := snap.hub(d.Hub); h != nil && h.rec.X509Identity == store.X509CertificateAuthority {
+			caIdentity = true
+		}
+		if len(d.IssuedChain) > 0 {
+			auth, err := issuedAuth(d, caIdentity, s.cfg.Now())
+			if err != nil {
+				return outcome{fail: true, code: ErrorCodeInternal, msg: "The issued certificate could not be read"}
 			}
+			dev.Auth = auth
+		} else if dev.Auth.Type == hubconn.AuthSelfSigned && caIdentity {
+			dev.Auth = hubconn.Auth{Type: hubconn.AuthCertificateAuthority}
 		}
 		start := time.Now()
 		if err := conn.Register(ctx, dev, twin); err != nil {
@@ -475,6 +517,16 @@ func (s *Service) finish(ctx context.Context, j *store.Job, d *handoffJob, sec *
 			rec.Payload = d.Custom.Payload
 		}
 		op.AuthenticationKey = d.AuthenticationKey
+		if len(d.IssuedChain) > 0 {
+			leaf, err := x509.ParseCertificate(d.IssuedChain[0])
+			if err != nil {
+				log.LogAttrs(ctx, slog.LevelError, "outbox: the issued certificate cannot be read", slog.String("error", err.Error()))
+				return
+			}
+			rec.SupersededCertificates = supersede(rec.Certificate, rec.SupersededCertificates, now)
+			rec.Certificate = store.NewX509CertificateInfo(leaf)
+			op.IssuedCertificateChain, op.CSRField = d.IssuedChain, d.CSRField
+		}
 	}
 	op.Status, op.ErrorCode, op.ErrorMessage = rec.Status, rec.ErrorCode, rec.ErrorMessage
 	if _, err := s.cfg.Store.FinishJob(context.WithoutCancel(ctx), j.ID, s.handoff.owner, rec, op); err != nil {
@@ -490,11 +542,15 @@ func (s *Service) finish(ctx context.Context, j *store.Job, d *handoffJob, sec *
 		slog.String("method", d.Method), slog.String("groupId", rec.EnrollmentGroupID),
 		slog.String("status", rec.Status), slog.String("assignedHub", rec.AssignedHub),
 		slog.String("substatus", rec.Substatus), slog.Int("errorCode", rec.ErrorCode), slog.Int("attempts", j.Attempts+1))
-	s.recorded(ctx, RegistrationEvent{
+	ev := RegistrationEvent{
 		RegistrationID: j.RegistrationID, AttestationType: rec.AttestationType, Method: d.Method,
 		GroupID: rec.EnrollmentGroupID, Status: rec.Status, AssignedHub: rec.AssignedHub, DeviceID: rec.DeviceID,
 		ErrorCode: rec.ErrorCode, TrackingID: d.TrackingID,
-	})
+	}
+	if op.IssuedCertificateChain != nil {
+		ev.CertificateSerial, ev.CertificateThumbprint = rec.Certificate.SerialNumber, rec.Certificate.SHA256Thumbprint
+	}
+	s.recorded(ctx, ev)
 }
 
 // release hands the job back to the outbox with d's progress, due after
@@ -520,4 +576,59 @@ func (s *Service) release(j *store.Job, d *handoffJob, delay time.Duration, log 
 	if delay == 0 {
 		s.handoff.notify()
 	}
+}
+
+// issueForJob issues the operational certificate a job's CSR asks for,
+// as the synchronous path does (issueCertificate), and returns the chain
+// as DER, leaf first.
+func (s *Service) issueForJob(ctx context.Context, d *handoffJob) ([][]byte, error) {
+	req, err := x509.ParseCertificateRequest(d.CSR)
+	if err != nil {
+		return nil, fmt.Errorf("the job's certificate signing request: %w", err)
+	}
+	certs, err := s.issueCertificate(ctx, Identity{RegistrationID: d.Registration.RegistrationID},
+		&deviceCSR{field: d.CSRField, req: req}, issuancePolicy{credentialPolicy: "job", cert: d.CertPolicy}, s.cfg.Now().UTC())
+	if err != nil {
+		return nil, err
+	}
+	chain := make([][]byte, len(certs))
+	for i, c := range certs {
+		chain[i] = c.Raw
+	}
+	return chain, nil
+}
+
+// issuedAuth is the hub identity of a device that received an operational
+// certificate: it authenticates to its hub with that certificate, so its
+// identity is X.509, not the keys it provisioned with.
+//
+// By default (selfSigned) the identity names the certificate by its
+// SHA-256 thumbprint, and the certificate it replaces as the secondary
+// while that one is still valid, so a device mid-rotation connects with
+// either. IoT Hub accepts a thumbprint identity for any certificate, so
+// this works with a stock hub and binds the identity to exactly the
+// certificates dpsd issued to this device. With a linked hub whose
+// X509Identity is certificateAuthority (the operator uploaded and verified
+// dpsd's issuing CA in the hub, as the cloud's certificate management
+// makes the hub trust its issuing CA) the identity is certificateAuthority:
+// the hub checks the chain and that the certificate's common name is the
+// device id. A common name that is not exactly the device id (IoT Hub
+// compares device ids case-sensitively; an enrollment may set another
+// deviceId) could never authenticate that way, so such a device keeps the
+// thumbprint identity.
+func issuedAuth(d *handoffJob, caIdentity bool, now time.Time) (hubconn.Auth, error) {
+	leaf, err := x509.ParseCertificate(d.IssuedChain[0])
+	if err != nil {
+		return hubconn.Auth{}, err
+	}
+	if caIdentity && leaf.Subject.CommonName == d.Registration.DeviceID {
+		return hubconn.Auth{Type: hubconn.AuthCertificateAuthority}, nil
+	}
+	_, primary := store.CertificateThumbprints(leaf)
+	auth := hubconn.Auth{Type: hubconn.AuthSelfSigned, PrimaryThumbprint: primary}
+	if prev := d.Registration.Certificate; prev != nil && prev.SHA256Thumbprint != "" &&
+		!strings.EqualFold(prev.SHA256Thumbprint, primary) && now.Before(prev.NotAfter) {
+		auth.SecondaryThumbprint = strings.ToUpper(prev.SHA256Thumbprint)
+	}
+	return auth, nil
 }
