@@ -51,7 +51,7 @@ func (f *aliasFactory) For(h *store.LinkedHub) (hubconn.Connector, error) {
 
 // newHubEnv starts n stand-in hubs and a webhook (the documentation's
 // sample function), and a service whose workers run until the test ends.
-func newHubEnv(t *testing.T, n int, mods ...func(*Config)) *hubEnv {
+func newHubEnv(t testing.TB, n int, mods ...func(*Config)) *hubEnv {
 	t.Helper()
 	roots := x509.NewCertPool()
 	var hubs []*iothubtest.Hub
