@@ -42,7 +42,7 @@ func adminHubAdd(ctx context.Context, c *adminCmd, args []string) error {
 	fs.StringVar(&secretFile, "webhook-secret-file", "", "file holding the webhook's signing secret (base64 of at least 32 random bytes)")
 	fs.IntVar(&weight, "weight", 0, "allocation weight, 1-1000 (default 1): a hub's share of hashed allocations is its weight over the sum")
 	fs.BoolVar(&noAllocation, "no-allocation", false, "keep the hub out of hashed allocation (applyAllocationPolicy false); enrollments may still name it")
-	fs.StringVar(&x509Identity, "x509-identity", "", "how X.509 devices are created in the hub: selfSigned (their certificate's thumbprint, the default) or certificateAuthority")
+	fs.StringVar(&x509Identity, "x509-identity", "", "how X.509 devices, and devices issued an operational certificate, are created in the hub: selfSigned (the certificate's thumbprint, the default) or certificateAuthority (the hub trusts their CA, or dpsd's issuing CA, and checks that the common name is the device id)")
 	fs.BoolVar(&replace, "replace", false, "replace a hub already linked instead of failing")
 	pos, err := c.parse(args, "add HOST_NAME [--hub-connection-string-file F | --webhook-url U --webhook-secret-file F] [--weight N] [--no-allocation] [flags]", 1, 1)
 	if err != nil {
