@@ -50,7 +50,8 @@ func symEnrollment(t *testing.T, id string) (*store.Enrollment, []byte) {
 // TestHandoffThrottledProcess: the hub answers 429 to the first requests of
 // a registration; `dpsd serve` retries with backoff and the device, over a
 // real MQTT connection, ends assigned with its identity created exactly
-// once, with the key it authenticated with.
+// once, with the key it authenticated with; neither that key nor the hub's
+// policy key is in the debug logs.
 func TestHandoffThrottledProcess(t *testing.T) {
 	hub := iothubtest.Start(t, iothubtest.Options{})
 	p := handoffProc(t, hub, nil)
@@ -85,6 +86,14 @@ func TestHandoffThrottledProcess(t *testing.T) {
 	}
 	if reg, err := api.GetRegistration(ctx, e.RegistrationID); err != nil || reg.Status != store.RegistrationAssigned || reg.AssignedHub != hub.HostName {
 		t.Fatalf("record: %+v %v", reg, err)
+	}
+	// Neither the hub's policy key nor the device's key is in the debug logs.
+	_, hubKey, _ := strings.Cut(hub.ConnectionString, "SharedAccessKey=")
+	logs := p.logs.String()
+	for name, secret := range map[string]string{"hub policy key": hubKey, "device key": base64.StdEncoding.EncodeToString(key)} {
+		if secret == "" || strings.Contains(logs, secret) {
+			t.Fatalf("the %s %q is in dpsd's logs (or empty)", name, secret)
+		}
 	}
 }
 
