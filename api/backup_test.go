@@ -45,7 +45,7 @@ func backupEnvWith(t *testing.T, set func(*Config)) (*testEnv, string) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	env := &testEnv{t: t, st: st, ownerKey: randomBytes(t, 32), readerKey: randomBytes(t, 32), logs: &lockedBuffer{}}
+	env := &testEnv{t: t, st: st, ownerKey: randomBytes(t, 32), readerKey: randomBytes(t, 32), logs: &testkit.LogBuffer{}}
 	cfg := Config{
 		Store:    st,
 		HostName: testHost,

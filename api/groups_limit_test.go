@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/tpmdps/dpsd/api/wire"
+	"github.com/tpmdps/dpsd/internal/testkit"
 	"github.com/tpmdps/dpsd/store/bolt"
 )
 
@@ -23,7 +24,7 @@ func newLimitEnv(t *testing.T, maxGroups int) *testEnv {
 		t.Fatalf("bolt.Open: %v", err)
 	}
 	t.Cleanup(func() { st.Close() })
-	env := &testEnv{t: t, st: st, ownerKey: randomBytes(t, 32), readerKey: randomBytes(t, 32), logs: &lockedBuffer{}}
+	env := &testEnv{t: t, st: st, ownerKey: randomBytes(t, 32), readerKey: randomBytes(t, 32), logs: &testkit.LogBuffer{}}
 	h, err := New(Config{
 		Store:    st,
 		HostName: testHost,

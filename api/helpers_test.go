@@ -18,13 +18,13 @@ import (
 	"net/http/httptest"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/google/go-tpm/tpm2"
 	"github.com/tpmdps/dpsd/api/wire"
 	"github.com/tpmdps/dpsd/attest"
+	"github.com/tpmdps/dpsd/internal/testkit"
 	"github.com/tpmdps/dpsd/store/bolt"
 )
 
@@ -34,24 +34,6 @@ const (
 	readerName = "enrollmentread"
 )
 
-// lockedBuffer is a log sink safe for concurrent handlers.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // testEnv is a running API over HTTPS with a real bbolt store.
 type testEnv struct {
 	t         testing.TB
@@ -59,7 +41,7 @@ type testEnv struct {
 	st        *bolt.Store
 	ownerKey  []byte
 	readerKey []byte
-	logs      *lockedBuffer
+	logs      *testkit.LogBuffer
 }
 
 func newTestEnv(t *testing.T) *testEnv { return newBenchEnv(t) }
@@ -72,7 +54,7 @@ func newBenchEnv(t testing.TB) *testEnv {
 		t.Fatalf("bolt.Open: %v", err)
 	}
 	t.Cleanup(func() { st.Close() })
-	env := &testEnv{t: t, st: st, ownerKey: randomBytes(t, 32), readerKey: randomBytes(t, 32), logs: &lockedBuffer{}}
+	env := &testEnv{t: t, st: st, ownerKey: randomBytes(t, 32), readerKey: randomBytes(t, 32), logs: &testkit.LogBuffer{}}
 	h, err := New(Config{
 		Store:    st,
 		HostName: testHost,

@@ -8,11 +8,9 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"crypto/x509"
-	"encoding/base64"
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 )
 
@@ -109,26 +107,9 @@ func ParseTrustFile(data []byte) ([]*x509.Certificate, []*x509.RevocationList, e
 // ParseCRL reads one certificate revocation list given as PEM (a single
 // X509 CRL block) or as base64 DER, as the service API carries them.
 func ParseCRL(s string) (*x509.RevocationList, error) {
-	s = strings.TrimSpace(s)
-	if len(s) > MaxTrustFileSize {
-		return nil, fmt.Errorf("%w: CRL larger than %d bytes", ErrBadTrustFile, MaxTrustFileSize)
-	}
-	var der []byte
-	if strings.HasPrefix(s, "-----BEGIN") {
-		blk, rest := pem.Decode([]byte(s))
-		if blk == nil || blk.Type != "X509 CRL" {
-			return nil, fmt.Errorf("%w: no PEM X509 CRL block", ErrBadTrustFile)
-		}
-		if len(bytes.TrimSpace(rest)) != 0 {
-			return nil, fmt.Errorf("%w: more than one PEM block", ErrBadTrustFile)
-		}
-		der = blk.Bytes
-	} else {
-		b, err := base64.StdEncoding.DecodeString(s)
-		if err != nil {
-			return nil, fmt.Errorf("%w: CRL neither PEM nor base64 DER: %w", ErrBadTrustFile, err)
-		}
-		der = b
+	der, err := decodePEMOrBase64(s, "X509 CRL", MaxTrustFileSize)
+	if err != nil {
+		return nil, fmt.Errorf("%w: CRL: %w", ErrBadTrustFile, err)
 	}
 	l, err := x509.ParseRevocationList(der)
 	if err != nil {

@@ -24,6 +24,7 @@ import (
 	"github.com/tpmdps/dpsd/broker"
 	"github.com/tpmdps/dpsd/dpsdtest"
 	"github.com/tpmdps/dpsd/hooks"
+	"github.com/tpmdps/dpsd/internal/testkit"
 	"github.com/tpmdps/dpsd/internal/testkit/mqtttest"
 	"github.com/tpmdps/dpsd/store"
 )
@@ -268,7 +269,7 @@ func TestNewValidates(t *testing.T) {
 // anything is read, the first keeps working.
 func TestPerAddressCapIPv6Loopback(t *testing.T) {
 	s := dpsdtest.Start(t, dpsdtest.Options{})
-	logs := &logBuffer{}
+	logs := &testkit.LogBuffer{}
 	b, err := broker.New(broker.Config{TCPAddr: "[::1]:0", Limits: broker.Limits{ConnectionsPerAddress: 1},
 		Logger: slog.New(slog.NewJSONHandler(logs, nil))}, dpsHook(s.Service, hooks.Limits{}, nil))
 	if err != nil {
@@ -297,7 +298,7 @@ func TestPerAddressCapIPv6Loopback(t *testing.T) {
 	if _, err := second.Read(make([]byte, 1)); !errors.Is(err, io.EOF) && !isReset(err) {
 		t.Fatalf("second connection from ::1: %v, want closed", err)
 	}
-	if w := logs.records(t, "connection refused by a per-address limit"); len(w) != 1 || w[0]["address"] != "::/64" {
+	if w := logs.Records(t, "connection refused by a per-address limit"); len(w) != 1 || w[0]["address"] != "::/64" {
 		t.Fatalf("warnings %v, want one naming ::/64", w)
 	}
 	first.SetDeadline(time.Now().Add(10 * time.Second))

@@ -1,14 +1,10 @@
 package broker_test
 
 import (
-	"bytes"
-	"encoding/json"
 	"errors"
 	"io"
 	"log/slog"
 	"net"
-	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -18,33 +14,6 @@ import (
 	"github.com/tpmdps/dpsd/internal/testkit"
 	"github.com/tpmdps/dpsd/internal/testkit/mqtttest"
 )
-
-// logBuffer is a log sink safe for concurrent use.
-type logBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-// records returns the JSON log records with message msg.
-func (l *logBuffer) records(t *testing.T, msg string) []map[string]any {
-	t.Helper()
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	var out []map[string]any
-	for _, line := range strings.Split(l.b.String(), "\n") {
-		var m map[string]any
-		if json.Unmarshal([]byte(line), &m) == nil && m["msg"] == msg {
-			out = append(out, m)
-		}
-	}
-	return out
-}
 
 // dialFrom connects to addr from the loopback source ip.
 func dialFrom(t *testing.T, ip, addr string) net.Conn {
@@ -76,7 +45,7 @@ func expectDropped(t *testing.T, c net.Conn) {
 // warning (not one per connection) names the address; another address is
 // still served.
 func TestRefusedConnectionsCountedAndLogged(t *testing.T) {
-	logs := &logBuffer{}
+	logs := &testkit.LogBuffer{}
 	rec := &testkit.Metrics{}
 	s := dpsdtest.Start(t, dpsdtest.Options{
 		Logger:  slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelInfo})),
@@ -91,7 +60,7 @@ func TestRefusedConnectionsCountedAndLogged(t *testing.T) {
 	if got[broker.ListenerTCP+"/"+refusal.AddressCap] != 1 || got[broker.ListenerTCP+"/"+refusal.AddressRate] != 2 || len(got) != 2 {
 		t.Fatalf("refusals counted %v, want 1 %s and 2 %s on %s", got, refusal.AddressCap, refusal.AddressRate, broker.ListenerTCP)
 	}
-	warns := logs.records(t, "connection refused by a per-address limit")
+	warns := logs.Records(t, "connection refused by a per-address limit")
 	if len(warns) != 1 || warns[0]["level"] != "WARN" || warns[0]["address"] != "127.0.0.1" || warns[0]["listener"] != broker.ListenerTCP {
 		t.Fatalf("warnings %v, want one naming 127.0.0.1", warns)
 	}

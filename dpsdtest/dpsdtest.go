@@ -20,6 +20,8 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime"
+	"strings"
 	"testing"
 	"time"
 
@@ -257,7 +259,7 @@ func Start(t testing.TB, opts Options) *Server {
 		ctx, cancel := context.WithTimeout(context.Background(), shutdownWait)
 		defer cancel()
 		if err := b.Shutdown(ctx); err != nil {
-			t.Errorf("dpsdtest: broker shutdown: %v", err)
+			t.Errorf("dpsdtest: broker shutdown: %v\n%s", err, brokerStacks())
 		}
 		stopOutbox()
 		<-outboxDone
@@ -330,4 +332,19 @@ func startAPI(t testing.TB, s *Server, opts Options, tlsCfg *tls.Config, log *sl
 		}
 		<-done
 	})
+}
+
+// brokerStacks returns the stacks of the goroutines in the MQTT broker and
+// its hook, so that a shutdown that does not finish says where it waits.
+func brokerStacks() string {
+	buf := make([]byte, 1<<22)
+	buf = buf[:runtime.Stack(buf, true)]
+	var out strings.Builder
+	for _, g := range strings.Split(string(buf), "\n\n") {
+		if strings.Contains(g, "mochi-mqtt") || strings.Contains(g, "dpsd/hooks") || strings.Contains(g, "dpsd/broker") {
+			out.WriteString(g)
+			out.WriteString("\n\n")
+		}
+	}
+	return out.String()
 }

@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -40,24 +39,6 @@ func buildDpsd(t testing.TB) string {
 	return bin
 }
 
-// syncBuffer is a bytes.Buffer safe for concurrent writers and readers.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // dpsdProc runs `dpsd serve` as a child process on fixed loopback ports and
 // data directory, so that it can be killed and restarted in place. Its
 // stderr (debug-level logs) of every run is kept in logs.
@@ -67,7 +48,7 @@ type dpsdProc struct {
 	mqtt     string
 	api      string
 	extra    []string
-	logs     *syncBuffer
+	logs     *testkit.LogBuffer
 
 	cmd    *exec.Cmd
 	exited chan struct{}
@@ -76,7 +57,7 @@ type dpsdProc struct {
 func newDpsd(t testing.TB, bin string, extra ...string) *dpsdProc {
 	p := &dpsdProc{
 		t: t, bin: bin, dir: filepath.Join(t.TempDir(), "data"),
-		mqtt: testkit.FreeAddr(t), api: testkit.FreeAddr(t), extra: extra, logs: &syncBuffer{},
+		mqtt: testkit.FreeAddr(t), api: testkit.FreeAddr(t), extra: extra, logs: &testkit.LogBuffer{},
 	}
 	t.Cleanup(func() {
 		if p.cmd != nil {

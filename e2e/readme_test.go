@@ -151,7 +151,7 @@ func TestReadmeWalkthrough(t *testing.T) {
 	srv := exec.Command("bash", "-euo", "pipefail", "-c", blocks["server"])
 	srv.Dir, srv.Env = work, env
 	srv.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	logs := &syncBuffer{}
+	logs := &testkit.LogBuffer{}
 	stderr, err := srv.StderrPipe()
 	if err != nil {
 		t.Fatal(err)

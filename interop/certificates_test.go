@@ -14,7 +14,6 @@ package interop
 // an operator's intermediate with its root (chains of three).
 
 import (
-	"bytes"
 	"context"
 	"crypto"
 	"crypto/ecdsa"
@@ -34,7 +33,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -287,7 +285,7 @@ func TestMosquittoSymmetricKey(t *testing.T) {
 			_, port, _ := net.SplitHostPort(e.broker.Addr)
 			tlsArgs := []string{"-h", "localhost", "-p", port, "--cafile", e.broker.ServerCAFile, "--cert", certFile, "--key", keyFile, "-V", "mqttv311"}
 			sub := exec.Command("mosquitto_sub", append(tlsArgs, "-i", "meter-sub", "-t", "devices/"+regID+"/#", "-C", "1", "-W", "30", "-d")...)
-			var subOut lockedOut
+			var subOut testkit.LogBuffer
 			sub.Stdout, sub.Stderr = &subOut, &subOut
 			if err := sub.Start(); err != nil {
 				t.Fatal(err)
@@ -500,22 +498,4 @@ func devKeyPair(t *testing.T) devKey {
 	b64 := randomKey(t)
 	raw, _ := base64.StdEncoding.DecodeString(b64)
 	return devKey{raw: raw, b64: b64}
-}
-
-// lockedOut collects a child process's output for a concurrent reader.
-type lockedOut struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedOut) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedOut) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }

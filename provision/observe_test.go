@@ -1,7 +1,6 @@
 package provision
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -13,6 +12,7 @@ import (
 	"time"
 
 	"github.com/tpmdps/dpsd/device/devtpm"
+	"github.com/tpmdps/dpsd/internal/testkit"
 	"github.com/tpmdps/dpsd/store"
 )
 
@@ -49,27 +49,9 @@ func (o *recordingObserver) EKCertificateChecked(_ context.Context, outcome stri
 	o.ekCerts = append(o.ekCerts, outcome)
 }
 
-// lockedBuffer is a log sink safe for concurrent writes.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 func TestObserverAndAudit(t *testing.T) {
 	obs := &recordingObserver{}
-	var logs lockedBuffer
+	var logs testkit.LogBuffer
 	e := newEnv(t, func(c *Config) {
 		c.Observer = obs
 		c.Logger = slog.New(slog.NewJSONHandler(&logs, nil))
@@ -150,7 +132,7 @@ func TestObserverAndAudit(t *testing.T) {
 // when the store fails. Each is also logged once with its reason.
 func TestAuthFailureLabels(t *testing.T) {
 	obs := &recordingObserver{}
-	var logs lockedBuffer
+	var logs testkit.LogBuffer
 	e := newEnv(t, func(c *Config) {
 		c.Observer = obs
 		c.Logger = slog.New(slog.NewJSONHandler(&logs, nil))
@@ -211,7 +193,7 @@ func TestAuthFailureLabels(t *testing.T) {
 // log keeps the detailed reason.
 func TestAuthFailureLabelsHideEnrollments(t *testing.T) {
 	obs := &recordingObserver{}
-	var logs lockedBuffer
+	var logs testkit.LogBuffer
 	e := newEnv(t, func(c *Config) {
 		c.Observer = obs
 		c.Logger = slog.New(slog.NewJSONHandler(&logs, nil))
@@ -283,7 +265,7 @@ func TestObserverTPMChallenge(t *testing.T) {
 // with its trackingId, registrationId and reason (for a 500, the error),
 // and answered in the DPS error shape.
 func TestRequestRefusalLogged(t *testing.T) {
-	var logs lockedBuffer
+	var logs testkit.LogBuffer
 	e := newEnv(t, func(c *Config) { c.Logger = slog.New(slog.NewJSONHandler(&logs, nil)) })
 	e.putEnrollment(symmetricEnrollment("logged-1", symKey(1), nil))
 	id := e.mustConnect("logged-1", e.sas("logged-1", symKey(1), ""))

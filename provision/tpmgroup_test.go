@@ -19,6 +19,7 @@ import (
 
 	"github.com/tpmdps/dpsd/attest"
 	"github.com/tpmdps/dpsd/device/devtpm"
+	"github.com/tpmdps/dpsd/internal/testkit"
 	"github.com/tpmdps/dpsd/internal/testkit/ekca"
 	"github.com/tpmdps/dpsd/issuer"
 	"github.com/tpmdps/dpsd/store"
@@ -80,8 +81,8 @@ func (e *env) loginWith(d *tpmDevice, regID string, keys *TPMKeys) Identity {
 }
 
 // logged is an env whose log is kept, with its observer.
-func loggedEnv(t *testing.T, mods ...func(*Config)) (*env, *lockedBuffer, *recordingObserver) {
-	logs := &lockedBuffer{}
+func loggedEnv(t *testing.T, mods ...func(*Config)) (*env, *testkit.LogBuffer, *recordingObserver) {
+	logs := &testkit.LogBuffer{}
 	obs := &recordingObserver{}
 	mods = append([]func(*Config){func(c *Config) {
 		c.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))

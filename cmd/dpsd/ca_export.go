@@ -8,7 +8,6 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"io/fs"
@@ -50,14 +49,8 @@ func runCACmd(_ context.Context, args []string, stdout, stderr io.Writer) int {
 func runCAExport(args []string, lookupEnv func(string) (string, bool), stdout, stderr io.Writer) int {
 	var out bytes.Buffer
 	cfg, err := config.Load("dpsd ca export", caUsage+"\n(serve's settings follow)\n", args, lookupEnv, &out)
-	if errors.Is(err, flag.ErrHelp) {
-		_, _ = stdout.Write(out.Bytes())
-		return 0
-	}
-	if err != nil {
-		_, _ = stderr.Write(out.Bytes())
-		fmt.Fprintf(stderr, "dpsd ca export: %v\n", err)
-		return 2
+	if code, done := settingsRead("dpsd ca export", err, &out, stdout, stderr); done {
+		return code
 	}
 	if cfg.Issuer == config.IssuerNone {
 		fmt.Fprintln(stderr, "dpsd ca export: issuer is none: dpsd issues no certificates")

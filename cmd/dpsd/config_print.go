@@ -7,7 +7,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"io/fs"
@@ -81,14 +80,8 @@ func runConfigPrint(args []string, lookupEnv func(string) (string, bool), stdout
 	}
 	var out bytes.Buffer
 	vals, cfg, err := config.Effective("dpsd config print", configUsage+"\n(serve's settings follow)\n", rest, lookupEnv, &out)
-	if errors.Is(err, flag.ErrHelp) {
-		_, _ = stdout.Write(out.Bytes())
-		return 0
-	}
-	if err != nil {
-		_, _ = stderr.Write(out.Bytes())
-		fmt.Fprintf(stderr, "dpsd config print: %v\n", err)
-		return 2
+	if code, done := settingsRead("dpsd config print", err, &out, stdout, stderr); done {
+		return code
 	}
 	generatedScope(vals, cfg.DataDir)
 	if only != "" {
@@ -142,14 +135,8 @@ func runConfigConnectionString(args []string, lookupEnv func(string) (string, bo
 	readOnly, rest := configFlag(args, "read-only")
 	var out bytes.Buffer
 	cfg, err := config.Load("dpsd config connection-string", configUsage+"\n(serve's settings follow)\n", rest, lookupEnv, &out)
-	if errors.Is(err, flag.ErrHelp) {
-		_, _ = stdout.Write(out.Bytes())
-		return 0
-	}
-	if err != nil {
-		_, _ = stderr.Write(out.Bytes())
-		fmt.Fprintf(stderr, "dpsd config connection-string: %v\n", err)
-		return 2
+	if code, done := settingsRead("dpsd config connection-string", err, &out, stdout, stderr); done {
+		return code
 	}
 	s, err := datadir.ReadSecrets(cfg.DataDir)
 	if errors.Is(err, fs.ErrNotExist) {

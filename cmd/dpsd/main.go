@@ -4,7 +4,10 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -90,3 +93,21 @@ func runVersion(_ context.Context, args []string, stdout, stderr io.Writer) int 
 
 // versionString describes the build.
 func versionString() string { return version.String("dpsd") }
+
+// settingsRead ends the reading of a command's settings the same way for
+// every command: on -h the help in usage goes to stdout (exit 0), on an error
+// the usage and the error go to stderr (exit 2). done is false when the
+// command goes on.
+func settingsRead(name string, err error, usage *bytes.Buffer, stdout, stderr io.Writer) (code int, done bool) {
+	switch {
+	case err == nil:
+		return 0, false
+	case errors.Is(err, flag.ErrHelp):
+		_, _ = stdout.Write(usage.Bytes())
+		return 0, true
+	default:
+		_, _ = stderr.Write(usage.Bytes())
+		fmt.Fprintf(stderr, "%s: %v\n", name, err)
+		return 2, true
+	}
+}

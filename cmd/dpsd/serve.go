@@ -4,8 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
-	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -79,14 +77,8 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	var out bytes.Buffer
 	printCS, args := configFlag(args, "print-connection-strings")
 	cfg, err := config.Load("dpsd serve", serveUsage, args, os.LookupEnv, &out)
-	if errors.Is(err, flag.ErrHelp) {
-		_, _ = stdout.Write(out.Bytes())
-		return 0
-	}
-	if err != nil {
-		_, _ = stderr.Write(out.Bytes())
-		fmt.Fprintf(stderr, "dpsd serve: %v\n", err)
-		return 2
+	if code, done := settingsRead("dpsd serve", err, &out, stdout, stderr); done {
+		return code
 	}
 	log := cfg.Logger(stderr)
 	var csOut io.Writer // nil: the connection strings are not printed

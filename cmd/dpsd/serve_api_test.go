@@ -16,7 +16,6 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -25,32 +24,15 @@ import (
 	"github.com/tpmdps/dpsd/attest"
 	"github.com/tpmdps/dpsd/device"
 	"github.com/tpmdps/dpsd/internal/datadir"
+	"github.com/tpmdps/dpsd/internal/testkit"
 	"github.com/tpmdps/dpsd/store/bolt"
 )
-
-// syncBuffer is a log sink safe for concurrent use.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // inProcess is `dpsd serve` running in this test process.
 type inProcess struct {
 	started
 	dataDir string
-	logs    *syncBuffer
+	logs    *testkit.LogBuffer
 	cancel  context.CancelFunc
 	done    chan int
 	hc      *http.Client // trusts the development CA
@@ -61,7 +43,7 @@ type inProcess struct {
 // listener on a random loopback port, until the test ends.
 func serveInProcess(t *testing.T, apiAddr string, extra ...string) *inProcess {
 	t.Helper()
-	p := &inProcess{dataDir: filepath.Join(t.TempDir(), "data"), logs: &syncBuffer{}, done: make(chan int, 1)}
+	p := &inProcess{dataDir: filepath.Join(t.TempDir(), "data"), logs: &testkit.LogBuffer{}, done: make(chan int, 1)}
 	ctx, cancel := context.WithCancel(context.Background())
 	p.cancel = cancel
 	args := append([]string{"serve", "-data-dir", p.dataDir, "-mqtt-addr", "127.0.0.1:0", "-mqtts-addr", "127.0.0.1:0",

@@ -54,15 +54,7 @@ func (l *Limiter) Allow(key string) (bool, time.Duration) {
 	now := l.now()
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	b, ok := l.buckets[key]
-	if !ok {
-		if len(l.buckets) >= maxIdleKeys {
-			l.pruneLocked(now)
-		}
-		b = &bucket{tokens: l.burst, last: now}
-		l.buckets[key] = b
-	}
-	l.refill(b, now)
+	b := l.bucketLocked(key, now)
 	if b.tokens >= 1 {
 		b.tokens--
 		return true, 0
@@ -104,15 +96,7 @@ func (l *Limiter) Charge(key string) {
 	now := l.now()
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	b, ok := l.buckets[key]
-	if !ok {
-		if len(l.buckets) >= maxIdleKeys {
-			l.pruneLocked(now)
-		}
-		b = &bucket{tokens: l.burst, last: now}
-		l.buckets[key] = b
-	}
-	l.refill(b, now)
+	b := l.bucketLocked(key, now)
 	b.tokens = math.Max(b.tokens-1, -l.burst)
 }
 
@@ -214,4 +198,19 @@ func (c *Counter) Count(key string) int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.n[key]
+}
+
+// bucketLocked returns key's bucket refilled up to now, making a full one
+// (and pruning idle keys when the table is at its bound) for a new key.
+func (l *Limiter) bucketLocked(key string, now time.Time) *bucket {
+	b, ok := l.buckets[key]
+	if !ok {
+		if len(l.buckets) >= maxIdleKeys {
+			l.pruneLocked(now)
+		}
+		b = &bucket{tokens: l.burst, last: now}
+		l.buckets[key] = b
+	}
+	l.refill(b, now)
+	return b
 }

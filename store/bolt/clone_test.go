@@ -8,14 +8,15 @@ import (
 	"time"
 
 	"github.com/tpmdps/dpsd/store"
+	"github.com/tpmdps/dpsd/store/internal/record"
 	"github.com/tpmdps/dpsd/store/storetest"
 )
 
 // sameClone checks that cloneRegistration(r) equals the JSON round trip
-// cloneJSON(r) it replaces, errors included, and leaves r unshared.
+// record.Clone(r) it replaces, errors included, and leaves r unshared.
 func sameClone(t *testing.T, r *store.Registration) {
 	t.Helper()
-	want, wantErr := cloneJSON(r)
+	want, wantErr := record.Clone(r)
 	got, err := cloneRegistration(r)
 	if (err == nil) != (wantErr == nil) {
 		t.Fatalf("%+v: cloneRegistration error %v, round trip error %v", r, err, wantErr)

@@ -1,7 +1,7 @@
 package bolt
 
 // The endorsement key index: bucket ekindex, key SHA-256(EK) ||
-// lower(registrationId) -> empty, one entry per TPM enrollment, written in
+// record.Lower(registrationId) -> empty, one entry per TPM enrollment, written in
 // the same transaction as the enrollment. It finds the enrollments of one
 // TPM without reading every enrollment (EnrollmentIDsByEK).
 

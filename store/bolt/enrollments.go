@@ -1,6 +1,6 @@
 package bolt
 
-// Individual enrollments: bucket enrollments, keyed by lower(registrationId).
+// Individual enrollments: bucket enrollments, keyed by record.Lower(registrationId).
 
 import (
 	"bytes"
@@ -13,6 +13,7 @@ import (
 	bbolt "go.etcd.io/bbolt"
 
 	"github.com/tpmdps/dpsd/store"
+	"github.com/tpmdps/dpsd/store/internal/record"
 )
 
 // enrollmentRecord is the stored form of an Enrollment: the record with its
@@ -48,7 +49,7 @@ func (s *Store) prepareEnrollment(e *store.Enrollment) (key []byte, stored, out 
 	if key, err = normKey("registrationId", e.RegistrationID); err != nil {
 		return nil, nil, nil, nil, err
 	}
-	if out, err = cloneJSON(e); err != nil {
+	if out, err = record.Clone(e); err != nil {
 		return nil, nil, nil, nil, fmt.Errorf("store: enrollment %q: %w", e.RegistrationID, err)
 	}
 	stored = new(store.Enrollment)

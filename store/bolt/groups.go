@@ -1,6 +1,6 @@
 package bolt
 
-// Enrollment groups: bucket groups, keyed by lower(enrollmentGroupId), and
+// Enrollment groups: bucket groups, keyed by record.Lower(enrollmentGroupId), and
 // meta/groupsrev, bumped with every group write.
 
 import (
@@ -13,6 +13,7 @@ import (
 	bbolt "go.etcd.io/bbolt"
 
 	"github.com/tpmdps/dpsd/store"
+	"github.com/tpmdps/dpsd/store/internal/record"
 )
 
 // groupRecord is the stored form of a Group.
@@ -51,7 +52,7 @@ func (s *Store) PutGroup(ctx context.Context, g *store.Group, ifMatch string) (*
 	if err != nil {
 		return nil, fmt.Errorf("store: put group: %w", err)
 	}
-	out, err := cloneJSON(g)
+	out, err := record.Clone(g)
 	if err != nil {
 		return nil, fmt.Errorf("store: put group %q: %w", g.EnrollmentGroupID, err)
 	}

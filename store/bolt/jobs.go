@@ -21,6 +21,7 @@ import (
 	bbolt "go.etcd.io/bbolt"
 
 	"github.com/tpmdps/dpsd/store"
+	"github.com/tpmdps/dpsd/store/internal/record"
 )
 
 // jobRecord is the stored form of a Job: Secret sealed.
@@ -121,7 +122,7 @@ func checkJob(j *store.Job) error {
 	if j == nil {
 		return fmt.Errorf("%w: nil job", store.ErrInvalidRecord)
 	}
-	if err := checkID("job id", j.ID); err != nil {
+	if err := record.CheckID("job id", j.ID); err != nil {
 		return err
 	}
 	if len(j.Data) > 0 && !json.Valid(j.Data) {
@@ -305,7 +306,7 @@ func (s *Store) FinishJob(ctx context.Context, jobID, owner string, r *store.Reg
 		return nil, fmt.Errorf("store: finish job: %w", err)
 	}
 	defer done()
-	if err := checkID("job id", jobID); err != nil {
+	if err := record.CheckID("job id", jobID); err != nil {
 		return nil, fmt.Errorf("store: finish job: %w", err)
 	}
 	if op == nil {

@@ -14,6 +14,7 @@ import (
 	bbolt "go.etcd.io/bbolt"
 
 	"github.com/tpmdps/dpsd/store"
+	"github.com/tpmdps/dpsd/store/internal/record"
 )
 
 // hubSecrets is the plaintext sealed for a linked hub.
@@ -70,11 +71,11 @@ func (s *Store) PutLinkedHub(ctx context.Context, h *store.LinkedHub, ifMatch st
 	if err != nil {
 		return nil, fmt.Errorf("store: put linked hub: %w", err)
 	}
-	out, err := cloneJSON(h)
+	out, err := record.Clone(h)
 	if err != nil {
 		return nil, fmt.Errorf("store: put linked hub %q: %w", h.Name, err)
 	}
-	stored, err := cloneJSON(out)
+	stored, err := record.Clone(out)
 	if err != nil {
 		return nil, fmt.Errorf("store: put linked hub %q: %w", h.Name, err)
 	}

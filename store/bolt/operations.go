@@ -14,11 +14,12 @@ import (
 	bbolt "go.etcd.io/bbolt"
 
 	"github.com/tpmdps/dpsd/store"
+	"github.com/tpmdps/dpsd/store/internal/record"
 )
 
 // encodeOperation validates op and returns its key, stored value and expiry.
 func encodeOperation(op *store.Operation) ([]byte, []byte, time.Time, error) {
-	if err := checkID("operationId", op.ID); err != nil {
+	if err := record.CheckID("operationId", op.ID); err != nil {
 		return nil, nil, time.Time{}, err
 	}
 	if op.ExpiresAt.IsZero() {
@@ -81,7 +82,7 @@ func (s *Store) GetOperation(ctx context.Context, operationID string) (*store.Op
 		return nil, fmt.Errorf("store: get operation: %w", err)
 	}
 	defer done()
-	if err := checkID("operationId", operationID); err != nil {
+	if err := record.CheckID("operationId", operationID); err != nil {
 		return nil, fmt.Errorf("%w: %w", store.ErrNotFound, err)
 	}
 	now := s.now()

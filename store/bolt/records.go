@@ -16,6 +16,7 @@ import (
 	bbolt "go.etcd.io/bbolt"
 
 	"github.com/tpmdps/dpsd/store"
+	"github.com/tpmdps/dpsd/store/internal/record"
 )
 
 // recordHead is the part of a stored record that writes need: the etag for
@@ -26,38 +27,10 @@ type recordHead struct {
 	EnrollmentGroupID string    `json:"enrollmentGroupId"`
 }
 
-// lower is the key normalisation of registration and group ids.
-func lower(id string) string { return strings.ToLower(id) }
-
-// checkID validates an id used as a key.
-func checkID(what, id string) error {
-	switch {
-	case id == "":
-		return fmt.Errorf("%w: empty %s", store.ErrInvalidID, what)
-	case len(id) > store.MaxIDLength:
-		return fmt.Errorf("%w: %s is %d bytes, the limit is %d", store.ErrInvalidID, what, len(id), store.MaxIDLength)
-	case strings.IndexByte(id, 0) >= 0:
-		return fmt.Errorf("%w: %s contains a NUL byte", store.ErrInvalidID, what)
-	}
-	return nil
-}
-
 // normKey validates and lowercases a registration or group id.
 func normKey(what, id string) ([]byte, error) {
-	if err := checkID(what, id); err != nil {
-		return nil, err
-	}
-	return []byte(lower(id)), nil
-}
-
-// normETag accepts an HTTP-style quoted etag as well as the bare form.
-func normETag(ifMatch string) string {
-	ifMatch = strings.TrimSpace(ifMatch)
-	ifMatch = strings.TrimPrefix(ifMatch, "W/")
-	if len(ifMatch) >= 2 && ifMatch[0] == '"' && ifMatch[len(ifMatch)-1] == '"' {
-		ifMatch = ifMatch[1 : len(ifMatch)-1]
-	}
-	return ifMatch
+	k, err := record.Key(what, id)
+	return []byte(k), err
 }
 
 // precondition applies ifMatch to the stored value old (nil if absent) and
@@ -69,7 +42,7 @@ func precondition(bucket string, key, old []byte, ifMatch string) (recordHead, e
 			return h, fmt.Errorf("%w: %s/%q: %w", store.ErrCorrupt, bucket, key, err)
 		}
 	}
-	m := normETag(ifMatch)
+	m := record.ETag(ifMatch)
 	if m == "" || m == "*" {
 		return h, nil
 	}
@@ -152,20 +125,6 @@ func (s *Store) sealAttestation(bucket, key []byte, a store.Attestation) ([]byte
 // openAttestation restores the symmetric keys sealed for (bucket, key) into a.
 func (s *Store) openAttestation(bucket, key, sealed []byte, a *store.Attestation) error {
 	return s.sealer.OpenAttestation(bucket, key, sealed, a)
-}
-
-// cloneJSON deep-copies a record through its JSON form (the caller's record
-// is never retained or modified).
-func cloneJSON[T any](in *T) (*T, error) {
-	b, err := json.Marshal(in)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %w", store.ErrInvalidRecord, err)
-	}
-	out := new(T)
-	if err := json.Unmarshal(b, out); err != nil {
-		return nil, fmt.Errorf("%w: %w", store.ErrInvalidRecord, err)
-	}
-	return out, nil
 }
 
 // getRecord reads the record of id (named idField in errors) from bucket

@@ -1,6 +1,6 @@
 package bolt
 
-// Registration records: bucket registrations, keyed by lower(registrationId),
+// Registration records: bucket registrations, keyed by record.Lower(registrationId),
 // with the group index (groupregs, groupcounts) kept in the same transaction.
 
 import (
@@ -14,17 +14,10 @@ import (
 	bbolt "go.etcd.io/bbolt"
 
 	"github.com/tpmdps/dpsd/store"
+	"github.com/tpmdps/dpsd/store/internal/record"
 )
 
-// registrationRecord is the stored form of a Registration: HubKey sealed,
-// AttestationHash (a hash, not a secret) beside it.
-type registrationRecord struct {
-	*store.Registration
-	Sealed  []byte `json:"sealed,omitempty"`
-	AttHash []byte `json:"attestationHash,omitempty"`
-}
-
-// cloneRegistration returns what cloneJSON(r) returns (a deep copy without
+// cloneRegistration returns what record.Clone(r) returns (a deep copy without
 // HubKey and AttestationHash, Payload validated and compacted as json.Marshal writes it) without
 // encoding and decoding the whole record: RecordRegistration runs for every
 // device registration, and the round trip was a quarter of its CPU time
@@ -35,19 +28,19 @@ func cloneRegistration(r *store.Registration) (*store.Registration, error) {
 	for _, f := range [...]string{r.RegistrationID, r.Status, r.Substatus, r.AssignedHub, r.DeviceID,
 		r.ErrorMessage, r.AttestationType, r.EnrollmentGroupID, r.ETag} {
 		if !utf8.ValidString(f) {
-			return cloneJSON(r)
+			return record.Clone(r)
 		}
 	}
 	if c := r.Certificate; c != nil {
 		for _, f := range [...]string{c.SubjectName, c.SHA1Thumbprint, c.SHA256Thumbprint, c.IssuerName, c.SerialNumber} {
 			if !utf8.ValidString(f) {
-				return cloneJSON(r)
+				return record.Clone(r)
 			}
 		}
 	}
 	for _, sc := range r.SupersededCertificates {
 		if !utf8.ValidString(sc.SerialNumber) || !utf8.ValidString(sc.SHA256Thumbprint) {
-			return cloneJSON(r)
+			return record.Clone(r)
 		}
 	}
 	out := new(store.Registration)
@@ -80,7 +73,7 @@ func cloneRegistration(r *store.Registration) (*store.Registration, error) {
 }
 
 func (s *Store) decodeRegistration(key, v []byte) (*store.Registration, error) {
-	rec := registrationRecord{Registration: &store.Registration{}}
+	rec := record.Registration{Registration: &store.Registration{}}
 	if err := json.Unmarshal(v, &rec); err != nil {
 		return nil, fmt.Errorf("%w: %s/%q: %w", store.ErrCorrupt, bktRegistrations, key, err)
 	}
@@ -105,7 +98,7 @@ func unindexRegistration(tx *bbolt.Tx, key []byte, group string) error {
 	if group == "" {
 		return nil
 	}
-	g := []byte(lower(group))
+	g := []byte(record.Lower(group))
 	if err := tx.Bucket([]byte(bktGroupRegs)).Delete(groupRegKey(g, key)); err != nil {
 		return err
 	}
@@ -239,7 +232,7 @@ func (s *Store) prepareRegistration(r *store.Registration) (*preparedRegistratio
 	stored := new(store.Registration)
 	*stored = *out
 	stored.HubKey, stored.AttestationHash = nil, nil
-	p := &preparedRegistration{key: key, out: out, stored: stored, newGroup: lower(r.EnrollmentGroupID),
+	p := &preparedRegistration{key: key, out: out, stored: stored, newGroup: record.Lower(r.EnrollmentGroupID),
 		etag: newETag(), now: s.now().UTC()}
 	if len(r.HubKey) > 0 {
 		p.sealed = s.seal([]byte(bktRegistrations), key, r.HubKey)
@@ -263,7 +256,7 @@ func (p *preparedRegistration) writeTx(tx *bbolt.Tx) error {
 	}
 	stored.ETag, stored.CreatedAt, stored.UpdatedAt = p.etag, created, now
 	out.ETag, out.CreatedAt, out.UpdatedAt = p.etag, created, now
-	data, err := json.Marshal(registrationRecord{Registration: stored, Sealed: p.sealed, AttHash: out.AttestationHash})
+	data, err := json.Marshal(record.Registration{Registration: stored, Sealed: p.sealed, AttHash: out.AttestationHash})
 	if err != nil {
 		return fmt.Errorf("%w: registration %q: %w", store.ErrInvalidRecord, key, err)
 	}
@@ -275,7 +268,7 @@ func (p *preparedRegistration) writeTx(tx *bbolt.Tx) error {
 	if err := b.Put(key, data); err != nil {
 		return err
 	}
-	if oldGroup := lower(h.EnrollmentGroupID); old == nil || oldGroup != p.newGroup {
+	if oldGroup := record.Lower(h.EnrollmentGroupID); old == nil || oldGroup != p.newGroup {
 		if old != nil {
 			if err := unindexRegistration(tx, key, oldGroup); err != nil {
 				return err

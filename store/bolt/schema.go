@@ -11,6 +11,7 @@ import (
 	bbolt "go.etcd.io/bbolt"
 
 	"github.com/tpmdps/dpsd/store"
+	"github.com/tpmdps/dpsd/store/internal/record"
 	"github.com/tpmdps/dpsd/store/internal/seal"
 )
 
@@ -365,7 +366,7 @@ func computeDerived(tx *bbolt.Tx) (map[string]map[string][]byte, error) {
 			return fmt.Errorf("%w: %s/%q: %w", store.ErrCorrupt, bktRegistrations, k, err)
 		}
 		if h.EnrollmentGroupID != "" {
-			g := lower(h.EnrollmentGroupID)
+			g := record.Lower(h.EnrollmentGroupID)
 			want[bktGroupRegs][string(groupRegKey([]byte(g), k))] = []byte{}
 			groupCounts[g]++
 		}

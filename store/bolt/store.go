@@ -7,13 +7,13 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"sync"
 	"sync/atomic"
 	"time"
 
 	bbolt "go.etcd.io/bbolt"
 
 	"github.com/tpmdps/dpsd/store"
+	"github.com/tpmdps/dpsd/store/internal/gate"
 	"github.com/tpmdps/dpsd/store/internal/seal"
 	berrors "go.etcd.io/bbolt/errors"
 )
@@ -80,13 +80,11 @@ type Store struct {
 	// maxGroups is Options.MaxGroups (0: no limit).
 	maxGroups int
 
-	leave    func()       // inflight.Done, bound once (enter returns it on every call)
-	writers  atomic.Int32 // write calls in flight: 1 commits alone, more batch
-	noBatch  bool         // benchmarks only: never coalesce (what Batch buys)
-	group    groupCommit  // coalesces concurrent writes (groupcommit.go)
-	mu       sync.RWMutex // guards closed against inflight.Add
-	closed   bool
-	inflight sync.WaitGroup
+	leave   func()       // gate.Leave, bound once (enter returns it on every call)
+	writers atomic.Int32 // write calls in flight: 1 commits alone, more batch
+	noBatch bool         // benchmarks only: never coalesce (what Batch buys)
+	group   groupCommit  // coalesces concurrent writes (groupcommit.go)
+	gate    gate.Gate    // admits calls until Close
 }
 
 var _ store.Store = (*Store)(nil)
@@ -134,7 +132,7 @@ func Open(path string, opts Options) (*Store, error) {
 	}
 	db.MaxBatchDelay = opts.MaxBatchDelay
 	s := &Store{db: db, path: path, keyPath: opts.KeyFile, log: opts.Logger, now: opts.Now, maxGroups: max(opts.MaxGroups, 0)}
-	s.leave = s.inflight.Done
+	s.leave = s.gate.Leave
 	if err := s.init(created); err != nil {
 		_ = db.Close()
 		return nil, err
@@ -209,26 +207,18 @@ func (s *Store) enter(ctx context.Context) (func(), error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	if s.closed {
-		return nil, store.ErrClosed
+	if err := s.gate.Enter(); err != nil {
+		return nil, err
 	}
-	s.inflight.Add(1)
 	return s.leave, nil
 }
 
 // Close waits for in-flight calls and closes the file. Later calls, Close
 // included, return ErrClosed.
 func (s *Store) Close() error {
-	s.mu.Lock()
-	if s.closed {
-		s.mu.Unlock()
-		return store.ErrClosed
+	if err := s.gate.Close(); err != nil {
+		return err
 	}
-	s.closed = true
-	s.mu.Unlock()
-	s.inflight.Wait()
 	if err := s.db.Close(); err != nil {
 		return fmt.Errorf("store: close %s: %w", s.path, err)
 	}

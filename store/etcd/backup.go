@@ -139,13 +139,10 @@ func (s *Store) enterLong(ctx context.Context) (context.Context, func(), error) 
 	if err := ctx.Err(); err != nil {
 		return nil, nil, err
 	}
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	if s.closed {
-		return nil, nil, store.ErrClosed
+	if err := s.gate.Enter(); err != nil {
+		return nil, nil, err
 	}
-	s.inflight.Add(1)
-	return clientv3.WithRequireLeader(ctx), s.inflight.Done, nil
+	return clientv3.WithRequireLeader(ctx), s.gate.Leave, nil
 }
 
 // backupWriter writes the stream and hashes it.

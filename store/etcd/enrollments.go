@@ -13,6 +13,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/tpmdps/dpsd/store"
+	"github.com/tpmdps/dpsd/store/internal/record"
 )
 
 // enrollmentRecord is the stored form of an Enrollment: the record with its
@@ -93,11 +94,11 @@ func (s *Store) putEnrollment(ctx context.Context, e *store.Enrollment, ifMatch 
 	if e == nil {
 		return nil, fmt.Errorf("store: put enrollment: %w: nil enrollment", store.ErrInvalidRecord)
 	}
-	key, err := normKey("registrationId", e.RegistrationID)
+	key, err := record.Key("registrationId", e.RegistrationID)
 	if err != nil {
 		return nil, fmt.Errorf("store: put enrollment: %w", err)
 	}
-	out, err := cloneJSON(e)
+	out, err := record.Clone(e)
 	if err != nil {
 		return nil, fmt.Errorf("store: put enrollment %q: %w", e.RegistrationID, err)
 	}

@@ -13,6 +13,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/tpmdps/dpsd/store"
+	"github.com/tpmdps/dpsd/store/internal/record"
 )
 
 // groupRecord is the stored form of a Group.
@@ -75,11 +76,11 @@ func (s *Store) putGroup(ctx context.Context, g *store.Group, ifMatch string, ke
 	if g == nil {
 		return nil, fmt.Errorf("store: put group: %w: nil group", store.ErrInvalidRecord)
 	}
-	key, err := normKey("enrollmentGroupId", g.EnrollmentGroupID)
+	key, err := record.Key("enrollmentGroupId", g.EnrollmentGroupID)
 	if err != nil {
 		return nil, fmt.Errorf("store: put group: %w", err)
 	}
-	out, err := cloneJSON(g)
+	out, err := record.Clone(g)
 	if err != nil {
 		return nil, fmt.Errorf("store: put group %q: %w", g.EnrollmentGroupID, err)
 	}

@@ -27,6 +27,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/tpmdps/dpsd/store"
+	"github.com/tpmdps/dpsd/store/internal/record"
 )
 
 // claimChunk is how many due jobs one claim round tries at once: each is a
@@ -97,7 +98,7 @@ func checkJob(j *store.Job) error {
 	if j == nil {
 		return fmt.Errorf("%w: nil job", store.ErrInvalidRecord)
 	}
-	if err := checkID("job id", j.ID); err != nil {
+	if err := record.CheckID("job id", j.ID); err != nil {
 		return err
 	}
 	if len(j.Data) > 0 && !json.Valid(j.Data) {
@@ -308,7 +309,7 @@ func (s *Store) ReleaseJob(ctx context.Context, job *store.Job) error {
 // and deletes the job owner holds, in one transaction that compares the
 // job's revision.
 func (s *Store) FinishJob(ctx context.Context, jobID, owner string, r *store.Registration, op *store.Operation) (*store.Registration, error) {
-	if err := checkID("job id", jobID); err != nil {
+	if err := record.CheckID("job id", jobID); err != nil {
 		return nil, fmt.Errorf("store: finish job: %w", err)
 	}
 	if op == nil {

@@ -14,6 +14,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/tpmdps/dpsd/store"
+	"github.com/tpmdps/dpsd/store/internal/record"
 )
 
 // hubSecrets is the plaintext sealed for a linked hub (the bbolt engine's
@@ -69,15 +70,15 @@ func (s *Store) PutLinkedHub(ctx context.Context, h *store.LinkedHub, ifMatch st
 	if h == nil {
 		return nil, fmt.Errorf("store: put linked hub: %w: nil linked hub", store.ErrInvalidRecord)
 	}
-	key, err := normKey("name", h.Name)
+	key, err := record.Key("name", h.Name)
 	if err != nil {
 		return nil, fmt.Errorf("store: put linked hub: %w", err)
 	}
-	out, err := cloneJSON(h)
+	out, err := record.Clone(h)
 	if err != nil {
 		return nil, fmt.Errorf("store: put linked hub %q: %w", h.Name, err)
 	}
-	stored, err := cloneJSON(out)
+	stored, err := record.Clone(out)
 	if err != nil {
 		return nil, fmt.Errorf("store: put linked hub %q: %w", h.Name, err)
 	}

@@ -17,11 +17,12 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/tpmdps/dpsd/store"
+	"github.com/tpmdps/dpsd/store/internal/record"
 )
 
 // encodeOperation validates op and returns its stored value.
 func encodeOperation(op *store.Operation) ([]byte, error) {
-	if err := checkID("operationId", op.ID); err != nil {
+	if err := record.CheckID("operationId", op.ID); err != nil {
 		return nil, err
 	}
 	if op.ExpiresAt.IsZero() {
@@ -86,7 +87,7 @@ func (s *Store) GetOperation(ctx context.Context, operationID string) (*store.Op
 		return nil, fmt.Errorf("store: get operation: %w", err)
 	}
 	defer done()
-	if err := checkID("operationId", operationID); err != nil {
+	if err := record.CheckID("operationId", operationID); err != nil {
 		return nil, fmt.Errorf("%w: %w", store.ErrNotFound, err)
 	}
 	resp, err := s.cli.Get(ctx, s.k(pfxOp+operationID))

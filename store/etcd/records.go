@@ -7,7 +7,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/base64"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
@@ -17,6 +16,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/tpmdps/dpsd/store"
+	"github.com/tpmdps/dpsd/store/internal/record"
 )
 
 // maxAttempts bounds the compare-and-swap retries of one unconditional
@@ -26,58 +26,10 @@ const maxAttempts = 64
 // errContended: a write lost its compare-and-swap maxAttempts times.
 var errContended = errors.New("store: write contended too long")
 
-// lower is the key normalisation of registration and group ids.
-func lower(id string) string { return strings.ToLower(id) }
-
-// checkID validates an id used as a key.
-func checkID(what, id string) error {
-	switch {
-	case id == "":
-		return fmt.Errorf("%w: empty %s", store.ErrInvalidID, what)
-	case len(id) > store.MaxIDLength:
-		return fmt.Errorf("%w: %s is %d bytes, the limit is %d", store.ErrInvalidID, what, len(id), store.MaxIDLength)
-	case strings.IndexByte(id, 0) >= 0:
-		return fmt.Errorf("%w: %s contains a NUL byte", store.ErrInvalidID, what)
-	}
-	return nil
-}
-
-// normKey validates and lowercases a registration or group id.
-func normKey(what, id string) (string, error) {
-	if err := checkID(what, id); err != nil {
-		return "", err
-	}
-	return lower(id), nil
-}
-
-// normETag accepts an HTTP-style quoted etag as well as the bare form.
-func normETag(ifMatch string) string {
-	ifMatch = strings.TrimSpace(ifMatch)
-	ifMatch = strings.TrimPrefix(ifMatch, "W/")
-	if len(ifMatch) >= 2 && ifMatch[0] == '"' && ifMatch[len(ifMatch)-1] == '"' {
-		ifMatch = ifMatch[1 : len(ifMatch)-1]
-	}
-	return ifMatch
-}
-
 // etagOf is the etag of a record written at mod revision rev: the revision
 // in decimal. Revisions only grow, so an etag never repeats, also across a
 // delete and re-create.
 func etagOf(rev int64) string { return strconv.FormatInt(rev, 10) }
-
-// cloneJSON deep-copies a record through its JSON form (the caller's record
-// is never retained or modified).
-func cloneJSON[T any](in *T) (*T, error) {
-	b, err := json.Marshal(in)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %w", store.ErrInvalidRecord, err)
-	}
-	out := new(T)
-	if err := json.Unmarshal(b, out); err != nil {
-		return nil, fmt.Errorf("%w: %w", store.ErrInvalidRecord, err)
-	}
-	return out, nil
-}
 
 // casPlan is what one attempt of a write does given the stored value.
 type casPlan struct {
@@ -95,7 +47,7 @@ type casPlan struct {
 // the value it replaced (nil if none).
 func (s *Store) casWrite(ctx context.Context, rel, ifMatch string, plan func(old *mvccpb.KeyValue) (casPlan, error)) (int64, *mvccpb.KeyValue, error) {
 	key := s.k(rel)
-	m := normETag(ifMatch)
+	m := record.ETag(ifMatch)
 	specific := m != "" && m != "*"
 	resp, err := s.cli.Get(ctx, key)
 	if err != nil {
@@ -144,7 +96,7 @@ func getRecord[T any](ctx context.Context, s *Store, what, pfx, idField, id stri
 		return out, fmt.Errorf("store: get %s: %w", what, err)
 	}
 	defer done()
-	key, err := normKey(idField, id)
+	key, err := record.Key(idField, id)
 	if err != nil {
 		return out, fmt.Errorf("%w: %w", store.ErrNotFound, err)
 	}
@@ -252,7 +204,7 @@ func (s *Store) deleteRecord(ctx context.Context, what, pfx, idField, id, ifMatc
 		return fmt.Errorf("store: delete %s: %w", what, err)
 	}
 	defer done()
-	key, err := normKey(idField, id)
+	key, err := record.Key(idField, id)
 	if err != nil {
 		return fmt.Errorf("store: delete %s: %w: %w", what, store.ErrNotFound, err)
 	}
@@ -261,7 +213,7 @@ func (s *Store) deleteRecord(ctx context.Context, what, pfx, idField, id, ifMatc
 		if old == nil {
 			return casPlan{}, fmt.Errorf("%w: %s %q", store.ErrNotFound, what, id)
 		}
-		if m := normETag(ifMatch); m != "" && m != "*" && etagOf(old.ModRevision) != m {
+		if m := record.ETag(ifMatch); m != "" && m != "*" && etagOf(old.ModRevision) != m {
 			return casPlan{}, fmt.Errorf("%w: %s %q has another etag", store.ErrPreconditionFailed, what, id)
 		}
 		p := casPlan{}

@@ -16,18 +16,11 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/tpmdps/dpsd/store"
+	"github.com/tpmdps/dpsd/store/internal/record"
 )
 
-// registrationRecord is the stored form of a Registration: HubKey sealed,
-// AttestationHash (a hash, not a secret) beside it.
-type registrationRecord struct {
-	*store.Registration
-	Sealed  []byte `json:"sealed,omitempty"`
-	AttHash []byte `json:"attestationHash,omitempty"`
-}
-
 func (s *Store) decodeRegistration(id string, kv *mvccpb.KeyValue) (*store.Registration, error) {
-	rec := registrationRecord{Registration: &store.Registration{}}
+	rec := record.Registration{Registration: &store.Registration{}}
 	if err := json.Unmarshal(kv.Value, &rec); err != nil {
 		return nil, fmt.Errorf("%w: %s: %w", store.ErrCorrupt, s.rel(kv.Key), err)
 	}
@@ -55,7 +48,7 @@ func (s *Store) DeleteRegistration(ctx context.Context, registrationID, ifMatch 
 		if err != nil {
 			return casPlan{}, err
 		}
-		if g := lower(h.EnrollmentGroupID); g != "" {
+		if g := record.Lower(h.EnrollmentGroupID); g != "" {
 			return casPlan{ops: []clientv3.Op{clientv3.OpDelete(s.k(groupRegKey(g, key)))}}, nil
 		}
 		return casPlan{}, nil
@@ -72,7 +65,7 @@ func (s *Store) ListGroupRegistrations(ctx context.Context, groupID string, q st
 		return page, fmt.Errorf("store: list group registrations: %w", err)
 	}
 	defer done()
-	g, err := normKey("enrollmentGroupId", groupID)
+	g, err := record.Key("enrollmentGroupId", groupID)
 	if err != nil {
 		return page, fmt.Errorf("store: list group registrations: %w", err)
 	}
@@ -116,7 +109,7 @@ func (s *Store) ListGroupRegistrations(ctx context.Context, groupID string, q st
 
 // CountGroupRegistrations returns the number of registrations of a group.
 func (s *Store) CountGroupRegistrations(ctx context.Context, groupID string) (int, error) {
-	g, err := normKey("enrollmentGroupId", groupID)
+	g, err := record.Key("enrollmentGroupId", groupID)
 	if err != nil {
 		return 0, fmt.Errorf("store: count group registrations: %w", err)
 	}
@@ -144,14 +137,14 @@ func (s *Store) recordRegistration(ctx context.Context, r *store.Registration, o
 	if r == nil {
 		return nil, fmt.Errorf("store: record registration: %w: nil registration", store.ErrInvalidRecord)
 	}
-	key, err := normKey("registrationId", r.RegistrationID)
+	key, err := record.Key("registrationId", r.RegistrationID)
 	if err != nil {
 		return nil, fmt.Errorf("store: record registration: %w", err)
 	}
 	hubKey, attHash := bytes.Clone(r.HubKey), bytes.Clone(r.AttestationHash)
 	tmp := *r
 	tmp.HubKey, tmp.AttestationHash = nil, nil
-	out, err := cloneJSON(&tmp)
+	out, err := record.Clone(&tmp)
 	if err != nil {
 		return nil, fmt.Errorf("store: record registration %q: %w", r.RegistrationID, err)
 	}
@@ -169,7 +162,7 @@ func (s *Store) recordRegistration(ctx context.Context, r *store.Registration, o
 			return nil, fmt.Errorf("store: record registration %q: %w", r.RegistrationID, err)
 		}
 	}
-	newGroup := lower(r.EnrollmentGroupID)
+	newGroup := record.Lower(r.EnrollmentGroupID)
 	now := s.now().UTC()
 	rel := pfxReg + key
 	for attempt := 0; ; attempt++ {
@@ -191,7 +184,7 @@ func (s *Store) recordRegistration(ctx context.Context, r *store.Registration, o
 				if !h.CreatedAt.IsZero() {
 					created = h.CreatedAt
 				}
-				oldGroup = lower(h.EnrollmentGroupID)
+				oldGroup = record.Lower(h.EnrollmentGroupID)
 			}
 			updated := now
 			if keepTimes {
@@ -199,7 +192,7 @@ func (s *Store) recordRegistration(ctx context.Context, r *store.Registration, o
 			}
 			stored.CreatedAt, stored.UpdatedAt = created, updated
 			out.CreatedAt, out.UpdatedAt = created, updated
-			data, err := json.Marshal(registrationRecord{Registration: stored, Sealed: sealed, AttHash: attHash})
+			data, err := json.Marshal(record.Registration{Registration: stored, Sealed: sealed, AttHash: attHash})
 			if err != nil {
 				return casPlan{}, fmt.Errorf("%w: registration %q: %w", store.ErrInvalidRecord, key, err)
 			}

@@ -14,6 +14,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/tpmdps/dpsd/store"
+	"github.com/tpmdps/dpsd/store/internal/record"
 	"github.com/tpmdps/dpsd/store/internal/seal"
 )
 
@@ -189,7 +190,7 @@ func (s *Store) Check(ctx context.Context) error {
 		case strings.HasPrefix(rel, pfxReg):
 			var r *store.Registration
 			if r, derr = s.decodeRegistration(rel[len(pfxReg):], kv); derr == nil && r.EnrollmentGroupID != "" {
-				wantGroupIdx[groupRegKey(lower(r.EnrollmentGroupID), rel[len(pfxReg):])] = true
+				wantGroupIdx[groupRegKey(record.Lower(r.EnrollmentGroupID), rel[len(pfxReg):])] = true
 			}
 		case strings.HasPrefix(rel, pfxGroupReg):
 			groupIdx[rel] = true

@@ -10,7 +10,6 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -20,6 +19,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/tpmdps/dpsd/store"
+	"github.com/tpmdps/dpsd/store/internal/gate"
 	"github.com/tpmdps/dpsd/store/internal/seal"
 )
 
@@ -124,9 +124,7 @@ type Store struct {
 	timeout   time.Duration
 	leases    leaseCache
 
-	mu       sync.RWMutex // guards closed against inflight.Add
-	closed   bool
-	inflight sync.WaitGroup
+	gate gate.Gate // admits calls until Close
 }
 
 var (
@@ -249,28 +247,20 @@ func (s *Store) enter(ctx context.Context) (context.Context, func(), error) {
 	if err := ctx.Err(); err != nil {
 		return nil, nil, err
 	}
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	if s.closed {
-		return nil, nil, store.ErrClosed
+	if err := s.gate.Enter(); err != nil {
+		return nil, nil, err
 	}
-	s.inflight.Add(1)
 	cctx, cancel := context.WithTimeout(ctx, s.timeout)
-	return clientv3.WithRequireLeader(cctx), func() { cancel(); s.inflight.Done() }, nil
+	return clientv3.WithRequireLeader(cctx), func() { cancel(); s.gate.Leave() }, nil
 }
 
 // Close waits for in-flight calls, revokes nothing (leases end by
 // themselves) and closes the client it opened. Later calls, Close
 // included, return store.ErrClosed.
 func (s *Store) Close() error {
-	s.mu.Lock()
-	if s.closed {
-		s.mu.Unlock()
-		return store.ErrClosed
+	if err := s.gate.Close(); err != nil {
+		return err
 	}
-	s.closed = true
-	s.mu.Unlock()
-	s.inflight.Wait()
 	if s.ownClient {
 		if err := s.cli.Close(); err != nil && !errors.Is(err, context.Canceled) {
 			return fmt.Errorf("store: close etcd client: %w", err)

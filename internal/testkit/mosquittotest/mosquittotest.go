@@ -17,7 +17,6 @@
 package mosquittotest
 
 import (
-	"bytes"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -33,7 +32,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -67,8 +65,8 @@ type Broker struct {
 	// Dir is the broker's directory (config, ACL, TLS files).
 	Dir string
 
-	logFile string        // the broker's log (stdout is buffered until it exits)
-	out     *lockedBuffer // its stdout and stderr: errors before the log opens
+	logFile string             // the broker's log (stdout is buffered until it exits)
+	out     *testkit.LogBuffer // its stdout and stderr: errors before the log opens
 }
 
 // Start starts a broker and waits until it listens; the test fails (it is
@@ -82,7 +80,7 @@ func Start(t testing.TB, opts Options) *Broker {
 		t.Fatal("mosquittotest: Options.CAFile is required")
 	}
 	dir := t.TempDir()
-	b := &Broker{Dir: dir, ServerCAFile: filepath.Join(dir, "server-ca.pem"), out: &lockedBuffer{}}
+	b := &Broker{Dir: dir, ServerCAFile: filepath.Join(dir, "server-ca.pem"), out: &testkit.LogBuffer{}}
 	certFile, keyFile := filepath.Join(dir, "server.pem"), filepath.Join(dir, "server-key.pem")
 	b.ServerCAs = writeServerTLS(t, b.ServerCAFile, certFile, keyFile)
 
@@ -218,22 +216,4 @@ func writeServerTLS(t testing.TB, caFile, certFile, keyFile string) *x509.CertPo
 	pool := x509.NewCertPool()
 	pool.AddCert(ca)
 	return pool
-}
-
-// lockedBuffer collects the broker's output for concurrent readers.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }

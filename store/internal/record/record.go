@@ -1,0 +1,72 @@
+// Package record holds what every store engine does the same way to the
+// records it keeps: the validation and normalisation of ids used as keys,
+// the reading of If-Match etags, and deep copies, so that bbolt and etcd
+// agree on which ids exist and which etags match.
+package record
+
+import (
+	"encoding/json"
+	"fmt"
+	"strings"
+
+	"github.com/tpmdps/dpsd/store"
+)
+
+// Lower is the key normalisation of registration and group ids: DPS ids are
+// case-insensitive.
+func Lower(id string) string { return strings.ToLower(id) }
+
+// CheckID validates an id used as a key; what names it in the error
+// ("registration id"). The error wraps store.ErrInvalidID.
+func CheckID(what, id string) error {
+	switch {
+	case id == "":
+		return fmt.Errorf("%w: empty %s", store.ErrInvalidID, what)
+	case len(id) > store.MaxIDLength:
+		return fmt.Errorf("%w: %s is %d bytes, the limit is %d", store.ErrInvalidID, what, len(id), store.MaxIDLength)
+	case strings.IndexByte(id, 0) >= 0:
+		return fmt.Errorf("%w: %s contains a NUL byte", store.ErrInvalidID, what)
+	}
+	return nil
+}
+
+// Key validates a registration or group id and returns its key form.
+func Key(what, id string) (string, error) {
+	if err := CheckID(what, id); err != nil {
+		return "", err
+	}
+	return Lower(id), nil
+}
+
+// ETag returns the bare etag of an If-Match value, which may be HTTP-style
+// quoted or weak (W/"...").
+func ETag(ifMatch string) string {
+	ifMatch = strings.TrimSpace(ifMatch)
+	ifMatch = strings.TrimPrefix(ifMatch, "W/")
+	if len(ifMatch) >= 2 && ifMatch[0] == '"' && ifMatch[len(ifMatch)-1] == '"' {
+		ifMatch = ifMatch[1 : len(ifMatch)-1]
+	}
+	return ifMatch
+}
+
+// Clone deep-copies a record through its JSON form, so that an engine never
+// retains or modifies the caller's record. Errors wrap store.ErrInvalidRecord.
+func Clone[T any](in *T) (*T, error) {
+	b, err := json.Marshal(in)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", store.ErrInvalidRecord, err)
+	}
+	out := new(T)
+	if err := json.Unmarshal(b, out); err != nil {
+		return nil, fmt.Errorf("%w: %w", store.ErrInvalidRecord, err)
+	}
+	return out, nil
+}
+
+// Registration is the stored form of a store.Registration in both engines:
+// HubKey sealed, AttestationHash (a hash, not a secret) beside it.
+type Registration struct {
+	*store.Registration
+	Sealed  []byte `json:"sealed,omitempty"`
+	AttHash []byte `json:"attestationHash,omitempty"`
+}
