@@ -1,6 +1,9 @@
 package e2e
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"encoding/base64"
 	"encoding/pem"
 	"errors"
@@ -200,5 +203,40 @@ func TestCustomAllocationWebhookTimeoutProcess(t *testing.T) {
 	}
 	if strings.Contains(p.logs.String(), functionKey) {
 		t.Fatal("dpsd logged the webhook's function key")
+	}
+}
+
+// TestHandoffIssuedCertificateProcess: a device that asks `dpsd serve`
+// (its built-in issuer) for an operational certificate while its hub has a
+// connector gets the certificate, verified by the device library against
+// its key, and its identity in the stand-in hub is that certificate
+// (selfSigned by the leaf's SHA-256 thumbprint), not its provisioning key.
+func TestHandoffIssuedCertificateProcess(t *testing.T) {
+	hub := iothubtest.Start(t, iothubtest.Options{})
+	p := handoffProc(t, hub, nil)
+	ctx := ctxTimeout(t, 2*time.Minute)
+	api := p.apiClient(nil)
+	if _, err := api.PutLinkedHub(ctx, &store.LinkedHub{Name: hub.HostName, ConnectionString: hub.ConnectionString}, ""); err != nil {
+		t.Fatal(err)
+	}
+	e, key := symEnrollment(t, "issued-1")
+	e.IoTHubHostName, e.CredentialPolicyName = hub.HostName, "default"
+	if _, err := api.PutEnrollment(ctx, e, ""); err != nil {
+		t.Fatal(err)
+	}
+	certKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := p.deviceConfig(p.idScope(), e.RegistrationID, &device.SymmetricKey{Key: key})
+	cfg.CertificateKey = certKey
+	res, err := device.Provision(ctx, cfg)
+	if err != nil || res.Status != device.StatusAssigned || len(res.CertificateChain) == 0 {
+		t.Fatalf("provision: %+v %v", res, err)
+	}
+	_, thumb := store.CertificateThumbprints(res.CertificateChain[0])
+	ident, ok := hub.Device(res.DeviceID)
+	if !ok || ident.AuthType != "selfSigned" || !strings.EqualFold(ident.PrimaryThumbprint, thumb) || ident.PrimaryKey != "" || hub.Creates(res.DeviceID) != 1 {
+		t.Fatalf("hub identity %+v (present %v), want selfSigned by %s", ident, ok, thumb)
 	}
 }
