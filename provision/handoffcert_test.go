@@ -157,3 +157,21 @@ func TestHandoffCSRNotConfigured(t *testing.T) {
 		t.Fatalf("hub requests %d, certificates issued %d", len(hub.Requests()), ci.n.Load())
 	}
 }
+
+// TestHandoffCSRIssuerGone: a job whose register carried a CSR, worked on
+// by a service that has no issuer (restarted with issuer none since), fails
+// the registration as the register would have (400000) instead of
+// crashing the worker.
+func TestHandoffCSRIssuerGone(t *testing.T) {
+	e := newHubEnv(t, 1)
+	hub := e.hubs[0]
+	e.link(hub)
+	_, der := csrFor(t, "cam-6")
+	d := &handoffJob{V: jobVersion, Registration: &store.Registration{RegistrationID: "cam-6", DeviceID: "cam-6"},
+		Hub: hub.HostName, CSR: der, CSRField: store.CSRField2025}
+	j := &store.Job{ID: "op-6", RegistrationID: "cam-6", CreatedAt: e.clock.Now()}
+	o := e.svc.attempt(e.ctx, j, d, &jobSecret{}, e.svc.log)
+	if !o.fail || o.code != ErrorCodeCSRNotConfigured || len(hub.Requests()) != 0 {
+		t.Fatalf("outcome %+v, hub requests %d", o, len(hub.Requests()))
+	}
+}

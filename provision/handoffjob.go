@@ -306,7 +306,11 @@ func (s *Service) attempt(ctx context.Context, j *store.Job, d *handoffJob, sec 
 	}
 	if len(d.CSR) > 0 && len(d.IssuedChain) == 0 {
 		// The hub is decided: issue the certificate, and keep it before
-		// any hub hears of it.
+		// any hub hears of it. A service restarted without an issuer
+		// since the register fails it as the register would have.
+		if s.cfg.Issuer == nil {
+			return outcome{fail: true, code: ErrorCodeCSRNotConfigured, msg: MsgCSRNotConfigured}
+		}
 		chain, err := s.issueForJob(ctx, d)
 		if err != nil {
 			if late {
