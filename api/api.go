@@ -321,6 +321,33 @@ func parseRoute(r *http.Request) (route, error) {
 			}
 			return route{}, notAllowed
 		}
+	case strings.EqualFold(kind, "linkedHubs"):
+		switch {
+		case len(parts) == 1:
+			if m != http.MethodGet {
+				return route{}, notAllowed
+			}
+			return collection(false, func(h *handler, w http.ResponseWriter, r *http.Request, rq *request) {
+				h.listLinkedHubs(w, r, rq)
+			})
+		case len(parts) == 2:
+			name := parts[1]
+			switch m {
+			case http.MethodGet:
+				return collection(false, func(h *handler, w http.ResponseWriter, r *http.Request, rq *request) {
+					h.getLinkedHub(w, r, rq, name)
+				})
+			case http.MethodPut:
+				return collection(true, func(h *handler, w http.ResponseWriter, r *http.Request, rq *request) {
+					h.putLinkedHub(w, r, rq, name)
+				})
+			case http.MethodDelete:
+				return collection(true, func(h *handler, w http.ResponseWriter, r *http.Request, rq *request) {
+					h.deleteLinkedHub(w, r, rq, name)
+				})
+			}
+			return route{}, notAllowed
+		}
 	case strings.EqualFold(kind, "registrations"):
 		switch {
 		case len(parts) == 3 && parts[2] == "query":

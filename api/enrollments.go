@@ -90,7 +90,11 @@ func ValidateEnrollment(e *store.Enrollment, pathID string, prev *store.Enrollme
 	default:
 		return invalid("attestation.type must be tpm, symmetricKey or x509")
 	}
-	return validateCommon(&e.EnrollmentSettings)
+	var prevSettings *store.EnrollmentSettings
+	if prev != nil {
+		prevSettings = &prev.EnrollmentSettings
+	}
+	return validateCommon(&e.EnrollmentSettings, prevSettings)
 }
 
 // checkPathID validates an id taken from the URL.

@@ -26,6 +26,7 @@ const (
 	codeEnrollmentNotFound  = 404201
 	codeGroupNotFound       = 404202
 	codeRegistrationMissing = 404203
+	codeLinkedHubNotFound   = 404204
 	codeMethodNotAllowed    = 405000
 	codeRequestTimeout      = 408000
 	codeConflict            = 409201

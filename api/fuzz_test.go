@@ -76,3 +76,36 @@ func TestFuzzSeedsValid(t *testing.T) {
 		}
 	}
 }
+
+// FuzzLinkedHubJSON feeds untrusted bodies to the linked hub decoder and
+// validator: no panic; whatever is accepted has a valid name and
+// connection string for that hub, and survives a round trip.
+func FuzzLinkedHubJSON(f *testing.F) {
+	f.Add([]byte(`{"name":"h.example.net","connectionString":"HostName=h.example.net;SharedAccessKeyName=p;SharedAccessKey=aHViLXNlY3JldC1rZXktMDEyMzQ1Njc4OWFiY2RlZg==","allocationWeight":5}`))
+	f.Add([]byte(`{"dpsdWebhook":{"url":"https://p/x","secret":"MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="},"applyAllocationPolicy":false}`))
+	f.Add([]byte(`{"name":"h","etag":"x","createdDateTimeUtc":1,"dpsdX509Identity":"certificateAuthority"}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		h, err := DecodeLinkedHub(data)
+		if err != nil {
+			return
+		}
+		if err := ValidateLinkedHub(h, "h.example.net", nil); err != nil {
+			return
+		}
+		if !strings.EqualFold(h.Name, "h.example.net") || h.AllocationWeight < 0 || h.AllocationWeight > 1000 ||
+			(h.ConnectionString != "" && h.Webhook != nil) {
+			t.Fatalf("accepted %+v", h)
+		}
+		out, err := json.Marshal(h)
+		if err != nil {
+			t.Fatal(err)
+		}
+		h2, err := DecodeLinkedHub(out)
+		if err != nil {
+			t.Fatalf("decoding our own encoding %s: %v", out, err)
+		}
+		if err := ValidateLinkedHub(h2, h.Name, h); err != nil {
+			t.Fatalf("our own encoding %s no longer validates: %v", out, err)
+		}
+	})
+}

@@ -76,7 +76,11 @@ func ValidateGroup(g *store.Group, pathID string, prev *store.Group, rnd io.Read
 	default:
 		return invalid("attestation.type must be symmetricKey, x509 or tpm")
 	}
-	return validateCommon(&g.EnrollmentSettings)
+	var prevSettings *store.EnrollmentSettings
+	if prev != nil {
+		prevSettings = &prev.EnrollmentSettings
+	}
+	return validateCommon(&g.EnrollmentSettings, prevSettings)
 }
 
 func (h *handler) getGroup(w http.ResponseWriter, r *http.Request, rq *request, id string) {

@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"strings"
 
+	"github.com/tpmdps/dpsd/allocator"
 	"github.com/tpmdps/dpsd/store"
 )
 
@@ -25,17 +26,32 @@ func withoutKeys(a store.Attestation) store.Attestation {
 	return a
 }
 
-// enrollmentWithoutKeys is a copy of e as answers carry it: without keys.
+// enrollmentWithoutKeys is a copy of e as answers carry it: without keys
+// and with its webhook URL's function key masked.
 func enrollmentWithoutKeys(e *store.Enrollment) *store.Enrollment {
 	c := *e
 	c.Attestation = withoutKeys(c.Attestation)
+	c.CustomAllocationDefinition = maskedDefinition(c.CustomAllocationDefinition)
 	return &c
 }
 
-// groupWithoutKeys is a copy of g as answers carry it: without keys.
+// groupWithoutKeys is a copy of g as answers carry it: without keys and
+// with its webhook URL's function key masked.
 func groupWithoutKeys(g *store.Group) *store.Group {
 	c := *g
 	c.Attestation = withoutKeys(c.Attestation)
+	c.CustomAllocationDefinition = maskedDefinition(c.CustomAllocationDefinition)
+	return &c
+}
+
+// maskedDefinition is d with its webhook URL's query masked ("?****"), as
+// the cloud service echoes it: a function key is a secret.
+func maskedDefinition(d *store.CustomAllocationDefinition) *store.CustomAllocationDefinition {
+	if d == nil {
+		return nil
+	}
+	c := *d
+	c.WebhookURL = allocator.MaskWebhookURL(c.WebhookURL)
 	return &c
 }
 

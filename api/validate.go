@@ -11,6 +11,7 @@ import (
 	"unicode"
 	"unicode/utf8"
 
+	"github.com/tpmdps/dpsd/allocator"
 	"github.com/tpmdps/dpsd/attest"
 	"github.com/tpmdps/dpsd/store"
 )
@@ -65,8 +66,10 @@ func validateHostName(field, h string) error {
 
 // validateCommon checks the settings that enrollments and groups share
 // apart from the attestation, and applies the defaults (provisioningStatus
-// enabled, initialTwin null removed).
-func validateCommon(es *store.EnrollmentSettings) error {
+// enabled, initialTwin null removed). prev is the record being replaced
+// (nil if none): a webhook URL answered masked and written back keeps
+// prev's function key.
+func validateCommon(es *store.EnrollmentSettings, prev *store.EnrollmentSettings) error {
 	status, hub, hubs, alloc, twin, custom := &es.ProvisioningStatus, es.IoTHubHostName, es.IoTHubs, es.AllocationPolicy,
 		&es.InitialTwin, es.CustomAllocationDefinition
 	switch *status {
@@ -94,10 +97,9 @@ func validateCommon(es *store.EnrollmentSettings) error {
 	if alloc == "custom" && (custom == nil || custom.WebhookURL == "") {
 		return invalid("allocationPolicy custom needs customAllocationDefinition.webhookUrl")
 	}
-	if custom != nil && custom.WebhookURL != "" {
-		u, err := url.Parse(custom.WebhookURL)
-		if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
-			return invalid("customAllocationDefinition.webhookUrl is not an http(s) URL")
+	if custom != nil {
+		if err := validateCustomAllocation(custom, prev); err != nil {
+			return err
 		}
 	}
 	t := bytes.TrimSpace(*twin)
@@ -270,6 +272,42 @@ func validateCertificates(field string, c *store.X509Certificates) error {
 			return &apiError{code: codeInvalidArgument, msg: fmt.Sprintf("%s.%s.certificate: %s", field, x.name, plain(err)), err: err}
 		}
 		x.v.Info = store.NewX509CertificateInfo(cert)
+	}
+	return nil
+}
+
+// Bounds of a custom allocation definition's dpsd extensions.
+const maxWebhookTimeoutSeconds = 300
+
+// validateCustomAllocation checks a webhook definition: an https URL
+// (one answered with its query masked, "?****", and written back keeps
+// prev's query: the function key is never answered), a timeout of 0-300
+// seconds, a fallback policy of refuse or hashed.
+func validateCustomAllocation(c *store.CustomAllocationDefinition, prev *store.EnrollmentSettings) error {
+	if c.WebhookURL == "" {
+		if c.TimeoutSeconds != 0 || c.FallbackPolicy != "" {
+			return invalid("customAllocationDefinition needs a webhookUrl")
+		}
+		return nil
+	}
+	if strings.HasSuffix(c.WebhookURL, "?"+allocator.MaskedQuery) && prev != nil && prev.CustomAllocationDefinition != nil &&
+		allocator.MaskWebhookURL(prev.CustomAllocationDefinition.WebhookURL) == c.WebhookURL {
+		c.WebhookURL = prev.CustomAllocationDefinition.WebhookURL
+	}
+	u, err := url.Parse(c.WebhookURL)
+	if err != nil || u.Scheme != "https" || u.Host == "" {
+		return invalid("customAllocationDefinition.webhookUrl must be an https URL")
+	}
+	if u.RawQuery == allocator.MaskedQuery {
+		return invalid("customAllocationDefinition.webhookUrl has a masked query (?****): give the webhook's real URL with its key")
+	}
+	if c.TimeoutSeconds < 0 || c.TimeoutSeconds > maxWebhookTimeoutSeconds {
+		return invalid("customAllocationDefinition.dpsdTimeoutSeconds must be between 0 (the service's default) and %d", maxWebhookTimeoutSeconds)
+	}
+	switch c.FallbackPolicy {
+	case "", store.FallbackRefuse, store.FallbackHashed:
+	default:
+		return invalid("customAllocationDefinition.dpsdFallbackPolicy must be %s or %s", store.FallbackRefuse, store.FallbackHashed)
 	}
 	return nil
 }

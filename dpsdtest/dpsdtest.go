@@ -27,10 +27,12 @@ import (
 
 	"github.com/gorilla/websocket"
 
+	"github.com/tpmdps/dpsd/allocator"
 	"github.com/tpmdps/dpsd/api"
 	"github.com/tpmdps/dpsd/attest"
 	"github.com/tpmdps/dpsd/broker"
 	"github.com/tpmdps/dpsd/hooks"
+	"github.com/tpmdps/dpsd/hubconn"
 	"github.com/tpmdps/dpsd/internal/devca"
 	"github.com/tpmdps/dpsd/issuer"
 	"github.com/tpmdps/dpsd/provision"
@@ -87,6 +89,12 @@ type Options struct {
 	Metrics hooks.Metrics
 	// Observer, if set, is the service's provision.Observer.
 	Observer provision.Observer
+	// Custom calls custom allocation webhooks, Connectors builds the linked
+	// hubs' hand-off connectors and Handoff tunes the outbox (see
+	// provision.Config); the outbox's workers run for the server's life.
+	Custom     allocator.Custom
+	Connectors hubconn.Factory
+	Handoff    provision.HandoffConfig
 	// TPMRoots is the service's EK certificate trust (dpsd's tpm-roots).
 	TPMRoots *attest.CertBundle
 	// Issuer, if set, signs the certificates devices ask for with a CSR
@@ -163,6 +171,9 @@ func Start(t testing.TB, opts Options) *Server {
 		Hubs:              opts.Hubs,
 		RetryAfter:        opts.RetryAfter,
 		Observer:          opts.Observer,
+		Custom:            opts.Custom,
+		Connectors:        opts.Connectors,
+		Handoff:           opts.Handoff,
 		TPMRoots:          opts.TPMRoots,
 		Issuer:            opts.Issuer,
 		Logger:            log,
@@ -219,6 +230,13 @@ func Start(t testing.TB, opts Options) *Server {
 		st.Close()
 		t.Fatalf("dpsdtest: broker.Start: %v", err)
 	}
+	outboxCtx, stopOutbox := context.WithCancel(context.Background())
+	outboxDone := make(chan struct{})
+	go func() {
+		defer close(outboxDone)
+		_ = svc.Run(outboxCtx)
+	}()
+
 	pool := x509.NewCertPool()
 	pool.AddCert(ca.Cert)
 	s := &Server{
@@ -243,6 +261,8 @@ func Start(t testing.TB, opts Options) *Server {
 		if err := b.Shutdown(ctx); err != nil {
 			t.Errorf("dpsdtest: broker shutdown: %v\n%s", err, brokerStacks())
 		}
+		stopOutbox()
+		<-outboxDone
 		if err := st.Close(); err != nil {
 			t.Errorf("dpsdtest: store close: %v", err)
 		}

@@ -16,7 +16,10 @@ import (
 // registration and its operation in one durable step and answers 202. TPM
 // devices (srk != nil) get their hub key in an activation blob for srk; the
 // key is generated once and reused on every re-registration that attests
-// with the same EK (the record's attestation hash, attesthash.go).
+// with the same EK (the record's attestation hash, attesthash.go). A
+// registration that needs outside I/O (a custom allocation webhook, a hub
+// with a hand-off connector) goes to the outbox instead (enqueue,
+// handoff.go) and is recorded when that is done.
 func (s *Service) assign(ctx context.Context, id Identity, src source, req RegisterRequest, ek, srk *attest.Public, trackingID string) (Response, error) {
 	now := s.cfg.Now().UTC()
 	prev, err := s.cfg.Store.GetRegistration(ctx, id.RegistrationID)
@@ -70,15 +73,28 @@ func (s *Service) assign(ctx context.Context, id Identity, src source, req Regis
 				slog.Bool("recordHasHash", len(prev.AttestationHash) > 0))
 		}
 	}
-	if src.disabled {
-		rec.Status = store.RegistrationDisabled
-	} else if a := s.allocate(src.target, id.RegistrationID, prev); a.errorCode != 0 {
-		rec.Status, rec.ErrorCode, rec.ErrorMessage = store.RegistrationFailed, a.errorCode, a.errorMessage
-	} else {
-		rec.Status, rec.AssignedHub, rec.Substatus, rec.DeviceID = store.RegistrationAssigned, a.hub, a.substatus, src.deviceID
-	}
 	if stale != nil {
 		rec.SupersededCertificates = supersede(stale.Certificate, stale.SupersededCertificates, now)
+	}
+	if src.disabled {
+		rec.Status = store.RegistrationDisabled
+	} else {
+		snap, err := s.linkedHubs(ctx)
+		if err != nil {
+			return Response{}, err
+		}
+		a := s.allocate(src.target, id.RegistrationID, prev, snap)
+		if a.custom && s.cfg.Custom == nil {
+			a.errorCode, a.errorMessage = ErrorCodeCustomAllocationFailed, "Custom allocation is not configured on this provisioning service"
+		}
+		if a.errorCode == 0 && s.needsOutbox(&a, snap) {
+			return s.enqueue(ctx, id, &src, req, ek, srk, rec, &a, opID, now, trackingID)
+		}
+		if a.errorCode != 0 {
+			rec.Status, rec.ErrorCode, rec.ErrorMessage = store.RegistrationFailed, a.errorCode, a.errorMessage
+		} else {
+			rec.Status, rec.AssignedHub, rec.Substatus, rec.DeviceID = store.RegistrationAssigned, a.hub, a.substatus, src.deviceID
+		}
 	}
 	var chain [][]byte
 	if csr := req.csr; csr != nil && rec.Status == store.RegistrationAssigned {

@@ -50,6 +50,10 @@ type Identity struct {
 	// keyHash is, for a symmetric key, the attestation hash of the key that
 	// verified the SAS (attesthash.go); zero when unknown.
 	keyHash [sha256.Size]byte
+	// spelledID is the registration id as the device wrote it: a device
+	// key derived from a group key is derived from it ("" when unknown:
+	// RegistrationID is used).
+	spelledID string
 }
 
 // Connect describes a CONNECT for authentication.
@@ -105,13 +109,17 @@ func (s *Service) authenticate(ctx context.Context, c Connect) (Identity, error)
 		return Identity{}, badConnect(AuthFailureUnknownIDScope, "unknown id scope %q", u.IDScope)
 	}
 	regID := strings.ToLower(u.RegistrationID)
+	var id Identity
 	switch {
 	case len(c.Password) > 0:
-		return s.authSAS(ctx, c.Password, u.RegistrationID)
+		id, err = s.authSAS(ctx, c.Password, u.RegistrationID)
 	case len(c.PeerChain) > 0:
-		return s.authX509(ctx, c.PeerChain, regID)
+		id, err = s.authX509(ctx, c.PeerChain, regID)
+	default:
+		id = Identity{RegistrationID: regID, Method: AuthRestricted}
 	}
-	return Identity{RegistrationID: regID, Method: AuthRestricted}, nil
+	id.spelledID = u.RegistrationID
+	return id, err
 }
 
 // authSAS verifies a SAS token password, signed either with a TPM challenge

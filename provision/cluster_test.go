@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"log/slog"
 	"strings"
 	"sync"
 	"testing"
@@ -11,6 +12,8 @@ import (
 
 	"github.com/tpmdps/dpsd/device/devtpm"
 	"github.com/tpmdps/dpsd/internal/etcdtest"
+	"github.com/tpmdps/dpsd/internal/testkit"
+	"github.com/tpmdps/dpsd/store"
 	etcdstore "github.com/tpmdps/dpsd/store/etcd"
 )
 
@@ -132,5 +135,81 @@ func TestClusterStoreUnavailable(t *testing.T) {
 	resp := e.svc.Register(e.ctx, id, RegisterRequest{}, "tr")
 	if resp.Status != 503 || errorBody(t, resp, ErrorCodeUnavailable) == nil || resp.RetryAfter < time.Second {
 		t.Fatalf("register with the store gone: %d %s", resp.Status, encode(t, resp.Body))
+	}
+}
+
+// TestHandoffClusterLeaseTakeover: two nodes share an etcd store. Node a's
+// worker stalls while the hub holds its create; once the job's lease has
+// expired (by the store's clock) node b takes the job, registers the device
+// (create-or-update: still one identity) and records it; a's late outcome
+// is refused and writes nothing.
+func TestHandoffClusterLeaseTakeover(t *testing.T) {
+	m := etcdtest.Start(t)
+	logs := &syncBuffer{}
+	openStore := func(now func() time.Time) *etcdstore.Store {
+		st, err := etcdstore.Open(context.Background(), etcdstore.Options{Endpoints: []string{m.Endpoint()}, Prefix: "/handoff/",
+			Key: bytes.Repeat([]byte{3}, 32), Now: now})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = st.Close() })
+		return st
+	}
+	var stA *etcdstore.Store
+	e := newHubEnv(t, 1, func(c *Config) {
+		stA = openStore(c.Now)
+		c.Store = stA
+		c.Handoff.Lease = 10 * time.Second
+		c.Logger = slog.New(slog.NewTextHandler(logs, nil))
+	})
+	hub := e.hubs[0]
+	if _, err := stA.PutLinkedHub(e.ctx, &store.LinkedHub{Name: hub.HostName, ConnectionString: hub.ConnectionString}, ""); err != nil {
+		t.Fatal(err)
+	}
+	en := symmetricEnrollment("dev-1", symKey(1), nil)
+	en.IoTHubHostName = hub.HostName
+	if _, err := stA.PutEnrollment(e.ctx, en, ""); err != nil {
+		t.Fatal(err)
+	}
+	cfgB := e.svc.cfg
+	cfgB.Store = openStore(e.clock.Now)
+	b, err := New(cfgB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	created, release := hub.HoldCreates()
+	defer release()
+	id := e.mustConnect("dev-1", e.sas("dev-1", symKey(1), ""))
+	opID := e.register(id, RegisterRequest{})
+	<-created // node a's worker waits for the hub's answer
+	e.clock.Advance(11 * time.Second)
+	bctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = b.Run(bctx)
+	}()
+	defer func() {
+		cancel()
+		<-done
+	}()
+	got := e.awaitFinal(id, opID, 0)
+	if got.Status != "assigned" || got.RegistrationState.AssignedHub != hub.HostName || hub.Creates("dev-1") != 1 {
+		t.Fatalf("%s, created %d", encode(t, got), hub.Creates("dev-1"))
+	}
+	rec, err := stA.GetRegistration(e.ctx, "dev-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	release() // node a's worker hears the hub and tries to finish
+	testkit.Await(t, "node a's outcome to be refused", func() bool {
+		return strings.Contains(logs.String(), "taken over by another worker")
+	})
+	after, err := stA.GetRegistration(e.ctx, "dev-1")
+	if err != nil || after.ETag != rec.ETag || hub.Creates("dev-1") != 1 {
+		t.Fatalf("node a wrote: etag %s -> %s (%v), created %d", rec.ETag, after.ETag, err, hub.Creates("dev-1"))
+	}
+	if n, err := stA.CountJobs(e.ctx); err != nil || n != 0 {
+		t.Fatalf("%d jobs left (%v)", n, err)
 	}
 }

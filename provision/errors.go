@@ -1,6 +1,10 @@
 package provision
 
-import "errors"
+import (
+	"errors"
+
+	"github.com/tpmdps/dpsd/allocator"
+)
 
 // Errors returned by Authenticate and ParseRegisterRequest. Test them with
 // errors.Is; the wrapped text is a reason for logs, never for the device.
@@ -38,13 +42,27 @@ const (
 )
 
 // Error codes of a failed registration (registrationState.errorCode). They are
-// permanent until the enrollment or the service configuration changes.
+// permanent until the enrollment, the hub or the service configuration changes.
 const (
-	// ErrorCodeNoHub: no IoT hub is configured for the device's allocation.
+	// ErrorCodeNoHub: no IoT hub is configured for the device's allocation
+	// (the code DPS gives a webhook's answer without a hub).
 	ErrorCodeNoHub = 400208
-	// ErrorCodeCustomAllocation: custom (webhook) allocation is not supported
-	// (DPS reports custom allocation failures with this code).
-	ErrorCodeCustomAllocation = 400209
+	// ErrorCodeCustomAllocationFailed (CustomAllocationFailed): the custom
+	// allocation webhook answered an error, an answer that is not an
+	// AllocationResponse or a hub it was not offered, or could not be
+	// reached until the service gave up (fallback policy refuse).
+	ErrorCodeCustomAllocationFailed = allocator.ErrorCodeFailed
+	// ErrorCodeCustomAllocationUnauthorized (CustomAllocationUnauthorizedAccess):
+	// the webhook answered 401.
+	ErrorCodeCustomAllocationUnauthorized = allocator.ErrorCodeUnauthorized
 	// ErrorCodeAllocationPolicy: the enrollment names an unknown allocation policy.
 	ErrorCodeAllocationPolicy = 400210
+	// ErrorCodeHubRefused: the assigned hub refused the device's identity
+	// (a 4xx answer other than 408 and 429: a wrong connection string, a
+	// device id or credential the hub does not accept, its quota).
+	ErrorCodeHubRefused = 400211
+	// ErrorCodeHubUnavailable: the assigned hub (or the hub the device
+	// leaves, whose data a migration reads) could not be reached, or kept
+	// answering 429 or 5xx, until the hand-off timeout.
+	ErrorCodeHubUnavailable = 503211
 )

@@ -3,6 +3,7 @@ package provision
 import (
 	"context"
 	"log/slog"
+	"time"
 )
 
 // Observer receives the service's countable events, for metrics. Every
@@ -20,6 +21,40 @@ type Observer interface {
 	// sent with a TPM challenge request. outcome is one of the EKCert*
 	// constants.
 	EKCertificateChecked(ctx context.Context, outcome string)
+}
+
+// HandoffObserver is implemented by an Observer that also wants the
+// outbox's outside calls (handoff.go): each custom allocation webhook call
+// (step "webhook") and each registration of a device in its hub (step
+// "hub"), with its outcome ("ok", "retry": a failure worth another
+// attempt, "failed") and how long it took.
+type HandoffObserver interface {
+	HandoffCall(ctx context.Context, step, outcome string, elapsed time.Duration)
+}
+
+// Steps and outcomes of HandoffObserver.HandoffCall.
+const (
+	HandoffStepWebhook = "webhook"
+	HandoffStepHub     = "hub"
+	HandoffOK          = "ok"
+	HandoffRetry       = "retry"
+	HandoffFailed      = "failed"
+)
+
+// observeHandoff tells a HandoffObserver about one outside call.
+func (s *Service) observeHandoff(ctx context.Context, step string, o outcome, elapsed time.Duration) {
+	ho, ok := s.cfg.Observer.(HandoffObserver)
+	if !ok {
+		return
+	}
+	outcome := HandoffOK
+	switch {
+	case o.fail:
+		outcome = HandoffFailed
+	case o.retry:
+		outcome = HandoffRetry
+	}
+	ho.HandoffCall(ctx, step, outcome, elapsed)
 }
 
 // RegistrationEvent describes one recorded registration outcome. It is also

@@ -43,7 +43,8 @@ func (s *Service) poll(ctx context.Context, id Identity, operationID string) (Re
 		return Response{}, notFound("operation of another registration")
 	}
 	if op.Status == store.RegistrationAssigning || op.Status == "" {
-		return Response{Status: 202, RetryAfter: s.retryAfter, Body: &OperationStatus{
+		// Still in the outbox (handoff.go): a webhook or a hub is being asked.
+		return Response{Status: 202, RetryAfter: s.cfg.Handoff.RetryAfter, Body: &OperationStatus{
 			OperationID: op.ID,
 			Status:      store.RegistrationAssigning,
 			RegistrationState: &RegistrationState{
@@ -73,8 +74,8 @@ func (s *Service) poll(ctx context.Context, id Identity, operationID string) (Re
 // registrationState builds the final registrationState from the operation
 // (its status, error and blob are the ones this operation reported) and the
 // registration record (hub, device id, times, etag, payload) when it exists.
-// Without custom allocation there is no allocation payload, so the payload
-// answered is the device's own, as recorded.
+// The payload answered is the record's: a custom allocation webhook's
+// payload when it returned one, else the device's own, as recorded.
 func registrationState(regID string, op *store.Operation, rec *store.Registration) *RegistrationState {
 	st := &RegistrationState{
 		RegistrationID: regID,

@@ -70,6 +70,12 @@ func notFound(reason string) *refusal {
 	return &refusal{status: 404, code: ErrorCodeNotFound, public: msgNotFound, reason: errors.New(reason)}
 }
 
+// throttled: 429 429001, retried by devices after retry-after: the
+// service cannot take the request now (the outbox is full).
+func throttled(public, reason string) *refusal {
+	return &refusal{status: 429, code: ErrorCodeThrottled, public: public, reason: errors.New(reason)}
+}
+
 // internalError: 500 500001 with a generic message; err (a store failure,
 // randomness) goes to the log only. Any error that is not a refusal is
 // answered as one.
@@ -117,6 +123,8 @@ func (s *Service) refused(ctx context.Context, trackingID string, id Identity, e
 	switch {
 	case r.status >= 500:
 		level, msg, key, retryAfter = slog.LevelError, "internal error", "error", s.retryAfterError()
+	case r.status == 429:
+		level, msg, retryAfter = slog.LevelWarn, "request throttled", s.cfg.Handoff.RetryAfter
 	case r.status == 400:
 		msg = "bad request"
 	case r.status == 404:

@@ -26,7 +26,23 @@ type source struct {
 	disabled        bool
 	createdAt       time.Time
 	target          allocationTarget
-	issuance        issuancePolicy
+	// enrollment or group is the record re-read at register time (one of
+	// them): a custom allocation echoes it, a hand-off takes the device's
+	// keys, initial twin and capabilities from it.
+	enrollment *store.Enrollment
+	group      *store.Group
+	issuance   issuancePolicy
+}
+
+// settings returns the enrollment's or the group's settings.
+func (src *source) settings() *store.EnrollmentSettings {
+	if src.enrollment != nil {
+		return &src.enrollment.EnrollmentSettings
+	}
+	if src.group != nil {
+		return &src.group.EnrollmentSettings
+	}
+	return &store.EnrollmentSettings{}
 }
 
 // Register handles a register request from an identified connection
@@ -100,6 +116,7 @@ func enrollmentSource(e *store.Enrollment) source {
 		disabled:        strings.EqualFold(e.ProvisioningStatus, store.StatusDisabled),
 		createdAt:       e.CreatedAt,
 		target:          allocationTargetOf(&e.EnrollmentSettings),
+		enrollment:      e,
 		issuance:        issuanceOf(&e.EnrollmentSettings),
 	}
 }
@@ -109,7 +126,7 @@ func enrollmentSource(e *store.Enrollment) source {
 func allocationTargetOf(s *store.EnrollmentSettings) allocationTarget {
 	return allocationTarget{
 		policy: s.AllocationPolicy, hubHostName: s.IoTHubHostName,
-		hubs: s.IoTHubs, reprovision: s.ReprovisionPolicy,
+		hubs: s.IoTHubs, reprovision: s.ReprovisionPolicy, custom: s.CustomAllocationDefinition,
 	}
 }
 
@@ -155,6 +172,7 @@ func groupSource(g *store.Group, attestationType, regID string) source {
 		disabled:        strings.EqualFold(g.ProvisioningStatus, store.StatusDisabled),
 		createdAt:       g.CreatedAt,
 		target:          allocationTargetOf(&g.EnrollmentSettings),
+		group:           g,
 		issuance:        issuanceOf(&g.EnrollmentSettings),
 	}
 }

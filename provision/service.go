@@ -14,7 +14,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/tpmdps/dpsd/allocator"
 	"github.com/tpmdps/dpsd/attest"
+	"github.com/tpmdps/dpsd/hubconn"
 	"github.com/tpmdps/dpsd/issuer"
 	"github.com/tpmdps/dpsd/store"
 )
@@ -67,12 +69,29 @@ type Config struct {
 	// its intermediates and CRLs also serve the chains of TPM groups, whose
 	// roots are their own. Nil or empty: none.
 	TPMRoots *attest.CertBundle
-	// Hubs are the hubs for the hashed allocation when an enrollment names none.
+	// Hubs are service-wide hubs for the hashed allocation when an
+	// enrollment names none, beside the linked hubs (hubs.go says how the
+	// two combine): allocated with weight 1, never handed off to.
 	Hubs []string
+	// PlaceholderHubs marks Hubs as a placeholder (dpsd's default): they
+	// count only while no hub is linked.
+	PlaceholderHubs bool
 	// RetryAfter is the retry-after of a register 202 and a poll 202: 0 means
 	// DefaultRetryAfter (1 s), a negative value means 0 s ("ask again now";
-	// assignment is synchronous here, so the first poll already finds the result).
+	// a registration without outside I/O is synchronous, so the first poll
+	// already finds the result). Operations still assigning through the
+	// outbox answer Handoff.RetryAfter instead.
 	RetryAfter time.Duration
+	// Custom calls custom allocation webhooks (allocator.Webhook); nil:
+	// registrations under a custom allocation policy fail with 400207.
+	Custom allocator.Custom
+	// Connectors builds the hand-off connector of each linked hub
+	// (hubconn.HTTPFactory); nil: linked hubs are only allocated, nothing
+	// registers devices in them.
+	Connectors hubconn.Factory
+	// Handoff tunes the outbox of registrations that need outside I/O
+	// (handoff.go); zero fields take its defaults.
+	Handoff HandoffConfig
 	// Rand is the randomness source (default crypto/rand.Reader).
 	Rand io.Reader
 	// Now is the clock (default time.Now).
@@ -105,6 +124,8 @@ type Service struct {
 	usedRefs   *usedRefs               // single node: used references in memory
 	challenges store.ChallengeRecorder // cluster: used references in the store
 	groupCache groupCache
+	hubCache   hubCache
+	handoff    handoffState
 	// onX509Verify, when set (by tests), is told the group of every CA an
 	// X.509 chain is verified against.
 	onX509Verify func(groupID string)
@@ -167,6 +188,9 @@ func New(cfg Config) (*Service, error) {
 	case ra < 0:
 		ra = 0
 	}
+	if err := cfg.Handoff.withDefaults(); err != nil {
+		return nil, err
+	}
 	var run runID
 	if _, err := io.ReadFull(cfg.Rand, run[:]); err != nil {
 		return nil, fmt.Errorf("provision: run id: %w", err)
@@ -185,6 +209,7 @@ func New(cfg Config) (*Service, error) {
 	if svc.challenges == nil {
 		svc.usedRefs = newUsedRefs(cfg.MaxUsedChallenges)
 	}
+	svc.handoff.init(run)
 	return svc, nil
 }
 

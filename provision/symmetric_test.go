@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tpmdps/dpsd/allocator"
 	"github.com/tpmdps/dpsd/attest"
 	"github.com/tpmdps/dpsd/store"
 )
@@ -240,7 +241,7 @@ func TestRegisterDisabledAndFailed(t *testing.T) {
 	e.putEnrollment(custom)
 	id = e.mustConnect("dev-custom", e.sas("dev-custom", symKey(3), ""))
 	got = e.pollFinal(id, e.register(id, RegisterRequest{}))
-	if got.Status != "failed" || got.RegistrationState.ErrorCode != ErrorCodeCustomAllocation {
+	if got.Status != "failed" || got.RegistrationState.ErrorCode != ErrorCodeCustomAllocationFailed {
 		t.Fatalf("custom: %s", encode(t, got))
 	}
 }
@@ -308,23 +309,31 @@ func TestReprovisionOnHubListChange(t *testing.T) {
 	if st := e.pollFinal(id, e.register(id, RegisterRequest{})).RegistrationState; st.AssignedHub != "hub-a" {
 		t.Fatalf("first: %+v", st)
 	}
-	// Adding a hub moves nobody.
+	// Registering again with the hubs unchanged keeps the hub.
+	if st := e.pollFinal(id, e.register(id, RegisterRequest{})).RegistrationState; st.AssignedHub != "hub-a" || st.Substatus != SubstatusReprovisioned {
+		t.Fatalf("again: %+v", st)
+	}
+	// Adding hubs moves the device only to a hub that wins it (as the
+	// hashing decides), with the default policy's substatus.
 	en.IoTHubs = []string{"hub-a", "hub-b", "hub-c", "hub-d"}
 	e.putEnrollment(en)
-	if st := e.pollFinal(id, e.register(id, RegisterRequest{})).RegistrationState; st.AssignedHub != "hub-a" || st.Substatus != SubstatusInitialAssignment {
-		t.Fatalf("after adding hubs: %+v", st)
+	want := allocator.Hashed([]allocator.Hub{{Name: "hub-a"}, {Name: "hub-b"}, {Name: "hub-c"}, {Name: "hub-d"}}, "dev-1")
+	st := e.pollFinal(id, e.register(id, RegisterRequest{})).RegistrationState
+	if st.AssignedHub != want || (want == "hub-a") != (st.Substatus == SubstatusReprovisioned) ||
+		(want != "hub-a") != (st.Substatus == SubstatusDeviceDataMigrated) {
+		t.Fatalf("after adding hubs: %+v, want %s", st, want)
 	}
 	// With updateHubAssignment false the device stays even when its hub is gone.
-	en.IoTHubs = []string{"hub-b"}
+	en.IoTHubs = []string{"hub-c"}
 	en.ReprovisionPolicy = &store.ReprovisionPolicy{UpdateHubAssignment: false}
 	e.putEnrollment(en)
-	if st := e.pollFinal(id, e.register(id, RegisterRequest{})).RegistrationState; st.AssignedHub != "hub-a" {
+	if st := e.pollFinal(id, e.register(id, RegisterRequest{})).RegistrationState; st.AssignedHub != want || st.Substatus != SubstatusReprovisioned {
 		t.Fatalf("updateHubAssignment=false: %+v", st)
 	}
 	// By default (no policy, as in DPS) it moves and its data migrates.
 	en.ReprovisionPolicy = nil
 	e.putEnrollment(en)
-	if st := e.pollFinal(id, e.register(id, RegisterRequest{})).RegistrationState; st.AssignedHub != "hub-b" || st.Substatus != SubstatusDeviceDataMigrated {
+	if st := e.pollFinal(id, e.register(id, RegisterRequest{})).RegistrationState; st.AssignedHub != "hub-c" || st.Substatus != SubstatusDeviceDataMigrated {
 		t.Fatalf("hub removed: %+v", st)
 	}
 }

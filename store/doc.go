@@ -1,6 +1,7 @@
 // Package store keeps all provisioning state behind one interface (Store):
-// individual enrollments, enrollment groups, registration records and
-// polling operations. It holds the interface, the record types and the
+// individual enrollments, enrollment groups, registration records,
+// polling operations, linked IoT hubs and the provisioning service's
+// pending jobs. It holds the interface, the record types and the
 // errors, and no engine: the embedded bbolt engine is store/bolt, the cluster
 // engine is store/etcd, and store/storetest is the conformance suite
 // that every engine passes. This part states what every engine promises;
@@ -76,6 +77,36 @@
 // one endorsement key, compared as the bytes its base64 decodes to, from
 // an index written in the same transaction as the enrollments, so that the
 // service can warn when one TPM is enrolled under a second registration id.
+//
+// # Linked hubs
+//
+// LinkedHub records are keyed by the lowercased host name, with etags and
+// times like the other records. ConnectionString and Webhook.Secret are
+// secrets (kept encrypted at rest, returned by reads). ListLinkedHubs
+// returns them all at once (the service API allows MaxLinkedHubs), and
+// LinkedHubsRevision changes with every PutLinkedHub and DeleteLinkedHub,
+// and only then, so that the provisioning service keeps them in memory
+// and knows with one cheap read whether its copy is current.
+//
+// # Jobs (the provisioning service's outbox)
+//
+// A Job is work that needs I/O outside the service, written in the same
+// durable step as the operation it completes (EnqueueJob: both or
+// neither), and deleted in the same durable step as the registration and
+// final operation it records (FinishJob). Between the two, a job is
+// pending (due at NotBefore) or leased: ClaimJobs leases due jobs, the
+// earliest due first, to one owner until now+lease; a job is leased to one
+// owner at a time, and another owner can claim it only once the lease has
+// expired. ReleaseJob (pending again, with the progress written) and
+// FinishJob succeed only for the owner that holds the job; any other gets
+// ErrPreconditionFailed and nothing is written, so a worker that lost its
+// lease can never record a second outcome. Job.Secret is a secret (kept
+// encrypted at rest). Jobs do not expire: Sweep leaves them alone.
+// EnqueueJob with maxPending bounds the number of jobs (a *LimitError,
+// nothing written). An engine that can prove that no lease holder is alive
+// (one process per file, as bbolt) may end leases when it opens; an engine
+// shared by several processes (a cluster) must keep them until they
+// expire, by the store's clock.
 //
 // # Capabilities of some engines
 //

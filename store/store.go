@@ -250,11 +250,28 @@ type ReprovisionPolicy struct {
 	MigrateDeviceData   bool `json:"migrateDeviceData"`
 }
 
-// CustomAllocationDefinition names a webhook for custom allocation.
+// CustomAllocationDefinition names a webhook for custom allocation. The
+// webhook URL may carry a function key (?code=...): the service API and the
+// allocation request mask its query as "?****". The dpsd* fields are dpsd
+// extensions the cloud service does not have.
 type CustomAllocationDefinition struct {
 	WebhookURL string `json:"webhookUrl"`
 	APIVersion string `json:"apiVersion"`
+	// TimeoutSeconds bounds one call of the webhook (0: the service's
+	// default).
+	TimeoutSeconds int `json:"dpsdTimeoutSeconds,omitempty"`
+	// FallbackPolicy is what a registration gets when the webhook cannot be
+	// reached or keeps failing with 429 or 5xx until the service gives up:
+	// FallbackRefuse ("" too: the registration fails, as in the cloud) or
+	// FallbackHashed (a hashed allocation across the request's linked hubs).
+	FallbackPolicy string `json:"dpsdFallbackPolicy,omitempty"`
 }
+
+// Fallback policies of a custom allocation webhook.
+const (
+	FallbackRefuse = "refuse"
+	FallbackHashed = "hashed"
+)
 
 // Registration is the record of a device's registration, keyed by its
 // lowercased registrationId.
@@ -394,6 +411,47 @@ type Store interface {
 	PutOperation(ctx context.Context, op *Operation) error
 	// GetOperation returns an unexpired operation or ErrNotFound.
 	GetOperation(ctx context.Context, operationID string) (*Operation, error)
+
+	// GetLinkedHub returns a linked IoT hub by its host name (compared
+	// case-insensitively), connection string and webhook secret included.
+	GetLinkedHub(ctx context.Context, name string) (*LinkedHub, error)
+	// PutLinkedHub creates or replaces a linked hub under ifMatch.
+	PutLinkedHub(ctx context.Context, h *LinkedHub, ifMatch string) (*LinkedHub, error)
+	// DeleteLinkedHub deletes a linked hub under ifMatch.
+	DeleteLinkedHub(ctx context.Context, name, ifMatch string) error
+	// ListLinkedHubs returns every linked hub, secrets included, in key
+	// order (there are few: the service API allows MaxLinkedHubs).
+	ListLinkedHubs(ctx context.Context) ([]*LinkedHub, error)
+	// LinkedHubsRevision returns a number that changes with every write of
+	// a linked hub (PutLinkedHub and DeleteLinkedHub bump it in the same
+	// transaction), and only then, as GroupsRevision does for groups.
+	LinkedHubsRevision(ctx context.Context) (uint64, error)
+
+	// EnqueueJob writes op (an operation still assigning) and job, pending
+	// and unowned, in one durable step: both or neither. With maxPending >
+	// 0, when that many jobs exist it writes nothing and returns a
+	// *LimitError (ErrLimit). A job with the id of an existing job replaces
+	// it.
+	EnqueueJob(ctx context.Context, op *Operation, job *Job, maxPending int) error
+	// ClaimJobs leases to owner, until now+lease, up to max jobs that are
+	// due (NotBefore at or before now) and not leased to anyone (or whose
+	// lease has expired), and returns them as stored with Owner and
+	// LeaseExpires set, secrets included, the earliest due first. A job is
+	// leased to one owner at a time.
+	ClaimJobs(ctx context.Context, owner string, lease time.Duration, max int) ([]*Job, error)
+	// ReleaseJob ends job.Owner's lease of job.ID and writes job's Data,
+	// Secret, Attempts and NotBefore: the job is pending again, due at
+	// NotBefore. ErrPreconditionFailed (nothing written) when job.Owner no
+	// longer holds the job (another owner claimed it after the lease
+	// expired) or the job no longer exists.
+	ReleaseJob(ctx context.Context, job *Job) error
+	// FinishJob completes a job owner holds, in one durable step: it
+	// records r (unless nil) as RecordRegistration does, writes op and
+	// deletes the job. ErrPreconditionFailed (nothing written) when owner
+	// no longer holds the job or it no longer exists.
+	FinishJob(ctx context.Context, jobID, owner string, r *Registration, op *Operation) (*Registration, error)
+	// CountJobs returns the number of jobs (pending and leased).
+	CountJobs(ctx context.Context) (int, error)
 
 	// Sweep deletes the operations that expired at or before now, returning how many.
 	Sweep(ctx context.Context, now time.Time) (int, error)

@@ -12,6 +12,7 @@ import (
 
 	"github.com/tpmdps/dpsd/internal/datadir"
 	"github.com/tpmdps/dpsd/internal/etcdtest"
+	"github.com/tpmdps/dpsd/store"
 	"github.com/tpmdps/dpsd/store/bolt"
 	etcdstore "github.com/tpmdps/dpsd/store/etcd"
 	"github.com/tpmdps/dpsd/store/storetest"
@@ -86,13 +87,44 @@ func TestStoreCopyAndRestore(t *testing.T) {
 	if _, err := src.PutGroup(ctx, storetest.FullGroup("grp"), ""); err != nil {
 		t.Fatal(err)
 	}
+	hub := storetest.FullLinkedHub("hub-a.azure-devices.net")
+	if _, err := src.PutLinkedHub(ctx, hub, ""); err != nil {
+		t.Fatal(err)
+	}
+	// A registration waiting in the outbox: copy refuses until it is done.
+	exp := clock.Now().Add(time.Hour)
+	waiting := &store.Operation{ID: "op-w", RegistrationID: "w", Status: store.RegistrationAssigning, CreatedAt: clock.Now(), ExpiresAt: exp}
+	if err := src.EnqueueJob(ctx, waiting, storetest.NewJob("op-w", "w", clock.Now()), 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := src.Close(); err != nil {
+		t.Fatal(err)
+	}
+	var errw bytes.Buffer
+	if code := run(ctx, []string{"store", "copy", "--from", "bolt:" + dbPath, "--to", "etcd://" + m.Endpoint() + "/early", "--secrets-dir", secrets}, &bytes.Buffer{}, &errw); code == 0 ||
+		!strings.Contains(errw.String(), "waiting in the outbox") {
+		t.Fatalf("copy with a pending job: %d %s", code, errw.String())
+	}
+	if src, err = bolt.Open(dbPath, bolt.Options{Now: clock.Now}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := src.FinishJob(ctx, "op-w", "", nil, waiting); err == nil {
+		t.Fatal("finished a job nobody holds")
+	}
+	claimed, err := src.ClaimJobs(ctx, "me", time.Minute, 1)
+	if err != nil || len(claimed) != 1 {
+		t.Fatalf("claim: %v %v", claimed, err)
+	}
+	if _, err := src.FinishJob(ctx, "op-w", "me", nil, waiting); err != nil {
+		t.Fatal(err)
+	}
 	want, _ := src.GetRegistration(ctx, "r0s")
 	if err := src.Close(); err != nil {
 		t.Fatal(err)
 	}
 	target := "etcd://" + m.Endpoint() + "/moved"
 	out := runOK(t, "store", "copy", "--from", "bolt:"+dbPath, "--to", target, "--secrets-dir", secrets)
-	if !strings.Contains(out, "verified") || !strings.Contains(out, "1 enrollment groups") {
+	if !strings.Contains(out, "verified") || !strings.Contains(out, "1 linked hubs, 1 enrollment groups") {
 		t.Fatalf("copy: %s", out)
 	}
 	var errb bytes.Buffer
@@ -109,6 +141,9 @@ func TestStoreCopyAndRestore(t *testing.T) {
 	got, err := dst.GetRegistration(ctx, "R0S")
 	if err != nil || !got.CreatedAt.Equal(want.CreatedAt) || !got.UpdatedAt.Equal(want.UpdatedAt) || !bytes.Equal(got.HubKey, want.HubKey) {
 		t.Fatalf("copied registration %+v %v, want times %v %v", got, err, want.CreatedAt, want.UpdatedAt)
+	}
+	if h, err := dst.GetLinkedHub(ctx, hub.Name); err != nil || h.ConnectionString != hub.ConnectionString || h.Webhook.Secret != hub.Webhook.Secret || h.AllocationWeight != hub.AllocationWeight {
+		t.Fatalf("copied linked hub %+v %v", h, err)
 	}
 	if c, _ := dst.CountGroupRegistrations(ctx, "grp"); c != n/2 {
 		t.Fatalf("group registrations %d", c)

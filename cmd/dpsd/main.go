@@ -31,6 +31,7 @@ func commands() []command {
 		{"enrollment", "manage individual enrollments through the service API", runEnrollmentCmd},
 		{"group", "manage enrollment groups through the service API", runGroupCmd},
 		{"registration", "show or delete device registrations through the service API", runRegistrationCmd},
+		{"hub", "link, list and unlink IoT hubs (allocation weights, hand-off to the hub's registry) through the service API", runHubCmd},
 		{"backup", "write a consistent hot backup of the store through the service API", runBackup},
 		{"cluster", "write the secrets the nodes of a cluster share, once (cluster init DIR)", runClusterCmd},
 		{"store", "copy an installation to another store (store copy --from bolt:... --to etcd://...), restore an etcd backup, check a store", runStoreCmd},

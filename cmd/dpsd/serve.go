@@ -131,6 +131,11 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger, csOut io.Wr
 	if retryAfter == 0 {
 		retryAfter = -1 // provision: negative means "0 s"
 	}
+	client, err := outboundClient(cfg)
+	if err != nil {
+		return err
+	}
+	custom, conns, handoff := handoffConfig(cfg, client)
 	// In a cluster the store records the single use of TPM challenges (the
 	// timed wrapper hides the engine's optional interfaces).
 	challenges, _ := st.(store.ChallengeRecorder)
@@ -145,13 +150,29 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger, csOut io.Wr
 		SAS:               attest.SASPolicy{MaxLifetime: cfg.SASMaxLifetime},
 		TPMRoots:          tpmRoots,
 		Hubs:              cfg.Hubs,
+		PlaceholderHubs:   placeholderHubs(cfg.Hubs),
 		RetryAfter:        retryAfter,
+		Custom:            custom,
+		Connectors:        conns,
+		Handoff:           handoff,
 		Logger:            log,
 		Issuer:            iss,
 	})
 	if err != nil {
 		return fmt.Errorf("starting the provisioning service: %w", err)
 	}
+	// The outbox's workers: registrations that wait for a webhook or a hub.
+	// They stop (handing their jobs back) before the store closes.
+	outboxCtx, stopOutbox := context.WithCancel(context.Background())
+	outboxDone := make(chan struct{})
+	go func() {
+		defer close(outboxDone)
+		_ = svc.Run(outboxCtx)
+	}()
+	defer func() {
+		stopOutbox()
+		<-outboxDone
+	}()
 	var tlsCfg *tls.Config
 	caFile := ""
 	var tickets *tlsticket.Keys
@@ -205,6 +226,7 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger, csOut io.Wr
 		return err
 	}
 	mx.SetSources(b.Sessions, b.Connections)
+	mx.SetPendingJobs(st.CountJobs)
 	if err := b.Start(ctx); err != nil {
 		return err
 	}
@@ -244,6 +266,7 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger, csOut io.Wr
 	if wssAddr == "off" && apiSrv != nil {
 		wssAddr = apiAddr // the HTTPS listener carries MQTT over WebSocket
 	}
+	linked := linkedHubNames(ctx, st, log)
 	log.Info("dpsd started",
 		"idScope", scope,
 		"dataDir", dir.Path,
@@ -257,14 +280,15 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger, csOut io.Wr
 		"metrics", metricsAddr,
 		"connectionStringFile", csFile,
 		"hubs", cfg.Hubs,
+		"linkedHubs", linked,
 		"issuer", issuerDesc,
 		"configFile", cfg.ConfigFile,
 		"version", versionString())
 	if dir.Created {
 		log.Info("generated a new ID scope and secrets", "idScope", dir.Secrets.IDScope, "secrets", secretsPath(cfg, dir))
 	}
-	if placeholderHubs(cfg.Hubs) {
-		log.Warn("hubs is still the placeholder "+config.PlaceholderHub+": devices whose enrollment names no hub are told to use a hub that does not exist; set --hubs or DPSD_HUBS to your IoT hubs",
+	if placeholderHubs(cfg.Hubs) && len(linked) == 0 {
+		log.Warn("hubs is still the placeholder "+config.PlaceholderHub+": devices whose enrollment names no hub are told to use a hub that does not exist; set --hubs or DPSD_HUBS to your IoT hubs, or link hubs (dpsd hub add)",
 			"hubs", cfg.Hubs)
 	}
 	if csOut != nil {
@@ -359,6 +383,20 @@ func serverTLS(cfg config.Config, dir *datadir.Dir, log *slog.Logger) (*tls.Conf
 	}
 	tc.ClientAuth = tls.RequestClientCert // X.509 attestation, as above
 	return tc, dir.File(datadir.CACertFile), nil
+}
+
+// linkedHubNames lists the linked hubs for the start log.
+func linkedHubNames(ctx context.Context, st store.Store, log *slog.Logger) []string {
+	hubs, err := st.ListLinkedHubs(ctx)
+	if err != nil {
+		log.Warn("reading the linked hubs failed", "error", err)
+		return nil
+	}
+	names := make([]string, 0, len(hubs))
+	for _, h := range hubs {
+		names = append(names, h.Name)
+	}
+	return names
 }
 
 // secretsPath names where the secrets were read from, for logs.

@@ -94,6 +94,16 @@ type Config struct {
 	IssuerKey     string // with IssuerCert
 	IssuerKeyType string // key of a generated built-in CA (issuer.KeyType)
 
+	// Outbound HTTPS: custom allocation webhooks, hub registries, hand-off webhooks.
+	OutboundCAFile     string // extra CAs trusted besides the system's, "" = none
+	OutboundClientCert string // client certificate for servers that ask, "" = none
+	OutboundClientKey  string
+	WebhookTimeout     time.Duration // one allocation webhook call, when the enrollment names none
+	HubRequestTimeout  time.Duration // one request to a hub's registry or hand-off webhook
+	HandoffWorkers     int           // registrations worked on at once (webhook and hub I/O)
+	HandoffMaxPending  int           // registrations waiting for outside I/O, then 429
+	HandoffTimeout     time.Duration // how long a registration may wait for its webhook and hub
+
 	LogFormat string // text | json
 	LogLevel  slog.Level
 
@@ -225,6 +235,14 @@ func settings() []setting {
 		{"registers-per-device", "10", "register requests per register-window per authenticated device, then 429 (-1: unlimited; never applied to TPM challenge requests)", num(func(c *Config) *int { return &c.RegistersPerDevice })},
 		{"register-window", "1m", "window of registers-per-device", dur(func(c *Config) *time.Duration { return &c.RegisterWindow })},
 		{"max-groups", "1000", "enrollment groups that may exist, of every attestation type together; creating one more is refused with 403 (-1: unlimited; the cloud allows 100 of each type). Each symmetric-key CONNECT without an individual enrollment tries every symmetric-key group", num(func(c *Config) *int { return &c.MaxGroups })},
+		{"outbound-ca-file", "", "PEM file of extra CA certificates trusted (besides the system's) when dpsd calls out: custom allocation webhooks, IoT hub registries, hand-off webhooks", str(func(c *Config) *string { return &c.OutboundCAFile })},
+		{"outbound-client-cert", "", "client certificate PEM file dpsd presents to an allocation or hand-off webhook (or hub) that asks for one (mutual TLS; with outbound-client-key)", str(func(c *Config) *string { return &c.OutboundClientCert })},
+		{"outbound-client-key", "", "private key PEM file of outbound-client-cert", str(func(c *Config) *string { return &c.OutboundClientKey })},
+		{"webhook-timeout", "10s", "time one custom allocation webhook call may take, for enrollments whose customAllocationDefinition sets no dpsdTimeoutSeconds", dur(func(c *Config) *time.Duration { return &c.WebhookTimeout })},
+		{"hub-request-timeout", "10s", "time one request to a linked hub's registry (or its hand-off webhook) may take", dur(func(c *Config) *time.Duration { return &c.HubRequestTimeout })},
+		{"handoff-workers", "8", "registrations whose webhook or hub I/O this server works on at once; the others wait in the outbox", num(func(c *Config) *int { return &c.HandoffWorkers })},
+		{"handoff-max-pending", "10000", "registrations that may wait in the outbox for a webhook or a hub; beyond, registers are answered 429 with retry-after", num(func(c *Config) *int { return &c.HandoffMaxPending })},
+		{"handoff-timeout", "5m", "how long a registration may keep retrying its webhook (then the fallback policy applies) or its hub (then it fails with errorCode 503211)", dur(func(c *Config) *time.Duration { return &c.HandoffTimeout })},
 		{"issuer", IssuerBuiltin, "who signs the operational certificates devices ask for with a CSR, when their enrollment or group has a credentialPolicyName: builtin (dpsd's own CA: issuer-cert and issuer-key, or one generated in the data directory) or none", choice(func(c *Config, v string) error {
 			v = strings.ToLower(strings.TrimSpace(v))
 			if v != IssuerBuiltin && v != IssuerNone {
@@ -409,6 +427,15 @@ func (c Config) Validate() error {
 	}
 	if c.IPv6PrefixLen < 1 || c.IPv6PrefixLen > 128 {
 		return fmt.Errorf("%w: ipv6-prefix-len %d is not between 1 and 128", ErrInvalid, c.IPv6PrefixLen)
+	}
+	if (c.OutboundClientCert == "") != (c.OutboundClientKey == "") {
+		return fmt.Errorf("%w: outbound-client-cert and outbound-client-key go together", ErrInvalid)
+	}
+	if c.HandoffWorkers < 1 || c.HandoffMaxPending < 1 {
+		return fmt.Errorf("%w: handoff-workers and handoff-max-pending must be at least 1", ErrInvalid)
+	}
+	if c.HandoffTimeout < time.Second || c.WebhookTimeout < 100*time.Millisecond || c.HubRequestTimeout < 100*time.Millisecond {
+		return fmt.Errorf("%w: handoff-timeout must be at least 1s, webhook-timeout and hub-request-timeout at least 100ms", ErrInvalid)
 	}
 	if (c.IssuerCert == "") != (c.IssuerKey == "") {
 		return fmt.Errorf("%w: issuer-cert and issuer-key go together", ErrInvalid)

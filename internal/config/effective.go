@@ -126,8 +126,11 @@ func fileValues(path string) (map[string]string, error) {
 }
 
 // notSecretNames are settings whose names look secret but hold no secret
-// (tls-key and issuer-key name files; the files are the secrets).
-func notSecretNames() map[string]bool { return map[string]bool{"tls-key": true, "issuer-key": true} }
+// (tls-key, issuer-key and outbound-client-key name files; the files are the
+// secrets).
+func notSecretNames() map[string]bool {
+	return map[string]bool{"tls-key": true, "issuer-key": true, "outbound-client-key": true}
+}
 
 // secret reports whether the setting's value must never be shown: its name
 // says so (isSecret) and its value is not a duration or a number, which

@@ -22,20 +22,34 @@
 // separately from the database: a copied database alone reveals no secret,
 // and without the key the secrets in it are lost.
 //
-// # Buckets, keys and values (schema version 2)
+// # Buckets, keys and values (schema version 4)
 //
-//	meta           "version"  -> uint64 big-endian schema version (2)
+//	meta           "version"  -> uint64 big-endian schema version (4)
 //	               "keycheck" -> HMAC-SHA256(key, "dpsd store key check v1")[:16]
 //	               "groupsrev" -> uint64 big-endian, +1 with every group write (absent: 0)
+//	               "hubsrev"  -> uint64 big-endian, +1 with every linked hub write (absent: 0)
 //	enrollments    lower(registrationId)   -> JSON Enrollment (DPS field names) + "sealed"
 //	groups         lower(enrollmentGroupId) -> JSON Group + "sealed"
 //	registrations  lower(registrationId)   -> JSON Registration + "sealed" (HubKey)
 //	                                          + "attestationHash" (base64, absent on older records)
 //	groupregs      lower(groupId) 0x00 lower(registrationId) -> empty (the group index)
 //	groupcounts    lower(groupId)          -> uint64 big-endian number of registrations
-//	counts         "enrollments" | "groups" | "registrations" -> uint64 big-endian
+//	counts         "enrollments" | "groups" | "registrations" | "linkedhubs" | "jobs"
+//	                                       -> uint64 big-endian
+//	ekindex        SHA-256(EK) || lower(registrationId) -> empty (TPM enrollments by EK)
 //	operations     operationId (as given)  -> JSON Operation
 //	expiry         uint64 BE expiry (Unix ns) || 'o' || operationId -> empty
+//	linkedhubs     lower(name)             -> JSON LinkedHub + "sealed" (connection
+//	                                          string and webhook secret)
+//	jobs           jobId (as given)        -> JSON Job + "sealed" (Secret)
+//	jobdue         uint64 BE Unix ns || jobId -> empty: when the job can next be
+//	                                          claimed (NotBefore, or LeaseExpires
+//	                                          while leased)
+//
+// ClaimJobs walks jobdue from its start in one write transaction, so two
+// claims never lease the same job. Open ends every lease left in the file
+// (bbolt admits one process per file, so its holder is gone): jobs a
+// crashed process held are due again at once.
 //
 // meta/groupsrev is GroupsRevision: PutGroup and DeleteGroup add one in
 // their own transaction, so a process that keeps the groups in memory (the
@@ -47,10 +61,10 @@
 // concurrent creates never overshoot, and a refused create writes nothing.
 //
 // Record keys are lowercased ids; the record keeps its id as given. Zero
-// counters are deleted. groupregs, groupcounts, counts and expiry are
-// derived: they are updated in the same transaction as the records and can
-// be rebuilt from them (the version 0 migration does; Check compares them
-// with the records).
+// counters are deleted. groupregs, groupcounts, counts, expiry, ekindex
+// and jobdue are derived: they are updated in the same transaction as the
+// records and can be rebuilt from them (the version 0 migration does;
+// Check compares them with the records).
 //
 // Values are JSON so that `bbolt get` is readable. Measured
 // (BenchmarkEnrollmentCodec, a 700-byte TPM enrollment, loaded 2-core VM)
@@ -61,6 +75,7 @@
 // Files by what they hold: store.go (Open, Options, Close, Check),
 // records.go (what every record kind shares), enrollments.go, groups.go,
 // registrations.go, operations.go (operations, expiry and Sweep),
+// linkedhubs.go, jobs.go (the outbox and its leases),
 // listing.go (paging), backup.go (Backup, VerifyCopy), groupcommit.go,
 // crypto.go (the data key and sealing), schema.go (layout and migrations).
 //
@@ -75,7 +90,9 @@
 // and secondaryKey) and Registration.HubKey are never stored in the clear.
 // They are sealed with AES-256-GCM under the data key: "sealed" is
 // nonce(12) || ciphertext || tag, base64 in the JSON, and the stored record
-// keeps an empty symmetricKey object in their place. The GCM additional data
+// keeps an empty symmetricKey object in their place. A linked hub's
+// connection string and webhook secret, and a job's Secret, are sealed the
+// same way. The GCM additional data
 // is "dpsd/store/v1" 0x00 bucket 0x00 key, so a ciphertext copied to another
 // record or bucket fails to open (store.ErrCorrupt), as does any modified
 // byte. Other fields (TPM endorsement keys, certificates, activation blobs
@@ -135,7 +152,9 @@
 // plaintext; Open logs a warning when it sealed any. Version 1 also kept
 // used TPM challenge references (a "challenges" bucket, reference -> expiry,
 // and expiry entries of kind 'c'); its migration deletes the bucket and those
-// entries, and nothing else. A version 1 file opened by this build can no
+// entries, and nothing else. Version 2's migration builds ekindex; version
+// 3's creates the buckets linkedhubs, jobs and jobdue. A version 1 file
+// opened by this build can no
 // longer be opened by a version 1 build (ErrSchema): keep a backup from
 // before the upgrade to roll back.
 //

@@ -175,25 +175,9 @@ func (s *Store) RecordRegistration(ctx context.Context, r *store.Registration, o
 		return nil, fmt.Errorf("store: record registration: %w", err)
 	}
 	defer done()
-	if r == nil {
-		return nil, fmt.Errorf("store: record registration: %w: nil registration", store.ErrInvalidRecord)
-	}
-	key, err := normKey("registrationId", r.RegistrationID)
+	reg, err := s.prepareRegistration(r)
 	if err != nil {
 		return nil, fmt.Errorf("store: record registration: %w", err)
-	}
-	out, err := cloneRegistration(r)
-	if err != nil {
-		return nil, fmt.Errorf("store: record registration %q: %w", r.RegistrationID, err)
-	}
-	out.HubKey = bytes.Clone(r.HubKey)
-	out.AttestationHash = bytes.Clone(r.AttestationHash)
-	stored := new(store.Registration)
-	*stored = *out
-	stored.HubKey, stored.AttestationHash = nil, nil
-	var sealed []byte
-	if len(r.HubKey) > 0 {
-		sealed = s.seal([]byte(bktRegistrations), key, r.HubKey)
 	}
 	var opKey, opData []byte
 	var opExp time.Time
@@ -202,47 +186,9 @@ func (s *Store) RecordRegistration(ctx context.Context, r *store.Registration, o
 			return nil, fmt.Errorf("store: record registration %q: %w", r.RegistrationID, err)
 		}
 	}
-	newGroup := record.Lower(r.EnrollmentGroupID)
-	etag, now := newETag(), s.now().UTC()
 	err = s.batch(func(tx *bbolt.Tx) error {
-		b := tx.Bucket([]byte(bktRegistrations))
-		old := b.Get(key)
-		h, err := precondition(bktRegistrations, key, old, "")
-		if err != nil {
+		if err := reg.writeTx(tx); err != nil {
 			return err
-		}
-		created := now
-		if old != nil && !h.CreatedAt.IsZero() {
-			created = h.CreatedAt
-		}
-		stored.ETag, stored.CreatedAt, stored.UpdatedAt = etag, created, now
-		out.ETag, out.CreatedAt, out.UpdatedAt = etag, created, now
-		data, err := json.Marshal(record.Registration{Registration: stored, Sealed: sealed, AttHash: out.AttestationHash})
-		if err != nil {
-			return fmt.Errorf("%w: registration %q: %w", store.ErrInvalidRecord, key, err)
-		}
-		if old == nil {
-			if err := addCount(tx.Bucket([]byte(bktCounts)), []byte(bktRegistrations), 1); err != nil {
-				return err
-			}
-		}
-		if err := b.Put(key, data); err != nil {
-			return err
-		}
-		if oldGroup := record.Lower(h.EnrollmentGroupID); old == nil || oldGroup != newGroup {
-			if old != nil {
-				if err := unindexRegistration(tx, key, oldGroup); err != nil {
-					return err
-				}
-			}
-			if newGroup != "" {
-				if err := tx.Bucket([]byte(bktGroupRegs)).Put(groupRegKey([]byte(newGroup), key), []byte{}); err != nil {
-					return err
-				}
-				if err := addCount(tx.Bucket([]byte(bktGroupCounts)), []byte(newGroup), 1); err != nil {
-					return err
-				}
-			}
 		}
 		if op != nil {
 			return putOperationTx(tx, opKey, opData, opExp)
@@ -252,5 +198,90 @@ func (s *Store) RecordRegistration(ctx context.Context, r *store.Registration, o
 	if err != nil {
 		return nil, fmt.Errorf("store: record registration: %w", err)
 	}
-	return out, nil
+	return reg.out, nil
+}
+
+// preparedRegistration is a registration record ready to be written: what
+// can be computed before the write transaction (the copy, the sealed hub
+// key, the etag and time) is, so that writeTx may run more than once.
+type preparedRegistration struct {
+	key      []byte
+	out      *store.Registration // what the write returns (HubKey, AttestationHash)
+	stored   *store.Registration // what is stored (without them)
+	sealed   []byte
+	newGroup string
+	etag     string
+	now      time.Time
+}
+
+// prepareRegistration validates and copies r for a write.
+func (s *Store) prepareRegistration(r *store.Registration) (*preparedRegistration, error) {
+	if r == nil {
+		return nil, fmt.Errorf("%w: nil registration", store.ErrInvalidRecord)
+	}
+	key, err := normKey("registrationId", r.RegistrationID)
+	if err != nil {
+		return nil, err
+	}
+	out, err := cloneRegistration(r)
+	if err != nil {
+		return nil, fmt.Errorf("registration %q: %w", r.RegistrationID, err)
+	}
+	out.HubKey = bytes.Clone(r.HubKey)
+	out.AttestationHash = bytes.Clone(r.AttestationHash)
+	stored := new(store.Registration)
+	*stored = *out
+	stored.HubKey, stored.AttestationHash = nil, nil
+	p := &preparedRegistration{key: key, out: out, stored: stored, newGroup: record.Lower(r.EnrollmentGroupID),
+		etag: newETag(), now: s.now().UTC()}
+	if len(r.HubKey) > 0 {
+		p.sealed = s.seal([]byte(bktRegistrations), key, r.HubKey)
+	}
+	return p, nil
+}
+
+// writeTx writes the prepared registration inside tx: the record (created
+// time preserved), the counter and the group index.
+func (p *preparedRegistration) writeTx(tx *bbolt.Tx) error {
+	key, stored, out, now := p.key, p.stored, p.out, p.now
+	b := tx.Bucket([]byte(bktRegistrations))
+	old := b.Get(key)
+	h, err := precondition(bktRegistrations, key, old, "")
+	if err != nil {
+		return err
+	}
+	created := now
+	if old != nil && !h.CreatedAt.IsZero() {
+		created = h.CreatedAt
+	}
+	stored.ETag, stored.CreatedAt, stored.UpdatedAt = p.etag, created, now
+	out.ETag, out.CreatedAt, out.UpdatedAt = p.etag, created, now
+	data, err := json.Marshal(record.Registration{Registration: stored, Sealed: p.sealed, AttHash: out.AttestationHash})
+	if err != nil {
+		return fmt.Errorf("%w: registration %q: %w", store.ErrInvalidRecord, key, err)
+	}
+	if old == nil {
+		if err := addCount(tx.Bucket([]byte(bktCounts)), []byte(bktRegistrations), 1); err != nil {
+			return err
+		}
+	}
+	if err := b.Put(key, data); err != nil {
+		return err
+	}
+	if oldGroup := record.Lower(h.EnrollmentGroupID); old == nil || oldGroup != p.newGroup {
+		if old != nil {
+			if err := unindexRegistration(tx, key, oldGroup); err != nil {
+				return err
+			}
+		}
+		if p.newGroup != "" {
+			if err := tx.Bucket([]byte(bktGroupRegs)).Put(groupRegKey([]byte(p.newGroup), key), []byte{}); err != nil {
+				return err
+			}
+			if err := addCount(tx.Bucket([]byte(bktGroupCounts)), []byte(p.newGroup), 1); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }

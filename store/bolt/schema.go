@@ -19,8 +19,9 @@ import (
 // Version 0 is a file without meta/version (the pre-release layout: record
 // buckets only, secrets in plaintext); version 1 also kept used TPM
 // challenge references (a challenges bucket and 'c' expiry entries);
-// version 2 had no endorsement key index (ekindex). Open upgrades them all.
-const SchemaVersion = 3
+// version 2 had no endorsement key index (ekindex); version 3 had no linked
+// hubs and no jobs (linkedhubs, jobs, jobdue). Open upgrades them all.
+const SchemaVersion = 4
 
 // Bucket names and fixed keys of the layout (see doc.go).
 const (
@@ -34,10 +35,14 @@ const (
 	bktExpiry        = "expiry"
 	bktCounts        = "counts"
 	bktEKIndex       = "ekindex"
+	bktLinkedHubs    = "linkedhubs"
+	bktJobs          = "jobs"
+	bktJobDue        = "jobdue"
 
 	metaVersion   = "version"
 	metaKeyCheck  = "keycheck"
 	metaGroupsRev = "groupsrev"
+	metaHubsRev   = "hubsrev"
 
 	expiryOperation = 'o'
 )
@@ -52,7 +57,7 @@ const (
 // allBuckets lists every top-level bucket of the current schema version.
 func allBuckets() []string {
 	return []string{bktMeta, bktEnrollments, bktGroups, bktRegistrations, bktGroupRegs,
-		bktGroupCounts, bktOperations, bktExpiry, bktCounts, bktEKIndex}
+		bktGroupCounts, bktOperations, bktExpiry, bktCounts, bktEKIndex, bktLinkedHubs, bktJobs, bktJobDue}
 }
 
 // migration upgrades the file from version from to from+1, inside the one
@@ -69,6 +74,7 @@ func migrations() []migration {
 		{from: 0, name: "create buckets, seal plaintext secrets, build indexes and counters", fn: migrateV0},
 		{from: 1, name: "drop used TPM challenge references (challenges bucket and their expiry entries)", fn: migrateV1},
 		{from: 2, name: "build the endorsement key index (ekindex) of the TPM enrollments", fn: migrateV2},
+		{from: 3, name: "create the linked hub and job buckets (linkedhubs, jobs, jobdue)", fn: migrateV3},
 	}
 }
 
@@ -218,6 +224,18 @@ func migrateV2(s *Store, tx *bbolt.Tx) error {
 	return nil
 }
 
+// migrateV3 creates the buckets of linked hubs and jobs, which a version 3
+// file does not have (a version 0 file migrated in the same transaction
+// already does).
+func migrateV3(s *Store, tx *bbolt.Tx) error {
+	for _, name := range []string{bktLinkedHubs, bktJobs, bktJobDue} {
+		if _, err := tx.CreateBucketIfNotExists([]byte(name)); err != nil {
+			return fmt.Errorf("create bucket %s: %w", name, err)
+		}
+	}
+	return nil
+}
+
 // ekIndexEntries returns the ekindex entries the enrollments imply.
 func ekIndexEntries(tx *bbolt.Tx) (map[string][]byte, error) {
 	out := map[string][]byte{}
@@ -291,9 +309,9 @@ func sealPlaintextKeys(s *Store, b *bbolt.Bucket, bucket []byte) error {
 }
 
 // rebuildDerived recreates the buckets that are functions of the record
-// buckets: groupregs, groupcounts, expiry, counts and ekindex.
+// buckets: groupregs, groupcounts, expiry, counts, ekindex and jobdue.
 func rebuildDerived(tx *bbolt.Tx) error {
-	for _, name := range []string{bktGroupRegs, bktGroupCounts, bktExpiry, bktCounts, bktEKIndex} {
+	for _, name := range []string{bktGroupRegs, bktGroupCounts, bktExpiry, bktCounts, bktEKIndex, bktJobDue} {
 		if err := tx.DeleteBucket([]byte(name)); err != nil && tx.Bucket([]byte(name)) != nil {
 			return fmt.Errorf("reset bucket %s: %w", name, err)
 		}
@@ -324,11 +342,22 @@ func computeDerived(tx *bbolt.Tx) (map[string]map[string][]byte, error) {
 		return nil, err
 	}
 	want := map[string]map[string][]byte{
-		bktGroupRegs: {}, bktGroupCounts: {}, bktExpiry: {}, bktCounts: {}, bktEKIndex: ekIndex,
+		bktGroupRegs: {}, bktGroupCounts: {}, bktExpiry: {}, bktCounts: {}, bktEKIndex: ekIndex, bktJobDue: {},
 	}
 	counts := map[string]uint64{}
-	for _, name := range []string{bktEnrollments, bktGroups, bktRegistrations} {
+	for _, name := range []string{bktEnrollments, bktGroups, bktRegistrations, bktJobs, bktLinkedHubs} {
 		counts[name] = uint64(tx.Bucket([]byte(name)).Stats().KeyN)
+	}
+	err = tx.Bucket([]byte(bktJobs)).ForEach(func(k, v []byte) error {
+		var j store.Job
+		if err := json.Unmarshal(v, &j); err != nil {
+			return fmt.Errorf("%w: %s/%q: %w", store.ErrCorrupt, bktJobs, k, err)
+		}
+		want[bktJobDue][string(jobDueKey(available(&j), k))] = []byte{}
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
 	groupCounts := map[string]uint64{}
 	err = tx.Bucket([]byte(bktRegistrations)).ForEach(func(k, v []byte) error {

@@ -176,6 +176,9 @@ func (s *Store) init(created bool) error {
 			return err
 		}
 	}
+	if err := s.voidLeases(); err != nil {
+		return err
+	}
 	if created {
 		syncDir(filepath.Dir(s.path))
 	}

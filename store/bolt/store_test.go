@@ -105,7 +105,21 @@ func TestEncryptionAtRest(t *testing.T) {
 	if _, err := s.RecordRegistration(ctx, r, nil); err != nil {
 		t.Fatal(err)
 	}
-	needles := map[string][]byte{}
+	hub := storetest.FullLinkedHub("enc-hub.example.net")
+	if _, err := s.PutLinkedHub(ctx, hub, ""); err != nil {
+		t.Fatal(err)
+	}
+	job := storetest.NewJob("enc-op", "enc-r", time.Now())
+	op := &store.Operation{ID: "enc-op", RegistrationID: "enc-r", Status: store.RegistrationAssigning, ExpiresAt: time.Now().Add(time.Hour)}
+	if err := s.EnqueueJob(ctx, op, job, 0); err != nil {
+		t.Fatal(err)
+	}
+	needles := map[string][]byte{
+		"linked hub connection string key": []byte("aHViLXNlY3JldC1rZXktMDEyMzQ1Njc4OWFiY2RlZg=="),
+		"linked hub connection string":     []byte(hub.ConnectionString),
+		"linked hub webhook secret":        []byte(hub.Webhook.Secret),
+		"job secret":                       job.Secret,
+	}
 	for name, b64 := range map[string]string{
 		"enrollment primary": e.Attestation.SymmetricKey.PrimaryKey, "enrollment secondary": e.Attestation.SymmetricKey.SecondaryKey,
 		"group primary": g.Attestation.SymmetricKey.PrimaryKey, "group secondary": g.Attestation.SymmetricKey.SecondaryKey,

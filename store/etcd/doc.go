@@ -32,7 +32,27 @@
 // contend for one key). meta/groups is the exception: it holds the number
 // of groups and is compared and written by every group write, so that
 // concurrent creates never overshoot Options.MaxGroups; its mod revision
-// is GroupsRevision.
+// is GroupsRevision. meta/hubs is written with every linked hub write; its
+// mod revision is LinkedHubsRevision.
+//
+// # Linked hubs and the outbox of jobs
+//
+// Linked hubs (h/) are records like the groups, their connection string and
+// webhook secret sealed. Jobs (j/, jobs.go) carry their lease as an owner
+// and an expiry time decided by the store's clock, not as an etcd lease: a
+// job must outlive any node, and an expired lease only makes it claimable
+// again. The due index (jd/) orders jobs by when they can next be claimed
+// and moves with every job write in the same transaction. ClaimJobs reads
+// the index up to now (an idle claim writes nothing), then takes each due
+// job with a compare-and-swap on the revision it read, so two nodes never
+// hold one job; ReleaseJob and FinishJob compare the job as its owner holds
+// it, so a node whose lease expired and was taken over writes nothing.
+// FinishJob writes the registration, its group index entry, the final
+// operation and the job's deletion in one transaction. Leases are not ended
+// at Open (other nodes may hold them): a crashed node's jobs are claimable
+// once their lease expires. The job limit (EnqueueJob's maxPending) is
+// counted just before the write, so concurrent enqueues on several nodes
+// may pass it by their number: it is back-pressure, not an invariant.
 //
 // # Expiry: leases
 //

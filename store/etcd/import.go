@@ -27,7 +27,7 @@ func (s *Store) ImportGroup(ctx context.Context, g *store.Group) error {
 // ImportRegistration writes r (hub key and attestation hash included)
 // with its own times.
 func (s *Store) ImportRegistration(ctx context.Context, r *store.Registration) error {
-	_, err := s.recordRegistration(ctx, r, nil, true)
+	_, err := s.recordRegistration(ctx, r, nil, true, nil)
 	return err
 }
 

@@ -15,6 +15,13 @@ package etcd
 //	x/<20-digit ns>/<op id>  -> "" (the expiry index)     (leased)
 //	c/<hex challenge id>     -> expiry, Unix seconds      (leased)
 //	w/<name>/<window>        -> "" counted by its version (leased)
+//	meta/hubs                -> ""; its mod revision is LinkedHubsRevision
+//	h/<name>                 -> linked hub JSON (connection string, webhook secret sealed)
+//	j/<job id>               -> job JSON (secret sealed; the outbox)
+//	jd/<20-digit ns>/<job id> -> "" (the due index: NotBefore, or LeaseExpires while leased)
+//
+// Linked hubs and jobs came after the first release of this layout without
+// a new schema version: a prefix without them has none.
 
 import (
 	"crypto/sha256"
@@ -38,6 +45,10 @@ const (
 	pfxExpiry   = "x/"
 	pfxUsed     = "c/"
 	pfxWindow   = "w/"
+	keyHubs     = "meta/hubs"
+	pfxHub      = "h/"
+	pfxJob      = "j/"
+	pfxJobDue   = "jd/"
 )
 
 // Seal buckets: the same names as the bbolt engine's, so a sealed value
@@ -46,6 +57,8 @@ const (
 	bktEnrollments   = "enrollments"
 	bktGroups        = "groups"
 	bktRegistrations = "registrations"
+	bktLinkedHubs    = "linkedhubs"
+	bktJobs          = "jobs"
 )
 
 // k returns the full key of a key relative to the prefix.

@@ -121,12 +121,14 @@ func (s *Store) CountGroupRegistrations(ctx context.Context, groupID string) (in
 // leased until its expiry) in the same transaction. It returns the
 // registration as stored.
 func (s *Store) RecordRegistration(ctx context.Context, r *store.Registration, op *store.Operation) (*store.Registration, error) {
-	return s.recordRegistration(ctx, r, op, false)
+	return s.recordRegistration(ctx, r, op, false, nil)
 }
 
 // recordRegistration is RecordRegistration; with keepTimes the record's
-// own times are stored (an import).
-func (s *Store) recordRegistration(ctx context.Context, r *store.Registration, op *store.Operation, keepTimes bool) (*store.Registration, error) {
+// own times are stored (an import). extra, unless nil, adds compares and
+// writes to the transaction, read again with every attempt (FinishJob:
+// the job's end).
+func (s *Store) recordRegistration(ctx context.Context, r *store.Registration, op *store.Operation, keepTimes bool, extra func(context.Context) (casPlan, error)) (*store.Registration, error) {
 	ctx, done, err := s.enter(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("store: record registration: %w", err)
@@ -203,7 +205,15 @@ func (s *Store) recordRegistration(ctx context.Context, r *store.Registration, o
 					ops = append(ops, clientv3.OpPut(s.k(groupRegKey(newGroup, key)), ""))
 				}
 			}
-			return casPlan{ops: append(ops, opOps...)}, nil
+			p := casPlan{ops: append(ops, opOps...)}
+			if extra != nil {
+				x, err := extra(ctx)
+				if err != nil {
+					return casPlan{}, err
+				}
+				p.cmps, p.ops = append(p.cmps, x.cmps...), append(p.ops, x.ops...)
+			}
+			return p, nil
 		})
 		if err != nil && errors.Is(err, rpctypes.ErrLeaseNotFound) && attempt < 3 {
 			s.leases.drop(lease)

@@ -155,8 +155,8 @@ func (s *Store) ListRegistrations(ctx context.Context, q store.Query) (store.Pag
 
 // Check reads the whole prefix at one revision and checks the engine's
 // invariants: every record decodes and its secrets open with the store's
-// key, the group index and the endorsement key index name exactly the
-// records that should be there, and meta/groups counts the groups. It
+// key, the group index, the endorsement key index and the job due index
+// name exactly the records that should be there, and meta/groups counts the groups. It
 // returns every problem found, joined, or nil.
 func (s *Store) Check(ctx context.Context) error {
 	ctx, done, err := s.enterLong(ctx)
@@ -167,6 +167,7 @@ func (s *Store) Check(ctx context.Context) error {
 	var problems []error
 	groupIdx, wantGroupIdx := map[string]bool{}, map[string]bool{}
 	ekIdx, wantEKIdx := map[string]bool{}, map[string]bool{}
+	dueIdx, wantDueIdx := map[string]bool{}, map[string]bool{}
 	groups, metaGroups := 0, -1
 	_, err = s.walk(ctx, 0, func(kv *mvccpb.KeyValue) error {
 		rel := s.rel(kv.Key)
@@ -195,6 +196,15 @@ func (s *Store) Check(ctx context.Context) error {
 			groupIdx[rel] = true
 		case strings.HasPrefix(rel, pfxEK):
 			ekIdx[rel] = true
+		case strings.HasPrefix(rel, pfxHub):
+			_, derr = s.decodeLinkedHub(rel[len(pfxHub):], kv)
+		case strings.HasPrefix(rel, pfxJob):
+			var j *store.Job
+			if j, _, derr = s.decodeJob(rel[len(pfxJob):], kv); derr == nil {
+				wantDueIdx[jobDueKey(j)] = true
+			}
+		case strings.HasPrefix(rel, pfxJobDue):
+			dueIdx[rel] = true
 		}
 		if derr != nil {
 			problems = append(problems, derr)
@@ -218,6 +228,7 @@ func (s *Store) Check(ctx context.Context) error {
 	}
 	diff("group index", groupIdx, wantGroupIdx)
 	diff("endorsement key index", ekIdx, wantEKIdx)
+	diff("job due index", dueIdx, wantDueIdx)
 	if max(metaGroups, 0) != groups {
 		problems = append(problems, fmt.Errorf("%w: %s says %d groups, there are %d", store.ErrCorrupt, keyGroups, metaGroups, groups))
 	}

@@ -410,6 +410,8 @@ func (s *suite) close(t *testing.T) {
 		"ListGroups":     func() error { _, err := st.ListGroups(ctx, store.Query{}); return err },
 		"CountGroups":    func() error { _, err := st.CountGroups(ctx); return err },
 		"GroupsRevision": func() error { _, err := st.GroupsRevision(ctx); return err },
+		"ListLinkedHubs": func() error { _, err := st.ListLinkedHubs(ctx); return err },
+		"ClaimJobs":      func() error { _, err := st.ClaimJobs(ctx, "o", time.Minute, 1); return err },
 		"PutOperation":   func() error { return st.PutOperation(ctx, FullOperation("o", "x", time.Now().Add(time.Hour))) },
 		"Sweep":          func() error { _, err := st.Sweep(ctx, time.Now()); return err },
 		"Backup":         func() error { _, err := st.Backup(ctx, &bytes.Buffer{}); return err },

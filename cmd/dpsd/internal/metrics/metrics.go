@@ -47,18 +47,23 @@ type Metrics struct {
 	responses     *prometheus.CounterVec   // phase, code
 	storeTime     *prometheus.HistogramVec // op
 	storeErrors   *prometheus.CounterVec   // op
+	handoffCalls  *prometheus.CounterVec   // step, outcome
+	handoffTime   *prometheus.HistogramVec // step
 
 	sessionsDesc *prometheus.Desc
 	connsDesc    *prometheus.Desc
+	pendingDesc  *prometheus.Desc
 
 	mu       sync.Mutex
 	sessions func() (total, restricted int)
 	conns    func() map[string]int
+	pending  func(context.Context) (int, error)
 }
 
 var (
-	_ provision.Observer = (*Metrics)(nil)
-	_ hooks.Metrics      = (*Metrics)(nil)
+	_ provision.Observer        = (*Metrics)(nil)
+	_ provision.HandoffObserver = (*Metrics)(nil)
+	_ hooks.Metrics             = (*Metrics)(nil)
 )
 
 // New creates the metrics in a new registry, with the Go runtime and
@@ -108,13 +113,24 @@ func New() *Metrics {
 			Namespace: Namespace, Name: "store_errors_total",
 			Help: "Store operations that failed (not counting not-found and etag mismatches), by operation.",
 		}, []string{"op"}),
+		handoffCalls: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: Namespace, Name: "handoff_calls_total",
+			Help: "Outside calls of registrations in the outbox, by step (webhook: custom allocation; hub: registering the device in its hub) and outcome (ok, retry, failed).",
+		}, []string{"step", "outcome"}),
+		handoffTime: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: Namespace, Name: "handoff_call_duration_seconds",
+			Help:    "Time of one outside call of a registration in the outbox, by step.",
+			Buckets: prometheus.DefBuckets,
+		}, []string{"step"}),
+		pendingDesc: prometheus.NewDesc(Namespace+"_handoff_pending_jobs",
+			"Registrations waiting in the outbox for a webhook or a hub (every node's, from the store).", nil, nil),
 		sessionsDesc: prometheus.NewDesc(Namespace+"_mqtt_sessions",
 			"Live MQTT sessions by kind: authenticated, or restricted (TPM challenge).", []string{"kind"}, nil),
 		connsDesc: prometheus.NewDesc(Namespace+"_connections",
 			"Open device connections by listener (CONNECT sent or not).", []string{"listener"}, nil),
 	}
 	m.reg.MustRegister(m.registrations, m.certificates, m.challenges, m.authFailures, m.ekCerts, m.connRefused, m.requestTime, m.responses,
-		m.storeTime, m.storeErrors, gauges{m},
+		m.storeTime, m.storeErrors, m.handoffCalls, m.handoffTime, gauges{m},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -138,6 +154,20 @@ func (m *Metrics) SetSources(sessions func() (total, restricted int), conns func
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.sessions, m.conns = sessions, conns
+}
+
+// SetPendingJobs names the function that counts the outbox's jobs
+// (store.Store's CountJobs), called at each scrape.
+func (m *Metrics) SetPendingJobs(count func(context.Context) (int, error)) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.pending = count
+}
+
+// HandoffCall counts one outside call of the outbox (provision.HandoffObserver).
+func (m *Metrics) HandoffCall(_ context.Context, step, outcome string, elapsed time.Duration) {
+	m.handoffCalls.WithLabelValues(step, outcome).Inc()
+	m.handoffTime.WithLabelValues(step).Observe(elapsed.Seconds())
 }
 
 // Registered counts a registration outcome and the certificate issued
@@ -220,13 +250,22 @@ type gauges struct{ m *Metrics }
 func (g gauges) Describe(ch chan<- *prometheus.Desc) {
 	ch <- g.m.sessionsDesc
 	ch <- g.m.connsDesc
+	ch <- g.m.pendingDesc
 }
 
 // Collect reads the sources.
 func (g gauges) Collect(ch chan<- prometheus.Metric) {
 	g.m.mu.Lock()
-	sessions, conns := g.m.sessions, g.m.conns
+	sessions, conns, pending := g.m.sessions, g.m.conns, g.m.pending
 	g.m.mu.Unlock()
+	if pending != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		n, err := pending(ctx)
+		cancel()
+		if err == nil {
+			ch <- prometheus.MustNewConstMetric(g.m.pendingDesc, prometheus.GaugeValue, float64(n))
+		}
+	}
 	if sessions != nil {
 		total, restricted := sessions()
 		ch <- prometheus.MustNewConstMetric(g.m.sessionsDesc, prometheus.GaugeValue, float64(total-restricted), "authenticated")

@@ -151,3 +151,33 @@ func TestConnectionsRefused(t *testing.T) {
 		}
 	}
 }
+
+// TestHandoffMetrics: the outbox's outside calls are counted by step and
+// outcome and timed; the pending jobs are read from the store at scrape.
+func TestHandoffMetrics(t *testing.T) {
+	m := New()
+	ctx := context.Background()
+	m.HandoffCall(ctx, provision.HandoffStepHub, provision.HandoffRetry, 20*time.Millisecond)
+	m.HandoffCall(ctx, provision.HandoffStepHub, provision.HandoffOK, 5*time.Millisecond)
+	m.HandoffCall(ctx, provision.HandoffStepWebhook, provision.HandoffFailed, time.Second)
+	if strings.Contains(scrape(t, m), "dpsd_handoff_pending_jobs") {
+		t.Fatal("pending jobs reported without a source")
+	}
+	m.SetPendingJobs(func(context.Context) (int, error) { return 7, nil })
+	text := scrape(t, m)
+	for _, want := range []string{
+		`dpsd_handoff_calls_total{outcome="retry",step="hub"} 1`,
+		`dpsd_handoff_calls_total{outcome="ok",step="hub"} 1`,
+		`dpsd_handoff_calls_total{outcome="failed",step="webhook"} 1`,
+		`dpsd_handoff_call_duration_seconds_count{step="hub"} 2`,
+		"dpsd_handoff_pending_jobs 7",
+	} {
+		if !strings.Contains(text, want) {
+			t.Errorf("missing %q", want)
+		}
+	}
+	m.SetPendingJobs(func(context.Context) (int, error) { return 0, errors.New("store down") })
+	if strings.Contains(scrape(t, m), "dpsd_handoff_pending_jobs") {
+		t.Fatal("pending jobs reported from a failing store")
+	}
+}
