@@ -31,8 +31,8 @@ const DefaultPolicy = "iothubowner"
 // Options configure a stand-in hub. The zero value is usable.
 type Options struct {
 	// Addr is the listen address (default "127.0.0.1:0"). The Node.js
-	// client connects only to port 443: interop tests listen on
-	// 127.0.0.2:443.
+	// client connects only to port 443: the interop test listens on
+	// 127.0.0.1:443 with HostName "localhost".
 	Addr string
 	// HostName is the hub's host name, in its connection string, its
 	// certificate and the SAS tokens it accepts (default: the listener's

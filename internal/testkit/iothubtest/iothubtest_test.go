@@ -206,3 +206,28 @@ func TestFaults(t *testing.T) {
 		t.Fatalf("a down hub answered %d", res.StatusCode)
 	}
 }
+
+// TestDeviceClassBody: a create with the body the official Node.js client's
+// Device class sends (its defaults: cloudToDeviceMessageCount the string
+// "0", nulls for the service's members, keys null, no authentication type)
+// creates a device with generated keys; those members are the service's.
+func TestDeviceClassBody(t *testing.T) {
+	h := Start(t, Options{})
+	body := map[string]any{
+		"deviceId": "class-device", "generationId": nil, "etag": nil, "connectionState": "disconnected",
+		"status": "enabled", "statusReason": nil, "connectionStateUpdatedTime": nil, "statusUpdatedTime": nil,
+		"lastActivityTime": nil, "cloudToDeviceMessageCount": "0", "capabilities": map[string]any{},
+		"authentication": map[string]any{
+			"symmetricKey":   map[string]any{"primaryKey": nil, "secondaryKey": nil},
+			"x509Thumbprint": map[string]any{"primaryThumbprint": nil, "secondaryThumbprint": nil},
+			"type":           "sas",
+		},
+	}
+	st, d, _ := call(t, h, "PUT", "/devices/class-device", "", body)
+	if st != 200 || d["cloudToDeviceMessageCount"] != float64(0) || d["connectionState"] != "Disconnected" {
+		t.Fatalf("create: %d %v", st, d)
+	}
+	if id, ok := h.Device("class-device"); !ok || id.AuthType != "sas" || id.PrimaryKey == "" || id.SecondaryKey == "" {
+		t.Fatalf("stored: %+v %v", id, ok)
+	}
+}

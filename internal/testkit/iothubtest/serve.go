@@ -235,7 +235,7 @@ func (h *Hub) authorize(r *http.Request, now time.Time) *apiError {
 	return nil
 }
 
-// deviceBody is the registry's Device, as received and answered.
+// deviceBody is the registry's Device, as answered.
 type deviceBody struct {
 	DeviceID                   string          `json:"deviceId"`
 	GenerationID               string          `json:"generationId,omitempty"`
@@ -251,6 +251,20 @@ type deviceBody struct {
 	Capabilities               *capabilityBody `json:"capabilities,omitempty"`
 	DeviceScope                string          `json:"deviceScope,omitempty"`
 	ParentScopes               []string        `json:"parentScopes,omitempty"`
+}
+
+// deviceInput is the part of a Device the registry reads from a create or
+// update. The other members (generationId, etag, connectionState, the
+// times, cloudToDeviceMessageCount) are the service's own and are not read:
+// the official Node.js client's Device class, which Microsoft's Node.js
+// quickstart passes to Registry.create, sends cloudToDeviceMessageCount as
+// the string "0" and connectionState as "disconnected".
+type deviceInput struct {
+	DeviceID       string          `json:"deviceId"`
+	Status         string          `json:"status"`
+	Authentication *authBody       `json:"authentication"`
+	Capabilities   *capabilityBody `json:"capabilities"`
+	DeviceScope    string          `json:"deviceScope"`
 }
 
 type authBody struct {
@@ -330,7 +344,7 @@ func (h *Hub) getDevice(id string) (any, *apiError) {
 
 // putDevice creates (no If-Match, or "*") or replaces (its etag, or "*") a device.
 func (h *Hub) putDevice(r *http.Request, id string, raw []byte) (any, *apiError) {
-	var in deviceBody
+	var in deviceInput
 	if err := json.Unmarshal(raw, &in); err != nil {
 		return nil, errorf(400, "ArgumentInvalid", "the body is not a device: %v", err)
 	}
