@@ -24,12 +24,6 @@ import (
 	"github.com/tpmdps/dpsd/store/internal/record"
 )
 
-// jobRecord is the stored form of a Job: Secret sealed.
-type jobRecord struct {
-	*store.Job
-	Sealed []byte `json:"sealed,omitempty"`
-}
-
 // jobDueKey is the jobdue key of a job available at t.
 func jobDueKey(t time.Time, id []byte) []byte {
 	var n uint64
@@ -50,7 +44,7 @@ func available(j *store.Job) time.Time {
 }
 
 func (s *Store) decodeJob(key, v []byte) (*store.Job, []byte, error) {
-	rec := jobRecord{Job: &store.Job{}}
+	rec := record.Job{Job: &store.Job{}}
 	if err := json.Unmarshal(v, &rec); err != nil {
 		return nil, nil, fmt.Errorf("%w: %s/%q: %w", store.ErrCorrupt, bktJobs, key, err)
 	}
@@ -74,7 +68,7 @@ func (s *Store) sealJob(key []byte, j *store.Job) []byte {
 
 // encodeJob returns the stored value of j with its Secret sealed as sealed.
 func encodeJob(key []byte, j *store.Job, sealed []byte) ([]byte, error) {
-	data, err := json.Marshal(jobRecord{Job: j, Sealed: sealed})
+	data, err := json.Marshal(record.Job{Job: j, Sealed: sealed})
 	if err != nil {
 		return nil, fmt.Errorf("%w: job %q: %w", store.ErrInvalidRecord, key, err)
 	}
@@ -117,20 +111,6 @@ func (s *Store) storedJob(tx *bbolt.Tx, key []byte) (*store.Job, []byte, error) 
 	return s.decodeJob(key, v)
 }
 
-// checkJob validates a job for writing.
-func checkJob(j *store.Job) error {
-	if j == nil {
-		return fmt.Errorf("%w: nil job", store.ErrInvalidRecord)
-	}
-	if err := record.CheckID("job id", j.ID); err != nil {
-		return err
-	}
-	if len(j.Data) > 0 && !json.Valid(j.Data) {
-		return fmt.Errorf("%w: job %q: data is not JSON", store.ErrInvalidRecord, j.ID)
-	}
-	return nil
-}
-
 // EnqueueJob writes op and job (pending, unowned) in one durable step,
 // refusing with a *LimitError when maxPending > 0 jobs already exist.
 func (s *Store) EnqueueJob(ctx context.Context, op *store.Operation, job *store.Job, maxPending int) error {
@@ -142,7 +122,7 @@ func (s *Store) EnqueueJob(ctx context.Context, op *store.Operation, job *store.
 	if op == nil {
 		return fmt.Errorf("store: enqueue job: %w: nil operation", store.ErrInvalidRecord)
 	}
-	if err := checkJob(job); err != nil {
+	if err := record.CheckJob(job); err != nil {
 		return fmt.Errorf("store: enqueue job: %w", err)
 	}
 	opKey, opData, opExp, err := encodeOperation(op)
@@ -272,7 +252,7 @@ func (s *Store) ReleaseJob(ctx context.Context, job *store.Job) error {
 		return fmt.Errorf("store: release job: %w", err)
 	}
 	defer done()
-	if err := checkJob(job); err != nil {
+	if err := record.CheckJob(job); err != nil {
 		return fmt.Errorf("store: release job: %w", err)
 	}
 	key := []byte(job.ID)

@@ -17,21 +17,8 @@ import (
 	"github.com/tpmdps/dpsd/store/internal/record"
 )
 
-// hubSecrets is the plaintext sealed for a linked hub.
-type hubSecrets struct {
-	ConnectionString string `json:"c,omitempty"`
-	WebhookSecret    string `json:"w,omitempty"`
-}
-
-// linkedHubRecord is the stored form of a LinkedHub: its secrets blanked
-// and sealed beside it.
-type linkedHubRecord struct {
-	*store.LinkedHub
-	Sealed []byte `json:"sealed,omitempty"`
-}
-
 func (s *Store) decodeLinkedHub(key, v []byte) (*store.LinkedHub, error) {
-	rec := linkedHubRecord{LinkedHub: &store.LinkedHub{}}
+	rec := record.LinkedHub{LinkedHub: &store.LinkedHub{}}
 	if err := json.Unmarshal(v, &rec); err != nil {
 		return nil, fmt.Errorf("%w: %s/%q: %w", store.ErrCorrupt, bktLinkedHubs, key, err)
 	}
@@ -40,7 +27,7 @@ func (s *Store) decodeLinkedHub(key, v []byte) (*store.LinkedHub, error) {
 		if err != nil {
 			return nil, err
 		}
-		var sec hubSecrets
+		var sec record.HubSecrets
 		if err := json.Unmarshal(pt, &sec); err != nil {
 			return nil, fmt.Errorf("%w: %s/%q: sealed secrets: %w", store.ErrCorrupt, bktLinkedHubs, key, err)
 		}
@@ -79,14 +66,14 @@ func (s *Store) PutLinkedHub(ctx context.Context, h *store.LinkedHub, ifMatch st
 	if err != nil {
 		return nil, fmt.Errorf("store: put linked hub %q: %w", h.Name, err)
 	}
-	sec := hubSecrets{ConnectionString: out.ConnectionString}
+	sec := record.HubSecrets{ConnectionString: out.ConnectionString}
 	if out.Webhook != nil {
 		sec.WebhookSecret = out.Webhook.Secret
 		stored.Webhook.Secret = ""
 	}
 	stored.ConnectionString = ""
 	var sealed []byte
-	if sec != (hubSecrets{}) {
+	if sec != (record.HubSecrets{}) {
 		pt, err := json.Marshal(sec)
 		if err != nil {
 			return nil, fmt.Errorf("store: put linked hub %q: %w", h.Name, err)
@@ -98,7 +85,7 @@ func (s *Store) PutLinkedHub(ctx context.Context, h *store.LinkedHub, ifMatch st
 		err := putRecordTx(tx, bktLinkedHubs, key, ifMatch, now, func(created time.Time) ([]byte, error) {
 			stored.ETag, stored.CreatedAt, stored.UpdatedAt = etag, created, now
 			out.ETag, out.CreatedAt, out.UpdatedAt = etag, created, now
-			return json.Marshal(linkedHubRecord{LinkedHub: stored, Sealed: sealed})
+			return json.Marshal(record.LinkedHub{LinkedHub: stored, Sealed: sealed})
 		})
 		if err != nil {
 			return err

@@ -34,12 +34,6 @@ import (
 // nested transaction of three writes, below etcd's 128 operations.
 const claimChunk = 32
 
-// jobRecord is the stored form of a Job: Secret sealed.
-type jobRecord struct {
-	*store.Job
-	Sealed []byte `json:"sealed,omitempty"`
-}
-
 // available is when a stored job can next be claimed.
 func available(j *store.Job) time.Time {
 	if j.Owner != "" {
@@ -52,7 +46,7 @@ func available(j *store.Job) time.Time {
 func jobDueKey(j *store.Job) string { return pfxJobDue + expiryStamp(available(j)) + "/" + j.ID }
 
 func (s *Store) decodeJob(id string, kv *mvccpb.KeyValue) (*store.Job, []byte, error) {
-	rec := jobRecord{Job: &store.Job{}}
+	rec := record.Job{Job: &store.Job{}}
 	if err := json.Unmarshal(kv.Value, &rec); err != nil {
 		return nil, nil, fmt.Errorf("%w: %s: %w", store.ErrCorrupt, s.rel(kv.Key), err)
 	}
@@ -69,7 +63,7 @@ func (s *Store) decodeJob(id string, kv *mvccpb.KeyValue) (*store.Job, []byte, e
 
 // encodeJob returns the stored value of j with its Secret sealed as sealed.
 func encodeJob(j *store.Job, sealed []byte) (string, error) {
-	data, err := json.Marshal(jobRecord{Job: j, Sealed: sealed})
+	data, err := json.Marshal(record.Job{Job: j, Sealed: sealed})
 	if err != nil {
 		return "", fmt.Errorf("%w: job %q: %w", store.ErrInvalidRecord, j.ID, err)
 	}
@@ -93,20 +87,6 @@ func (s *Store) jobWriteOps(j, old *store.Job, value string) []clientv3.Op {
 	return append(ops, clientv3.OpPut(s.k(pfxJob+j.ID), value), clientv3.OpPut(s.k(jobDueKey(j)), ""))
 }
 
-// checkJob validates a job for writing.
-func checkJob(j *store.Job) error {
-	if j == nil {
-		return fmt.Errorf("%w: nil job", store.ErrInvalidRecord)
-	}
-	if err := record.CheckID("job id", j.ID); err != nil {
-		return err
-	}
-	if len(j.Data) > 0 && !json.Valid(j.Data) {
-		return fmt.Errorf("%w: job %q: data is not JSON", store.ErrInvalidRecord, j.ID)
-	}
-	return nil
-}
-
 // EnqueueJob writes op (leased until its expiry, as PutOperation) and the
 // job, pending and unowned, in one transaction. With maxPending > 0 a new
 // job is refused with a *LimitError when that many jobs exist, counted
@@ -121,7 +101,7 @@ func (s *Store) EnqueueJob(ctx context.Context, op *store.Operation, job *store.
 	if op == nil {
 		return fmt.Errorf("store: enqueue job: %w: nil operation", store.ErrInvalidRecord)
 	}
-	if err := checkJob(job); err != nil {
+	if err := record.CheckJob(job); err != nil {
 		return fmt.Errorf("store: enqueue job: %w", err)
 	}
 	opData, err := encodeOperation(op)
@@ -281,7 +261,7 @@ func (s *Store) ReleaseJob(ctx context.Context, job *store.Job) error {
 		return fmt.Errorf("store: release job: %w", err)
 	}
 	defer done()
-	if err := checkJob(job); err != nil {
+	if err := record.CheckJob(job); err != nil {
 		return fmt.Errorf("store: release job: %w", err)
 	}
 	sealed := s.sealJob(job)

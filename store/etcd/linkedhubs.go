@@ -17,22 +17,8 @@ import (
 	"github.com/tpmdps/dpsd/store/internal/record"
 )
 
-// hubSecrets is the plaintext sealed for a linked hub (the bbolt engine's
-// form).
-type hubSecrets struct {
-	ConnectionString string `json:"c,omitempty"`
-	WebhookSecret    string `json:"w,omitempty"`
-}
-
-// linkedHubRecord is the stored form of a LinkedHub: its secrets blanked
-// and sealed beside it; the etag is the key's mod revision.
-type linkedHubRecord struct {
-	*store.LinkedHub
-	Sealed []byte `json:"sealed,omitempty"`
-}
-
 func (s *Store) decodeLinkedHub(id string, kv *mvccpb.KeyValue) (*store.LinkedHub, error) {
-	rec := linkedHubRecord{LinkedHub: &store.LinkedHub{}}
+	rec := record.LinkedHub{LinkedHub: &store.LinkedHub{}}
 	if err := json.Unmarshal(kv.Value, &rec); err != nil {
 		return nil, fmt.Errorf("%w: %s: %w", store.ErrCorrupt, s.rel(kv.Key), err)
 	}
@@ -41,7 +27,7 @@ func (s *Store) decodeLinkedHub(id string, kv *mvccpb.KeyValue) (*store.LinkedHu
 		if err != nil {
 			return nil, err
 		}
-		var sec hubSecrets
+		var sec record.HubSecrets
 		if err := json.Unmarshal(pt, &sec); err != nil {
 			return nil, fmt.Errorf("%w: %s: sealed secrets: %w", store.ErrCorrupt, s.rel(kv.Key), err)
 		}
@@ -82,14 +68,14 @@ func (s *Store) PutLinkedHub(ctx context.Context, h *store.LinkedHub, ifMatch st
 	if err != nil {
 		return nil, fmt.Errorf("store: put linked hub %q: %w", h.Name, err)
 	}
-	sec := hubSecrets{ConnectionString: out.ConnectionString}
+	sec := record.HubSecrets{ConnectionString: out.ConnectionString}
 	if out.Webhook != nil {
 		sec.WebhookSecret = out.Webhook.Secret
 		stored.Webhook.Secret = ""
 	}
 	stored.ConnectionString, stored.ETag = "", ""
 	var sealed []byte
-	if sec != (hubSecrets{}) {
+	if sec != (record.HubSecrets{}) {
 		pt, err := json.Marshal(sec)
 		if err != nil {
 			return nil, fmt.Errorf("store: put linked hub %q: %w", h.Name, err)
@@ -111,7 +97,7 @@ func (s *Store) PutLinkedHub(ctx context.Context, h *store.LinkedHub, ifMatch st
 		}
 		stored.CreatedAt, stored.UpdatedAt = created, now
 		out.CreatedAt, out.UpdatedAt = created, now
-		data, err := json.Marshal(linkedHubRecord{LinkedHub: stored, Sealed: sealed})
+		data, err := json.Marshal(record.LinkedHub{LinkedHub: stored, Sealed: sealed})
 		if err != nil {
 			return casPlan{}, fmt.Errorf("%w: linked hub %q: %w", store.ErrInvalidRecord, key, err)
 		}

@@ -70,3 +70,37 @@ type Registration struct {
 	Sealed  []byte `json:"sealed,omitempty"`
 	AttHash []byte `json:"attestationHash,omitempty"`
 }
+
+// LinkedHub is the stored form of a store.LinkedHub in both engines: its
+// secrets blanked and sealed beside it.
+type LinkedHub struct {
+	*store.LinkedHub
+	Sealed []byte `json:"sealed,omitempty"`
+}
+
+// HubSecrets is the plaintext sealed for a linked hub.
+type HubSecrets struct {
+	ConnectionString string `json:"c,omitempty"`
+	WebhookSecret    string `json:"w,omitempty"`
+}
+
+// Job is the stored form of a store.Job in both engines: Secret sealed.
+type Job struct {
+	*store.Job
+	Sealed []byte `json:"sealed,omitempty"`
+}
+
+// CheckJob validates a job for writing: an id usable as a key, and data
+// that is JSON when present.
+func CheckJob(j *store.Job) error {
+	if j == nil {
+		return fmt.Errorf("%w: nil job", store.ErrInvalidRecord)
+	}
+	if err := CheckID("job id", j.ID); err != nil {
+		return err
+	}
+	if len(j.Data) > 0 && !json.Valid(j.Data) {
+		return fmt.Errorf("%w: job %q: data is not JSON", store.ErrInvalidRecord, j.ID)
+	}
+	return nil
+}
