@@ -22,6 +22,7 @@ import (
 
 	"github.com/tpmdps/dpsd/api/wire"
 	"github.com/tpmdps/dpsd/attest"
+	"github.com/tpmdps/dpsd/internal/connstr"
 )
 
 // Defaults of Options.
@@ -52,40 +53,11 @@ type ConnectionString struct {
 // ParseConnectionString parses "HostName=...;SharedAccessKeyName=...;SharedAccessKey=..."
 // (names case-insensitive, any order, unknown parts ignored).
 func ParseConnectionString(s string) (ConnectionString, error) {
-	var cs ConnectionString
-	var key string
-	for _, part := range strings.Split(strings.TrimSpace(s), ";") {
-		part = strings.TrimSpace(part)
-		if part == "" {
-			continue
-		}
-		name, value, ok := strings.Cut(part, "=")
-		if !ok {
-			return cs, fmt.Errorf("%w: part without '='", ErrConnectionString)
-		}
-		switch strings.ToLower(strings.TrimSpace(name)) {
-		case "hostname":
-			cs.HostName = strings.TrimSpace(value)
-		case "sharedaccesskeyname":
-			cs.KeyName = strings.TrimSpace(value)
-		case "sharedaccesskey":
-			key = strings.TrimSpace(value)
-		}
-	}
-	switch {
-	case cs.HostName == "":
-		return cs, fmt.Errorf("%w: HostName missing", ErrConnectionString)
-	case cs.KeyName == "":
-		return cs, fmt.Errorf("%w: SharedAccessKeyName missing", ErrConnectionString)
-	case key == "":
-		return cs, fmt.Errorf("%w: SharedAccessKey missing", ErrConnectionString)
-	}
-	k, err := base64.StdEncoding.DecodeString(key)
+	f, err := connstr.Parse(s)
 	if err != nil {
-		return cs, fmt.Errorf("%w: SharedAccessKey is not base64", ErrConnectionString)
+		return ConnectionString{}, fmt.Errorf("%w: %w", ErrConnectionString, err)
 	}
-	cs.Key = k
-	return cs, nil
+	return ConnectionString(f), nil
 }
 
 // String renders the connection string (it contains the key: treat it as a secret).

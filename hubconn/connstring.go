@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+
+	"github.com/tpmdps/dpsd/internal/connstr"
 )
 
 // ErrConnectionString: a connection string cannot be used.
@@ -24,41 +26,14 @@ type ConnectionString struct {
 // case-insensitively; HostName, SharedAccessKeyName and SharedAccessKey
 // (base64 of 16-64 bytes) are required, other fields are ignored.
 func ParseConnectionString(s string) (ConnectionString, error) {
-	var cs ConnectionString
-	var key string
-	for _, part := range strings.Split(strings.TrimSpace(s), ";") {
-		if part = strings.TrimSpace(part); part == "" {
-			continue
-		}
-		name, value, ok := strings.Cut(part, "=")
-		if !ok {
-			return ConnectionString{}, fmt.Errorf("%w: field %q has no =", ErrConnectionString, redactField(part))
-		}
-		switch strings.ToLower(strings.TrimSpace(name)) {
-		case "hostname":
-			cs.HostName = strings.TrimSpace(value)
-		case "sharedaccesskeyname":
-			cs.KeyName = strings.TrimSpace(value)
-		case "sharedaccesskey":
-			key = strings.TrimSpace(value)
-		}
+	f, err := connstr.Parse(s)
+	if err != nil {
+		return ConnectionString{}, fmt.Errorf("%w: %w", ErrConnectionString, err)
 	}
-	switch {
-	case cs.HostName == "":
-		return ConnectionString{}, fmt.Errorf("%w: HostName is missing", ErrConnectionString)
-	case strings.ContainsAny(cs.HostName, "/?#@ \t"):
-		return ConnectionString{}, fmt.Errorf("%w: HostName %q is not a host name", ErrConnectionString, cs.HostName)
-	case cs.KeyName == "":
-		return ConnectionString{}, fmt.Errorf("%w: SharedAccessKeyName is missing", ErrConnectionString)
-	case key == "":
-		return ConnectionString{}, fmt.Errorf("%w: SharedAccessKey is missing", ErrConnectionString)
-	}
-	k, err := base64.StdEncoding.DecodeString(key)
-	if err != nil || len(k) < 16 || len(k) > 64 {
+	if len(f.Key) < 16 || len(f.Key) > 64 {
 		return ConnectionString{}, fmt.Errorf("%w: SharedAccessKey is not base64 of 16-64 bytes", ErrConnectionString)
 	}
-	cs.Key = k
-	return cs, nil
+	return ConnectionString(f), nil
 }
 
 // Redacted is the connection string without its key: what may be shown.
@@ -84,12 +59,4 @@ func RedactConnectionString(s string) string {
 		}
 	}
 	return strings.Join(keep, ";")
-}
-
-// redactField shows a malformed field without what may be a key.
-func redactField(f string) string {
-	if len(f) > 24 {
-		return f[:8] + "..."
-	}
-	return f
 }
