@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 	"time"
 )
 
@@ -111,4 +112,35 @@ func (e *Error) Error() string {
 // retryableStatus reports the statuses worth another attempt.
 func retryableStatus(status int) bool {
 	return status == 429 || status == 408 || status >= 500
+}
+
+// Options configure the requests of a connector (IoT Hub or webhook). Zero
+// fields take defaults.
+type Options struct {
+	// Client makes the requests (its transport holds the TLS roots and any
+	// client certificate); nil: a client with the default transport.
+	Client *http.Client
+	// UserAgent is sent with each request (default "dpsd").
+	UserAgent string
+	// RequestTimeout bounds one request (default DefaultRequestTimeout).
+	RequestTimeout time.Duration
+	// Now is the clock of SAS tokens and signatures (default time.Now).
+	Now func() time.Time
+}
+
+// withDefaults returns o with its zero fields set to their defaults.
+func (o Options) withDefaults() Options {
+	if o.Client == nil {
+		o.Client = &http.Client{}
+	}
+	if o.UserAgent == "" {
+		o.UserAgent = "dpsd"
+	}
+	if o.RequestTimeout <= 0 {
+		o.RequestTimeout = DefaultRequestTimeout
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	return o
 }

@@ -38,9 +38,9 @@ func (f *HTTPFactory) For(h *store.LinkedHub) (Connector, error) {
 		if err != nil {
 			return nil, fmt.Errorf("linked hub %s: %w", h.Name, err)
 		}
-		return NewIoTHub(cs, IoTHubOptions{Client: f.Client, UserAgent: f.UserAgent, RequestTimeout: f.RequestTimeout}), nil
+		return NewIoTHub(cs, Options{Client: f.Client, UserAgent: f.UserAgent, RequestTimeout: f.RequestTimeout}), nil
 	case h.Webhook != nil:
-		w, err := NewWebhook(h.Name, h.Webhook.URL, h.Webhook.Secret, WebhookOptions{Client: f.Client, UserAgent: f.UserAgent, RequestTimeout: f.RequestTimeout})
+		w, err := NewWebhook(h.Name, h.Webhook.URL, h.Webhook.Secret, Options{Client: f.Client, UserAgent: f.UserAgent, RequestTimeout: f.RequestTimeout})
 		if err != nil {
 			return nil, fmt.Errorf("linked hub %s: %w", h.Name, err)
 		}

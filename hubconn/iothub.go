@@ -42,38 +42,13 @@ type IoTHub struct {
 	now     func() time.Time
 }
 
-// IoTHubOptions configure an IoTHub connector.
-type IoTHubOptions struct {
-	// Client makes the requests (its transport holds the TLS roots); nil:
-	// a client with the default transport.
-	Client *http.Client
-	// UserAgent is sent with each request (default "dpsd").
-	UserAgent string
-	// RequestTimeout bounds one request (default DefaultRequestTimeout).
-	RequestTimeout time.Duration
-	// Now is the clock of the SAS tokens (default time.Now).
-	Now func() time.Time
-}
-
 // NewIoTHub returns the connector of the hub cs names. Requests go to
 // https://HostName (a HostName with a port, unlike the official SDKs,
 // is accepted: tests use it).
-func NewIoTHub(cs ConnectionString, opts IoTHubOptions) *IoTHub {
-	h := &IoTHub{cs: cs, base: "https://" + cs.HostName, client: opts.Client, agent: opts.UserAgent,
+func NewIoTHub(cs ConnectionString, opts Options) *IoTHub {
+	opts = opts.withDefaults()
+	return &IoTHub{cs: cs, base: "https://" + cs.HostName, client: opts.Client, agent: opts.UserAgent,
 		timeout: opts.RequestTimeout, now: opts.Now}
-	if h.client == nil {
-		h.client = &http.Client{}
-	}
-	if h.agent == "" {
-		h.agent = "dpsd"
-	}
-	if h.timeout <= 0 {
-		h.timeout = DefaultRequestTimeout
-	}
-	if h.now == nil {
-		h.now = time.Now
-	}
-	return h
 }
 
 // HostName returns the hub's host name.

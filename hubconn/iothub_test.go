@@ -25,7 +25,7 @@ func connectorOf(t *testing.T, hub *iothubtest.Hub) *hubconn.IoTHub {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return hubconn.NewIoTHub(cs, hubconn.IoTHubOptions{Client: hub.Client(), RequestTimeout: 2 * time.Second})
+	return hubconn.NewIoTHub(cs, hubconn.Options{Client: hub.Client(), RequestTimeout: 2 * time.Second})
 }
 
 func sasDevice(id, p, s string) *hubconn.Device {
@@ -233,7 +233,7 @@ func TestHubErrors(t *testing.T) {
 	hub.SetDown(false)
 	cs := mustCS(t, hub.ConnectionString)
 	cs.Key = []byte("0123456789abcdef0123456789abcdef")
-	wrong := hubconn.NewIoTHub(cs, hubconn.IoTHubOptions{Client: hub.Client()})
+	wrong := hubconn.NewIoTHub(cs, hubconn.Options{Client: hub.Client()})
 	err = wrong.Register(ctx, sasDevice("d", keyA, keyB), nil)
 	if !errors.As(err, &e) || e.Retryable || e.Status != 401 || e.Code != "IotHubUnauthorizedAccess" {
 		t.Fatalf("wrong key: %#v", err)

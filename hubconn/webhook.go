@@ -101,21 +101,9 @@ type Webhook struct {
 	now     func() time.Time
 }
 
-// WebhookOptions configure a Webhook connector.
-type WebhookOptions struct {
-	// Client makes the requests; nil: a client with the default transport.
-	Client *http.Client
-	// UserAgent is sent with each request (default "dpsd").
-	UserAgent string
-	// RequestTimeout bounds one request (default DefaultRequestTimeout).
-	RequestTimeout time.Duration
-	// Now is the clock of the signatures (default time.Now).
-	Now func() time.Time
-}
-
 // NewWebhook returns the connector that posts hub's hand-offs to rawURL
 // (https only), signed with secret (base64 of MinWebhookSecret+ bytes).
-func NewWebhook(hub, rawURL, secret string, opts WebhookOptions) (*Webhook, error) {
+func NewWebhook(hub, rawURL, secret string, opts Options) (*Webhook, error) {
 	u, err := url.Parse(rawURL)
 	if err != nil || u.Scheme != "https" || u.Host == "" {
 		return nil, errors.New("hubconn: the hand-off webhook URL is not an https URL")
@@ -124,20 +112,9 @@ func NewWebhook(hub, rawURL, secret string, opts WebhookOptions) (*Webhook, erro
 	if err != nil || len(key) < MinWebhookSecret {
 		return nil, fmt.Errorf("hubconn: the hand-off webhook secret is not base64 of at least %d bytes", MinWebhookSecret)
 	}
-	w := &Webhook{hub: hub, url: rawURL, secret: key, client: opts.Client, agent: opts.UserAgent, timeout: opts.RequestTimeout, now: opts.Now}
-	if w.client == nil {
-		w.client = &http.Client{}
-	}
-	if w.agent == "" {
-		w.agent = "dpsd"
-	}
-	if w.timeout <= 0 {
-		w.timeout = DefaultRequestTimeout
-	}
-	if w.now == nil {
-		w.now = time.Now
-	}
-	return w, nil
+	opts = opts.withDefaults()
+	return &Webhook{hub: hub, url: rawURL, secret: key, client: opts.Client, agent: opts.UserAgent,
+		timeout: opts.RequestTimeout, now: opts.Now}, nil
 }
 
 // Register posts EventRegistered.

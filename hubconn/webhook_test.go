@@ -64,7 +64,7 @@ func newReceiver(t *testing.T) (*receiver, string) {
 func TestWebhookConnector(t *testing.T) {
 	ctx := context.Background()
 	r, secret := newReceiver(t)
-	w, err := hubconn.NewWebhook("hub.local", r.srv.URL+"/dps", secret, hubconn.WebhookOptions{Client: r.srv.Client()})
+	w, err := hubconn.NewWebhook("hub.local", r.srv.URL+"/dps", secret, hubconn.Options{Client: r.srv.Client()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -114,14 +114,14 @@ func TestWebhookConnector(t *testing.T) {
 		}
 	}
 	// Signed with another secret: the receiver refuses it (401, final).
-	other, _ := hubconn.NewWebhook("hub.local", r.srv.URL+"/dps", base64.StdEncoding.EncodeToString(make([]byte, 32)), hubconn.WebhookOptions{Client: r.srv.Client()})
+	other, _ := hubconn.NewWebhook("hub.local", r.srv.URL+"/dps", base64.StdEncoding.EncodeToString(make([]byte, 32)), hubconn.Options{Client: r.srv.Client()})
 	if err := other.Register(ctx, d, nil); !errors.As(err, &e) || e.Status != 401 || e.Retryable {
 		t.Fatalf("wrong secret: %v", err)
 	}
 	for _, bad := range []struct{ url, secret string }{
 		{"http://x/dps", secret}, {r.srv.URL, "c2hvcnQ="}, {r.srv.URL, "not base64"},
 	} {
-		if _, err := hubconn.NewWebhook("h", bad.url, bad.secret, hubconn.WebhookOptions{}); err == nil {
+		if _, err := hubconn.NewWebhook("h", bad.url, bad.secret, hubconn.Options{}); err == nil {
 			t.Errorf("accepted %q", bad.url)
 		}
 	}

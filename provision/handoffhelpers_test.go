@@ -44,7 +44,7 @@ func (f *aliasFactory) For(h *store.LinkedHub) (hubconn.Connector, error) {
 		if err != nil {
 			return nil, err
 		}
-		return hubconn.NewIoTHub(cs, hubconn.IoTHubOptions{Client: f.http.Client}), nil
+		return hubconn.NewIoTHub(cs, hubconn.Options{Client: f.http.Client}), nil
 	}
 	return f.http.For(h)
 }
