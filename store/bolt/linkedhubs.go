@@ -58,27 +58,13 @@ func (s *Store) PutLinkedHub(ctx context.Context, h *store.LinkedHub, ifMatch st
 	if err != nil {
 		return nil, fmt.Errorf("store: put linked hub: %w", err)
 	}
-	out, err := record.Clone(h)
+	out, stored, secrets, err := record.SplitLinkedHub(h)
 	if err != nil {
 		return nil, fmt.Errorf("store: put linked hub %q: %w", h.Name, err)
 	}
-	stored, err := record.Clone(out)
-	if err != nil {
-		return nil, fmt.Errorf("store: put linked hub %q: %w", h.Name, err)
-	}
-	sec := record.HubSecrets{ConnectionString: out.ConnectionString}
-	if out.Webhook != nil {
-		sec.WebhookSecret = out.Webhook.Secret
-		stored.Webhook.Secret = ""
-	}
-	stored.ConnectionString = ""
 	var sealed []byte
-	if sec != (record.HubSecrets{}) {
-		pt, err := json.Marshal(sec)
-		if err != nil {
-			return nil, fmt.Errorf("store: put linked hub %q: %w", h.Name, err)
-		}
-		sealed = s.seal([]byte(bktLinkedHubs), key, pt)
+	if secrets != nil {
+		sealed = s.seal([]byte(bktLinkedHubs), key, secrets)
 	}
 	etag, now := newETag(), s.now().UTC()
 	err = s.batch(func(tx *bbolt.Tx) error {

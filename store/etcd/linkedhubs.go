@@ -60,27 +60,13 @@ func (s *Store) PutLinkedHub(ctx context.Context, h *store.LinkedHub, ifMatch st
 	if err != nil {
 		return nil, fmt.Errorf("store: put linked hub: %w", err)
 	}
-	out, err := record.Clone(h)
+	out, stored, secrets, err := record.SplitLinkedHub(h)
 	if err != nil {
 		return nil, fmt.Errorf("store: put linked hub %q: %w", h.Name, err)
 	}
-	stored, err := record.Clone(out)
-	if err != nil {
-		return nil, fmt.Errorf("store: put linked hub %q: %w", h.Name, err)
-	}
-	sec := record.HubSecrets{ConnectionString: out.ConnectionString}
-	if out.Webhook != nil {
-		sec.WebhookSecret = out.Webhook.Secret
-		stored.Webhook.Secret = ""
-	}
-	stored.ConnectionString, stored.ETag = "", ""
 	var sealed []byte
-	if sec != (record.HubSecrets{}) {
-		pt, err := json.Marshal(sec)
-		if err != nil {
-			return nil, fmt.Errorf("store: put linked hub %q: %w", h.Name, err)
-		}
-		sealed = s.sealer.Seal([]byte(bktLinkedHubs), []byte(key), pt)
+	if secrets != nil {
+		sealed = s.sealer.Seal([]byte(bktLinkedHubs), []byte(key), secrets)
 	}
 	now := s.now().UTC()
 	rel := pfxHub + key

@@ -104,3 +104,29 @@ func CheckJob(j *store.Job) error {
 	}
 	return nil
 }
+
+// SplitLinkedHub prepares a linked hub for writing: out is the copy to
+// return to the caller, stored the copy to write, with its secrets and etag
+// blanked, and secrets the JSON of HubSecrets to seal beside it (nil when
+// the hub has none).
+func SplitLinkedHub(h *store.LinkedHub) (out, stored *store.LinkedHub, secrets []byte, err error) {
+	if out, err = Clone(h); err != nil {
+		return nil, nil, nil, err
+	}
+	if stored, err = Clone(out); err != nil {
+		return nil, nil, nil, err
+	}
+	sec := HubSecrets{ConnectionString: out.ConnectionString}
+	if out.Webhook != nil {
+		sec.WebhookSecret = out.Webhook.Secret
+		stored.Webhook.Secret = ""
+	}
+	stored.ConnectionString, stored.ETag = "", ""
+	if sec == (HubSecrets{}) {
+		return out, stored, nil, nil
+	}
+	if secrets, err = json.Marshal(sec); err != nil {
+		return nil, nil, nil, fmt.Errorf("%w: %w", store.ErrInvalidRecord, err)
+	}
+	return out, stored, secrets, nil
+}
