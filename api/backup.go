@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/tpmdps/dpsd/api/wire"
@@ -64,11 +65,12 @@ func (b *backupHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	select {
 	case b.busy <- struct{}{}:
-		defer func() { <-b.busy }()
 	default:
 		h.writeError(w, rq, errorf(codeUnavailable, "another backup is running: retry when it has finished"))
 		return
 	}
+	release := sync.OnceFunc(func() { <-b.busy })
+	defer release()
 	// The copy takes as long as the store is large: the server's write
 	// timeout does not apply; send sets a deadline per chunk.
 	_ = http.NewResponseController(w).SetWriteDeadline(time.Time{})
@@ -77,7 +79,8 @@ func (b *backupHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.writeError(w, rq, err)
 		return
 	}
-	defer f.close()
+	closeCopy := sync.OnceFunc(f.close)
+	defer closeCopy()
 
 	hdr := w.Header()
 	hdr.Set("Content-Type", "application/octet-stream")
@@ -87,6 +90,10 @@ func (b *backupHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	sum := sha256.New()
 	n, err := b.send(w, io.TeeReader(f.File, sum))
 	if err != nil {
+		// Done with this backup before saying so: once the log line is
+		// out, the next backup finds the slot free and no copy left.
+		closeCopy()
+		release()
 		h.log.Error("backup cut short", "trackingId", rq.trackingID, "sent", n, "err", err)
 		panic(http.ErrAbortHandler) // the client sees a broken stream, without trailers
 	}
