@@ -45,6 +45,9 @@ type Definition struct {
 	URL string
 	// Timeout bounds the call (0: the Webhook's default).
 	Timeout time.Duration
+	// ClientCertificate names the client certificate to present (one of
+	// WebhookOptions.NamedClients; "": the default Client's).
+	ClientCertificate string
 }
 
 // Custom decides a custom allocation. Webhook implements it; tests may
@@ -80,6 +83,7 @@ func (e *Error) Error() string { return "custom allocation: " + e.Message }
 // Webhook calls custom allocation webhooks over HTTPS. Safe for concurrent use.
 type Webhook struct {
 	client  *http.Client
+	named   map[string]*http.Client
 	agent   string
 	timeout time.Duration
 }
@@ -95,11 +99,14 @@ type WebhookOptions struct {
 	// DefaultTimeout bounds a call whose Definition names no timeout
 	// (default DefaultTimeout).
 	DefaultTimeout time.Duration
+	// NamedClients make the calls of definitions that name a client
+	// certificate, by its name: each presents that certificate.
+	NamedClients map[string]*http.Client
 }
 
 // NewWebhook returns a webhook caller.
 func NewWebhook(opts WebhookOptions) *Webhook {
-	w := &Webhook{client: opts.Client, agent: opts.UserAgent, timeout: opts.DefaultTimeout}
+	w := &Webhook{client: opts.Client, named: opts.NamedClients, agent: opts.UserAgent, timeout: opts.DefaultTimeout}
 	if w.timeout <= 0 {
 		w.timeout = DefaultTimeout
 	}
@@ -123,6 +130,13 @@ func (w *Webhook) Allocate(ctx context.Context, def Definition, req *Request) (*
 		return nil, &Error{ErrorCode: ErrorCodeFailed, Message: "the webhook URL is not an https URL"}
 	}
 	where := MaskWebhookURL(def.URL)
+	client := w.client
+	if def.ClientCertificate != "" {
+		if client = w.named[def.ClientCertificate]; client == nil {
+			return nil, &Error{ErrorCode: ErrorCodeFailed,
+				Message: fmt.Sprintf("no client certificate named %q is configured on this server (outbound-client-certs)", def.ClientCertificate)}
+		}
+	}
 	body, err := json.Marshal(req)
 	if err != nil {
 		return nil, &Error{ErrorCode: ErrorCodeFailed, Message: fmt.Sprintf("encode the allocation request: %v", err)}
@@ -140,7 +154,7 @@ func (w *Webhook) Allocate(ctx context.Context, def Definition, req *Request) (*
 	hr.Header.Set("Content-Type", "application/json; charset=utf-8")
 	hr.Header.Set("Accept", "application/json")
 	hr.Header.Set("User-Agent", w.agent)
-	res, err := w.client.Do(hr)
+	res, err := client.Do(hr)
 	if err != nil {
 		timedOut := errors.Is(ctx.Err(), context.DeadlineExceeded)
 		msg := fmt.Sprintf("webhook %s could not be reached: %s", where, scrub(err, def.URL, where))
@@ -223,4 +237,21 @@ func scrub(err error, full, masked string) string {
 		}
 	}
 	return msg
+}
+
+// ValidClientCertificateName reports whether name can name a client
+// certificate for webhooks: 1-64 ASCII letters, digits, '.', '_' or '-',
+// not starting with '.' (the file name of the certificate, NAME.pem).
+func ValidClientCertificateName(name string) bool {
+	if name == "" || len(name) > 64 || name[0] == '.' {
+		return false
+	}
+	for _, r := range name {
+		switch {
+		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9', r == '.', r == '_', r == '-':
+		default:
+			return false
+		}
+	}
+	return true
 }

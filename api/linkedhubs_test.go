@@ -142,7 +142,7 @@ func TestCustomAllocationDefinition(t *testing.T) {
 	const url = "https://alloc.example/api/HttpTrigger1?code=function-key-secret"
 	body := symEnrollment("dev-1")
 	body["allocationPolicy"] = "custom"
-	body["customAllocationDefinition"] = map[string]any{"webhookUrl": url, "apiVersion": "2021-10-01", "dpsdTimeoutSeconds": 20, "dpsdFallbackPolicy": "hashed"}
+	body["customAllocationDefinition"] = map[string]any{"webhookUrl": url, "apiVersion": "2021-10-01", "dpsdTimeoutSeconds": 20, "dpsdFallbackPolicy": "hashed", "dpsdClientCertificate": "tenant-a"}
 	r := e.request("PUT", "/enrollments/dev-1", body, nil)
 	out := decodeAs[store.Enrollment](t, r)
 	if out.CustomAllocationDefinition.WebhookURL != "https://alloc.example/api/HttpTrigger1?****" || strings.Contains(string(r.body), "function-key-secret") {
@@ -150,7 +150,8 @@ func TestCustomAllocationDefinition(t *testing.T) {
 	}
 	r = e.request("GET", "/enrollments/dev-1", nil, e.readerHeader())
 	got := decodeAs[store.Enrollment](t, r)
-	if strings.Contains(string(r.body), "function-key-secret") || got.CustomAllocationDefinition.TimeoutSeconds != 20 {
+	if strings.Contains(string(r.body), "function-key-secret") || got.CustomAllocationDefinition.TimeoutSeconds != 20 ||
+		got.CustomAllocationDefinition.ClientCertificate != "tenant-a" {
 		t.Fatalf("read: %s", r.body)
 	}
 	got.ProvisioningStatus = "disabled"
@@ -165,6 +166,8 @@ func TestCustomAllocationDefinition(t *testing.T) {
 		"timeout":       {"webhookUrl": url, "apiVersion": "2021-10-01", "dpsdTimeoutSeconds": 301},
 		"fallback":      {"webhookUrl": url, "apiVersion": "2021-10-01", "dpsdFallbackPolicy": "static"},
 		"options alone": {"dpsdTimeoutSeconds": 5},
+		"cert alone":    {"dpsdClientCertificate": "tenant-a"},
+		"cert name":     {"webhookUrl": url, "apiVersion": "2021-10-01", "dpsdClientCertificate": "../ca"},
 	} {
 		b := symEnrollment("dev-2")
 		b["customAllocationDefinition"] = def

@@ -282,10 +282,12 @@ const maxWebhookTimeoutSeconds = 300
 // validateCustomAllocation checks a webhook definition: an https URL
 // (one answered with its query masked, "?****", and written back keeps
 // prev's query: the function key is never answered), a timeout of 0-300
-// seconds, a fallback policy of refuse or hashed.
+// seconds, a fallback policy of refuse or hashed, a client certificate
+// name of the form allocator.ValidClientCertificateName accepts (whether the
+// server has it is known when the webhook is called).
 func validateCustomAllocation(c *store.CustomAllocationDefinition, prev *store.EnrollmentSettings) error {
 	if c.WebhookURL == "" {
-		if c.TimeoutSeconds != 0 || c.FallbackPolicy != "" {
+		if c.TimeoutSeconds != 0 || c.FallbackPolicy != "" || c.ClientCertificate != "" {
 			return invalid("customAllocationDefinition needs a webhookUrl")
 		}
 		return nil
@@ -308,6 +310,9 @@ func validateCustomAllocation(c *store.CustomAllocationDefinition, prev *store.E
 	case "", store.FallbackRefuse, store.FallbackHashed:
 	default:
 		return invalid("customAllocationDefinition.dpsdFallbackPolicy must be %s or %s", store.FallbackRefuse, store.FallbackHashed)
+	}
+	if c.ClientCertificate != "" && !allocator.ValidClientCertificateName(c.ClientCertificate) {
+		return invalid("customAllocationDefinition.dpsdClientCertificate must be the name of one of the server's outbound-client-certs: 1-64 letters, digits, '.', '_' or '-'")
 	}
 	return nil
 }

@@ -24,6 +24,8 @@ type customJob struct {
 	URL            string `json:"url"`
 	TimeoutSeconds int    `json:"timeoutSeconds,omitempty"`
 	Fallback       string `json:"fallback,omitempty"`
+	// ClientCertificate names the client certificate to present.
+	ClientCertificate string `json:"clientCertificate,omitempty"`
 	// Request is the AllocationRequest to send.
 	Request *allocator.Request `json:"request"`
 	// Decided is set once the webhook (or the fallback) chose the hub; Twin
@@ -69,12 +71,13 @@ func newCustomJob(id Identity, src *source, req RegisterRequest, ek, srk *attest
 				Primary: &allocator.X509CertificateInfo{Info: store.NewX509CertificateInfo(id.Certificate)}}}
 		}
 	}
-	return &customJob{URL: def.WebhookURL, TimeoutSeconds: def.TimeoutSeconds, Fallback: def.FallbackPolicy, Request: r}, nil
+	return &customJob{URL: def.WebhookURL, TimeoutSeconds: def.TimeoutSeconds, Fallback: def.FallbackPolicy,
+		ClientCertificate: def.ClientCertificate, Request: r}, nil
 }
 
 // definition is how the webhook is called.
 func (c *customJob) definition() allocator.Definition {
-	return allocator.Definition{URL: c.URL, Timeout: time.Duration(c.TimeoutSeconds) * time.Second}
+	return allocator.Definition{URL: c.URL, Timeout: time.Duration(c.TimeoutSeconds) * time.Second, ClientCertificate: c.ClientCertificate}
 }
 
 // checkAnswer returns the hub of a webhook's answer when it is one of the

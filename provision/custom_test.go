@@ -326,6 +326,23 @@ func TestCustomAllocationFailures(t *testing.T) {
 		})
 	}
 
+	t.Run("client certificate the server lacks", func(t *testing.T) {
+		e, _, _ := contosoEnv(t)
+		g, _ := e.st.GetGroup(e.ctx, contosoGroupName)
+		g.CustomAllocationDefinition.ClientCertificate = "tenant-z"
+		e.putGroup(g)
+		before := e.webhook.Count()
+		id := e.mustConnect(toasterID, e.sas(toasterID, mustB64(t, toasterKey), ""))
+		got := e.awaitFinal(id, e.register(id, RegisterRequest{}), 0)
+		st := got.RegistrationState
+		if got.Status != "failed" || st.ErrorCode != ErrorCodeCustomAllocationFailed || !strings.Contains(st.ErrorMessage, `"tenant-z"`) {
+			t.Fatalf("%s", encode(t, got))
+		}
+		if n := e.webhook.Count(); n != before {
+			t.Fatalf("the webhook was called %d times without the certificate the group names", n-before)
+		}
+	})
+
 	t.Run("503 then recovered", func(t *testing.T) {
 		e, _, _ := contosoEnv(t)
 		var mu sync.Mutex

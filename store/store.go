@@ -265,6 +265,10 @@ type CustomAllocationDefinition struct {
 	// FallbackRefuse ("" too: the registration fails, as in the cloud) or
 	// FallbackHashed (a hashed allocation across the request's linked hubs).
 	FallbackPolicy string `json:"dpsdFallbackPolicy,omitempty"`
+	// ClientCertificate names the client certificate presented to a
+	// webhook that asks for one (mutual TLS): one of the server's
+	// outbound-client-certs ("": the server's outbound-client-cert, if any).
+	ClientCertificate string `json:"dpsdClientCertificate,omitempty"`
 }
 
 // Fallback policies of a custom allocation webhook.

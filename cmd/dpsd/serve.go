@@ -131,11 +131,11 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger, csOut io.Wr
 	if retryAfter == 0 {
 		retryAfter = -1 // provision: negative means "0 s"
 	}
-	client, err := outboundClient(cfg)
+	clients, err := newOutboundClients(cfg)
 	if err != nil {
 		return err
 	}
-	custom, conns, handoff := handoffConfig(cfg, client)
+	custom, conns, handoff := handoffConfig(cfg, clients)
 	// In a cluster the store records the single use of TPM challenges (the
 	// timed wrapper hides the engine's optional interfaces).
 	challenges, _ := st.(store.ChallengeRecorder)

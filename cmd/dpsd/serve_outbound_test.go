@@ -19,7 +19,8 @@ import (
 // TestOutboundClientMutualTLS: a webhook or hub that asks for a client
 // certificate gets outbound-client-cert from dpsd's outbound client, whose
 // roots include outbound-ca-file; without the certificate the handshake
-// fails, and a server from an untrusted CA is refused.
+// fails, and a server from an untrusted CA is refused. Each certificate of
+// outbound-client-certs has a client of its own.
 func TestOutboundClientMutualTLS(t *testing.T) {
 	now := time.Now()
 	ca, err := devca.NewCA("outbound test CA", now, time.Hour)
@@ -77,37 +78,91 @@ func TestOutboundClientMutualTLS(t *testing.T) {
 		return string(b), err
 	}
 
-	withCert, err := outboundClient(cfg)
+	withCert, err := newOutboundClients(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cn, err := get(withCert); err != nil || cn != "dpsd-node-1" {
+	if cn, err := get(withCert.Default); err != nil || cn != "dpsd-node-1" {
 		t.Fatalf("with outbound-client-cert: %q, %v; want the server to see dpsd-node-1", cn, err)
 	}
 
 	noCert := cfg
 	noCert.OutboundClientCert, noCert.OutboundClientKey = "", ""
-	c, err := outboundClient(noCert)
+	c, err := newOutboundClients(noCert)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := get(c); err == nil {
+	if _, err := get(c.Default); err == nil {
 		t.Fatal("a server requiring a client certificate answered a client without one")
 	}
 
 	untrusted := cfg
 	untrusted.OutboundCAFile = ""
-	c, err = outboundClient(untrusted)
+	c, err = newOutboundClients(untrusted)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := get(c); err == nil || !strings.Contains(err.Error(), "certificate") {
+	if _, err := get(c.Default); err == nil || !strings.Contains(err.Error(), "certificate") {
 		t.Fatalf("a server from a CA outside outbound-ca-file and the system's: %v, want a certificate error", err)
 	}
 
 	bad := cfg
 	bad.OutboundCAFile = write("empty.pem", []byte("no PEM here"))
-	if _, err := outboundClient(bad); err == nil || !strings.Contains(err.Error(), "outbound-ca-file") {
+	if _, err := newOutboundClients(bad); err == nil || !strings.Contains(err.Error(), "outbound-ca-file") {
 		t.Fatalf("outbound-ca-file without a certificate: %v, want an error naming the setting", err)
+	}
+
+	// Named certificates: each client presents its own; the default none.
+	named := filepath.Join(dir, "named")
+	if err := os.Mkdir(named, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for _, cn := range []string{"tenant-a", "tenant.b"} {
+		cert, key, err := clientCA.IssueClient("cn-"+cn, now.Add(-time.Minute), now.Add(time.Hour))
+		if err != nil {
+			t.Fatal(err)
+		}
+		write(filepath.Join("named", cn+".pem"), cert)
+		write(filepath.Join("named", cn+".key"), key)
+	}
+	withNamed := noCert
+	withNamed.OutboundClientCerts = named
+	c, err = newOutboundClients(withNamed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Named) != 2 {
+		t.Fatalf("named clients: %d, want 2", len(c.Named))
+	}
+	for name, client := range c.Named {
+		if cn, err := get(client); err != nil || cn != "cn-"+name {
+			t.Fatalf("named client %s: %q, %v; want the server to see cn-%s", name, cn, err, name)
+		}
+	}
+	if _, err := get(c.Default); err == nil {
+		t.Fatal("the default client presented a named certificate")
+	}
+
+	// A key others may read, a certificate without its key and a name that
+	// is not one are refused at start, naming the file.
+	if err := os.Chmod(filepath.Join(named, "tenant-a.key"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := newOutboundClients(withNamed); err == nil || !strings.Contains(err.Error(), "tenant-a.key") {
+		t.Fatalf("a key readable by others: %v, want an error naming it", err)
+	}
+	if err := os.Chmod(filepath.Join(named, "tenant-a.key"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	write(filepath.Join("named", "lonely.pem"), clientCert)
+	if _, err := newOutboundClients(withNamed); err == nil || !strings.Contains(err.Error(), "lonely") {
+		t.Fatalf("a certificate without its key: %v, want an error naming it", err)
+	}
+	if err := os.Remove(filepath.Join(named, "lonely.pem")); err != nil {
+		t.Fatal(err)
+	}
+	write(filepath.Join("named", "bad name.pem"), clientCert)
+	if _, err := newOutboundClients(withNamed); err == nil || !strings.Contains(err.Error(), "bad name") {
+		t.Fatalf("a file name that is no certificate name: %v, want an error naming it", err)
 	}
 }

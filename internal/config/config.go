@@ -95,14 +95,15 @@ type Config struct {
 	IssuerKeyType string // key of a generated built-in CA (issuer.KeyType)
 
 	// Outbound HTTPS: custom allocation webhooks, hub registries, hand-off webhooks.
-	OutboundCAFile     string // extra CAs trusted besides the system's, "" = none
-	OutboundClientCert string // client certificate for servers that ask, "" = none
-	OutboundClientKey  string
-	WebhookTimeout     time.Duration // one allocation webhook call, when the enrollment names none
-	HubRequestTimeout  time.Duration // one request to a hub's registry or hand-off webhook
-	HandoffWorkers     int           // registrations worked on at once (webhook and hub I/O)
-	HandoffMaxPending  int           // registrations waiting for outside I/O, then 429
-	HandoffTimeout     time.Duration // how long a registration may wait for its webhook and hub
+	OutboundCAFile      string // extra CAs trusted besides the system's, "" = none
+	OutboundClientCert  string // client certificate for servers that ask, "" = none
+	OutboundClientKey   string
+	OutboundClientCerts string        // directory of named client certificates (NAME.pem, NAME.key) for webhooks, "" = none
+	WebhookTimeout      time.Duration // one allocation webhook call, when the enrollment names none
+	HubRequestTimeout   time.Duration // one request to a hub's registry or hand-off webhook
+	HandoffWorkers      int           // registrations worked on at once (webhook and hub I/O)
+	HandoffMaxPending   int           // registrations waiting for outside I/O, then 429
+	HandoffTimeout      time.Duration // how long a registration may wait for its webhook and hub
 
 	LogFormat string // text | json
 	LogLevel  slog.Level
@@ -238,6 +239,7 @@ func settings() []setting {
 		{"outbound-ca-file", "", "PEM file of extra CA certificates trusted (besides the system's) when dpsd calls out: custom allocation webhooks, IoT hub registries, hand-off webhooks", str(func(c *Config) *string { return &c.OutboundCAFile })},
 		{"outbound-client-cert", "", "client certificate PEM file dpsd presents to an allocation or hand-off webhook (or hub) that asks for one (mutual TLS; with outbound-client-key)", str(func(c *Config) *string { return &c.OutboundClientCert })},
 		{"outbound-client-key", "", "private key PEM file of outbound-client-cert", str(func(c *Config) *string { return &c.OutboundClientKey })},
+		{"outbound-client-certs", "", "directory of named client certificates for custom allocation webhooks, NAME.pem with NAME.key (0600) each: an enrollment's customAllocationDefinition.dpsdClientCertificate picks one by NAME, read at start", str(func(c *Config) *string { return &c.OutboundClientCerts })},
 		{"webhook-timeout", "10s", "time one custom allocation webhook call may take, for enrollments whose customAllocationDefinition sets no dpsdTimeoutSeconds", dur(func(c *Config) *time.Duration { return &c.WebhookTimeout })},
 		{"hub-request-timeout", "10s", "time one request to a linked hub's registry (or its hand-off webhook) may take", dur(func(c *Config) *time.Duration { return &c.HubRequestTimeout })},
 		{"handoff-workers", "8", "registrations whose webhook or hub I/O this server works on at once; the others wait in the outbox", num(func(c *Config) *int { return &c.HandoffWorkers })},
