@@ -7,8 +7,6 @@ import (
 	"testing"
 	"time"
 
-	bbolt "go.etcd.io/bbolt"
-
 	"github.com/tpmdps/dpsd/store"
 	"github.com/tpmdps/dpsd/store/storetest"
 )
@@ -65,24 +63,7 @@ func TestSchemaUpgradeFromVersion3(t *testing.T) {
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
-	db, err := bbolt.Open(path, 0o600, &bbolt.Options{Timeout: time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	err = db.Update(func(tx *bbolt.Tx) error {
-		for _, b := range []string{bktLinkedHubs, bktJobs, bktJobDue} {
-			if err := tx.DeleteBucket([]byte(b)); err != nil {
-				return err
-			}
-		}
-		return tx.Bucket([]byte(bktMeta)).Put([]byte(metaVersion), u64(3))
-	})
-	if cerr := db.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
+	downgrade(t, path, 3, bktLinkedHubs, bktJobs, bktJobDue)
 	s = openAt(t, path, nil)
 	if err := s.Check(); err != nil {
 		t.Fatalf("after upgrade: %v", err)

@@ -252,22 +252,7 @@ func TestSchemaUpgradeFromVersion2(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Turn it into a version 2 file: no ekindex bucket.
-	db, err := bbolt.Open(path, 0o600, &bbolt.Options{Timeout: time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	err = db.Update(func(tx *bbolt.Tx) error {
-		if err := tx.DeleteBucket([]byte(bktEKIndex)); err != nil {
-			return err
-		}
-		return tx.Bucket([]byte(bktMeta)).Put([]byte(metaVersion), u64(2))
-	})
-	if cerr := db.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
+	downgrade(t, path, 2, bktEKIndex)
 
 	s = openAt(t, path, nil)
 	if err := s.Check(); err != nil {
@@ -288,5 +273,30 @@ func TestSchemaUpgradeFromVersion2(t *testing.T) {
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+}
+
+// downgrade turns the closed store file at path into one of an earlier
+// schema version: the buckets that version did not have are deleted and
+// the version number is written back.
+func downgrade(t *testing.T, path string, version uint64, buckets ...string) {
+	t.Helper()
+	db, err := bbolt.Open(path, 0o600, &bbolt.Options{Timeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = db.Update(func(tx *bbolt.Tx) error {
+		for _, b := range buckets {
+			if err := tx.DeleteBucket([]byte(b)); err != nil {
+				return err
+			}
+		}
+		return tx.Bucket([]byte(bktMeta)).Put([]byte(metaVersion), u64(version))
+	})
+	if cerr := db.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		t.Fatalf("downgrading %s to version %d: %v", path, version, err)
 	}
 }
